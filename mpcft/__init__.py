@@ -1,0 +1,1 @@
+"""mpcft: secure multi-party computation for private Transformer fine-tuning."""

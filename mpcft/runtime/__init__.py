@@ -1,0 +1,1 @@
+"""Party runtime: sessions, transports, TLS, dealer, launcher."""

@@ -1,0 +1,1 @@
+"""MPC protocols over additive shares in Z_2^64."""

@@ -1,0 +1,35 @@
+"""mpcft: secure multi-party fine-tuning of Transformers.
+
+`kernels/` and `protocols/` are installed as `mpcft.kernels` and `mpcft.protocols`: there is
+no top-level `kernels` (a Hugging Face package of that name exists) or `protocols` module.
+"""
+from setuptools import find_packages, setup
+
+# installed package -> source folder
+ROOTS = {"mpcft": "mpcft", "mpcft.kernels": "kernels", "mpcft.protocols": "protocols"}
+PACKAGES = {}
+for package, folder in ROOTS.items():
+    PACKAGES[package] = folder
+    for sub in find_packages(folder):
+        PACKAGES[f"{package}.{sub}"] = f"{folder}/{sub.replace('.', '/')}"
+
+setup(
+    name="mpcft",
+    version="0.1.0",
+    description="Secure multi-party computation engine for private Transformer fine-tuning",
+    python_requires=">=3.11",
+    packages=list(PACKAGES),
+    package_dir=PACKAGES,
+    install_requires=[
+        "numpy>=1.26",
+        "numba>=0.60",
+        "torch>=2.4",
+        "pycryptodome>=3.20",
+        "cryptography>=42",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6.100", "pytest-timeout>=2.3"],
+    },
+    entry_points={"console_scripts": ["mpcft=mpcft.cli:main"]},
+)
