@@ -1,0 +1,161 @@
+"""Exact matrix products over Z_2^64 on the CPU.
+
+ring_matmul(a, b) = a @ b mod 2^64 with torch.matmul's shape rules ([..., m, k] @ [..., k, n]
+with broadcast batch dimensions). Two exact routes, chosen by shape:
+- "rows": a Numba kernel, parallel over (batch, 4-row block) tasks, whose inner loop is a
+  vectorised 64-bit multiply-add over a row of b; best while a k x n operand stays in L2
+  (the per-head attention products).
+- "tiles": torch's int64 GEMM kernel (single-threaded in torch) on row tiles spread over a
+  thread pool; best for large 2-D products.
+Both wrap modulo 2^64 (two's complement int64 arithmetic), so results are bit-exact.
+"""
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+import torch
+
+_ROWS_MAX_KN = 1 << 17  # k*n*8 bytes = 1 MiB: b of a "rows" task stays in L2
+_SMALL_OPS = 1 << 15    # below this many multiply-adds, threads cost more than they save
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+@numba.njit(parallel=True, nogil=True, cache=True, boundscheck=False)
+def _bmm_rows(a, b, c):
+    """c[t] = a[t] @ b[t] mod 2^64 for 3-D int64 arrays; c must be zero on entry."""
+    batch, m, k = a.shape
+    n = b.shape[2]
+    blocks = (m + 3) // 4
+    for task in numba.prange(batch * blocks):
+        t = task // blocks
+        i = (task % blocks) * 4
+        if i + 4 <= m:
+            c0, c1, c2, c3 = c[t, i], c[t, i + 1], c[t, i + 2], c[t, i + 3]
+            for p in range(k):
+                bp = b[t, p]
+                a0, a1, a2, a3 = a[t, i, p], a[t, i + 1, p], a[t, i + 2, p], a[t, i + 3, p]
+                for j in range(n):
+                    bj = bp[j]
+                    c0[j] += a0 * bj
+                    c1[j] += a1 * bj
+                    c2[j] += a2 * bj
+                    c3[j] += a3 * bj
+        else:
+            for r in range(i, m):
+                cr = c[t, r]
+                for p in range(k):
+                    ar = a[t, r, p]
+                    bp = b[t, p]
+                    for j in range(n):
+                        cr[j] += ar * bp[j]
+
+
+def ring_matmul(a, b, *, threads: int | None = None, route: str = "auto"):
+    """a @ b mod 2^64 for numpy int64 arrays or CPU torch int64 tensors (same kind out).
+
+    threads: worker threads (default torch.get_num_threads()); route: "auto", "rows", "tiles".
+    """
+    as_torch = _check_operands(a, b)
+    an = a.numpy() if as_torch else a
+    bn = b.numpy() if as_torch else b
+    out = _matmul_numpy(an, bn, threads or torch.get_num_threads(), route)
+    return torch.from_numpy(out) if as_torch else out
+
+
+def _check_operands(a, b) -> bool:
+    kinds = {type(x) for x in (a, b)}
+    if kinds == {torch.Tensor}:
+        if a.dtype != torch.int64 or b.dtype != torch.int64:
+            raise TypeError(f"ring_matmul needs int64 tensors, got {a.dtype} and {b.dtype}")
+        if a.device.type != "cpu" or b.device.type != "cpu":
+            raise NotImplementedError("ring_matmul on CUDA tensors needs the CUDA backend")
+        return True
+    if kinds == {np.ndarray}:
+        if a.dtype != np.int64 or b.dtype != np.int64:
+            raise TypeError(f"ring_matmul needs int64 arrays, got {a.dtype} and {b.dtype}")
+        return False
+    raise TypeError("ring_matmul takes two numpy int64 arrays or two torch int64 tensors")
+
+
+def _matmul_numpy(a: np.ndarray, b: np.ndarray, threads: int, route: str) -> np.ndarray:
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError("ring_matmul needs operands with at least one dimension")
+    squeeze_a, squeeze_b = a.ndim == 1, b.ndim == 1
+    a = a[None, :] if squeeze_a else a
+    b = b[:, None] if squeeze_b else b
+    (m, k), (k2, n) = a.shape[-2:], b.shape[-2:]
+    if k != k2:
+        raise ValueError(f"ring_matmul shape mismatch: {a.shape} @ {b.shape} (inner {k} != {k2})")
+    try:
+        batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ValueError:
+        raise ValueError(f"ring_matmul batch shapes do not broadcast: {a.shape} @ {b.shape}") from None
+    if b.ndim == 2:  # a public/shared 2-D right operand: fold a's batch into its rows
+        out = _matmul3(np.ascontiguousarray(a).reshape(1, -1, k), b[None], threads, route)
+    else:
+        out = _matmul3(_batched(a, batch), _batched(b, batch), threads, route)
+    out = out.reshape(batch + (m, n))
+    if squeeze_a:
+        out = out[..., 0, :]
+    if squeeze_b:
+        out = out[..., 0]
+    return out
+
+
+def _batched(x: np.ndarray, batch: tuple) -> np.ndarray:
+    """x broadcast to batch + x.shape[-2:], as a contiguous writable 3-D array."""
+    if x.shape[:-2] != batch:
+        x = np.broadcast_to(x, batch + x.shape[-2:]).copy()
+    return np.ascontiguousarray(x).reshape(-1, *x.shape[-2:])
+
+
+def _matmul3(a: np.ndarray, b: np.ndarray, threads: int, route: str) -> np.ndarray:
+    batch, m, k = a.shape
+    n = b.shape[2]
+    b = np.ascontiguousarray(b)
+    if route == "auto":
+        route = "rows" if k * n <= _ROWS_MAX_KN else "tiles"
+    if route == "rows":
+        out = np.zeros((batch, m, n), dtype=np.int64)
+        if out.size and k:
+            previous = numba.get_num_threads()
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+            try:
+                _bmm_rows(a, b, out)
+            finally:
+                numba.set_num_threads(previous)
+        return out
+    if route != "tiles":
+        raise ValueError(f"unknown ring_matmul route {route!r}: use 'auto', 'rows' or 'tiles'")
+    return _tiles(a, b, threads)
+
+
+def _tiles(a: np.ndarray, b: np.ndarray, threads: int) -> np.ndarray:
+    batch, m, k = a.shape
+    n = b.shape[2]
+    out = torch.empty((batch, m, n), dtype=torch.int64)
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    if threads <= 1 or batch * m * k * n < _SMALL_OPS:
+        torch.matmul(ta, tb, out=out)
+        return out.numpy()
+    if batch >= threads:  # whole batch entries per task
+        bounds = np.linspace(0, batch, threads + 1).astype(int)
+        tasks = [(slice(lo, hi), slice(None)) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+    else:  # row blocks of each batch entry
+        bounds = np.linspace(0, m, threads + 1).astype(int)
+        tasks = [(slice(t, t + 1), slice(lo, hi)) for t in range(batch)
+                 for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+
+    def run(task):
+        rows_b, rows_m = task
+        torch.matmul(ta[rows_b, rows_m], tb[rows_b], out=out[rows_b, rows_m])
+
+    list(_pool(threads).map(run, tasks))
+    return out.numpy()
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """A cached thread pool per size (a resource cache: it holds no results or secrets)."""
+    if threads not in _POOLS:
+        _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="mpcft-matmul")
+    return _POOLS[threads]

@@ -1,0 +1,97 @@
+"""Ring matrix products against Python-int matrix products mod 2^64, bit-exact."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from mpcft import kernels as K
+
+from .refs import as_ints, to_int64
+
+int64s = st.one_of(st.sampled_from([0, 1, -1, 2**63 - 1, -2**63]), st.integers(-2**63, 2**63 - 1))
+ROUTES = ["auto", "rows", "tiles"]
+
+
+def reference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Python-int product with matmul broadcasting, reduced mod 2^64."""
+    ai, bi = as_ints(a), as_ints(b)
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    ai = np.broadcast_to(ai, batch + a.shape[-2:]).reshape(-1, *a.shape[-2:])
+    bi = np.broadcast_to(bi, batch + b.shape[-2:]).reshape(-1, *b.shape[-2:])
+    out = np.stack([x.dot(y) for x, y in zip(ai, bi)]) if len(ai) else np.empty((0,), object)
+    return to_int64(out).reshape(batch + (a.shape[-2], b.shape[-1]))
+
+
+def uniform(shape, seed):
+    return K.PRG(bytes([seed]) * 32).ring_numpy(shape)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data(), st.sampled_from(ROUTES), st.sampled_from([1, 2]))
+def test_2d_products_any_values(data, route, threads):
+    m, k, n = (data.draw(st.integers(1, 9), label=x) for x in "mkn")
+    a = data.draw(hnp.arrays(np.int64, (m, k), elements=int64s))
+    b = data.draw(hnp.arrays(np.int64, (k, n), elements=int64s))
+    expect = reference(a, b)
+    np.testing.assert_array_equal(K.ring_matmul(a, b, route=route, threads=threads), expect)
+    out_t = K.ring_matmul(torch.from_numpy(a), torch.from_numpy(b), route=route, threads=threads)
+    np.testing.assert_array_equal(out_t.numpy(), expect)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.data(), st.sampled_from(ROUTES))
+def test_batched_and_broadcast_products(data, route):
+    batch_a = data.draw(hnp.array_shapes(min_dims=0, max_dims=2, max_side=3), label="batch_a")
+    batch_b = data.draw(hnp.broadcastable_shapes(batch_a, min_dims=0, max_dims=2), label="batch_b")
+    m, k, n = (data.draw(st.integers(1, 7), label=x) for x in "mkn")
+    a = uniform(batch_a + (m, k), 1)
+    b = uniform(batch_b + (k, n), 2)
+    np.testing.assert_array_equal(K.ring_matmul(a, b, route=route, threads=2), reference(a, b))
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("shape", [(3, 4096, 2), (2, 4096, 5), (5, 1000, 3)])
+def test_long_inner_dimension(route, shape):
+    m, k, n = shape
+    a, b = uniform((m, k), 3), uniform((k, n), 4)
+    np.testing.assert_array_equal(K.ring_matmul(a, b, route=route), reference(a, b))
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_attention_shapes_against_a_numpy_reference(route):
+    """8x12x128x64 @ 8x12x64x128 checked against numpy's own wrapping int64 einsum."""
+    a, b = uniform((8, 12, 128, 64), 5), uniform((8, 12, 64, 128), 6)
+    expect = np.einsum("bhmk,bhkn->bhmn", a, b)
+    np.testing.assert_array_equal(K.ring_matmul(a, b, route=route, threads=2), expect)
+    # and a few entries against Python ints
+    ai, bi = as_ints(a[3, 7]), as_ints(b[3, 7])
+    np.testing.assert_array_equal(expect[3, 7, :4, :4], to_int64(ai[:4].dot(bi[:, :4])))
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_large_2d_product_odd_shape(route):
+    a, b = uniform((129, 770), 7), uniform((770, 257), 8)
+    np.testing.assert_array_equal(K.ring_matmul(a, b, route=route, threads=2),
+                                  np.einsum("mk,kn->mn", a, b))
+
+
+def test_vector_operands_follow_torch_rules():
+    a, b, v = uniform((3, 4), 9), uniform((4, 5), 10), uniform((4,), 11)
+    np.testing.assert_array_equal(K.ring_matmul(a, v), reference(a, v[:, None])[:, 0])
+    np.testing.assert_array_equal(K.ring_matmul(v, b), reference(v[None], b)[0])
+
+
+def test_bad_operands_are_rejected_clearly():
+    a = np.zeros((2, 3), np.int64)
+    with pytest.raises(ValueError, match="inner 3 != 2"):
+        K.ring_matmul(a, np.zeros((2, 2), np.int64))
+    with pytest.raises(ValueError, match="broadcast"):
+        K.ring_matmul(np.zeros((2, 2, 3), np.int64), np.zeros((3, 3, 2), np.int64))
+    with pytest.raises(TypeError, match="int64"):
+        K.ring_matmul(a.astype(np.float64), np.zeros((3, 2), np.int64))
+    with pytest.raises(TypeError, match="two numpy"):
+        K.ring_matmul(a, torch.zeros((3, 2), dtype=torch.int64))
+    with pytest.raises(ValueError, match="route"):
+        K.ring_matmul(a, np.zeros((3, 2), np.int64), route="magic")
