@@ -1,0 +1,70 @@
+"""Beaver multiplication over additive shares: elementwise, squares and (batched) matmul.
+
+With a dealer triple (a, b, c = a*b), the parties open d = x - a and e = y - b in one
+round (one message per peer holding both) and compute locally
+  x*y = c + d*b + a*e + d*e        (d*e added by party 0 only).
+d and e are uniform whatever x and y are, so nothing but the product's shares results.
+The same holds with @ in place of * for matrix triples. Products here are exact ring
+products; fixed-point callers truncate afterwards (see truncation.py).
+"""
+import torch
+
+from mpcft.kernels import ring_matmul
+
+from .cost import RING_BYTES, Cost
+from .sharing import open_
+
+
+def _open_pair(ctx, d: torch.Tensor, e: torch.Tensor):
+    """Open d and e together: one round, one message per peer."""
+    opened = open_(ctx, torch.cat([d.reshape(-1), e.reshape(-1)]))
+    return opened[:d.numel()].reshape(d.shape), opened[d.numel():].reshape(e.shape)
+
+
+def mul(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Shares of x * y mod 2^64 (broadcasting). Cost: mul_cost(n, x.numel(), y.numel())."""
+    a, b, c = ctx.correlation("triple", shape_a=list(x.shape), shape_b=list(y.shape))
+    d, e = _open_pair(ctx, x - a, y - b)
+    z = c + d * b + a * e
+    if ctx.rank == 0:
+        z += d * e
+    return z
+
+
+def mul_cost(n: int, numel_x: int, numel_y: int) -> Cost:
+    return Cost(1, (numel_x + numel_y) * RING_BYTES * (n - 1))
+
+
+def square(ctx, x: torch.Tensor) -> torch.Tensor:
+    """Shares of x^2 with a square pair (a, a^2): x^2 = a^2 + 2*d*a + d^2, d = x - a.
+
+    Cost: square_cost(n, numel): half the bytes of mul(x, x).
+    """
+    a, aa = ctx.correlation("square", shape=list(x.shape))
+    d = open_(ctx, x - a)
+    z = aa + 2 * d * a
+    if ctx.rank == 0:
+        z += d * d
+    return z
+
+
+def square_cost(n: int, numel: int) -> Cost:
+    return Cost(1, numel * RING_BYTES * (n - 1))
+
+
+def matmul(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Shares of x @ y mod 2^64 ([..., m, k] @ [..., k, n], batch dims broadcast).
+
+    Cost: matmul_cost(n, x.numel(), y.numel()).
+    """
+    a, b, c = ctx.correlation("matmul_triple", shape_a=list(x.shape), shape_b=list(y.shape))
+    d, e = _open_pair(ctx, x - a, y - b)
+    z = c + ring_matmul(d, b) + ring_matmul(a, e)
+    if ctx.rank == 0:
+        z += ring_matmul(d, e)
+    return z
+
+
+def matmul_cost(n: int, numel_x: int, numel_y: int) -> Cost:
+    return Cost(1, (numel_x + numel_y) * RING_BYTES * (n - 1))
+

@@ -1,0 +1,39 @@
+"""One party's view of an MPC computation.
+
+MPCContext bundles what the protocol functions need and nothing global: the party's session
+(rank, world size, exchanges with the other parties), the fixed-point codec, the source of
+dealer correlations, and pairwise PRGs for inputs. Several contexts can live in one process.
+"""
+from mpcft.kernels import DEFAULT_FRACTIONAL_BITS, PRG, FixedPoint, derive_seed
+
+from .correlations import DealerCorrelations
+
+
+class MPCContext:
+    def __init__(self, session, *, frac_bits: int = DEFAULT_FRACTIONAL_BITS, correlations=None):
+        self.session = session
+        self.rank = session.rank
+        self.world_size = session.world_size
+        self.fp = FixedPoint(frac_bits)
+        self.correlations = correlations if correlations is not None else DealerCorrelations(session)
+        self._pair_prgs: dict[tuple[int, int], PRG] = {}
+
+    @property
+    def frac_bits(self) -> int:
+        return self.fp.frac_bits
+
+    def input_prg(self, owner: int, holder: int) -> PRG:
+        """The PRG from which `holder` draws its share of `owner`'s inputs (one of them is us).
+
+        Seeded from the pair's secret seed, so owner and holder draw the same stream.
+        """
+        if self.rank not in (owner, holder) or owner == holder:
+            raise ValueError(f"party {self.rank} holds no input stream for pair ({owner}, {holder})")
+        key = (owner, holder)
+        if key not in self._pair_prgs:
+            peer = holder if self.rank == owner else owner
+            self._pair_prgs[key] = PRG(derive_seed(self.session.pair_seed(peer), "input", owner, holder))
+        return self._pair_prgs[key]
+
+    def correlation(self, kind: str, **params) -> list:
+        return self.correlations.get(kind, **params)

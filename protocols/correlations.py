@@ -1,0 +1,207 @@
+"""Dealer correlations with seed compression, online or from pre-generated files.
+
+The dealer shares a secret seed s_i with every party i. For request number `seq`, party i's
+stream is PRG(HKDF(s_i, "corr", seq)). A correlation has random inputs (e.g. the triple's
+a and b) and derived values (c = a*b): every party draws its shares of the random inputs
+from its stream, so a = sum_i a_i is uniform and nobody sends anything for it; parties
+1..n-1 also draw their shares of the derived values, and party 0 alone receives a
+correction, c_0 = c - sum_{i>=1} c_i, from the dealer. The dealer, which knows every seed,
+learns all correlations (the usual trusted-dealer model); any n-1 parties' shares are
+independent of the correlated values.
+
+Kinds (params -> values, all as additive shares):
+- "triple"(shape_a, shape_b): a, b uniform; c = a * b (broadcast).
+- "matmul_triple"(shape_a, shape_b): A, B uniform; C = A @ B (batched).
+- "square"(shape): a uniform; a^2.
+- "trunc"(shape, bits): r uniform; r_top = msb(r); r_mid = (r mod 2^63) >> bits.
+- "bit"(shape): a uniform random bit b (0/1), derived from an unused uniform value.
+"""
+import json
+import pathlib
+import struct
+
+import numpy as np
+import torch
+
+from mpcft.kernels import PRG, derive_seed, fresh_seed, ring_matmul
+from mpcft.kernels.ring import RING_BITS, low_bits, msb, rshift_logical
+
+
+def _shape(value) -> tuple:
+    return tuple(int(s) for s in value)
+
+
+def _broadcast(a, b) -> tuple:
+    return tuple(torch.broadcast_shapes(a, b))
+
+
+def _matmul_shape(a, b) -> tuple:
+    return tuple(torch.broadcast_shapes(a[:-2], b[:-2])) + (a[-2], b[-1])
+
+
+# kind -> (shapes of random inputs, shapes of derived values, derivation)
+KINDS = {
+    "triple": lambda p: ([_shape(p["shape_a"]), _shape(p["shape_b"])],
+                         [_broadcast(_shape(p["shape_a"]), _shape(p["shape_b"]))],
+                         lambda a, b: [a * b]),
+    "matmul_triple": lambda p: ([_shape(p["shape_a"]), _shape(p["shape_b"])],
+                                [_matmul_shape(_shape(p["shape_a"]), _shape(p["shape_b"]))],
+                                lambda a, b: [ring_matmul(a, b)]),
+    "square": lambda p: ([_shape(p["shape"])], [_shape(p["shape"])], lambda a: [a * a]),
+    "trunc": lambda p: ([_shape(p["shape"])], [_shape(p["shape"])] * 2,
+                        lambda r: [msb(r), rshift_logical(low_bits(r, RING_BITS - 1), int(p["bits"]))]),
+    "bit": lambda p: ([_shape(p["shape"])], [_shape(p["shape"])], lambda r: [msb(r)]),
+}
+
+
+def _spec(kind: str, params: dict):
+    if kind not in KINDS:
+        raise ValueError(f"unknown correlation kind {kind!r}; known: {sorted(KINDS)}")
+    return KINDS[kind](params)
+
+
+def _stream(seed: bytes, seq: int) -> PRG:
+    return PRG(derive_seed(seed, "corr", seq))
+
+
+def party_shares(kind: str, params: dict, seq: int, seed: bytes, rank: int, corrections=None):
+    """This party's shares of correlation number `seq`: a list of int64 tensors.
+
+    Parties >= 1 compute everything from their seed; party 0 must pass the dealer's
+    corrections for the derived values.
+    """
+    random_shapes, derived_shapes, _ = _spec(kind, params)
+    prg = _stream(seed, seq)
+    shares = [prg.ring(shape) for shape in random_shapes]
+    if rank == 0:
+        if corrections is None or len(corrections) != len(derived_shapes):
+            raise ValueError(f"party 0 needs {len(derived_shapes)} dealer corrections for {kind!r}")
+        for got, shape in zip(corrections, derived_shapes):
+            if tuple(got.shape) != shape:
+                raise ValueError(f"dealer correction for {kind!r} has shape {tuple(got.shape)}, expected {shape}")
+        return shares + list(corrections)
+    return shares + [prg.ring(shape) for shape in derived_shapes]
+
+
+def dealer_corrections(kind: str, params: dict, seq: int, seeds) -> list:
+    """The dealer's answer to party 0: c_0 = c - sum_{i>=1} c_i for each derived value c."""
+    random_shapes, derived_shapes, derive = _spec(kind, params)
+    streams = [_stream(seeds[i], seq) for i in range(len(seeds))]
+    values = [sum((prg.ring(shape) for prg in streams), torch.zeros(shape, dtype=torch.int64))
+              for shape in random_shapes]
+    corrections = derive(*values)
+    for i, prg in enumerate(streams):
+        if i == 0:
+            continue
+        for j, shape in enumerate(derived_shapes):
+            corrections[j] = corrections[j] - prg.ring(shape)
+    return corrections
+
+
+def dealer_handler(rank: int, kind: str, params: dict, seq: int, seeds) -> list:
+    """The dealer process's request handler (runtime signature): corrections for party 0."""
+    if rank != 0:
+        raise ValueError(f"only party 0 receives correlation corrections, not party {rank}")
+    return dealer_corrections(kind, params, int(params["seq"]), seeds)
+
+
+class DealerCorrelations:
+    """Correlations fetched online: party 0 asks the dealer, the others expand their seeds."""
+
+    def __init__(self, session):
+        if session.dealer_seed is None:
+            raise ValueError("this session has no dealer: start one (mpcft launch --dealer) "
+                             "or use FileCorrelations for an offline run")
+        self.session = session
+        self.seq = 0
+
+    def get(self, kind: str, **params) -> list:
+        seq, self.seq = self.seq, self.seq + 1
+        corrections = None
+        if self.session.rank == 0:
+            corrections = self.session.dealer_request(kind, seq=seq, **params)
+        return party_shares(kind, params, seq, self.session.dealer_seed, self.session.rank, corrections)
+
+
+class RecordingCorrelations:
+    """Wraps a correlation source and records the plan (kind, params) of every request."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.plan: list[dict] = []
+
+    def get(self, kind: str, **params) -> list:
+        self.plan.append({"kind": kind, "params": params})
+        return self.inner.get(kind, **params)
+
+    def save_plan(self, path) -> None:
+        pathlib.Path(path).write_text(json.dumps(self.plan))
+
+
+_MAGIC = b"MPCFTCOR"
+
+
+def write_offline(plan: list[dict], world_size: int, out_dir, seeds=None) -> list[pathlib.Path]:
+    """Generate every correlation of `plan` ahead of time into one file per party.
+
+    Each file holds that party's full shares in plan order: a JSON index after a magic
+    header, then the raw int64 arrays. Seeds default to fresh OS randomness.
+    """
+    seeds = seeds or [fresh_seed() for _ in range(world_size)]
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    per_party = [[] for _ in range(world_size)]
+    for seq, request in enumerate(plan):
+        kind, params = request["kind"], request["params"]
+        corrections = dealer_corrections(kind, params, seq, seeds)
+        for rank in range(world_size):
+            per_party[rank].append(party_shares(kind, params, seq, seeds[rank], rank,
+                                                corrections if rank == 0 else None))
+    paths = []
+    for rank, entries in enumerate(per_party):
+        path = out_dir / f"party-{rank}.corr"
+        index = [{"kind": r["kind"], "params": r["params"], "shapes": [list(t.shape) for t in e]}
+                 for r, e in zip(plan, entries)]
+        header = json.dumps({"world_size": world_size, "rank": rank, "index": index}).encode()
+        with open(path, "wb") as f:
+            f.write(_MAGIC + struct.pack("<Q", len(header)) + header)
+            for tensors in entries:
+                for t in tensors:
+                    f.write(t.contiguous().numpy().tobytes())
+        paths.append(path)
+    return paths
+
+
+class FileCorrelations:
+    """Serves pre-generated correlations from a party file, checking each request matches."""
+
+    def __init__(self, path, rank: int):
+        self.path = pathlib.Path(path)
+        with open(self.path, "rb") as f:
+            if f.read(len(_MAGIC)) != _MAGIC:
+                raise ValueError(f"{self.path} is not an mpcft correlation file")
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+        if header["rank"] != rank:
+            raise ValueError(f"{self.path} holds party {header['rank']}'s correlations, not party {rank}'s")
+        self.index = header["index"]
+        self.data = np.memmap(self.path, dtype=np.uint8, mode="r", offset=len(_MAGIC) + 8 + length)
+        self.seq = 0
+        self.offset = 0
+
+    def get(self, kind: str, **params) -> list:
+        if self.seq >= len(self.index):
+            raise RuntimeError(f"{self.path}: the program asked for more correlations than were "
+                               f"recorded ({len(self.index)}); record the plan again")
+        entry = self.index[self.seq]
+        if entry["kind"] != kind or entry["params"] != json.loads(json.dumps(params)):
+            raise RuntimeError(f"{self.path}: request {self.seq} is {kind} {params}, but the file "
+                               f"holds {entry['kind']} {entry['params']}: the program changed since recording")
+        self.seq += 1
+        out = []
+        for shape in entry["shapes"]:
+            nbytes = int(np.prod(shape, dtype=np.int64)) * 8
+            raw = np.array(self.data[self.offset:self.offset + nbytes]).view(np.int64).reshape(shape)
+            self.offset += nbytes
+            out.append(torch.from_numpy(raw))
+        return out

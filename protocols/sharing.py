@@ -1,0 +1,68 @@
+"""Additive secret sharing over Z_2^64: input, open to all, open to one.
+
+x is shared as x = sum_i x_i mod 2^64. Any n-1 shares are uniform and independent of x.
+"""
+import torch
+
+from mpcft.kernels.ring import check_ring
+
+from .cost import FREE, RING_BYTES, Cost, open_cost
+
+
+def share(ctx, value, owner: int, shape) -> torch.Tensor:
+    """Secret-share the owner's ring tensor `value` (others pass None); returns our share.
+
+    Every non-owner i draws its share from the PRG it shares with the owner, and the owner
+    keeps value - sum_i x_i: nothing is sent. Reveals the (public) shape only.
+    Cost: share_cost().
+    """
+    shape = tuple(shape)
+    if ctx.rank == owner:
+        check_ring(value)
+        if tuple(value.shape) != shape:
+            raise ValueError(f"party {owner}'s input has shape {tuple(value.shape)}, declared {shape}")
+        own = value.clone()
+        for holder in range(ctx.world_size):
+            if holder != owner:
+                own -= ctx.input_prg(owner, holder).ring(shape)
+        return own
+    if value is not None:
+        raise ValueError(f"party {ctx.rank} passed an input for party {owner}'s secret")
+    return ctx.input_prg(owner, ctx.rank).ring(shape)
+
+
+def share_cost() -> Cost:
+    return FREE
+
+
+def open_(ctx, share_: torch.Tensor) -> torch.Tensor:
+    """Reveal x to every party by all-gathering the shares. Reveals x (the declared output).
+
+    Cost: open_cost(n, numel): 1 round, 8 * numel * (n-1) bytes sent by each party.
+    """
+    shares = ctx.session.all_gather(share_.contiguous())
+    total = shares[0].clone()
+    for other in shares[1:]:
+        total += other
+    return total
+
+
+def open_to(ctx, share_: torch.Tensor, receiver: int):
+    """Reveal x to `receiver` only (others get None); nobody else learns anything.
+
+    Cost: open_to_cost(n, numel, rank, receiver).
+    """
+    shares = ctx.session.gather(share_.contiguous(), receiver)
+    if ctx.rank != receiver:
+        return None
+    total = shares[0].clone()
+    for other in shares[1:]:
+        total += other
+    return total
+
+
+def open_to_cost(n: int, numel: int, rank: int, receiver: int) -> Cost:
+    return Cost(1, 0 if rank == receiver else numel * RING_BYTES)
+
+
+__all__ = ["share", "share_cost", "open_", "open_cost", "open_to", "open_to_cost"]

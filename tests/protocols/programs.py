@@ -1,0 +1,155 @@
+"""Party programs for protocol tests: module-level so that `spawn` can run them in processes.
+
+Inputs are passed to every party for convenience, but only the owner's copy is ever read
+(others hand None to the protocols), exactly as real data owners would.
+"""
+import torch
+
+from mpcft.protocols import beaver, sharing
+from mpcft.protocols.context import MPCContext
+from mpcft.protocols.truncation import truncate
+from mpcft.tensor import SharedTensor, cat, stack
+
+
+def owned(ctx, value, owner):
+    return SharedTensor.from_plain(ctx, value if ctx.rank == owner else None, owner,
+                                   shape=value.shape)
+
+
+def measured(session, fn):
+    """Run fn(); return its result and the (rounds, bytes_sent) it cost this party."""
+    before = session.comm.snapshot()
+    out = fn()
+    delta = session.comm.snapshot() - before
+    return out, (delta.rounds, delta.bytes_sent)
+
+
+def all_operations(session, x, y, w, b):
+    """Every SharedTensor operation on x (party 0's), y (party n-1's), public w and b."""
+    ctx = MPCContext(session)
+    n = session.world_size
+    X, Y = owned(ctx, x, 0), owned(ctx, y, n - 1)
+    out, costs = {}, {}
+    out["add"] = (X + Y).reveal()
+    out["sub"] = (X - Y).reveal()
+    out["neg"] = (-X).reveal()
+    out["add_public"] = (X + b).reveal()
+    out["rsub_public"] = (b - X).reveal()
+    out["mul_int"] = (X * 3).reveal()
+    out["mul_public"] = (X * w[0]).reveal()
+    prod, costs["mul"] = measured(session, lambda: X * Y)
+    out["mul"] = prod.reveal()
+    out["mul_broadcast"] = (X * Y[:1]).reveal()
+    out["square"] = X.square().reveal()
+    out["matmul_public"] = (X @ w.T).reveal()
+    out["rmatmul_public"] = (w @ X.T).reveal()
+    mm, costs["matmul"] = measured(session, lambda: X @ Y.T)
+    out["matmul"] = mm.reveal()
+    out["sum0"] = X.sum(0).reveal()
+    out["sum_all"] = X.sum().reveal()
+    out["mean1"] = X.mean(1, keepdim=True).reveal()
+    out["div"] = (X / 4.0).reveal()
+    out["reshape_t"] = X.reshape(-1, 2).transpose(0, 1).reveal()
+    out["index"] = X[1:3, ::2].reveal()
+    out["cat"] = cat([X, Y], 1).reveal()
+    out["stack"] = stack([X, Y]).permute(1, 0, 2).reveal()
+    out["unsqueeze_expand"] = X[0].unsqueeze(0).expand(3, -1).reveal()
+    out["reveal_to_last"] = X.reveal_to(n - 1)
+    announced = SharedTensor.from_plain(ctx, x if ctx.rank == 1 else None, owner=1)
+    out["announced_shape"] = announced.reveal()
+    _, costs["open"] = measured(session, lambda: X.reveal())
+    _, costs["truncate"] = measured(session, lambda: truncate(ctx, X.share))
+    _, costs["share"] = measured(session, lambda: owned(ctx, x, 0))
+    return out, costs
+
+
+def batched_attention(session, q, k):
+    """Shared x shared batched product of attention shape, q from party 0, k from party 1."""
+    ctx = MPCContext(session)
+    Q, K = owned(ctx, q, 0), owned(ctx, k, 1)
+    scores, cost = measured(session, lambda: Q @ K)
+    return scores.reveal(), cost
+
+
+def truncation_trials(session, x_ring, bits):
+    """Share ring values held by party 0, truncate, open: the raw ring outputs."""
+    ctx = MPCContext(session)
+    share = sharing.share(ctx, x_ring if ctx.rank == 0 else None, 0, x_ring.shape)
+    return sharing.open_(ctx, truncate(ctx, share, bits))
+
+
+def ring_products(session, x_ring, y_ring, batched):
+    """Exact ring Beaver products (no truncation) and their measured costs."""
+    ctx = MPCContext(session)
+    n = session.world_size
+    xs = sharing.share(ctx, x_ring if ctx.rank == 0 else None, 0, x_ring.shape)
+    ys = sharing.share(ctx, y_ring if ctx.rank == n - 1 else None, n - 1, y_ring.shape)
+    op = beaver.matmul if batched else beaver.mul
+    z, cost = measured(session, lambda: op(ctx, xs, ys))
+    return sharing.open_(ctx, z), cost
+
+
+
+class RecordingSession:
+    """A session proxy that keeps every tensor this party receives from others (its view)."""
+
+    def __init__(self, session):
+        self._session = session
+        self.received = []
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+    def all_gather(self, tensor):
+        out = self._session.all_gather(tensor)
+        self.received += [t for r, t in enumerate(out) if r != self._session.rank]
+        return out
+
+    def gather(self, tensor, root):
+        out = self._session.gather(tensor, root)
+        if out is not None:
+            self.received += [t for r, t in enumerate(out) if r != self._session.rank]
+        return out
+
+    def broadcast(self, tensor, root):
+        out = self._session.broadcast(tensor, root)
+        if root != self._session.rank:
+            self.received.append(out)
+        return out
+
+    def exchange(self, tensors):
+        out = self._session.exchange(tensors)
+        self.received += list(out.values())
+        return out
+
+
+def transcript(session, x, y):
+    """Party 0 inputs x, party 1 inputs y; multiply, matmul, truncate; the view of every party."""
+    recording = RecordingSession(session)
+    ctx = MPCContext(recording)
+    X = owned(ctx, x, 0)
+    Y = owned(ctx, y, 1)
+    X * Y
+    X @ Y.T
+    X.square()
+    return [t.reshape(-1) for t in recording.received]
+
+
+def products(ctx, x, y):
+    X, Y = owned(ctx, x, 0), owned(ctx, y, 1)
+    return [(X * Y).reveal(), (X @ Y.T).reveal(), X.square().reveal()]
+
+
+def record_plan(session, x, y):
+    """Run with the dealer and record the correlation plan."""
+    from mpcft.protocols.correlations import DealerCorrelations, RecordingCorrelations
+    recorder = RecordingCorrelations(DealerCorrelations(session))
+    out = products(MPCContext(session, correlations=recorder), x, y)
+    return out, recorder.plan
+
+
+def run_offline(session, x, y, folder):
+    """Run from pre-generated correlation files, with no dealer at all."""
+    from mpcft.protocols.correlations import FileCorrelations
+    files = FileCorrelations(f"{folder}/party-{session.rank}.corr", session.rank)
+    return products(MPCContext(session, correlations=files), x, y)

@@ -1,0 +1,114 @@
+"""SharedTensor arithmetic against float64 torch, in threads and in real processes.
+
+Error bounds: an input is encoded within eps = 2^-21 (half a unit at f = 20); a truncation
+adds less than one unit, 2^-20. So for |x|, |y| <= B a product is within
+B*eps*2 + eps^2 + 2^-20, and a k-term dot product within k*(2*B*eps) + 2^-20.
+"""
+import numpy as np
+import pytest
+import torch
+
+from mpcft.protocols import beaver, sharing
+from mpcft.protocols.correlations import dealer_handler
+from mpcft.protocols.cost import Cost, open_cost
+from mpcft.protocols.truncation import truncate_cost
+from mpcft.runtime import run_threads, spawn
+
+from . import programs
+
+F = 20
+EPS = 2.0 ** -(F + 1)
+ULP = 2.0 ** -F
+
+
+def data(seed, *shape, scale=4.0):
+    return torch.from_numpy(np.random.default_rng(seed).uniform(-scale, scale, shape))
+
+
+def check_all_operations(results, n, x, y, w, b):
+    expect = {
+        "add": x + y, "sub": x - y, "neg": -x, "add_public": x + b, "rsub_public": b - x,
+        "mul_int": x * 3, "mul_public": x * w[0], "mul": x * y, "mul_broadcast": x * y[:1],
+        "square": x * x, "matmul_public": x @ w.T, "rmatmul_public": w @ x.T, "matmul": x @ y.T,
+        "sum0": x.sum(0), "sum_all": x.sum(), "mean1": x.mean(1, keepdim=True), "div": x / 4,
+        "reshape_t": x.reshape(-1, 2).T, "index": x[1:3, ::2], "cat": torch.cat([x, y], 1),
+        "stack": torch.stack([x, y]).permute(1, 0, 2), "unsqueeze_expand": x[0].expand(3, -1),
+        "announced_shape": x,
+    }
+    k, B = x.shape[1], 4.0
+    bound = {"matmul": k * 2 * B * EPS + ULP, "matmul_public": k * 2 * B * EPS + ULP,
+             "rmatmul_public": k * 2 * B * EPS + ULP, "sum0": x.shape[0] * EPS,
+             "sum_all": x.numel() * EPS}
+    for rank, (out, costs) in enumerate(results):
+        for name, want in expect.items():
+            got = out[name]
+            assert got.shape == want.shape, name
+            err = (got - want).abs().max().item()
+            assert err <= bound.get(name, 2 * B * EPS + ULP + EPS), (name, rank, err)
+        if rank == n - 1:
+            assert (out["reveal_to_last"] - x).abs().max() <= EPS
+        else:
+            assert out["reveal_to_last"] is None
+        numel = x.numel()
+        assert costs["mul"] == astuple(beaver.mul_cost(n, numel, numel) + truncate_cost(n, numel))
+        m = x.shape[0]
+        assert costs["matmul"] == astuple(beaver.matmul_cost(n, numel, numel) + truncate_cost(n, m * m))
+        assert costs["open"] == astuple(open_cost(n, numel))
+        assert costs["truncate"] == astuple(truncate_cost(n, numel))
+        assert costs["share"] == astuple(sharing.share_cost()) == (0, 0)
+
+
+def astuple(cost: Cost):
+    return (cost.rounds, cost.bytes_sent)
+
+
+def operands():
+    x, y = data(1, 5, 6), data(2, 5, 6)
+    w, b = data(3, 4, 6), data(4, 6)
+    return x, y, w, b
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_all_operations_in_threads(n):
+    args = operands()
+    results = run_threads(programs.all_operations, n, *args, dealer_handler=dealer_handler)
+    check_all_operations(results, n, *args)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_all_operations_in_processes_over_tls(n):
+    args = operands()
+    results = spawn(programs.all_operations, n, *args, dealer_handler=dealer_handler, timeout=240)
+    check_all_operations(results, n, *args)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("runner", ["threads", "processes"])
+def test_batched_attention_product(runner):
+    q, k = data(5, 8, 12, 128, 64, scale=1.0), data(6, 8, 12, 64, 128, scale=1.0)
+    run = run_threads if runner == "threads" else spawn
+    results = run(programs.batched_attention, 3, q, k, dealer_handler=dealer_handler)
+    want = q @ k
+    for scores, cost in results:
+        assert (scores - want).abs().max().item() <= 64 * 2 * EPS + ULP
+        assert cost == astuple(beaver.matmul_cost(3, q.numel(), k.numel()) + truncate_cost(3, want.numel()))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n", [2, 3, 5])
+@pytest.mark.parametrize("batched", [False, True])
+def test_ring_beaver_products_are_exact(n, batched):
+    from mpcft.kernels import PRG, fresh_seed, ring_matmul
+    prg = PRG(fresh_seed())
+    if batched:
+        x, y = prg.ring((2, 3, 5, 7)), prg.ring((3, 7, 4))
+        want, formula = ring_matmul(x, y), beaver.matmul_cost
+    else:
+        x, y = prg.ring((6, 1, 5)), prg.ring((4, 5))  # broadcasting
+        want, formula = x * y, beaver.mul_cost
+    results = run_threads(programs.ring_products, n, x, y, batched, dealer_handler=dealer_handler)
+    for z, cost in results:
+        assert torch.equal(z, want)
+        assert cost == astuple(formula(n, x.numel(), y.numel()))

@@ -1,0 +1,76 @@
+"""Dealer correlations: seed compression, correctness, and the offline/online split."""
+import pytest
+import torch
+
+from mpcft.kernels import PRG, fresh_seed, ring_matmul
+from mpcft.kernels.ring import RING_BITS, low_bits, msb, rshift_logical
+from mpcft.protocols.correlations import (FileCorrelations, dealer_corrections, dealer_handler,
+                                          party_shares, write_offline)
+from mpcft.runtime import run_threads
+
+from . import programs
+
+
+def reconstruct(kind, params, n, seq=7):
+    seeds = [fresh_seed() for _ in range(n)]
+    corrections = dealer_corrections(kind, params, seq, seeds)
+    shares = [party_shares(kind, params, seq, seeds[r], r, corrections if r == 0 else None)
+              for r in range(n)]
+    return [sum(parts[1:], parts[0]) for parts in zip(*shares)], corrections
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_triples_pairs_and_truncation_material_are_correct(n):
+    (a, b, c), corrections = reconstruct("triple", {"shape_a": [4, 1, 3], "shape_b": [5, 3]}, n)
+    assert torch.equal(c, a * b) and c.shape == (4, 5, 3)
+    assert len(corrections) == 1  # party 0 receives only c's correction
+    (a, b, c), _ = reconstruct("matmul_triple", {"shape_a": [2, 4, 6], "shape_b": [6, 3]}, n)
+    assert torch.equal(c, ring_matmul(a, b))
+    (a, aa), _ = reconstruct("square", {"shape": [10]}, n)
+    assert torch.equal(aa, a * a)
+    (r, top, mid), _ = reconstruct("trunc", {"shape": [1000], "bits": 20}, n)
+    assert torch.equal(top, msb(r))
+    assert torch.equal(mid, rshift_logical(low_bits(r, RING_BITS - 1), 20))
+    (r, bit), _ = reconstruct("bit", {"shape": [4000]}, n)
+    assert set(bit.unique().tolist()) == {0, 1} and abs(bit.double().mean() - 0.5) < 0.05
+
+
+def test_unknown_kinds_and_misuse_are_rejected():
+    with pytest.raises(ValueError, match="unknown correlation kind"):
+        dealer_corrections("nope", {}, 0, [fresh_seed()] * 2)
+    with pytest.raises(ValueError, match="only party 0"):
+        dealer_handler(1, "square", {"shape": [2], "seq": 0}, 0, [fresh_seed()] * 2)
+    with pytest.raises(ValueError, match="corrections"):
+        party_shares("square", {"shape": [2]}, 0, fresh_seed(), 0, None)
+
+
+@pytest.mark.timeout(120)
+def test_offline_files_replace_the_dealer(tmp_path):
+    x = torch.linspace(-3, 3, 12, dtype=torch.float64).reshape(3, 4)
+    y = torch.linspace(2, -1, 12, dtype=torch.float64).reshape(3, 4)
+    online = run_threads(programs.record_plan, 3, x, y, dealer_handler=dealer_handler)
+    plan = online[0][1]
+    assert [p["kind"] for p in plan].count("trunc") == 3
+    write_offline(plan, 3, tmp_path)
+    offline = run_threads(programs.run_offline, 3, x, y, str(tmp_path))  # no dealer
+    for got, want in zip(offline[0], [x * y, x @ y.T, x * x]):
+        assert (got - want).abs().max() < 1e-4
+    for a, b in zip(offline[0], online[0][0]):
+        assert (a - b).abs().max() < 1e-5
+
+
+def test_offline_file_checks_requests(tmp_path):
+    plan = [{"kind": "square", "params": {"shape": [3]}}]
+    paths = write_offline(plan, 2, tmp_path)
+    with pytest.raises(ValueError, match="party 0's correlations"):
+        FileCorrelations(paths[0], rank=1)
+    files = FileCorrelations(paths[1], rank=1)
+    with pytest.raises(RuntimeError, match="program changed"):
+        files.get("square", shape=[4])
+    files = FileCorrelations(paths[1], rank=1)
+    assert [t.shape for t in files.get("square", shape=[3])] == [(3,), (3,)]
+    with pytest.raises(RuntimeError, match="more correlations than were recorded"):
+        files.get("square", shape=[3])
+    (tmp_path / "junk.corr").write_bytes(b"not a file")
+    with pytest.raises(ValueError, match="not an mpcft correlation file"):
+        FileCorrelations(tmp_path / "junk.corr", rank=0)

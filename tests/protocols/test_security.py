@@ -1,0 +1,73 @@
+"""What the protocols reveal: uniform shares, input-independent views, no plaintext on the wire."""
+import numpy as np
+import pytest
+import torch
+
+from mpcft.kernels import FixedPoint
+from mpcft.protocols.correlations import dealer_handler
+from mpcft.runtime import run_threads
+
+from . import programs
+
+SENTINEL = 1234.5678  # encodes to a distinctive ring value
+
+
+def byte_histogram(tensors) -> np.ndarray:
+    data = torch.cat([t.reshape(-1) for t in tensors]).numpy().view(np.uint8)
+    return np.bincount(data, minlength=256)
+
+
+def chi_square_uniform(counts) -> float:
+    expected = counts.sum() / 256
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def chi_square_two_sample(c1, c2) -> float:
+    k1, k2 = np.sqrt(c2.sum() / c1.sum()), np.sqrt(c1.sum() / c2.sum())
+    return float(((k1 * c1 - k2 * c2) ** 2 / (c1 + c2)).sum())
+
+
+def share_of_fixed_secret(session, value):
+    from mpcft.protocols.context import MPCContext
+    ctx = MPCContext(session)
+    return programs.owned(ctx, value, 0).share
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n", [2, 3])
+def test_every_share_of_a_fixed_secret_is_uniform(n):
+    secret = torch.full((200, 200), 3.25, dtype=torch.float64)
+    shares = run_threads(share_of_fixed_secret, n, secret, dealer_handler=dealer_handler)
+    for share in shares:
+        assert chi_square_uniform(byte_histogram([share])) < 350  # 255 dof, p < 1e-4
+        bits = np.unpackbits(share.numpy().view(np.uint8))
+        assert abs(bits.mean() - 0.5) < 0.01
+    assert FixedPoint().decode(sum(shares)).eq(3.25).all()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n", [2, 3])
+def test_views_are_distributed_alike_for_different_secrets(n):
+    shape = (64, 64)
+    zeros = torch.zeros(shape, dtype=torch.float64)
+    big = torch.full(shape, 1000.0, dtype=torch.float64)
+    small = torch.full(shape, -0.001, dtype=torch.float64)
+    view_a = run_threads(programs.transcript, n, zeros, zeros, dealer_handler=dealer_handler)
+    view_b = run_threads(programs.transcript, n, big, small, dealer_handler=dealer_handler)
+    for rank in range(n):
+        ha, hb = byte_histogram(view_a[rank]), byte_histogram(view_b[rank])
+        assert chi_square_uniform(ha) < 350 and chi_square_uniform(hb) < 350, rank
+        assert chi_square_two_sample(ha, hb) < 350, rank
+        assert [t.numel() for t in view_a[rank]] == [t.numel() for t in view_b[rank]]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n", [2, 3])
+def test_no_message_carries_a_plaintext_input(n):
+    x = torch.full((32, 16), SENTINEL, dtype=torch.float64)
+    y = torch.full((32, 16), -SENTINEL, dtype=torch.float64)
+    marks = FixedPoint().encode(torch.tensor([SENTINEL, -SENTINEL]))
+    for view in run_threads(programs.transcript, n, x, y, dealer_handler=dealer_handler):
+        everything = torch.cat(view)
+        assert everything.numel() > 0
+        assert not torch.isin(everything, marks).any()
