@@ -9,15 +9,14 @@ with broadcast batch dimensions). Two exact routes, chosen by shape:
   thread pool; best for large 2-D products.
 Both wrap modulo 2^64 (two's complement int64 arithmetic), so results are bit-exact.
 """
-from concurrent.futures import ThreadPoolExecutor
-
 import numba
 import numpy as np
 import torch
 
+from .threads import num_threads, run_parallel
+
 _ROWS_MAX_KN = 1 << 17  # k*n*8 bytes = 1 MiB: b of a "rows" task stays in L2
 _SMALL_OPS = 1 << 15    # below this many multiply-adds, threads cost more than they save
-_POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
 @numba.njit(parallel=True, nogil=True, cache=True, boundscheck=False)
@@ -58,7 +57,7 @@ def ring_matmul(a, b, *, threads: int | None = None, route: str = "auto"):
     as_torch = _check_operands(a, b)
     an = a.numpy() if as_torch else a
     bn = b.numpy() if as_torch else b
-    out = _matmul_numpy(an, bn, threads or torch.get_num_threads(), route)
+    out = _matmul_numpy(an, bn, num_threads(threads), route)
     return torch.from_numpy(out) if as_torch else out
 
 
@@ -150,12 +149,5 @@ def _tiles(a: np.ndarray, b: np.ndarray, threads: int) -> np.ndarray:
         rows_b, rows_m = task
         torch.matmul(ta[rows_b, rows_m], tb[rows_b], out=out[rows_b, rows_m])
 
-    list(_pool(threads).map(run, tasks))
+    run_parallel(run, tasks, threads)
     return out.numpy()
-
-
-def _pool(threads: int) -> ThreadPoolExecutor:
-    """A cached thread pool per size (a resource cache: it holds no results or secrets)."""
-    if threads not in _POOLS:
-        _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="mpcft-matmul")
-    return _POOLS[threads]

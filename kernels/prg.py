@@ -10,13 +10,14 @@ numpy's and torch's default generators are never used for anything secret.
 """
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from Crypto.Cipher import AES
 from Crypto.Hash import SHA256
 from Crypto.Protocol.KDF import HKDF
+
+from .threads import num_threads, run_parallel
 
 SEED_BYTES = 32
 _BLOCK = 16
@@ -47,11 +48,11 @@ def _check_seed(seed) -> None:
 class PRG:
     """A deterministic, seekable stream of secure random bytes and ring elements."""
 
-    def __init__(self, seed: bytes, threads: int = 0):
+    def __init__(self, seed: bytes, threads: int | None = None):
         _check_seed(seed)
         self._key = HKDF(bytes(seed), 16, salt=b"mpcft-prg-v1", hashmod=SHA256)
         self._block = 0  # next unused AES block
-        self._threads = threads or min(4, os.cpu_count() or 1)
+        self._threads = threads  # None: follow torch.get_num_threads()
         self._lock = threading.Lock()
 
     @property
@@ -67,11 +68,7 @@ class PRG:
             start = self._block
             self._block += -(-nbytes // _BLOCK)
         tasks = [(start + off // _BLOCK, view[off:off + _CHUNK]) for off in range(0, nbytes, _CHUNK)]
-        if len(tasks) == 1:
-            self._keystream(*tasks[0])
-        else:
-            with ThreadPoolExecutor(self._threads) as pool:
-                list(pool.map(lambda task: self._keystream(*task), tasks))
+        run_parallel(lambda task: self._keystream(*task), tasks, num_threads(self._threads))
 
     def _keystream(self, block: int, out: memoryview) -> None:
         cipher = AES.new(self._key, AES.MODE_CTR, nonce=b"", initial_value=block)

@@ -4,7 +4,8 @@ With a dealer triple (a, b, c = a*b), the parties open d = x - a and e = y - b i
 round (one message per peer holding both) and compute locally
   x*y = c + d*b + a*e + d*e        (d*e added by party 0 only).
 d and e are uniform whatever x and y are, so nothing but the product's shares results.
-The same holds with @ in place of * for matrix triples. Products here are exact ring
+Computed as c + d*(b + e) + a*e at party 0 and c + d*b + a*e elsewhere: two products per
+party. The same holds with @ in place of * for matrix triples. Products here are exact ring
 products; fixed-point callers truncate afterwards (see truncation.py).
 """
 import torch
@@ -25,10 +26,7 @@ def mul(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Shares of x * y mod 2^64 (broadcasting). Cost: mul_cost(n, x.numel(), y.numel())."""
     a, b, c = ctx.correlation("triple", shape_a=list(x.shape), shape_b=list(y.shape))
     d, e = _open_pair(ctx, x - a, y - b)
-    z = c + d * b + a * e
-    if ctx.rank == 0:
-        z += d * e
-    return z
+    return c + d * (b + e if ctx.rank == 0 else b) + a * e
 
 
 def mul_cost(n: int, numel_x: int, numel_y: int) -> Cost:
@@ -59,10 +57,7 @@ def matmul(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """
     a, b, c = ctx.correlation("matmul_triple", shape_a=list(x.shape), shape_b=list(y.shape))
     d, e = _open_pair(ctx, x - a, y - b)
-    z = c + ring_matmul(d, b) + ring_matmul(a, e)
-    if ctx.rank == 0:
-        z += ring_matmul(d, e)
-    return z
+    return c + ring_matmul(d, b + e if ctx.rank == 0 else b) + ring_matmul(a, e)
 
 
 def matmul_cost(n: int, numel_x: int, numel_y: int) -> Cost:

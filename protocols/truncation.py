@@ -13,7 +13,8 @@ Reveals only c, which is uniform whatever x is.
 """
 import torch
 
-from mpcft.kernels.ring import RING_BITS, low_bits, msb, rshift_logical
+from mpcft.kernels.fused import trunc_reconstruct
+from mpcft.kernels.ring import RING_BITS
 
 from .cost import Cost, open_cost
 from .sharing import open_
@@ -33,12 +34,7 @@ def truncate(ctx, x: torch.Tensor, bits: int | None = None) -> torch.Tensor:
     r, r_top, r_mid = ctx.correlation("trunc", shape=list(shape), bits=bits)
     first = ctx.rank == 0
     c = open_(ctx, x + r + (1 << VALID_BITS) if first else x + r)
-    c_top, c_low = msb(c), low_bits(c, RING_BITS - 1)
-    u = r_top * (1 - 2 * c_top) + (c_top if first else 0)         # shares of c_top XOR r_top
-    y = (u << (RING_BITS - 1 - bits)) - r_mid
-    if first:
-        y += rshift_logical(c_low, bits) - (1 << (VALID_BITS - bits))
-    return y
+    return trunc_reconstruct(c, r_top, r_mid, bits, first)
 
 
 def truncate_cost(n: int, numel: int) -> Cost:
