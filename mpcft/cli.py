@@ -1,13 +1,122 @@
-"""Command line entry point: `mpcft <command>`."""
+"""Command line entry point: `mpcft <command>`.
+
+  mpcft certs --out DIR -n N [--dealer] [--host H ...] [--days D]
+  mpcft launch -n N [--dealer] [--handler m:f] [--insecure-plaintext] [--timeout S]
+               script.py|-m module [args]
+  mpcft party --config cluster.toml --rank R script.py|-m module [args]
+  mpcft dealer --config cluster.toml [--handler m:f]
+"""
 import argparse
+import os
+import runpy
+import signal
 import sys
+
+from mpcft.runtime import config as cluster_config
+from mpcft.runtime.dealer import DEFAULT_HANDLER, DealerServer
+from mpcft.runtime.errors import MPCRuntimeError
+from mpcft.runtime.launch import launch
+from mpcft.runtime.session import ENV_CLUSTER, ENV_RANK, ENV_WORLD_SIZE
+from mpcft.runtime.tls import make_certs
+
+
+def _program(args):
+    if args.module:
+        return ["-m", args.module] + args.args
+    if not args.args:
+        raise SystemExit("mpcft: give a script or -m module to run")
+    return args.args
+
+
+def _add_program(parser):
+    parser.add_argument("-m", dest="module", help="run a module (like python -m)")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="script.py and its arguments")
+
+
+def cmd_certs(args):
+    make_certs(args.out, args.n, dealer=args.dealer, hosts=args.host, days=args.days)
+    print(f"mpcft certs: CA and certificates for {args.n} parties"
+          f"{' and the dealer' if args.dealer else ''} in {args.out}")
+    return 0
+
+
+def cmd_launch(args):
+    return launch(args.n, _program(args), dealer=args.dealer, handler=args.handler,
+                  tls=not args.insecure_plaintext, timeout=args.timeout,
+                  connect_timeout=args.connect_timeout, certs=args.certs)
+
+
+def cmd_party(args):
+    config = cluster_config.load(args.config)
+    config.party(args.rank)
+    os.environ[ENV_CLUSTER] = str(config.path)
+    os.environ[ENV_RANK] = str(args.rank)
+    os.environ[ENV_WORLD_SIZE] = str(config.world_size)
+    program = _program(args)
+    try:
+        if program[0] == "-m":
+            sys.argv = [program[1]] + program[2:]
+            runpy.run_module(program[1], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = program
+            sys.path.insert(0, os.path.dirname(os.path.abspath(program[0])))
+            runpy.run_path(program[0], run_name="__main__")
+    except MPCRuntimeError as exc:
+        print(f"mpcft party {args.rank}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_dealer(args):
+    server = DealerServer(cluster_config.load(args.config), args.handler)
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    signal.signal(signal.SIGINT, lambda *_: server.stop())
+    return server.run()
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="mpcft", description=__doc__)
-    parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="mpcft", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("certs", help="create a CA and certificates for parties and dealer")
+    p.add_argument("--out", required=True)
+    p.add_argument("-n", type=int, required=True, help="number of parties")
+    p.add_argument("--dealer", action="store_true", help="also a certificate for the dealer")
+    p.add_argument("--host", action="append", default=[],
+                   help="host name or address to put in every certificate (repeatable)")
+    p.add_argument("--days", type=int, default=365, help="validity in days")
+    p.set_defaults(run=cmd_certs)
+
+    p = commands.add_parser("launch", help="run N local parties (and the dealer) on loopback")
+    p.add_argument("-n", type=int, required=True, help="number of parties")
+    p.add_argument("--dealer", action="store_true", help="also start the dealer")
+    p.add_argument("--handler", default=None, help=f"dealer handler (default {DEFAULT_HANDLER})")
+    p.add_argument("--insecure-plaintext", action="store_true",
+                   help="no TLS (INSECURE; benchmarks only)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per protocol step")
+    p.add_argument("--connect-timeout", type=float, default=60.0)
+    p.add_argument("--certs", default=None, help="certificate folder (default: throw-away)")
+    _add_program(p)
+    p.set_defaults(run=cmd_launch)
+
+    p = commands.add_parser("party", help="run one party of a cluster")
+    p.add_argument("--config", required=True, help="cluster TOML file")
+    p.add_argument("--rank", type=int, required=True)
+    _add_program(p)
+    p.set_defaults(run=cmd_party)
+
+    p = commands.add_parser("dealer", help="run the dealer of a cluster")
+    p.add_argument("--config", required=True, help="cluster TOML file")
+    p.add_argument("--handler", default=DEFAULT_HANDLER, help="module:function")
+    p.set_defaults(run=cmd_dealer)
+
     args = parser.parse_args(argv)
-    return 0
+    try:
+        return args.run(args)
+    except MPCRuntimeError as exc:
+        print(f"mpcft {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

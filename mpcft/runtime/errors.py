@@ -1,0 +1,43 @@
+"""Errors raised by the party runtime.
+
+Every failure a protocol can see (a peer that crashed, closed its session or sent a bad frame, a
+step past its timeout, a refused certificate, a dealer error) is an `MPCRuntimeError`, whose
+message names the peer and the step.
+"""
+
+
+class MPCRuntimeError(RuntimeError):
+    """Base class of all runtime errors."""
+
+
+class PeerError(MPCRuntimeError):
+    """A peer crashed, closed its connection or its session, or broke the wire protocol."""
+
+
+class FrameError(PeerError):
+    """A peer sent a malformed, oversized or out-of-sequence frame."""
+
+
+class MPCTimeoutError(MPCRuntimeError, TimeoutError):
+    """A blocking step (connect, send, receive, dealer request) ran past its timeout."""
+
+
+class CertificateError(MPCRuntimeError):
+    """A TLS peer was refused: wrong, expired or missing certificate, or wrong identity."""
+
+
+class ConfigError(MPCRuntimeError):
+    """The cluster file or the environment is inconsistent."""
+
+
+class DealerError(MPCRuntimeError):
+    """The dealer could not answer a request (its handler raised)."""
+
+
+class PartyFailed(MPCRuntimeError):
+    """A party (thread or process) started by `run_threads`/`spawn` failed."""
+
+    def __init__(self, rank, message, details=""):
+        super().__init__(f"rank {rank} failed: {message}")
+        self.rank = rank
+        self.details = details

@@ -1,0 +1,119 @@
+"""`mpcft launch`: start N local parties (and the dealer) on loopback, torchrun-style.
+
+Each party runs `python <script> args` (or `python -m <module> args`) with the environment
+variables RANK, WORLD_SIZE, LOCAL_RANK and MPCFT_CLUSTER (the generated cluster file), so the
+program gets its session from `mpcft.runtime.init()`. Output lines are prefixed with
+"[rank r]" / "[dealer]". If any process exits non-zero, the others get SIGTERM, then SIGKILL
+after a grace period, and the launcher exits with that status; Ctrl-C or SIGTERM stops all.
+"""
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from .local import local_cluster
+from .session import ENV_CLUSTER, ENV_RANK, ENV_WORLD_SIZE
+
+
+def _stream(proc, label, lock, out):
+    for line in iter(proc.stdout.readline, b""):
+        with lock:
+            out.write(f"[{label}] {line.decode(errors='replace')}")
+            out.flush()
+    proc.stdout.close()
+
+
+def _stop_all(procs, grace):
+    for proc in procs.values():
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace
+    for proc in procs.values():
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for proc in procs.values():
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+
+def launch(world_size, program, dealer=False, handler=None, tls=True, timeout=60.0,
+           connect_timeout=60.0, certs=None, grace=5.0, out=None):
+    """Run `program` (["script.py", args...] or ["-m", "module", args...]) as `world_size`
+    parties; returns the exit status (0 when every process succeeded)."""
+    out = out or sys.stdout
+    lock = threading.Lock()
+    with tempfile.TemporaryDirectory(prefix="mpcft-launch-") as tmp:
+        _, path = local_cluster(tmp, world_size, dealer=dealer, tls_enabled=tls, timeout=timeout,
+                                connect_timeout=connect_timeout, certs=certs)
+        base = dict(os.environ, PYTHONUNBUFFERED="1", WORLD_SIZE=str(world_size))
+        base[ENV_CLUSTER], base[ENV_WORLD_SIZE] = str(path), str(world_size)
+        commands = {}
+        if dealer:
+            commands["dealer"] = ([sys.executable, "-m", "mpcft.cli", "dealer", "--config",
+                                   str(path)] + (["--handler", handler] if handler else []), base)
+        for rank in range(world_size):
+            env = dict(base, LOCAL_RANK=str(rank))
+            env[ENV_RANK] = str(rank)
+            commands[f"rank {rank}"] = ([sys.executable] + list(program), env)
+        procs, streams = {}, []
+        stop = threading.Event()
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            for label, (command, env) in commands.items():
+                procs[label] = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                                stderr=subprocess.STDOUT, start_new_session=True)
+                streams.append(threading.Thread(target=_stream, args=(procs[label], label, lock, out),
+                                                daemon=True))
+                streams[-1].start()
+            status = _supervise(procs, stop, grace, lock, out)
+        except KeyboardInterrupt:
+            status = 130
+            _say(lock, out, "interrupted; stopping all processes")
+        finally:
+            _stop_all(procs, grace)
+            signal.signal(signal.SIGTERM, previous)
+            for thread in streams:
+                thread.join(5.0)
+    return status
+
+
+def _say(lock, out, message):
+    with lock:
+        out.write(f"mpcft launch: {message}\n")
+        out.flush()
+
+
+def _supervise(procs, stop, grace, lock, out):
+    parties = [label for label in procs if label != "dealer"]
+    while True:
+        if stop.is_set():
+            _say(lock, out, "SIGTERM; stopping all processes")
+            return 143
+        for label, proc in procs.items():
+            code = proc.poll()
+            if code not in (None, 0):
+                _say(lock, out, f"{label} exited with status {code}; stopping the others")
+                return code if code > 0 else 128 - code
+        if all(procs[label].poll() == 0 for label in parties):
+            dealer = procs.get("dealer")
+            if dealer is not None:
+                try:
+                    dealer.wait(grace)
+                except subprocess.TimeoutExpired:
+                    _say(lock, out, "dealer did not stop after all parties finished")
+                    return 1
+                return dealer.returncode
+            return 0
+        time.sleep(0.05)

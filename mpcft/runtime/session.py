@@ -1,0 +1,266 @@
+"""`Session`: one party's view of an MPC run (rank, peers, dealer, transport, counters).
+
+There is no global state: build sessions with `Session.connect(config, rank)` (TCP),
+`Session.from_env()` (processes started by `mpcft launch` / `mpcft party`) or
+`mpcft.runtime.run_threads` (in-memory, threads of one process); several can live in one
+process. A session is driven by one thread. Every blocking step waits at most `timeout`
+seconds. A peer failure or timeout raises a `PeerError`/`MPCTimeoutError` naming the peer and
+the step, and drops all of this session's connections so the other parties notice at once.
+
+Seeds: for each pair of parties the lower rank draws a 32-byte seed with `secrets` and sends it
+over their (authenticated, encrypted) channel; the dealer draws one seed per party and sends
+it likewise. A seed is known to exactly the two ends of its channel.
+"""
+import functools
+import os
+import secrets
+
+import numpy as np
+import torch
+
+from . import config as config_module
+from .comm import CommStats
+from .errors import ConfigError, DealerError, FrameError, MPCRuntimeError, MPCTimeoutError, PeerError
+from .frames import FrameType, as_wire_array, json_tensor, tensor_json
+from .transport import connect_party
+
+ENV_CLUSTER = "MPCFT_CLUSTER"
+ENV_RANK = "RANK"
+ENV_WORLD_SIZE = "WORLD_SIZE"
+SEED_BYTES = 32
+
+
+def _fails_session(method):
+    """Drop the session's connections when a peer failure or timeout escapes `method`."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (PeerError, MPCTimeoutError):
+            self.abort()
+            raise
+    return wrapper
+
+
+def _as_tensor(value):
+    if isinstance(value, torch.Tensor):
+        return value
+    _, array = as_wire_array(value)
+    return torch.from_numpy(array)
+
+
+class Session:
+    """A party in an MPC run. `transport` carries `peers` {rank: channel} and `dealer`."""
+
+    def __init__(self, rank, world_size, transport, timeout=60.0):
+        if set(transport.peers) != set(range(world_size)) - {rank}:
+            raise ConfigError(f"party {rank}: transport connects {sorted(transport.peers)}, "
+                              f"expected every other rank of {world_size}")
+        self.rank, self.world_size, self.transport, self.timeout = rank, world_size, transport, timeout
+        self.peers = [r for r in range(world_size) if r != rank]
+        self.comm = CommStats()
+        self.dealer_seed = None
+        self._pair_seeds = {}
+        self._dealer_requests = 0
+        self._closed = False
+        self._agree_seeds()
+
+    @classmethod
+    def connect(cls, config, rank):
+        """Connect party `rank` of `config` (a ClusterConfig or a cluster file path) over TCP."""
+        if not isinstance(config, config_module.ClusterConfig):
+            config = config_module.load(config)
+        return cls(rank, config.world_size, connect_party(config, rank), config.timeout)
+
+    @classmethod
+    def from_env(cls):
+        """Session of a process started by `mpcft launch` or `mpcft party` (env RANK,
+        WORLD_SIZE, MPCFT_CLUSTER)."""
+        try:
+            path, rank = os.environ[ENV_CLUSTER], int(os.environ[ENV_RANK])
+        except (KeyError, ValueError) as exc:
+            raise ConfigError(f"{ENV_CLUSTER} and {ENV_RANK} must be set (start the program "
+                              f"with `mpcft launch` or `mpcft party`): {exc}") from None
+        config = config_module.load(path)
+        size = os.environ.get(ENV_WORLD_SIZE)
+        if size is not None and int(size) != config.world_size:
+            raise ConfigError(f"{ENV_WORLD_SIZE}={size} but {path} lists {config.world_size} parties")
+        return cls.connect(config, rank)
+
+    def __repr__(self):
+        return (f"Session(rank={self.rank}, world_size={self.world_size}, "
+                f"transport={self.transport.kind!r})")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    # --- set-up ---------------------------------------------------------------------------
+
+    @_fails_session
+    def _agree_seeds(self):
+        for peer in self.peers:
+            if peer > self.rank:
+                seed = secrets.token_bytes(SEED_BYTES)
+                self._channel(peer).send(FrameType.SEED, np.frombuffer(seed, np.uint8),
+                                         "seed agreement")
+                self._pair_seeds[peer] = seed
+        for peer in self.peers:
+            if peer < self.rank:
+                self._pair_seeds[peer] = self._recv_seed(self._channel(peer))
+        if self.transport.dealer is not None:
+            self.dealer_seed = self._recv_seed(self.transport.dealer)
+
+    def _recv_seed(self, channel):
+        frame_type, tensor, _ = channel.recv(f"seed agreement with {channel.name}", self.timeout)
+        if frame_type != FrameType.SEED or tensor.dtype != torch.uint8 or tensor.numel() != SEED_BYTES:
+            raise FrameError(f"seed agreement with {channel.name}: expected a {SEED_BYTES}-byte "
+                             f"seed, got a {frame_type.name} frame")
+        return tensor.numpy().tobytes()
+
+    def pair_seed(self, peer):
+        """32-byte seed shared with party `peer` only."""
+        self._channel(peer)
+        return self._pair_seeds[peer]
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _channel(self, peer):
+        if self._closed:
+            raise MPCRuntimeError(f"party {self.rank}: session is closed")
+        try:
+            return self.transport.peers[peer]
+        except KeyError:
+            raise ValueError(f"party {self.rank} has no peer {peer!r} (peers: {self.peers})") from None
+
+    def _step(self, what, peer, op):
+        region = self.comm.current_region
+        step = f"{what} party {peer}" + ("" if op in ("send", "recv") else f" in {op}")
+        return step + (f" in region '{region}'" if region else "")
+
+    def _send(self, peer, tensor, op):
+        payload, wire = self._channel(peer).send(FrameType.TENSOR, tensor,
+                                                 self._step("send to", peer, op))
+        self.comm.count_sent(payload, wire)
+
+    def _recv(self, peer, op):
+        step = self._step("recv from", peer, op)
+        frame_type, tensor, wire = self._channel(peer).recv(step, self.timeout)
+        if frame_type != FrameType.TENSOR:
+            raise FrameError(f"{step}: expected a tensor, got a {frame_type.name} frame")
+        self.comm.count_received(tensor.nbytes, wire)
+        return tensor
+
+    # --- communication --------------------------------------------------------------------
+
+    @_fails_session
+    def send(self, peer, tensor):
+        """Send `tensor` to `peer` (one round unless inside `comm.round()`)."""
+        self._send(peer, tensor, "send")
+        self.comm.count_round()
+
+    @_fails_session
+    def recv(self, peer):
+        """Receive the next tensor from `peer` (torch CPU tensor, sent dtype and shape)."""
+        tensor = self._recv(peer, "recv")
+        self.comm.count_round()
+        return tensor
+
+    @_fails_session
+    def exchange(self, tensors):
+        """Send tensors[p] to each listed peer p and receive one tensor from each; one round."""
+        for peer in tensors:
+            self._channel(peer)
+        for peer, tensor in tensors.items():
+            self._send(peer, tensor, "exchange")
+        received = {peer: self._recv(peer, "exchange") for peer in tensors}
+        self.comm.count_round()
+        return received
+
+    def all_gather(self, tensor):
+        """Everybody's `tensor`, as a list indexed by rank; one round."""
+        received = self.exchange({peer: tensor for peer in self.peers})
+        received[self.rank] = _as_tensor(tensor)
+        return [received[r] for r in range(self.world_size)]
+
+    @_fails_session
+    def gather(self, tensor, root):
+        """At `root`: everybody's `tensor` as a list by rank; elsewhere None. One round."""
+        if root == self.rank:
+            received = {peer: self._recv(peer, "gather") for peer in self.peers}
+            received[self.rank] = _as_tensor(tensor)
+            result = [received[r] for r in range(self.world_size)]
+        else:
+            self._send(root, tensor, "gather")
+            result = None
+        self.comm.count_round()
+        return result
+
+    @_fails_session
+    def broadcast(self, tensor, root):
+        """`root`'s tensor at every party (others pass None); one round."""
+        if root == self.rank:
+            for peer in self.peers:
+                self._send(peer, tensor, "broadcast")
+            result = _as_tensor(tensor)
+        else:
+            result = self._recv(root, "broadcast")
+        self.comm.count_round()
+        return result
+
+    @_fails_session
+    def dealer_request(self, kind, **params):
+        """Ask the dealer for `kind` (JSON-serialisable `params`); returns its list of tensors.
+
+        Counted as dealer traffic: request JSON bytes sent, response tensor bytes received.
+        """
+        channel = self.transport.dealer
+        if channel is None:
+            raise ConfigError(f"party {self.rank}: this session has no dealer")
+        if self._closed:
+            raise MPCRuntimeError(f"party {self.rank}: session is closed")
+        seq = self._dealer_requests
+        self._dealer_requests += 1
+        region = self.comm.current_region
+        step = f"dealer request {kind!r} #{seq}" + (f" in region '{region}'" if region else "")
+        sent, _ = channel.send(FrameType.REQUEST,
+                               json_tensor({"kind": kind, "params": params, "seq": seq}), step)
+        frame_type, head, _ = channel.recv(step, self.timeout)
+        answer = tensor_json(head, "dealer") if frame_type == FrameType.RESPONSE else None
+        if not isinstance(answer, dict):
+            raise FrameError(f"{step}: malformed response from the dealer")
+        if "error" in answer:
+            self.comm.count_dealer(sent, 0)
+            raise DealerError(f"{step}: the dealer failed: {answer['error']}")
+        tensors = []
+        for _ in range(int(answer.get("count", 0))):
+            frame_type, tensor, _ = channel.recv(step, self.timeout)
+            if frame_type != FrameType.TENSOR:
+                raise FrameError(f"{step}: expected a tensor from the dealer, got {frame_type.name}")
+            tensors.append(tensor)
+        self.comm.count_dealer(sent, sum(t.nbytes for t in tensors))
+        return tensors
+
+    # --- shutdown -------------------------------------------------------------------------
+
+    def close(self):
+        """End the session cleanly: goodbye to every peer and the dealer, then close."""
+        if not self._closed:
+            self._closed = True
+            self.transport.close(graceful=True, grace=min(self.timeout, 10.0))
+
+    def abort(self):
+        """Drop every connection at once (peers see the failure immediately)."""
+        if not self._closed:
+            self._closed = True
+            self.transport.close(graceful=False)
+
+
+def init():
+    """Shorthand for `Session.from_env()`."""
+    return Session.from_env()

@@ -1,0 +1,159 @@
+"""Certificates and mutual-TLS contexts.
+
+`make_certs` writes a CA (`ca.pem`, `ca-key.pem`) and one EC P-256 certificate per party
+(`party-{r}.pem`, `party-{r}-key.pem`, common name `party-{r}`) and for the dealer
+(`dealer.pem`, `dealer-key.pem`, common name `dealer`). Both sides of every connection present
+a certificate signed by the cluster CA and check that the peer's common name is the identity
+they expect, so each party knows exactly who it talks to. TLS 1.3 (AES-GCM) hides contents
+from a network observer, who still sees message sizes and timing.
+"""
+import datetime
+import ipaddress
+import os
+import pathlib
+import ssl
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .errors import CertificateError
+
+
+def _name(common_name):
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _write_key(key, path):
+    path = pathlib.Path(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()))
+
+
+def _write_cert(cert, path):
+    pathlib.Path(path).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _validity(days, expired):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if expired:
+        return now - datetime.timedelta(days=10), now - datetime.timedelta(days=1)
+    return now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
+
+
+def make_ca(out_dir, days=365, name="mpcft cluster CA"):
+    """Create `ca.pem` and `ca-key.pem` in `out_dir`; returns (certificate, key)."""
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    start, end = _validity(days, False)
+    cert = (x509.CertificateBuilder().subject_name(_name(name)).issuer_name(_name(name))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                         content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False,
+                                         encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    _write_cert(cert, out_dir / "ca.pem")
+    _write_key(key, out_dir / "ca-key.pem")
+    return cert, key
+
+
+def load_ca(ca_dir):
+    ca_dir = pathlib.Path(ca_dir)
+    cert = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
+    key = serialization.load_pem_private_key((ca_dir / "ca-key.pem").read_bytes(), None)
+    return cert, key
+
+
+def make_cert(ca, identity, out_dir, hosts=(), days=365, expired=False, file_stem=None):
+    """Certificate for `identity` ("party-3", "dealer") signed by `ca` = (cert, key).
+
+    Writes `{file_stem or identity}.pem` and `...-key.pem`; the subject alternative names hold
+    localhost, 127.0.0.1 and `hosts`. `expired=True` makes one that expired yesterday (tests).
+    Returns (certificate path, key path).
+    """
+    ca_cert, ca_key = ca
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    names = []
+    for host in ("localhost", "127.0.0.1", *hosts):
+        try:
+            entry = x509.IPAddress(ipaddress.ip_address(host))
+        except ValueError:
+            entry = x509.DNSName(host)
+        if entry not in names:
+            names.append(entry)
+    start, end = _validity(days, expired)
+    cert = (x509.CertificateBuilder().subject_name(_name(identity)).issuer_name(ca_cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                  ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    stem = file_stem or identity
+    cert_path, key_path = out_dir / f"{stem}.pem", out_dir / f"{stem}-key.pem"
+    _write_cert(cert, cert_path)
+    _write_key(key, key_path)
+    return cert_path, key_path
+
+
+def make_certs(out_dir, world_size, dealer=True, hosts=(), days=365):
+    """CA plus certificates for parties 0..world_size-1 (and the dealer) in `out_dir`.
+
+    `hosts` go into every certificate's subject alternative names. Returns `out_dir`.
+    """
+    ca = make_ca(out_dir, days)
+    for rank in range(world_size):
+        make_cert(ca, f"party-{rank}", out_dir, hosts, days)
+    if dealer:
+        make_cert(ca, "dealer", out_dir, hosts, days)
+    return pathlib.Path(out_dir)
+
+
+def _context(purpose, ca, cert, key):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if purpose == "server" else ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.check_hostname = False      # identities are checked by common name, hosts may be bare IPs
+    if purpose == "server":
+        ctx.num_tickets = 0         # no session tickets: nothing is written after the handshake
+    try:
+        ctx.load_verify_locations(cafile=str(ca))
+        ctx.load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise CertificateError(f"cannot load certificates (ca {ca}, cert {cert}): {exc}") from None
+    return ctx
+
+
+def server_context(ca, cert, key):
+    """Context for accepting connections: requires a client certificate signed by `ca`."""
+    return _context("server", ca, cert, key)
+
+
+def client_context(ca, cert, key):
+    """Context for connecting: presents `cert`, requires a server certificate signed by `ca`."""
+    return _context("client", ca, cert, key)
+
+
+def peer_identity(sock):
+    """Common name of the verified peer certificate of a TLS socket."""
+    cert = sock.getpeercert()
+    for rdn in cert.get("subject", ()) if cert else ():
+        for key, value in rdn:
+            if key == "commonName":
+                return value
+    return None

@@ -1,0 +1,84 @@
+"""Helpers of the runtime tests: process bookkeeping and functions for `spawn`."""
+import os
+import pathlib
+
+import torch
+
+
+def descendants(pid=None):
+    """{pid: (state, cmdline)} of all live descendants of `pid` (default: this process)."""
+    pid = pid or os.getpid()
+    parents, info = {}, {}
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        parents[int(entry.name)] = int(fields[1])
+        info[int(entry.name)] = (fields[0], cmdline)
+    found, frontier = {}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, ppid in parents.items():
+            if ppid == parent and child not in found:
+                found[child] = info[child]
+                frontier.append(child)
+    return found
+
+
+def leftover_processes():
+    """Descendants other than multiprocessing's fork server (zombies included)."""
+    return {pid: v for pid, v in descendants().items()
+            if "forkserver" not in v[1] and "resource_tracker" not in v[1]}
+
+
+def processes_mentioning(text):
+    """PIDs of processes anywhere whose command line contains `text`."""
+    pids = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def all_to_all(session, size):
+    """Every party sends a different tensor to every other; returns checks and counters."""
+    sent = {p: torch.arange(size, dtype=torch.int64) * (session.rank + 1) + p for p in session.peers}
+    got = session.exchange(sent)
+    ok = all(torch.equal(got[p], torch.arange(size, dtype=torch.int64) * (p + 1) + session.rank)
+             for p in session.peers)
+    gathered = session.all_gather(torch.tensor([session.rank], dtype=torch.int32))
+    return {"ok": ok, "gathered": [int(t) for t in gathered], "rounds": session.comm.rounds,
+            "bytes_sent": session.comm.bytes_sent, "bytes_received": session.comm.bytes_received,
+            "seeds": {p: session.pair_seed(p) for p in session.peers}}
+
+
+def big_exchange(session, count):
+    """Both parties send each other `count` int64 at once."""
+    other = session.peers[0]
+    got = session.exchange({other: torch.full((count,), session.rank + 1, dtype=torch.int64)})
+    return bool((got[other] == other + 1).all()), got[other].dtype, session.comm.bytes_received
+
+
+def dealer_checks(session):
+    """A dealer ping and a seed-derived "random" request."""
+    from mpcft.runtime import expand_seed
+    import numpy as np
+    ping = session.dealer_request("ping", values=[1, 2, 3])
+    (rand,) = session.dealer_request("random", shape=[2, 3])
+    mine = np.frombuffer(expand_seed(session.dealer_seed, 1, 48), dtype=np.int64).reshape(2, 3)
+    return [t.tolist() for t in ping], bool((rand.numpy() == mine).all()), session.comm.dealer_requests
+
+
+def raise_on_rank_one(session):
+    if session.rank == 1:
+        raise ValueError("rank one is unhappy")
+    return session.recv(1)
