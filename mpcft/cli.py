@@ -68,7 +68,7 @@ def cmd_party(args):
 
 
 def cmd_dealer(args):
-    server = DealerServer(cluster_config.load(args.config), args.handler)
+    server = DealerServer(cluster_config.load(args.config), args.handler, threads=args.threads)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     signal.signal(signal.SIGINT, lambda *_: server.stop())
     return server.run()
@@ -109,6 +109,7 @@ def main(argv=None):
     p = commands.add_parser("dealer", help="run the dealer of a cluster")
     p.add_argument("--config", required=True, help="cluster TOML file")
     p.add_argument("--handler", default=DEFAULT_HANDLER, help="module:function")
+    p.add_argument("--threads", type=int, default=None, help="torch compute threads")
     p.set_defaults(run=cmd_dealer)
 
     args = parser.parse_args(argv)

@@ -22,11 +22,13 @@ import time
 import numpy as np
 import torch
 
+from mpcft.kernels.memory import keep_freed_memory
+
 from .errors import ConfigError, FrameError, MPCRuntimeError, PeerError
 from .frames import FrameType, json_tensor, tensor_json
 from .transport import Acceptor, SendWatchdog, TcpChannel, contexts, warn_plaintext
 
-DEFAULT_HANDLER = "mpcft.runtime.dealer:default_handler"
+DEFAULT_HANDLER = "mpcft.protocols.correlations:dealer_handler"  # the real correlations
 
 
 def expand_seed(seed, seq, nbytes):
@@ -34,7 +36,7 @@ def expand_seed(seed, seq, nbytes):
     return hashlib.shake_256(seed + seq.to_bytes(8, "big") + b"mpcft-dealer").digest(nbytes)
 
 
-def default_handler(rank, kind, params, seq, seeds):
+def echo_handler(rank, kind, params, seq, seeds):
     """Test handler. "ping": [tensor([rank, seq]), tensor(params["values"])];
     "random": one int64 tensor of `params["shape"]` expanded from the party's dealer seed and
     `seq` (the party can recompute it: a check of seed agreement)."""
@@ -100,9 +102,13 @@ class DealerService:
 class DealerServer:
     """The dealer process of a cluster: `DealerServer(config, handler).run()` -> exit status."""
 
-    def __init__(self, cluster_config, handler=default_handler, log=sys.stderr):
+    def __init__(self, cluster_config, handler=DEFAULT_HANDLER, log=sys.stderr, threads=None):
+        """threads: torch compute threads for the handler (default: torch's choice)."""
         if cluster_config.dealer is None:
             raise ConfigError("the cluster file has no [dealer] section")
+        keep_freed_memory()
+        if threads:
+            torch.set_num_threads(threads)
         if isinstance(handler, str):
             handler = load_handler(handler)
         self.config = cluster_config

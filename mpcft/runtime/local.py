@@ -147,17 +147,19 @@ def _spawned_party(path, rank, fn, args, conn):
         sys.exit(1)
 
 
-def _spawned_dealer(path, handler):
-    sys.exit(DealerServer(config_module.load(path), handler).run())
+def _spawned_dealer(path, handler, threads):
+    sys.exit(DealerServer(config_module.load(path), handler, threads=threads).run())
 
 
-def spawn(fn, world_size, *args, dealer_handler=None, tls=True, timeout=120, step_timeout=None):
+def spawn(fn, world_size, *args, dealer_handler=None, tls=True, timeout=120, step_timeout=None,
+          dealer_threads=None):
     """Run `fn(session, *args)` for every rank in its own process over loopback TCP.
 
     Mutual TLS with throw-away certificates unless `tls=False`; `fn` and `dealer_handler` must
     be importable module-level functions; results come back pickled, by rank. If a rank fails,
     every process is killed and `PartyFailed` names the rank and its error. `step_timeout`
-    (default: `timeout`) bounds each protocol step.
+    (default: `timeout`) bounds each protocol step; `dealer_threads` sets the dealer's torch
+    threads (1 for benchmarks that give every process one core's worth).
     """
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["torch", "numpy", "mpcft.runtime"])
@@ -177,7 +179,7 @@ def spawn(fn, world_size, *args, dealer_handler=None, tls=True, timeout=120, ste
                 pipes[rank] = receiver
             if dealer_handler is not None:
                 procs["dealer"] = context.Process(target=_spawned_dealer, name="mpcft-dealer",
-                                                  args=(str(path), dealer_handler))
+                                                  args=(str(path), dealer_handler, dealer_threads))
                 procs["dealer"].start()
             return _collect(procs, pipes, world_size, time.monotonic() + timeout, timeout)
         finally:

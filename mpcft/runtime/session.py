@@ -18,6 +18,8 @@ import secrets
 import numpy as np
 import torch
 
+from mpcft.kernels.memory import keep_freed_memory
+
 from . import config as config_module
 from .comm import CommStats
 from .errors import ConfigError, DealerError, FrameError, MPCRuntimeError, MPCTimeoutError, PeerError
@@ -70,6 +72,7 @@ class Session:
         """Connect party `rank` of `config` (a ClusterConfig or a cluster file path) over TCP."""
         if not isinstance(config, config_module.ClusterConfig):
             config = config_module.load(config)
+        keep_freed_memory()  # a party process: reuse freed share buffers (kernels/memory.py)
         return cls(rank, config.world_size, connect_party(config, rank), config.timeout)
 
     @classmethod

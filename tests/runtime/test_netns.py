@@ -64,7 +64,8 @@ def test_parties_in_separate_network_namespaces(tmp_path, namespaces):
                                  ports=[29500, 29500, 29400], timeout=30, connect_timeout=40)
     base = [sys.executable, "-m", "mpcft.cli"]
     commands = [base + ["party", "--config", str(path), "--rank", str(r), PROGRAM, "exchange"]
-                for r in range(2)] + [base + ["dealer", "--config", str(path)]]
+                for r in range(2)] + [base + ["dealer", "--config", str(path),
+                                                "--handler", "mpcft.runtime.dealer:echo_handler"]]
     procs = [subprocess.Popen(["ip", "netns", "exec", ns] + command, env=ENV, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for ns, command in zip(namespaces, commands)]

@@ -9,7 +9,7 @@ import time
 import pytest
 
 import runtime_helpers as helpers
-from mpcft.runtime import PartyFailed, default_handler, local_cluster, spawn
+from mpcft.runtime import PartyFailed, echo_handler, local_cluster, spawn
 
 PROGRAM = str(pathlib.Path(__file__).with_name("party_program.py"))
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(pathlib.Path(__file__).parent)] + sys.path))
@@ -44,7 +44,7 @@ def test_200_mb_both_ways_at_once_over_tls():
 
 @pytest.mark.timeout(120)
 def test_dealer_between_processes():
-    results = spawn(helpers.dealer_checks, 3, dealer_handler=default_handler, timeout=90)
+    results = spawn(helpers.dealer_checks, 3, dealer_handler=echo_handler, timeout=90)
     for rank, (ping, rand_ok, requests) in enumerate(results):
         assert ping == [[rank, 0], [1, 2, 3]] and rand_ok and requests == 2
 
@@ -57,6 +57,9 @@ def test_failing_rank_is_named_and_all_are_stopped():
     assert time.monotonic() - start < 30
 
 
+ECHO = "mpcft.runtime.dealer:echo_handler"
+
+
 def start_party(config_path, rank, *args):
     return subprocess.Popen([sys.executable, "-m", "mpcft.cli", "party", "--config",
                              str(config_path), "--rank", str(rank), PROGRAM, *args], env=ENV,
@@ -65,7 +68,7 @@ def start_party(config_path, rank, *args):
 
 def start_dealer(config_path):
     return subprocess.Popen([sys.executable, "-m", "mpcft.cli", "dealer", "--config",
-                             str(config_path)], env=ENV, stdout=subprocess.PIPE,
+                             str(config_path), "--handler", ECHO], env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -130,7 +133,7 @@ def run_cli(*args, timeout=90):
 def test_launch_with_dealer_prefixes_output_and_sets_rank(tmp_path):
     script = tmp_path / "prog.py"
     script.write_text(pathlib.Path(PROGRAM).read_text())
-    done = run_cli("launch", "-n", "3", "--dealer", str(script), "exchange")
+    done = run_cli("launch", "-n", "3", "--dealer", "--handler", ECHO, str(script), "exchange")
     assert done.returncode == 0, done.stdout + done.stderr
     for rank in range(3):
         line = next(l for l in done.stdout.splitlines() if l.startswith(f"[rank {rank}] RESULT"))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from mpcft.runtime import (DealerError, MPCTimeoutError, PeerError, default_handler, expand_seed,
+from mpcft.runtime import (DealerError, MPCTimeoutError, PeerError, echo_handler, expand_seed,
                            run_threads)
 
 pytestmark = pytest.mark.timeout(60)
@@ -64,7 +64,7 @@ def dealer_use(session):
 
 
 def test_dealer_requests_seeds_and_errors():
-    results = run_threads(dealer_use, 3, dealer_handler=default_handler, timeout=20)
+    results = run_threads(dealer_use, 3, dealer_handler=echo_handler, timeout=20)
     for rank, (ping, rand_ok, again, requests, received, seed) in enumerate(results):
         assert ping == [[rank, 0], [rank, 9]] and rand_ok and again == [rank, 3]
         assert requests == 4 and received == 32 + 48 + 16 and len(seed) == 32
