@@ -14,7 +14,8 @@ Kinds (params -> values, all as additive shares):
 - "matmul_triple"(shape_a, shape_b): A, B uniform; C = A @ B (batched).
 - "square"(shape): a uniform; a^2.
 - "trunc"(shape, bits): r uniform; r_top = msb(r); r_mid = (r mod 2^63) >> bits.
-- "bit"(shape): a uniform random bit b (0/1), derived from an unused uniform value.
+- "and_triple"(words): binary (XOR-shared) packed words a, b uniform; c = a AND b.
+- "sign"(shape, bits, digit_bits): see protocols/comparison.py.
 """
 import json
 import pathlib
@@ -24,7 +25,8 @@ import numpy as np
 import torch
 
 from mpcft.kernels import PRG, derive_seed, fresh_seed, ring_matmul
-from mpcft.kernels.ring import RING_BITS, low_bits, msb, rshift_logical
+from mpcft.kernels.bits import digit_planes, pack_bits, words_for
+from mpcft.kernels.ring import RING_BITS, bit, low_bits, msb, rshift_logical
 
 
 def _shape(value) -> tuple:
@@ -39,19 +41,52 @@ def _matmul_shape(a, b) -> tuple:
     return tuple(torch.broadcast_shapes(a[:-2], b[:-2])) + (a[-2], b[-1])
 
 
-# kind -> (shapes of random inputs, shapes of derived values, derivation)
-KINDS = {
-    "triple": lambda p: ([_shape(p["shape_a"]), _shape(p["shape_b"])],
-                         [_broadcast(_shape(p["shape_a"]), _shape(p["shape_b"]))],
-                         lambda a, b: [a * b]),
-    "matmul_triple": lambda p: ([_shape(p["shape_a"]), _shape(p["shape_b"])],
-                                [_matmul_shape(_shape(p["shape_a"]), _shape(p["shape_b"]))],
-                                lambda a, b: [ring_matmul(a, b)]),
-    "square": lambda p: ([_shape(p["shape"])], [_shape(p["shape"])], lambda a: [a * a]),
-    "trunc": lambda p: ([_shape(p["shape"])], [_shape(p["shape"])] * 2,
-                        lambda r: [msb(r), rshift_logical(low_bits(r, RING_BITS - 1), int(p["bits"]))]),
-    "bit": lambda p: ([_shape(p["shape"])], [_shape(p["shape"])], lambda r: [msb(r)]),
-}
+ARITH, BINARY = False, True  # how shares combine: sum mod 2^64, or XOR
+
+
+def _triple(p):
+    a, b = _shape(p["shape_a"]), _shape(p["shape_b"])
+    return [(a, ARITH), (b, ARITH)], [(_broadcast(a, b), ARITH)], lambda x, y: [x * y]
+
+
+def _matmul_triple(p):
+    a, b = _shape(p["shape_a"]), _shape(p["shape_b"])
+    return [(a, ARITH), (b, ARITH)], [(_matmul_shape(a, b), ARITH)], lambda x, y: [ring_matmul(x, y)]
+
+
+def _square(p):
+    shape = _shape(p["shape"])
+    return [(shape, ARITH)], [(shape, ARITH)], lambda a: [a * a]
+
+
+def _trunc(p):
+    shape, bits = _shape(p["shape"]), int(p["bits"])
+    return ([(shape, ARITH)], [(shape, ARITH)] * 2,
+            lambda r: [msb(r), rshift_logical(low_bits(r, RING_BITS - 1), bits)])
+
+
+def _and_triple(p):
+    words = (int(p["words"]),)
+    return [(words, BINARY)] * 2, [(words, BINARY)], lambda a, b: [a & b]
+
+
+def _sign(p):
+    """Comparison material (protocols/comparison.py) for |x| < 2^bits, digits of digit_bits."""
+    shape, bits, digit_bits = _shape(p["shape"]), int(p["bits"]), int(p["digit_bits"])
+    digits, words = -(-bits // digit_bits), words_for(int(np.prod(shape, dtype=np.int64)))
+
+    def derive(r, a, s):
+        beta = s & 1
+        return [digit_planes(low_bits(r, bits), digit_bits, digits),
+                pack_bits(bit(r, bits) ^ beta), beta, a * beta]
+    return ([(shape, ARITH)] * 3,
+            [((digits, 1 << digit_bits, words), BINARY), ((words,), BINARY), (shape, ARITH), (shape, ARITH)],
+            derive)
+
+
+# kind -> params -> ([(shape, binary)] random inputs, [(shape, binary)] derived values, derive)
+KINDS = {"triple": _triple, "matmul_triple": _matmul_triple, "square": _square, "trunc": _trunc,
+         "and_triple": _and_triple, "sign": _sign}
 
 
 def _spec(kind: str, params: dict):
@@ -70,31 +105,34 @@ def party_shares(kind: str, params: dict, seq: int, seed: bytes, rank: int, corr
     Parties >= 1 compute everything from their seed; party 0 must pass the dealer's
     corrections for the derived values.
     """
-    random_shapes, derived_shapes, _ = _spec(kind, params)
+    random, derived, _ = _spec(kind, params)
     prg = _stream(seed, seq)
-    shares = [prg.ring(shape) for shape in random_shapes]
+    shares = [prg.ring(shape) for shape, _ in random]
     if rank == 0:
-        if corrections is None or len(corrections) != len(derived_shapes):
-            raise ValueError(f"party 0 needs {len(derived_shapes)} dealer corrections for {kind!r}")
-        for got, shape in zip(corrections, derived_shapes):
+        if corrections is None or len(corrections) != len(derived):
+            raise ValueError(f"party 0 needs {len(derived)} dealer corrections for {kind!r}")
+        for got, (shape, _) in zip(corrections, derived):
             if tuple(got.shape) != shape:
                 raise ValueError(f"dealer correction for {kind!r} has shape {tuple(got.shape)}, expected {shape}")
         return shares + list(corrections)
-    return shares + [prg.ring(shape) for shape in derived_shapes]
+    return shares + [prg.ring(shape) for shape, _ in derived]
 
 
 def dealer_corrections(kind: str, params: dict, seq: int, seeds) -> list:
-    """The dealer's answer to party 0: c_0 = c - sum_{i>=1} c_i for each derived value c."""
-    random_shapes, derived_shapes, derive = _spec(kind, params)
+    """The dealer's answer to party 0: c_0 = c - sum_{i>=1} c_i (XOR for binary values)."""
+    random, derived, derive = _spec(kind, params)
     streams = [_stream(seeds[i], seq) for i in range(len(seeds))]
-    values = [sum((prg.ring(shape) for prg in streams), torch.zeros(shape, dtype=torch.int64))
-              for shape in random_shapes]
+    values = []
+    for shape, binary in random:
+        value = torch.zeros(shape, dtype=torch.int64)
+        for prg in streams:
+            value = value ^ prg.ring(shape) if binary else value + prg.ring(shape)
+        values.append(value)
     corrections = derive(*values)
-    for i, prg in enumerate(streams):
-        if i == 0:
-            continue
-        for j, shape in enumerate(derived_shapes):
-            corrections[j] = corrections[j] - prg.ring(shape)
+    for prg in streams[1:]:
+        for j, (shape, binary) in enumerate(derived):
+            share = prg.ring(shape)
+            corrections[j] = corrections[j] ^ share if binary else corrections[j] - share
     return corrections
 
 

@@ -153,3 +153,20 @@ def run_offline(session, x, y, folder):
     from mpcft.protocols.correlations import FileCorrelations
     files = FileCorrelations(f"{folder}/party-{session.rank}.corr", session.rank)
     return products(MPCContext(session, correlations=files), x, y)
+
+
+def comparisons(session, x, y, bits):
+    """sign, relu, maximum and max_along on fixed-point inputs; raw ring results and costs."""
+    from mpcft.protocols import comparison
+    ctx = MPCContext(session)
+    X, Y = owned(ctx, x, 0), owned(ctx, y, session.world_size - 1)
+    out, costs = {}, {}
+    s, costs["sign"] = measured(session, lambda: comparison.sign_bit(ctx, X.share, bits))
+    out["sign"] = sharing.open_(ctx, s)
+    r, costs["relu"] = measured(session, lambda: comparison.relu(ctx, X.share, bits))
+    out["relu"] = ctx.fp.decode(sharing.open_(ctx, r))
+    out["maximum"] = ctx.fp.decode(sharing.open_(ctx, comparison.maximum(ctx, X.share, Y.share, bits)))
+    m, costs["max_along"] = measured(session, lambda: comparison.max_along(ctx, X.share, -1, bits))
+    out["max_along"] = ctx.fp.decode(sharing.open_(ctx, m))
+    out["max_dim0"] = ctx.fp.decode(sharing.open_(ctx, comparison.max_along(ctx, X.share, 0, bits)))
+    return out, costs

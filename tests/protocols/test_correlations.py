@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from mpcft.kernels import PRG, fresh_seed, ring_matmul
-from mpcft.kernels.ring import RING_BITS, low_bits, msb, rshift_logical
-from mpcft.protocols.correlations import (FileCorrelations, dealer_corrections, dealer_handler,
-                                          party_shares, write_offline)
+from mpcft.kernels.bits import unpack_bits
+from mpcft.kernels.ring import RING_BITS, bit, low_bits, msb, rshift_logical
+from mpcft.protocols.correlations import (KINDS, FileCorrelations, dealer_corrections,
+                                          dealer_handler, party_shares, write_offline)
 from mpcft.runtime import run_threads
 
 from . import programs
@@ -16,7 +17,14 @@ def reconstruct(kind, params, n, seq=7):
     corrections = dealer_corrections(kind, params, seq, seeds)
     shares = [party_shares(kind, params, seq, seeds[r], r, corrections if r == 0 else None)
               for r in range(n)]
-    return [sum(parts[1:], parts[0]) for parts in zip(*shares)], corrections
+    random, derived, _ = KINDS[kind](params)
+    values = []
+    for parts, (_, binary) in zip(zip(*shares), random + derived):
+        value = parts[0]
+        for part in parts[1:]:
+            value = value ^ part if binary else value + part
+        values.append(value)
+    return values, corrections
 
 
 @pytest.mark.parametrize("n", [2, 3, 5])
@@ -31,8 +39,19 @@ def test_triples_pairs_and_truncation_material_are_correct(n):
     (r, top, mid), _ = reconstruct("trunc", {"shape": [1000], "bits": 20}, n)
     assert torch.equal(top, msb(r))
     assert torch.equal(mid, rshift_logical(low_bits(r, RING_BITS - 1), 20))
-    (r, bit), _ = reconstruct("bit", {"shape": [4000]}, n)
-    assert set(bit.unique().tolist()) == {0, 1} and abs(bit.double().mean() - 0.5) < 0.05
+    (a, b, c), corrections = reconstruct("and_triple", {"words": 100}, n)
+    assert torch.equal(c, a & b) and len(corrections) == 1
+    (r, a, _, onehot, masked, beta, a_beta), _ = reconstruct(
+        "sign", {"shape": [5, 300], "bits": 30, "digit_bits": 4}, n)
+    assert set(beta.unique().tolist()) == {0, 1} and abs(beta.double().mean() - 0.5) < 0.05
+    assert torch.equal(a_beta, a * beta)
+    assert torch.equal(unpack_bits(masked, 1500), (bit(r, 30) ^ beta).reshape(-1))
+    assert onehot.shape == (8, 16, 24)
+    low = low_bits(r, 30).reshape(-1)
+    for g in (0, 7):
+        digit = (low >> (4 * g)) & 15
+        for v in (0, 3, 15):
+            assert torch.equal(unpack_bits(onehot[g, v], 1500), (digit == v).long())
 
 
 def test_unknown_kinds_and_misuse_are_rejected():

@@ -1,0 +1,158 @@
+"""Comparison: the sign of shared values, ReLU, select and max, with a dealer.
+
+sign_bit(x) gives arithmetic shares of s = [x < 0] for |x| < 2^L (L = `bits`, default 62).
+With dealer material r (uniform), one-hot digit planes of r mod 2^L, the masked bit
+bit_L(r) XOR beta and a random bit beta in arithmetic form:
+  1. open c = x + 2^L + r; x' = x + 2^L lies in [0, 2^(L+1)) and x >= 0 iff bit_L(x') = 1,
+     where bit_L(x') = bit_L(c) XOR bit_L(r) XOR borrow, borrow = [c mod 2^L < r mod 2^L];
+  2. compare digit by digit (base 2^digit_bits): for each digit the one-hot planes give XOR
+     shares of [c_g < r_g] and [c_g == r_g] locally, since c is public; combine the digits
+     in a log-depth tree, lt = lt_hi XOR (eq_hi AND lt_lo), eq = eq_hi AND eq_lo;
+  3. open p = borrow XOR bit_L(r) XOR beta and convert: s = 1 XOR bit_L(c) XOR p XOR beta,
+     linear in the arithmetic shares of beta.
+Everything opened is uniform (c, the AND maskings, p), so only s's shares result.
+relu/select reuse step 1's round to open x - a for a dealer pair (a, a*beta), making
+x * s local: relu(x) = x - x*s exact, with no truncation.
+Rounds: 2 + ceil(log2(ceil(L / digit_bits))). Bytes: sign_cost().
+"""
+import torch
+
+from mpcft.kernels.bits import digit_planes, unpack_bits, words_for
+from mpcft.kernels.ring import bit, low_bits
+
+from .binary import and_, open_bits
+from .cost import RING_BYTES, Cost
+from .sharing import open_
+
+FULL_BITS = 62   # any |x| < 2^62, the range of truncation
+DIGIT_BITS = 4
+
+
+def _tree_levels(digits: int) -> list[tuple[int, int]]:
+    """Per level of the digit tree: (ANDs per word for lt, ANDs per word for eq)."""
+    levels, blocks = [], digits
+    while blocks > 1:
+        pairs = blocks // 2
+        # the lowest block's eq is never used (it is always the low half of a pair)
+        levels.append((pairs, pairs - 1 if blocks % 2 == 0 else pairs))
+        blocks = pairs + blocks % 2
+    return levels
+
+
+def sign_cost(n: int, numel: int, bits: int = FULL_BITS, digit_bits: int = DIGIT_BITS,
+              with_product: bool = False) -> Cost:
+    """Cost of sign_bit (with_product: relu/select, which also open x - a)."""
+    words = words_for(numel)
+    levels = _tree_levels(-(-bits // digit_bits))
+    opened_words = sum(2 * (lt + eq) * words for lt, eq in levels) + words
+    opened_ring = numel * (2 if with_product else 1)
+    return Cost(2 + len(levels), (opened_ring + opened_words) * RING_BYTES * (n - 1))
+
+
+def _sign(ctx, x: torch.Tensor, bits: int, digit_bits: int, with_product: bool):
+    """Arithmetic-share coefficients (A, B) with s = A + B*beta, plus beta, a*beta and d = x - a."""
+    if not 1 <= bits <= FULL_BITS:
+        raise ValueError(f"comparison bits must be in [1, {FULL_BITS}], got {bits}")
+    shape, numel = x.shape, x.numel()
+    digits = -(-bits // digit_bits)
+    r, a, _, onehot, masked_rbit, beta, a_beta = ctx.correlation(
+        "sign", shape=list(shape), bits=bits, digit_bits=digit_bits)
+    first = ctx.rank == 0
+    c_share = x + r + (1 << bits) if first else x + r
+    if with_product:
+        opened = open_(ctx, torch.cat([c_share.reshape(-1), (x - a).reshape(-1)]))
+        c, d = opened[:numel].reshape(shape), opened[numel:].reshape(shape)
+    else:
+        c, d = open_(ctx, c_share), None
+    # leaves: XOR shares of [c_g < r_g] and [c_g == r_g] for every digit g
+    c_planes = digit_planes(low_bits(c, bits), digit_bits, digits)   # public one-hot of c's digits
+    below = torch.zeros_like(c_planes)                                # packed [c_g < v]
+    for v in range(1, 1 << digit_bits):
+        below[:, v] = below[:, v - 1] | c_planes[:, v - 1]
+    lt = _xor_reduce(onehot & below)
+    eq = _xor_reduce(onehot & c_planes)
+    borrow = _borrow_tree(ctx, list(lt.flip(0)), list(eq.flip(0)))
+    p = unpack_bits(open_bits(ctx, borrow ^ masked_rbit), numel).reshape(shape)
+    q = 1 - bit(c, bits)                      # public: s = q XOR (p XOR beta)
+    coeff_a = q + (1 - 2 * q) * p             # with p XOR beta = p + (1 - 2p) beta:
+    coeff_b = (1 - 2 * q) * (1 - 2 * p)       # s = A + B * beta
+    return coeff_a, coeff_b, beta, a_beta, d
+
+
+def _xor_reduce(planes: torch.Tensor) -> torch.Tensor:
+    """XOR over the value axis of [digits, values, words]."""
+    out = planes[:, 0].clone()
+    for v in range(1, planes.shape[1]):
+        out ^= planes[:, v]
+    return out
+
+
+def _borrow_tree(ctx, lt: list, eq: list) -> torch.Tensor:
+    """Combine per-digit (lt, eq), most significant first, into XOR shares of [c_low < r_low]."""
+    while len(lt) > 1:
+        pairs = len(lt) // 2
+        his, los = range(0, 2 * pairs, 2), range(1, 2 * pairs, 2)
+        lowest = len(lt) - 1                      # its eq is never needed
+        eq_needed = [i for i in los if i != lowest]
+        x = torch.stack([eq[h] for h in his] + [eq[i - 1] for i in eq_needed])
+        y = torch.stack([lt[i] for i in los] + [eq[i] for i in eq_needed])
+        z = and_(ctx, x, y)
+        new_lt = [lt[h] ^ z[k] for k, h in enumerate(his)]
+        new_eq = [None] * pairs
+        for k, i in enumerate(eq_needed):
+            new_eq[(i - 1) // 2] = z[pairs + k]
+        if len(lt) % 2:
+            new_lt.append(lt[-1])
+            new_eq.append(eq[-1])
+        lt, eq = new_lt, new_eq
+    return lt[0]
+
+
+def _constant(ctx, value: torch.Tensor) -> torch.Tensor:
+    """Party 0's share of a public ring tensor."""
+    return value if ctx.rank == 0 else torch.zeros_like(value)
+
+
+def sign_bit(ctx, x: torch.Tensor, bits: int = FULL_BITS, digit_bits: int = DIGIT_BITS) -> torch.Tensor:
+    """Arithmetic shares (scale 1, not fixed point) of [x < 0], for |x| < 2^bits."""
+    coeff_a, coeff_b, beta, _, _ = _sign(ctx, x, bits, digit_bits, with_product=False)
+    return _constant(ctx, coeff_a) + coeff_b * beta
+
+
+def select_negative(ctx, x: torch.Tensor, bits: int = FULL_BITS, digit_bits: int = DIGIT_BITS):
+    """Shares of x * [x < 0] and of [x < 0], in sign_bit's rounds (x*s is local)."""
+    coeff_a, coeff_b, beta, a_beta, d = _sign(ctx, x, bits, digit_bits, with_product=True)
+    s = _constant(ctx, coeff_a) + coeff_b * beta
+    x_beta = d * beta + a_beta                 # x * beta = (d + a) * beta
+    return coeff_a * x + coeff_b * x_beta, s
+
+
+def relu(ctx, x: torch.Tensor, bits: int = FULL_BITS) -> torch.Tensor:
+    """max(x, 0) exactly. Cost: sign_cost(..., with_product=True)."""
+    negative_part, _ = select_negative(ctx, x, bits)
+    return x - negative_part
+
+
+def maximum(ctx, x: torch.Tensor, y: torch.Tensor, bits: int = FULL_BITS) -> torch.Tensor:
+    """Elementwise max(x, y) = x - min(x - y, 0), valid for |x - y| < 2^bits."""
+    negative_part, _ = select_negative(ctx, x - y, bits)
+    return x - negative_part
+
+
+def max_along(ctx, x: torch.Tensor, dim: int = -1, bits: int = FULL_BITS) -> torch.Tensor:
+    """max over `dim` (kept with size 1) by a tournament: ceil(log2(size)) maximum() levels."""
+    x = x.movedim(dim, -1)
+    while x.shape[-1] > 1:
+        half = x.shape[-1] // 2
+        top = maximum(ctx, x[..., :half], x[..., half:2 * half], bits)
+        x = torch.cat([top, x[..., 2 * half:]], -1)
+    return x.movedim(-1, dim)
+
+
+def max_along_cost(n: int, numel: int, size: int, bits: int = FULL_BITS) -> Cost:
+    """numel: elements of x; size: length of the reduced dimension."""
+    rows, total = numel // size, Cost(0, 0)
+    while size > 1:
+        total = total + sign_cost(n, rows * (size // 2), bits, with_product=True)
+        size = size // 2 + size % 2
+    return total
