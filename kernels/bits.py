@@ -35,11 +35,14 @@ def _digit_planes(values, digit_bits, digits, out):
     for w in numba.prange(words):
         start = w * 64
         stop = min(start + 64, values.size)
-        for i in range(start, stop):
-            v = values[i]
-            for g in range(digits):
-                d = (v >> (g * digit_bits)) & mask
-                out[g, d, w] |= np.int64(1) << (i - start)
+        acc = np.zeros(1 << digit_bits, np.int64)
+        for g in range(digits):
+            acc[:] = 0
+            for i in range(start, stop):
+                d = (values[i] >> (g * digit_bits)) & mask
+                acc[d] |= np.int64(1) << (i - start)
+            for v in range(1 << digit_bits):
+                out[g, v, w] = acc[v]
 
 
 def digit_planes(values: torch.Tensor, digit_bits: int, digits: int) -> torch.Tensor:
@@ -52,3 +55,42 @@ def digit_planes(values: torch.Tensor, digit_bits: int, digits: int) -> torch.Te
     if flat.size:
         _digit_planes(flat, digit_bits, digits, out)
     return torch.from_numpy(out).to(values.device)
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _compare_leaves(public, planes, digit_bits, lt, eq):
+    digits, values, words = planes.shape
+    mask = (np.int64(1) << digit_bits) - 1
+    for w in numba.prange(words):
+        start = w * 64
+        stop = min(start + 64, public.size)
+        suffix = np.zeros(values + 1, np.int64)   # suffix[v] = XOR of planes[g, u, w], u >= v
+        for g in range(digits):
+            for v in range(values - 1, -1, -1):
+                suffix[v] = suffix[v + 1] ^ planes[g, v, w]
+            lt_word = np.int64(0)
+            eq_word = np.int64(0)
+            for i in range(start, stop):
+                d = (public[i] >> (g * digit_bits)) & mask
+                shift = i - start
+                lt_word |= ((suffix[d + 1] >> shift) & 1) << shift
+                eq_word |= ((planes[g, d, w] >> shift) & 1) << shift
+            lt[g, w] = lt_word
+            eq[g, w] = eq_word
+
+
+def compare_leaves(public: torch.Tensor, planes: torch.Tensor, digit_bits: int):
+    """Per digit g, XOR shares of [p_g < s_g] and [p_g == s_g] for public p and secret s.
+
+    `planes` are this party's XOR shares of s's one-hot digit planes ([digits, 2^digit_bits,
+    words], as digit_planes makes them); since p is public, both results are XORs of plane
+    bits selected by p's digits: [p_g < s_g] = XOR_{v > p_g} onehot[g, v]. Returns two
+    [digits, words] tensors.
+    """
+    flat = public.reshape(-1).contiguous().cpu().numpy()
+    np_planes = planes.contiguous().cpu().numpy()
+    lt = np.zeros(np_planes.shape[::2], np.int64)
+    eq = np.zeros_like(lt)
+    if flat.size:
+        _compare_leaves(flat, np_planes, digit_bits, lt, eq)
+    return torch.from_numpy(lt).to(public.device), torch.from_numpy(eq).to(public.device)

@@ -17,7 +17,7 @@ Rounds: 2 + ceil(log2(ceil(L / digit_bits))). Bytes: sign_cost().
 """
 import torch
 
-from mpcft.kernels.bits import digit_planes, unpack_bits, words_for
+from mpcft.kernels.bits import compare_leaves, unpack_bits, words_for
 from mpcft.kernels.ring import bit, low_bits
 
 from .binary import and_, open_bits
@@ -54,7 +54,6 @@ def _sign(ctx, x: torch.Tensor, bits: int, digit_bits: int, with_product: bool):
     if not 1 <= bits <= FULL_BITS:
         raise ValueError(f"comparison bits must be in [1, {FULL_BITS}], got {bits}")
     shape, numel = x.shape, x.numel()
-    digits = -(-bits // digit_bits)
     r, a, _, onehot, masked_rbit, beta, a_beta = ctx.correlation(
         "sign", shape=list(shape), bits=bits, digit_bits=digit_bits)
     first = ctx.rank == 0
@@ -64,27 +63,14 @@ def _sign(ctx, x: torch.Tensor, bits: int, digit_bits: int, with_product: bool):
         c, d = opened[:numel].reshape(shape), opened[numel:].reshape(shape)
     else:
         c, d = open_(ctx, c_share), None
-    # leaves: XOR shares of [c_g < r_g] and [c_g == r_g] for every digit g
-    c_planes = digit_planes(low_bits(c, bits), digit_bits, digits)   # public one-hot of c's digits
-    below = torch.zeros_like(c_planes)                                # packed [c_g < v]
-    for v in range(1, 1 << digit_bits):
-        below[:, v] = below[:, v - 1] | c_planes[:, v - 1]
-    lt = _xor_reduce(onehot & below)
-    eq = _xor_reduce(onehot & c_planes)
+    # leaves: XOR shares of [c_g < r_g] and [c_g == r_g] for every digit g (local: c is public)
+    lt, eq = compare_leaves(low_bits(c, bits), onehot, digit_bits)
     borrow = _borrow_tree(ctx, list(lt.flip(0)), list(eq.flip(0)))
     p = unpack_bits(open_bits(ctx, borrow ^ masked_rbit), numel).reshape(shape)
     q = 1 - bit(c, bits)                      # public: s = q XOR (p XOR beta)
     coeff_a = q + (1 - 2 * q) * p             # with p XOR beta = p + (1 - 2p) beta:
     coeff_b = (1 - 2 * q) * (1 - 2 * p)       # s = A + B * beta
     return coeff_a, coeff_b, beta, a_beta, d
-
-
-def _xor_reduce(planes: torch.Tensor) -> torch.Tensor:
-    """XOR over the value axis of [digits, values, words]."""
-    out = planes[:, 0].clone()
-    for v in range(1, planes.shape[1]):
-        out ^= planes[:, v]
-    return out
 
 
 def _borrow_tree(ctx, lt: list, eq: list) -> torch.Tensor:
