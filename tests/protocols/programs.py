@@ -170,3 +170,35 @@ def comparisons(session, x, y, bits):
     out["max_along"] = ctx.fp.decode(sharing.open_(ctx, m))
     out["max_dim0"] = ctx.fp.decode(sharing.open_(ctx, comparison.max_along(ctx, X.share, 0, bits)))
     return out, costs
+
+
+def nonlinear(session, inputs):
+    """Every non-linear function on its own input (party 0's); decoded outputs and costs."""
+    from mpcft.protocols import activations, exponential, layernorm, reciprocal, softmax
+    ctx = MPCContext(session)
+    shared = {name: owned(ctx, value, 0).share for name, value in inputs.items()}
+    dec = lambda s: ctx.fp.decode(sharing.open_(ctx, s))
+    out, rounds = {}, {}
+
+    def run(name, fn):
+        result, (r, _) = measured(session, fn)
+        rounds[name] = r
+        out[name] = [dec(t) for t in result] if isinstance(result, tuple) else dec(result)
+
+    run("exp", lambda: exponential.exp(ctx, shared["exp"]))
+    run("exp_clamped", lambda: exponential.exp(ctx, shared["exp_wide"], clamp=True))
+    run("reciprocal", lambda: reciprocal.reciprocal(ctx, shared["reciprocal"]))
+    run("inv_sqrt", lambda: reciprocal.inv_sqrt(ctx, shared["inv_sqrt"]))
+    run("log", lambda: reciprocal.log(ctx, shared["log"]))
+    run("gelu", lambda: activations.gelu(ctx, shared["gelu"], with_grad=True))
+    run("tanh", lambda: activations.tanh(ctx, shared["gelu"]))
+    run("sigmoid", lambda: activations.sigmoid(ctx, shared["gelu"]))
+    run("softmax", lambda: softmax.softmax(ctx, shared["softmax"]))
+    run("softmax_masked", lambda: softmax.softmax(ctx, shared["softmax"], mask=inputs["mask"]))
+    y = softmax.softmax(ctx, shared["softmax"])
+    run("softmax_backward", lambda: softmax.softmax_backward(ctx, y, shared["softmax_grad"]))
+    run("layernorm", lambda: layernorm.layernorm(ctx, shared["layernorm"]))
+    xhat, rstd = layernorm.layernorm(ctx, shared["layernorm"])
+    run("layernorm_backward", lambda: layernorm.layernorm_backward(ctx, shared["layernorm_grad"], xhat, rstd))
+    run("cross_entropy", lambda: softmax.cross_entropy(ctx, shared["logits"], shared["labels"], with_loss=True))
+    return out, rounds

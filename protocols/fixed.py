@@ -1,0 +1,89 @@
+"""Fixed-point arithmetic on shares: products with truncation, public constants, polynomials.
+
+Shares encode x * 2^f. A product of two such values has 2f fractional bits and is brought
+back with one truncation (stochastic rounding, error < 2^-f). Independent products are
+batched so that a whole level costs one Beaver round and one truncation round.
+"""
+import torch
+
+from . import beaver
+from .truncation import truncate
+
+
+def public(ctx, value, shape=None) -> torch.Tensor:
+    """Party 0's share of an encoded public value (zeros at the other parties)."""
+    encoded = ctx.fp.encode(value if isinstance(value, torch.Tensor) else torch.tensor(float(value)))
+    if shape is not None:
+        encoded = encoded.expand(shape).contiguous()
+    return encoded if ctx.rank == 0 else torch.zeros_like(encoded)
+
+
+def add_public(ctx, x: torch.Tensor, value) -> torch.Tensor:
+    return x + public(ctx, value)
+
+
+def mul_public(ctx, x: torch.Tensor, value, extra_bits: int = 0) -> torch.Tensor:
+    """x * c for public c (scalar or broadcastable tensor): local product, one truncation.
+
+    extra_bits encodes c with f + extra_bits fractional bits (for constants such as 1/d
+    whose rounding at 2^-f would show), valid while |x * c| < 2^(62 - 2f - extra_bits).
+    """
+    c = value if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+    encoded = torch.round(c.to(torch.float64) * 2.0 ** (ctx.frac_bits + extra_bits)).to(torch.int64)
+    return truncate(ctx, x * encoded, ctx.frac_bits + extra_bits)
+
+
+def mean_last(ctx, x: torch.Tensor) -> torch.Tensor:
+    """Mean over the last dim (kept), 1/d encoded with 10 extra bits: |mean| < 4096."""
+    return mul_public(ctx, x.sum(-1, keepdim=True), 1.0 / x.shape[-1], extra_bits=10)
+
+
+def mul_bit(ctx, x: torch.Tensor, bit: torch.Tensor) -> torch.Tensor:
+    """x * b for shared b in {0, 1} (scale 1): one Beaver round, no truncation."""
+    return beaver.mul(ctx, x, bit)
+
+
+def mul_many(ctx, pairs) -> list:
+    """[x * y for (x, y) in pairs] (equal shapes within a pair) in one Beaver + one truncation round."""
+    xs = torch.cat([x.reshape(-1) for x, _ in pairs])
+    ys = torch.cat([torch.broadcast_to(y, x.shape).reshape(-1) for x, y in pairs])
+    flat = truncate(ctx, beaver.mul(ctx, xs, ys))
+    out, start = [], 0
+    for x, _ in pairs:
+        out.append(flat[start:start + x.numel()].reshape(x.shape))
+        start += x.numel()
+    return out
+
+
+def mul(ctx, x, y, shift: int = 0) -> torch.Tensor:
+    """x * y (shift: also divide by 2^shift in the same truncation)."""
+    return truncate(ctx, beaver.mul(ctx, x, y), ctx.frac_bits + shift)
+
+
+def square(ctx, x) -> torch.Tensor:
+    return truncate(ctx, beaver.square(ctx, x))
+
+
+def powers(ctx, x: torch.Tensor, degree: int) -> list:
+    """[x, x^2, ..., x^degree] in ceil(log2(degree)) levels of mul_many (2 rounds each)."""
+    out = [x]
+    while len(out) < degree:
+        top = out[-1]                                  # x^(2^j)
+        count = min(len(out), degree - len(out))
+        out += mul_many(ctx, [(top, out[i]) for i in range(count)])
+    return out
+
+
+def combine(ctx, terms, coeffs, constant=0.0) -> torch.Tensor:
+    """constant + sum_k coeffs[k] * terms[k] for public coefficients: one truncation."""
+    acc = None
+    for term, c in zip(terms, coeffs):
+        product = term * ctx.fp.encode(torch.tensor(float(c)))
+        acc = product if acc is None else acc + product
+    acc = truncate(ctx, acc)
+    return add_public(ctx, acc, constant) if constant else acc
+
+
+def polynomial(ctx, x: torch.Tensor, coeffs) -> torch.Tensor:
+    """sum_k coeffs[k] x^k (coeffs[0] is the constant): powers + one truncation."""
+    return combine(ctx, powers(ctx, x, len(coeffs) - 1), coeffs[1:], coeffs[0])

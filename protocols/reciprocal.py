@@ -1,0 +1,99 @@
+"""Reciprocal, inverse square root and logarithm of positive shared values.
+
+Range reduction with comparisons against public powers of two, then Newton iterations:
+  b_j = [x >= 2^j] for the thresholds of the declared range (one batched comparison);
+  one-hot o_j = b_j - b_{j+1} of the binary exponent e, so a public function of e is a
+  local linear combination sum_j o_j * g(j), with no truncation (o_j has scale 1);
+  m = x * 2^-(e+1) lies in [1/2, 1), where the iterations converge from a linear guess.
+reciprocal: 1/m by y <- y (2 - m y) from y0 = 48/17 - 32/17 m (relative error <= 1/17),
+  3 iterations: 1/17 -> 3.5e-3 -> 1.2e-5 -> 1.5e-10 (then fixed-point rounding dominates).
+inv_sqrt: with even exponents, m = x * 4^-e' in [1/4, 1), 1/sqrt(m) by y <- y (3 - m y^2) / 2.
+log: log(x) = log(m) + (e+1) ln 2, log(m) by a degree-8 polynomial on [1/2, 1).
+Accuracy contract: relative error below 1e-4 for x in [lo, hi] given by the caller (the
+comparisons need |x - 2^j| < 2^(bits - f)); results outside [lo, hi] are clamped to the
+nearest end's exponent. Reveals nothing but the output shares.
+"""
+import math
+
+import numpy as np
+import torch
+
+from . import fixed
+from .comparison import sign_bit
+
+
+def _exponent_onehot(ctx, x: torch.Tensor, thresholds: list, bits: int):
+    """Arithmetic one-hot [len(thresholds)+1, *shape] of the interval of x among thresholds."""
+    t = torch.stack([fixed.add_public(ctx, x, -float(v)) for v in thresholds])
+    below = sign_bit(ctx, t, bits)                      # [x < t_j]
+    ones = torch.ones_like(below[:1]) if ctx.rank == 0 else torch.zeros_like(below[:1])
+    at_least = torch.cat([ones, ones - below])          # b_j = [x >= t_j], with b_{-1} = 1
+    zero = torch.zeros_like(at_least[:1])
+    return at_least - torch.cat([at_least[1:], zero])    # o_j = b_j - b_{j+1}
+
+
+def _scale_sum(ctx, onehot: torch.Tensor, values) -> torch.Tensor:
+    """sum_j onehot_j * values_j for public reals: local (onehot has scale 1)."""
+    enc = ctx.fp.encode(torch.tensor(values, dtype=torch.float64))
+    return (onehot * enc.reshape((-1,) + (1,) * (onehot.ndim - 1))).sum(0)
+
+
+def _range_exponents(lo: float, hi: float, step: int) -> list:
+    """Exponents j (multiples of step) with 2^j covering [lo, hi]."""
+    first = step * math.floor(math.log2(lo) / step)
+    last = step * math.ceil(math.log2(hi) / step)
+    return list(range(first + step, last, step))
+
+
+def reciprocal(ctx, x: torch.Tensor, lo: float = 1e-2, hi: float = 1e4, bits: int = 40) -> torch.Tensor:
+    """1/x for x in [lo, hi]."""
+    exps = _range_exponents(lo, hi, 1)
+    onehot = _exponent_onehot(ctx, x, [2.0 ** j for j in exps], bits)
+    # interval k holds x in [2^(exps[k-1]), 2^(exps[k])): scale by 2^-exps[k] into [1/2, 1)
+    tops = [exps[0]] + [j + 1 for j in exps]
+    scale = _scale_sum(ctx, onehot, [2.0 ** -t for t in tops])
+    m = fixed.mul(ctx, x, scale)
+    y = fixed.add_public(ctx, fixed.mul_public(ctx, m, -32 / 17), 48 / 17)
+    for _ in range(3):
+        my = fixed.mul(ctx, m, y)
+        y = fixed.mul(ctx, y, fixed.add_public(ctx, -my, 2.0))
+    return fixed.mul(ctx, y, scale)
+
+
+def inv_sqrt(ctx, x: torch.Tensor, lo: float = 1e-4, hi: float = 1e4, bits: int = 40) -> torch.Tensor:
+    """1/sqrt(x) for x in [lo, hi]."""
+    exps = _range_exponents(lo, hi, 2)
+    onehot = _exponent_onehot(ctx, x, [2.0 ** j for j in exps], bits)
+    tops = [exps[0]] + [j + 2 for j in exps]            # x * 2^-top in [1/4, 1)
+    scale = _scale_sum(ctx, onehot, [2.0 ** -t for t in tops])
+    root_scale = _scale_sum(ctx, onehot, [2.0 ** (-t / 2) for t in tops])
+    m = fixed.mul(ctx, x, scale)
+    y = fixed.add_public(ctx, fixed.mul_public(ctx, m, _RSQRT_SLOPE), _RSQRT_INTERCEPT)
+    for _ in range(3):
+        y2 = fixed.square(ctx, y)
+        my2 = fixed.mul(ctx, m, y2)
+        y = fixed.mul(ctx, y, fixed.add_public(ctx, -my2, 3.0), shift=1)
+    return fixed.mul(ctx, y, root_scale)
+
+
+def _linear_fit(f, a: float, b: float):
+    t = np.linspace(a, b, 1001)
+    slope, intercept = np.polyfit(t, f(t), 1)
+    return float(slope), float(intercept)
+
+
+_RSQRT_SLOPE, _RSQRT_INTERCEPT = _linear_fit(lambda t: 1 / np.sqrt(t), 0.25, 1.0)
+_LOG_DEGREE = 8
+_LOG_COEFFS = np.polynomial.polynomial.polyfit(np.linspace(0.5, 1.0, 2001) - 0.75,
+                                               np.log(np.linspace(0.5, 1.0, 2001)), _LOG_DEGREE)
+
+
+def log(ctx, x: torch.Tensor, lo: float = 1e-4, hi: float = 1e4, bits: int = 40) -> torch.Tensor:
+    """Natural logarithm for x in [lo, hi]; absolute error ~1e-5 + 2^-(f+1) / x (encoding of x)."""
+    exps = _range_exponents(lo, hi, 1)
+    onehot = _exponent_onehot(ctx, x, [2.0 ** j for j in exps], bits)
+    tops = [exps[0]] + [j + 1 for j in exps]
+    scale = _scale_sum(ctx, onehot, [2.0 ** -t for t in tops])
+    offset = _scale_sum(ctx, onehot, [t * math.log(2.0) for t in tops])
+    m = fixed.add_public(ctx, fixed.mul(ctx, x, scale), -0.75)       # m - 3/4 in [-1/4, 1/4)
+    return fixed.polynomial(ctx, m, list(_LOG_COEFFS)) + offset

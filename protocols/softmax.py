@@ -1,0 +1,61 @@
+"""Softmax along the last dimension, its backward pass, and cross-entropy.
+
+softmax(x) = e / sum(e), e = exp(x - max(x)) [* mask]:
+  max by a comparison tournament (comparison.max_along, bits = 32: |x| < 4096),
+  exp of non-positive inputs (exponential.exp; clamp=True guards spreads above 150),
+  reciprocal of the row sums, which lie in [1, n] (reciprocal.reciprocal), one product.
+A public mask (True = attend) is applied exactly: masked logits are lifted out of the max
+by a public offset and their exponentials multiplied by 0, so they contribute nothing.
+Backward: dx = y * (g - sum(g * y)). Cross-entropy with shared one-hot labels: gradient
+(softmax - labels) / batch, and optionally the mean loss via log of the row sums.
+Reveals nothing but the output shares.
+"""
+import torch
+
+from . import fixed
+from .comparison import max_along
+from .exponential import exp
+from .reciprocal import log, reciprocal
+
+_MASK_OFFSET = 1024.0
+
+
+def softmax(ctx, x: torch.Tensor, mask=None, clamp: bool = False, bits: int = 32) -> torch.Tensor:
+    """Shares of softmax(x) over the last dim; mask: public bool tensor broadcastable to x."""
+    keep = None
+    if mask is not None:
+        keep = torch.as_tensor(mask).to(torch.bool).expand(x.shape).to(torch.int64)
+        x = x * keep + fixed.public(ctx, -_MASK_OFFSET, x.shape) * (1 - keep)
+    shifted = x - max_along(ctx, x, -1, bits)
+    e = exp(ctx, shifted, clamp=clamp, bits=bits)
+    if keep is not None:
+        e = e * keep
+    total = e.sum(-1, keepdim=True)
+    inverse = reciprocal(ctx, total, lo=0.5, hi=float(x.shape[-1]) * 1.1, bits=bits)
+    return fixed.mul(ctx, e, inverse)
+
+
+def softmax_backward(ctx, y: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """dL/dx = y * (g - sum(g * y)) for y = softmax(x), g = dL/dy."""
+    gy = fixed.mul(ctx, grad, y)
+    return gy - fixed.mul(ctx, y, gy.sum(-1, keepdim=True))
+
+
+def cross_entropy(ctx, logits: torch.Tensor, labels: torch.Tensor, with_loss: bool = False,
+                  bits: int = 32):
+    """Mean cross-entropy of [batch, classes] logits against shared one-hot labels (scale f).
+
+    Returns (gradient w.r.t. logits, loss or None). The loss costs one product and a log.
+    """
+    batch, classes = logits.shape
+    m = max_along(ctx, logits, -1, bits)
+    shifted = logits - m
+    e = exp(ctx, shifted, bits=bits)
+    total = e.sum(-1, keepdim=True)
+    probs = fixed.mul(ctx, e, reciprocal(ctx, total, lo=0.5, hi=classes * 1.1, bits=bits))
+    grad = fixed.mul_public(ctx, probs - labels, 1.0 / batch)
+    if not with_loss:
+        return grad, None
+    picked = fixed.mul(ctx, labels, shifted).sum(-1)             # z_y for each row
+    per_row = log(ctx, total.reshape(-1), lo=0.5, hi=classes * 1.1, bits=bits) - picked
+    return grad, fixed.mul_public(ctx, per_row.sum(), 1.0 / batch)
