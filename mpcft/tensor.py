@@ -10,7 +10,8 @@ import numbers
 import numpy as np
 import torch
 
-from mpcft.protocols import beaver, sharing
+from mpcft.protocols import (activations, beaver, comparison, exponential, reciprocal, sharing,
+                             softmax)
 from mpcft.protocols.truncation import truncate
 from mpcft.kernels import ring_matmul
 
@@ -176,6 +177,44 @@ class SharedTensor:
 
     def _truncated(self, product: torch.Tensor) -> "SharedTensor":
         return self._wrap(truncate(self.ctx, product))
+
+    # ----- non-linear functions (protocols/ for their accuracy contracts) --------------------
+    def relu(self, bits: int = 32):
+        return self._wrap(comparison.relu(self.ctx, self.share, bits))
+
+    def max(self, dim: int = -1, bits: int = 32):
+        """Maximum over dim (kept with size 1)."""
+        return self._wrap(comparison.max_along(self.ctx, self.share, dim, bits))
+
+    def lt_zero(self, bits: int = 32):
+        """[x < 0] as a SharedTensor of 0.0 / 1.0."""
+        bits_ = comparison.sign_bit(self.ctx, self.share, bits)
+        return self._wrap(bits_ << self.ctx.frac_bits)
+
+    def exp(self, clamp: bool = False):
+        return self._wrap(exponential.exp(self.ctx, self.share, clamp=clamp))
+
+    def reciprocal(self, lo: float = 1e-2, hi: float = 1e4):
+        return self._wrap(reciprocal.reciprocal(self.ctx, self.share, lo, hi))
+
+    def rsqrt(self, lo: float = 1e-4, hi: float = 1e4):
+        return self._wrap(reciprocal.inv_sqrt(self.ctx, self.share, lo, hi))
+
+    def log(self, lo: float = 1e-4, hi: float = 1e4):
+        return self._wrap(reciprocal.log(self.ctx, self.share, lo, hi))
+
+    def gelu(self):
+        return self._wrap(activations.gelu(self.ctx, self.share))
+
+    def tanh(self):
+        return self._wrap(activations.tanh(self.ctx, self.share))
+
+    def sigmoid(self):
+        return self._wrap(activations.sigmoid(self.ctx, self.share))
+
+    def softmax(self, dim: int = -1, mask=None):
+        x = self.share.movedim(dim, -1)
+        return self._wrap(softmax.softmax(self.ctx, x, mask).movedim(-1, dim))
 
 
 def cat(tensors, dim=0) -> SharedTensor:

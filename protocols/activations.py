@@ -18,7 +18,9 @@ import numpy as np
 import torch
 
 from . import beaver, fixed
-from .comparison import sign_bit, select_negative
+from .comparison import select_negative, sign_cost
+from .cost import Cost  # noqa: F401  (cost formulas below return Cost)
+from .truncation import truncate_cost
 
 DEGREE = 8
 GELU_T, TANH_T = 4.0, 5.0
@@ -106,3 +108,25 @@ def _ones(ctx, x):
 def _encode_bits(ctx, bits):
     return bits << ctx.frac_bits
 
+
+
+def _pieces_cost(n: int, numel: int, bits: int) -> Cost:
+    return sign_cost(n, 3 * numel, bits, with_product=True) + truncate_cost(n, numel)
+
+
+def gelu_cost(n: int, numel: int, bits: int = 32, with_grad: bool = False) -> Cost:
+    total = (_pieces_cost(n, numel, bits) + fixed.powers_cost(n, numel, DEGREE)
+             + truncate_cost(n, numel))
+    if not with_grad:
+        return total + beaver.mul_cost(n, numel, numel)
+    return (total + truncate_cost(n, numel) + beaver.mul_cost(n, 2 * numel, 2 * numel)
+            + beaver.mul_cost(n, numel, numel))
+
+
+def tanh_cost(n: int, numel: int, bits: int = 32) -> Cost:
+    return (_pieces_cost(n, numel, bits) + fixed.polynomial_cost(n, numel, DEGREE)
+            + beaver.mul_cost(n, numel, numel) + beaver.mul_cost(n, numel, numel))
+
+
+def sigmoid_cost(n: int, numel: int, bits: int = 32) -> Cost:
+    return truncate_cost(n, numel) + tanh_cost(n, numel, bits) + truncate_cost(n, numel)

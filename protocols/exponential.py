@@ -5,13 +5,14 @@ For x in [-EXP_MIN_INPUT, EXP_MAX_INPUT] the absolute error is about 1e-4 near x
 (fixed-point rounding, doubled by each squaring) and far smaller below; the approximation
 error e^x * |x|^5 / (120 * 64^4) is < 1e-8. Outside that range p(y)^64 is meaningless:
 softmax subtracts the row maximum first (inputs <= 0), and can clamp with clamp=True.
-Reveals nothing (products and truncations only). Rounds: 18 (1 + 2 + 2 + 1 + 2*6).
+Reveals nothing (products and truncations only). Cost: exp_cost() (18 rounds).
 """
 import torch
 
 from . import fixed
-from .comparison import relu
-from .truncation import truncate
+from .comparison import relu, sign_cost
+from .cost import FREE, Cost
+from .truncation import truncate, truncate_cost
 
 SQUARINGS = 6
 EXP_MIN_INPUT = 150.0
@@ -31,5 +32,9 @@ def exp(ctx, x: torch.Tensor, clamp: bool = False, bits: int = 32) -> torch.Tens
     return z
 
 
-def exp_rounds(clamp: bool = False) -> int:
-    return 1 + 2 * 2 + 1 + 2 * SQUARINGS + (6 if clamp else 0)
+def exp_cost(n: int, numel: int, clamp: bool = False, bits: int = 32) -> Cost:
+    total = sign_cost(n, numel, bits, with_product=True) if clamp else FREE
+    total = total + truncate_cost(n, numel) + fixed.polynomial_cost(n, numel, len(_TAYLOR) - 1)
+    for _ in range(SQUARINGS):
+        total = total + fixed.square_cost(n, numel)
+    return total

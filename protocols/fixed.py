@@ -7,7 +7,8 @@ batched so that a whole level costs one Beaver round and one truncation round.
 import torch
 
 from . import beaver
-from .truncation import truncate
+from .cost import FREE, Cost
+from .truncation import truncate, truncate_cost
 
 
 def public(ctx, value, shape=None) -> torch.Tensor:
@@ -87,3 +88,25 @@ def combine(ctx, terms, coeffs, constant=0.0) -> torch.Tensor:
 def polynomial(ctx, x: torch.Tensor, coeffs) -> torch.Tensor:
     """sum_k coeffs[k] x^k (coeffs[0] is the constant): powers + one truncation."""
     return combine(ctx, powers(ctx, x, len(coeffs) - 1), coeffs[1:], coeffs[0])
+
+
+# ----- declared costs (per party; n parties; sizes in elements) -------------------------------
+def mul_cost(n: int, numel_x: int, numel_y: int, numel_out: int | None = None) -> Cost:
+    return beaver.mul_cost(n, numel_x, numel_y) + truncate_cost(n, numel_out or max(numel_x, numel_y))
+
+
+def square_cost(n: int, numel: int) -> Cost:
+    return beaver.square_cost(n, numel) + truncate_cost(n, numel)
+
+
+def powers_cost(n: int, numel: int, degree: int) -> Cost:
+    total, have = FREE, 1
+    while have < degree:
+        count = min(have, degree - have)
+        total = total + mul_cost(n, count * numel, count * numel)
+        have += count
+    return total
+
+
+def polynomial_cost(n: int, numel: int, degree: int) -> Cost:
+    return powers_cost(n, numel, degree) + truncate_cost(n, numel)

@@ -11,8 +11,9 @@ Reveals nothing but the output shares.
 import torch
 
 from . import beaver, fixed
-from .reciprocal import inv_sqrt
-from .truncation import truncate
+from .cost import Cost
+from .reciprocal import inv_sqrt, inv_sqrt_cost
+from .truncation import truncate, truncate_cost
 
 
 def layernorm(ctx, x: torch.Tensor, eps: float = 1e-12, var_lo: float = 1e-4, var_hi: float = 1e4):
@@ -28,3 +29,17 @@ def layernorm_backward(ctx, grad: torch.Tensor, xhat: torch.Tensor, rstd: torch.
     mean_gx = fixed.mean_last(ctx, fixed.mul(ctx, grad, xhat))
     inner = grad - mean_g - fixed.mul(ctx, xhat, mean_gx)
     return fixed.mul(ctx, inner, rstd)
+
+
+def layernorm_cost(n: int, shape, var_lo: float = 1e-4, var_hi: float = 1e4) -> Cost:
+    numel = int(torch.tensor(shape).prod())
+    rows = numel // shape[-1]
+    return (truncate_cost(n, rows) + fixed.square_cost(n, numel) + truncate_cost(n, rows)
+            + inv_sqrt_cost(n, rows, var_lo, var_hi) + fixed.mul_cost(n, numel, rows, numel))
+
+
+def layernorm_backward_cost(n: int, shape) -> Cost:
+    numel = int(torch.tensor(shape).prod())
+    rows = numel // shape[-1]
+    return (truncate_cost(n, rows) + fixed.mul_cost(n, numel, numel) + truncate_cost(n, rows)
+            + fixed.mul_cost(n, numel, rows, numel) + fixed.mul_cost(n, numel, rows, numel))

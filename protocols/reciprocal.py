@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 from . import fixed
-from .comparison import sign_bit
+from .comparison import sign_bit, sign_cost
+from .cost import Cost
+from .truncation import truncate_cost
 
 
 def _exponent_onehot(ctx, x: torch.Tensor, thresholds: list, bits: int):
@@ -97,3 +99,25 @@ def log(ctx, x: torch.Tensor, lo: float = 1e-4, hi: float = 1e4, bits: int = 40)
     offset = _scale_sum(ctx, onehot, [t * math.log(2.0) for t in tops])
     m = fixed.add_public(ctx, fixed.mul(ctx, x, scale), -0.75)       # m - 3/4 in [-1/4, 1/4)
     return fixed.polynomial(ctx, m, list(_LOG_COEFFS)) + offset
+
+
+def _thresholds(lo: float, hi: float, step: int) -> int:
+    return len(_range_exponents(lo, hi, step))
+
+
+def reciprocal_cost(n: int, numel: int, lo: float = 1e-2, hi: float = 1e4, bits: int = 40) -> Cost:
+    mul = fixed.mul_cost(n, numel, numel)
+    return (sign_cost(n, _thresholds(lo, hi, 1) * numel, bits) + mul + truncate_cost(n, numel)
+            + Cost(6 * mul.rounds, 6 * mul.bytes_sent) + mul)
+
+
+def inv_sqrt_cost(n: int, numel: int, lo: float = 1e-4, hi: float = 1e4, bits: int = 40) -> Cost:
+    mul = fixed.mul_cost(n, numel, numel)
+    step = fixed.square_cost(n, numel) + mul + mul
+    return (sign_cost(n, _thresholds(lo, hi, 2) * numel, bits) + mul + truncate_cost(n, numel)
+            + Cost(3 * step.rounds, 3 * step.bytes_sent) + mul)
+
+
+def log_cost(n: int, numel: int, lo: float = 1e-4, hi: float = 1e4, bits: int = 40) -> Cost:
+    return (sign_cost(n, _thresholds(lo, hi, 1) * numel, bits) + fixed.mul_cost(n, numel, numel)
+            + fixed.polynomial_cost(n, numel, _LOG_DEGREE))

@@ -13,9 +13,10 @@ Reveals nothing but the output shares.
 import torch
 
 from . import fixed
-from .comparison import max_along
-from .exponential import exp
-from .reciprocal import log, reciprocal
+from .comparison import max_along, max_along_cost
+from .cost import Cost
+from .exponential import exp, exp_cost
+from .reciprocal import log, reciprocal, reciprocal_cost
 
 _MASK_OFFSET = 1024.0
 
@@ -59,3 +60,16 @@ def cross_entropy(ctx, logits: torch.Tensor, labels: torch.Tensor, with_loss: bo
     picked = fixed.mul(ctx, labels, shifted).sum(-1)             # z_y for each row
     per_row = log(ctx, total.reshape(-1), lo=0.5, hi=classes * 1.1, bits=bits) - picked
     return grad, fixed.mul_public(ctx, per_row.sum(), 1.0 / batch)
+
+
+def softmax_cost(n: int, shape, clamp: bool = False, bits: int = 32) -> Cost:
+    numel, size = int(torch.tensor(shape).prod()), shape[-1]
+    rows = numel // size
+    return (max_along_cost(n, numel, size, bits) + exp_cost(n, numel, clamp, bits)
+            + reciprocal_cost(n, rows, 0.5, size * 1.1, bits) + fixed.mul_cost(n, numel, rows, numel))
+
+
+def softmax_backward_cost(n: int, shape) -> Cost:
+    numel = int(torch.tensor(shape).prod())
+    rows = numel // shape[-1]
+    return fixed.mul_cost(n, numel, numel) + fixed.mul_cost(n, numel, rows, numel)

@@ -97,3 +97,35 @@ def test_nonlinear_functions_match_float64(n):
             report.setdefault(name, err)
             assert err < bound, (name, err)
     print(report, rounds)
+
+
+@pytest.mark.timeout(120)
+def test_shared_tensor_methods():
+    x = torch.linspace(-2.5, 2.5, 24, dtype=torch.float64).reshape(4, 6)
+    out = run_threads(programs.tensor_nonlinear, 3, x, dealer_handler=dealer_handler)[1]
+    p = x.abs() + 0.5
+    want = {"relu": x.relu(), "max": x.max(0, keepdim=True).values, "lt_zero": (x < 0).double(),
+            "exp": (x - 3).exp(), "reciprocal": 1 / p, "rsqrt": p.rsqrt(), "log": p.log(),
+            "gelu": torch.nn.functional.gelu(x), "tanh": x.tanh(), "sigmoid": x.sigmoid(),
+            "softmax": x.softmax(0)}
+    for name, value in want.items():
+        assert (out[name] - value).abs().max() < 2e-3, name
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n", [2, 3])
+def test_measured_communication_equals_declared_costs(n):
+    from mpcft.protocols import activations as A, exponential as E, layernorm as L, reciprocal as R, softmax as S
+    inp = make_inputs()
+    _, measured = run_threads(programs.nonlinear, n, inp, dealer_handler=dealer_handler)[0]
+    declared = {
+        "exp": E.exp_cost(n, 500), "exp_clamped": E.exp_cost(n, 200, clamp=True),
+        "reciprocal": R.reciprocal_cost(n, 300), "inv_sqrt": R.inv_sqrt_cost(n, 300),
+        "log": R.log_cost(n, 300), "gelu": A.gelu_cost(n, 1001, with_grad=True),
+        "tanh": A.tanh_cost(n, 1001), "sigmoid": A.sigmoid_cost(n, 1001),
+        "softmax": S.softmax_cost(n, (6, 16)), "softmax_masked": S.softmax_cost(n, (6, 16)),
+        "softmax_backward": S.softmax_backward_cost(n, (6, 16)),
+        "layernorm": L.layernorm_cost(n, (6, 384)), "layernorm_backward": L.layernorm_backward_cost(n, (6, 384)),
+    }
+    for name, cost in declared.items():
+        assert measured[name] == (cost.rounds, cost.bytes_sent), (name, measured[name], cost)

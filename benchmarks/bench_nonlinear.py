@@ -1,0 +1,93 @@
+"""Non-linear protocols between real party processes on loopback (mutual TLS), one thread each.
+
+    python -m benchmarks.bench_nonlinear [--parties 2 3] [--repeat 3] [--only relu softmax ...]
+
+Per function: median wall time, payload bytes each party sends, rounds, max error against
+float64 torch, the plaintext torch time, and CrypTen 0.4.1's figures as quoted in the issue
+(measured on this kind of machine, 2 parties, 3 in brackets).
+"""
+import argparse
+import math
+import statistics
+import time
+
+import numba
+import torch
+
+from benchmarks.timing import markdown_table, median_seconds
+from mpcft.protocols import activations, comparison, exponential, layernorm, reciprocal, sharing, softmax
+from mpcft.protocols.context import MPCContext
+from mpcft.protocols.correlations import dealer_handler
+from mpcft.runtime import spawn
+
+N = 8 * 12 * 128 * 128  # 1.57M elements
+
+
+def _inputs(name):
+    gen = torch.Generator().manual_seed(0)  # public benchmark data
+    if name in ("softmax", "exp"):
+        x = torch.rand(8, 12, 128, 128, generator=gen, dtype=torch.float64) * 30 - 15
+        return x - x.amax(-1, keepdim=True) if name == "exp" else x
+    if name == "reciprocal":
+        return 10 ** (torch.rand(N, generator=gen, dtype=torch.float64) * 6 - 2)
+    if name == "layernorm":
+        return torch.randn(8, 128, 384, generator=gen, dtype=torch.float64) * 2 + 0.5
+    return torch.randn(N, generator=gen, dtype=torch.float64) * 4
+
+
+FUNCTIONS = {  # name: (protocol on shares, plaintext reference, CrypTen quote)
+    "relu": (lambda ctx, x: comparison.relu(ctx, x, bits=32), torch.relu, "4.1 s (11.1 s), 730 MB, 9 rounds"),
+    "gelu": (lambda ctx, x: activations.gelu(ctx, x), torch.nn.functional.gelu, "7.4 s, error 0.019"),
+    "exp": (lambda ctx, x: exponential.exp(ctx, x), torch.exp, "1.5 s, error 0.10"),
+    "reciprocal": (lambda ctx, x: reciprocal.reciprocal(ctx, x), torch.reciprocal, "11.2 s, 1.7 GB"),
+    "softmax": (lambda ctx, x: softmax.softmax(ctx, x), lambda x: torch.softmax(x, -1),
+                "13.2 s (68.8 s), 2.3 GB, 116 rounds, error 0.010"),
+    "layernorm": (lambda ctx, x: layernorm.layernorm(ctx, x)[0],
+                  lambda x: torch.nn.functional.layer_norm(x, x.shape[-1:], eps=1e-12), "no LayerNorm"),
+}
+
+
+def party(session, name, repeat):
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    ctx = MPCContext(session)
+    x = _inputs(name)
+    share = sharing.share(ctx, ctx.fp.encode(x) if ctx.rank == 0 else None, 0, x.shape)
+    fn = FUNCTIONS[name][0]
+    times = []
+    for _ in range(repeat):
+        before = session.comm.snapshot()
+        start = time.perf_counter()
+        y = fn(ctx, share)
+        times.append(time.perf_counter() - start)
+        delta = session.comm.snapshot() - before
+    error = (ctx.fp.decode(sharing.open_(ctx, y)) - FUNCTIONS[name][1](x)).abs().max().item()
+    return statistics.median(times), delta.bytes_sent, delta.rounds, error
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parties", type=int, nargs="+", default=[2, 3])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", nargs="+", default=list(FUNCTIONS))
+    args = parser.parse_args()
+    rows = []
+    for name in args.only:
+        x = _inputs(name)
+        torch.set_num_threads(1)
+        plain = median_seconds(lambda: FUNCTIONS[name][1](x), args.repeat)
+        for n in args.parties:
+            results = spawn(party, n, name, args.repeat, dealer_handler=dealer_handler,
+                            dealer_threads=1, timeout=1200)
+            seconds = max(r[0] for r in results)
+            rows.append([name, tuple(x.shape), n, f"{seconds:.2f}", f"{max(r[1] for r in results) / 1e6:.1f}",
+                         results[0][2], f"{max(r[3] for r in results):.1e}", f"{plain:.4f}",
+                         FUNCTIONS[name][2]])
+            print(rows[-1], flush=True)
+    print()
+    print(markdown_table(["function", "shape", "parties", "mpcft s", "MB sent/party", "rounds",
+                          "max error", "plaintext s", "CrypTen 0.4.1 (quoted)"], rows))
+
+
+if __name__ == "__main__":
+    main()
