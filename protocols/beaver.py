@@ -24,8 +24,10 @@ def _open_pair(ctx, d: torch.Tensor, e: torch.Tensor):
 
 def mul(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Shares of x * y mod 2^64 (broadcasting). Cost: mul_cost(n, x.numel(), y.numel())."""
-    a, b, c = ctx.correlation("triple", shape_a=list(x.shape), shape_b=list(y.shape))
+    correlation = ctx.correlation("triple", shape_a=list(x.shape), shape_b=list(y.shape))
+    a, b = correlation.random
     d, e = _open_pair(ctx, x - a, y - b)
+    (c,) = correlation.derived()
     return c + d * (b + e if ctx.rank == 0 else b) + a * e
 
 
@@ -38,8 +40,10 @@ def square(ctx, x: torch.Tensor) -> torch.Tensor:
 
     Cost: square_cost(n, numel): half the bytes of mul(x, x).
     """
-    a, aa = ctx.correlation("square", shape=list(x.shape))
+    correlation = ctx.correlation("square", shape=list(x.shape))
+    (a,) = correlation.random
     d = open_(ctx, x - a)
+    (aa,) = correlation.derived()
     z = aa + 2 * d * a
     if ctx.rank == 0:
         z += d * d
@@ -55,9 +59,12 @@ def matmul(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
     Cost: matmul_cost(n, x.numel(), y.numel()).
     """
-    a, b, c = ctx.correlation("matmul_triple", shape_a=list(x.shape), shape_b=list(y.shape))
+    correlation = ctx.correlation("matmul_triple", shape_a=list(x.shape), shape_b=list(y.shape))
+    a, b = correlation.random
     d, e = _open_pair(ctx, x - a, y - b)
-    return c + ring_matmul(d, b + e if ctx.rank == 0 else b) + ring_matmul(a, e)
+    z = ring_matmul(d, b + e if ctx.rank == 0 else b) + ring_matmul(a, e)
+    (c,) = correlation.derived()
+    return z + c
 
 
 def matmul_cost(n: int, numel_x: int, numel_y: int) -> Cost:

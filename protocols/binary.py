@@ -20,11 +20,11 @@ def open_bits(ctx, words: torch.Tensor) -> torch.Tensor:
 
 def and_(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """XOR shares of x AND y for equal-shape packed words. Cost: and_cost(n, x.numel())."""
-    a, b, c = ctx.correlation("and_triple", words=x.numel())
-    a, b, c = a.reshape(x.shape), b.reshape(x.shape), c.reshape(x.shape)
+    correlation = ctx.correlation("and_triple", words=x.numel())
+    a, b = (t.reshape(x.shape) for t in correlation.random)
     opened = open_bits(ctx, torch.cat([(x ^ a).reshape(-1), (y ^ b).reshape(-1)]))
     d, e = opened[:x.numel()].reshape(x.shape), opened[x.numel():].reshape(x.shape)
-    z = c ^ (d & b) ^ (e & a)
+    z = correlation.derived()[0].reshape(x.shape) ^ (d & b) ^ (e & a)
     if ctx.rank == 0:
         z ^= d & e
     return z

@@ -54,8 +54,8 @@ def _sign(ctx, x: torch.Tensor, bits: int, digit_bits: int, with_product: bool):
     if not 1 <= bits <= FULL_BITS:
         raise ValueError(f"comparison bits must be in [1, {FULL_BITS}], got {bits}")
     shape, numel = x.shape, x.numel()
-    r, a, _, onehot, masked_rbit, beta, a_beta = ctx.correlation(
-        "sign", shape=list(shape), bits=bits, digit_bits=digit_bits)
+    correlation = ctx.correlation("sign", shape=list(shape), bits=bits, digit_bits=digit_bits)
+    r, a, _ = correlation.random
     first = ctx.rank == 0
     c_share = x + r + (1 << bits) if first else x + r
     if with_product:
@@ -63,6 +63,7 @@ def _sign(ctx, x: torch.Tensor, bits: int, digit_bits: int, with_product: bool):
         c, d = opened[:numel].reshape(shape), opened[numel:].reshape(shape)
     else:
         c, d = open_(ctx, c_share), None
+    onehot, masked_rbit, beta, a_beta = correlation.derived()
     # leaves: XOR shares of [c_g < r_g] and [c_g == r_g] for every digit g (local: c is public)
     lt, eq = compare_leaves(low_bits(c, bits), onehot, digit_bits)
     borrow = _borrow_tree(ctx, list(lt.flip(0)), list(eq.flip(0)))

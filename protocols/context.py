@@ -35,5 +35,6 @@ class MPCContext:
             self._pair_prgs[key] = PRG(derive_seed(self.session.pair_seed(peer), "input", owner, holder))
         return self._pair_prgs[key]
 
-    def correlation(self, kind: str, **params) -> list:
+    def correlation(self, kind: str, **params):
+        """This party's shares of the next correlation of `kind` (a correlations.Correlation)."""
         return self.correlations.get(kind, **params)

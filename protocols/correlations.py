@@ -99,23 +99,51 @@ def _stream(seed: bytes, seq: int) -> PRG:
     return PRG(derive_seed(seed, "corr", seq))
 
 
-def party_shares(kind: str, params: dict, seq: int, seed: bytes, rank: int, corrections=None):
-    """This party's shares of correlation number `seq`: a list of int64 tensors.
+class Correlation:
+    """One party's shares of a correlation: `random` at once, `derived()` when first needed.
 
-    Parties >= 1 compute everything from their seed; party 0 must pass the dealer's
-    corrections for the derived values.
+    Protocols use the random parts (masks) before their first exchange and the derived
+    parts after it, so party 0's wait for the dealer overlaps with that exchange.
+    """
+
+    def __init__(self, random: list, derived):
+        self.random = random
+        self._derived = derived
+
+    def derived(self) -> list:
+        if callable(self._derived):
+            self._derived = self._derived()
+        return self._derived
+
+
+def party_correlation(kind: str, params: dict, seq: int, seed: bytes, rank: int,
+                      corrections=None) -> Correlation:
+    """This party's shares of correlation number `seq`.
+
+    Parties >= 1 compute everything from their seed; party 0 passes the dealer's corrections
+    for the derived values (a list, or a callable returning it once they arrive).
     """
     random, derived, _ = _spec(kind, params)
     prg = _stream(seed, seq)
     shares = [prg.ring(shape) for shape, _ in random]
-    if rank == 0:
-        if corrections is None or len(corrections) != len(derived):
+    if rank != 0:
+        return Correlation(shares, lambda: [prg.ring(shape) for shape, _ in derived])
+
+    def checked():
+        got = corrections() if callable(corrections) else corrections
+        if got is None or len(got) != len(derived):
             raise ValueError(f"party 0 needs {len(derived)} dealer corrections for {kind!r}")
-        for got, (shape, _) in zip(corrections, derived):
-            if tuple(got.shape) != shape:
-                raise ValueError(f"dealer correction for {kind!r} has shape {tuple(got.shape)}, expected {shape}")
-        return shares + list(corrections)
-    return shares + [prg.ring(shape) for shape, _ in derived]
+        for tensor, (shape, _) in zip(got, derived):
+            if tuple(tensor.shape) != shape:
+                raise ValueError(f"dealer correction for {kind!r} has shape {tuple(tensor.shape)}, expected {shape}")
+        return list(got)
+    return Correlation(shares, checked)
+
+
+def party_shares(kind: str, params: dict, seq: int, seed: bytes, rank: int, corrections=None) -> list:
+    """All of this party's shares of correlation `seq` at once (random parts, then derived)."""
+    correlation = party_correlation(kind, params, seq, seed, rank, corrections)
+    return correlation.random + correlation.derived()
 
 
 def dealer_corrections(kind: str, params: dict, seq: int, seeds) -> list:
@@ -153,12 +181,13 @@ class DealerCorrelations:
         self.session = session
         self.seq = 0
 
-    def get(self, kind: str, **params) -> list:
+    def get(self, kind: str, **params) -> Correlation:
         seq, self.seq = self.seq, self.seq + 1
         corrections = None
         if self.session.rank == 0:
-            corrections = self.session.dealer_request(kind, seq=seq, **params)
-        return party_shares(kind, params, seq, self.session.dealer_seed, self.session.rank, corrections)
+            corrections = self.session.dealer_request_async(kind, seq=seq, **params).result
+        return party_correlation(kind, params, seq, self.session.dealer_seed, self.session.rank,
+                                 corrections)
 
 
 class RecordingCorrelations:
@@ -168,7 +197,7 @@ class RecordingCorrelations:
         self.inner = inner
         self.plan: list[dict] = []
 
-    def get(self, kind: str, **params) -> list:
+    def get(self, kind: str, **params) -> Correlation:
         self.plan.append({"kind": kind, "params": params})
         return self.inner.get(kind, **params)
 
@@ -227,7 +256,7 @@ class FileCorrelations:
         self.seq = 0
         self.offset = 0
 
-    def get(self, kind: str, **params) -> list:
+    def get(self, kind: str, **params) -> Correlation:
         if self.seq >= len(self.index):
             raise RuntimeError(f"{self.path}: the program asked for more correlations than were "
                                f"recorded ({len(self.index)}); record the plan again")
@@ -242,4 +271,5 @@ class FileCorrelations:
             raw = np.array(self.data[self.offset:self.offset + nbytes]).view(np.int64).reshape(shape)
             self.offset += nbytes
             out.append(torch.from_numpy(raw))
-        return out
+        count = len(_spec(kind, params)[0])
+        return Correlation(out[:count], out[count:])

@@ -31,9 +31,11 @@ def truncate(ctx, x: torch.Tensor, bits: int | None = None) -> torch.Tensor:
     if not 0 < bits < VALID_BITS:
         raise ValueError(f"truncation by {bits} bits is outside (0, {VALID_BITS})")
     shape = tuple(x.shape)
-    r, r_top, r_mid = ctx.correlation("trunc", shape=list(shape), bits=bits)
+    correlation = ctx.correlation("trunc", shape=list(shape), bits=bits)
+    (r,) = correlation.random
     first = ctx.rank == 0
     c = open_(ctx, x + r + (1 << VALID_BITS) if first else x + r)
+    r_top, r_mid = correlation.derived()
     return trunc_reconstruct(c, r_top, r_mid, bits, first)
 
 

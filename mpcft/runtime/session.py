@@ -11,6 +11,7 @@ Seeds: for each pair of parties the lower rank draws a 32-byte seed with `secret
 over their (authenticated, encrypted) channel; the dealer draws one seed per party and sends
 it likewise. A seed is known to exactly the two ends of its channel.
 """
+import collections
 import functools
 import os
 import secrets
@@ -64,6 +65,7 @@ class Session:
         self.dealer_seed = None
         self._pair_seeds = {}
         self._dealer_requests = 0
+        self._pending_replies = collections.deque()
         self._closed = False
         self._agree_seeds()
 
@@ -216,11 +218,19 @@ class Session:
         self.comm.count_round()
         return result
 
-    @_fails_session
     def dealer_request(self, kind, **params):
         """Ask the dealer for `kind` (JSON-serialisable `params`); returns its list of tensors.
 
         Counted as dealer traffic: request JSON bytes sent, response tensor bytes received.
+        """
+        return self.dealer_request_async(kind, **params).result()
+
+    @_fails_session
+    def dealer_request_async(self, kind, **params):
+        """Send the request now and return a `DealerReply`; its `result()` waits for the answer.
+
+        The dealer computes while the party goes on (e.g. with its exchange); replies are
+        received in request order.
         """
         channel = self.transport.dealer
         if channel is None:
@@ -233,6 +243,13 @@ class Session:
         step = f"dealer request {kind!r} #{seq}" + (f" in region '{region}'" if region else "")
         sent, _ = channel.send(FrameType.REQUEST,
                                json_tensor({"kind": kind, "params": params, "seq": seq}), step)
+        reply = DealerReply(self, step, sent)
+        self._pending_replies.append(reply)
+        return reply
+
+    @_fails_session
+    def _receive_reply(self, step, sent):
+        channel = self.transport.dealer
         frame_type, head, _ = channel.recv(step, self.timeout)
         answer = tensor_json(head, "dealer") if frame_type == FrameType.RESPONSE else None
         if not isinstance(answer, dict):
@@ -267,3 +284,18 @@ class Session:
 def init():
     """Shorthand for `Session.from_env()`."""
     return Session.from_env()
+
+
+class DealerReply:
+    """The dealer's answer to one request, received on first use (in request order)."""
+
+    def __init__(self, session, step, sent):
+        self._session, self._step, self._sent = session, step, sent
+        self._tensors = None
+
+    def result(self):
+        pending = self._session._pending_replies
+        while self._tensors is None:
+            head = pending.popleft()
+            head._tensors = self._session._receive_reply(head._step, head._sent)
+        return self._tensors
