@@ -1,15 +1,16 @@
 """GELU, tanh and sigmoid over the whole real line, with their derivatives.
 
-Both are written as an exact piecewise-linear part plus a bounded even correction that a
-polynomial approximates on [0, T] and that is switched off beyond T by a comparison:
-  GELU(x) = ReLU(x) - [|x| < T] * g(|x|),   g(t) = t * Phi(-t)       (T = 4, g(4) = 1.3e-4)
-  tanh(x) = sgn(x) * (1 - 2 [|x| < T] r(|x|)), r(t) = 1 / (1 + e^(2t)) (T = 5, r(5) = 4.5e-5)
-g, g' and r are degree-8 least-squares fits in u = t / T on Chebyshev nodes (computed below),
-with fit errors 1.3e-4 and 1.8e-4. One batched comparison gives [x < 0], [x < T] and
-[x < -T] together (6 rounds); |x| = x - 2 x [x < 0] is local (comparison.select_negative);
-the powers of u take 3 levels; the final product with a bit needs no truncation.
-Saturation is exact: beyond +-T the outputs are exactly ReLU(x) and +-1 (up to 2^-f).
-Inputs must satisfy |x| < 2^(bits - f) (default bits = 32: |x| < 4096).
+Both are an exact piecewise-linear part plus a bounded correction that a polynomial
+approximates for |x| < T = 4 and that a comparison switches off beyond:
+  GELU(x) = ReLU(x) - [|x| < T] * g(|x|),   g(t) = t * Phi(-t)        (g(4) = 1.3e-4)
+  tanh(x) = sgn(x) * (1 - 2 [|x| < T] r(|x|)), r(t) = 1 / (1 + e^(2t))  (r(4) = 3.4e-4)
+g, g' and r are degree-8 least-squares fits in u = t / 4 on Chebyshev nodes (below).
+Steps: one comparison of x (bits = 32: |x| < 4096) gives ReLU(x), |x| and [x < 0]
+(comparison.select_negative); one truncation round gives u = |x| / 4 and a coarse
+|x| at resolution 1/4; a short comparison (14 bits) of the coarse value gives [|x| < T]
+(exact except for |x| within 1/4 of T, where the correction is below 2e-4 either way);
+3 levels of powers of u; a product with a bit, which needs no truncation.
+Saturation is exact: beyond +-T the outputs are ReLU(x) and +-1 (up to 2^-f).
 Reveals nothing but the output shares.
 """
 from math import erf, sqrt
@@ -18,12 +19,15 @@ import numpy as np
 import torch
 
 from . import beaver, fixed
-from .comparison import select_negative, sign_cost
+from .comparison import select_negative, sign_bit, sign_cost
 from .cost import Cost  # noqa: F401  (cost formulas below return Cost)
-from .truncation import truncate_cost
+from .truncation import truncate_cost, truncate_many
 
 DEGREE = 8
-GELU_T, TANH_T = 4.0, 5.0
+T = 4.0
+_U_SHIFT = 2            # u = |x| / 2^2 = |x| / T
+_COARSE_BITS = 2        # coarse |x| keeps 2 fractional bits
+_INSIDE_BITS = 14       # |coarse - 4T| < 2^13 for |x| < 2^11
 
 
 def _fit(f, T: float) -> np.ndarray:
@@ -37,31 +41,27 @@ def _std_normal_cdf(z):
     return np.vectorize(lambda v: 0.5 * (1 + erf(v / sqrt(2))))(z)
 
 
-GELU_COEFFS = _fit(lambda t: t * _std_normal_cdf(-t), GELU_T)
-GELU_GRAD_COEFFS = _fit(lambda t: _std_normal_cdf(-t) - t * np.exp(-t * t / 2) / sqrt(2 * np.pi), GELU_T)
-TANH_COEFFS = _fit(lambda t: 1 / (1 + np.exp(2 * t)), TANH_T)
+GELU_COEFFS = _fit(lambda t: t * _std_normal_cdf(-t), T)
+GELU_GRAD_COEFFS = _fit(lambda t: _std_normal_cdf(-t) - t * np.exp(-t * t / 2) / sqrt(2 * np.pi), T)
+TANH_COEFFS = _fit(lambda t: 1 / (1 + np.exp(2 * t)), T)
 
 
-def _pieces(ctx, x: torch.Tensor, T: float, bits: int):
-    """ReLU(x), |x|, [x < 0] and [|x| < T] (the last two arithmetic bits) from one comparison."""
-    n = x.numel()
-    shifted = torch.cat([x.reshape(-1), fixed.add_public(ctx, x, -T).reshape(-1),
-                         fixed.add_public(ctx, x, T).reshape(-1)])
-    neg_part, signs = select_negative(ctx, shifted, bits)
-    negative = signs[:n].reshape(x.shape)
-    relu = x - neg_part[:n].reshape(x.shape)
-    absolute = relu - neg_part[:n].reshape(x.shape)
-    inside = (signs[n:2 * n] - signs[2 * n:]).reshape(x.shape)   # [x < T] - [x < -T]
-    return relu, absolute, negative, inside
+def _pieces(ctx, x: torch.Tensor, bits: int):
+    """ReLU(x), [x < 0], u = |x| / T and [|x| < T] (the bits arithmetic, scale 1)."""
+    neg_part, negative = select_negative(ctx, x, bits)
+    relu = x - neg_part
+    absolute = relu - neg_part
+    u, coarse = truncate_many(ctx, [(absolute, _U_SHIFT), (absolute, ctx.frac_bits - _COARSE_BITS)])
+    inside = sign_bit(ctx, coarse - int(T * 2 ** _COARSE_BITS) * (ctx.rank == 0), _INSIDE_BITS)
+    return relu, negative, u, inside
 
 
 def gelu(ctx, x: torch.Tensor, bits: int = 32, with_grad: bool = False):
     """GELU(x) = x Phi(x); with_grad also returns GELU'(x) (shares), reusing the powers.
 
-    Max error about 3e-4 on the whole line. Rounds: 6 + 1 + 6 + 1 + 1.
+    Max error about 3e-4 on the whole line. Cost: gelu_cost().
     """
-    relu, absolute, negative, inside = _pieces(ctx, x, GELU_T, bits)
-    u = fixed.mul_public(ctx, absolute, 1 / GELU_T)
+    relu, negative, u, inside = _pieces(ctx, x, bits)
     powers = fixed.powers(ctx, u, DEGREE)
     g = fixed.combine(ctx, powers, GELU_COEFFS[1:], GELU_COEFFS[0])
     outputs = [g]
@@ -78,9 +78,8 @@ def gelu(ctx, x: torch.Tensor, bits: int = 32, with_grad: bool = False):
 
 
 def tanh(ctx, x: torch.Tensor, bits: int = 32) -> torch.Tensor:
-    """tanh(x), max error about 3e-4. Rounds: 6 + 1 + 6 + 1 + 1 + 1."""
-    _, absolute, negative, inside = _pieces(ctx, x, TANH_T, bits)
-    u = fixed.mul_public(ctx, absolute, 1 / TANH_T)
+    """tanh(x), max error about 7e-4. Cost: tanh_cost()."""
+    _, negative, u, inside = _pieces(ctx, x, bits)
     r = fixed.polynomial(ctx, u, TANH_COEFFS)
     (r_inside,) = _mul_bits(ctx, [r], inside)
     magnitude = fixed.public(ctx, 1.0, x.shape) - 2 * r_inside
@@ -111,7 +110,8 @@ def _encode_bits(ctx, bits):
 
 
 def _pieces_cost(n: int, numel: int, bits: int) -> Cost:
-    return sign_cost(n, 3 * numel, bits, with_product=True) + truncate_cost(n, numel)
+    return (sign_cost(n, numel, bits, with_product=True) + truncate_cost(n, 2 * numel)
+            + sign_cost(n, numel, _INSIDE_BITS))
 
 
 def gelu_cost(n: int, numel: int, bits: int = 32, with_grad: bool = False) -> Cost:

@@ -12,8 +12,8 @@ from .cost import RING_BYTES, Cost
 def open_bits(ctx, words: torch.Tensor) -> torch.Tensor:
     """XOR of all parties' shares (packed words). 1 round, 8 bytes per word to each peer."""
     shares = ctx.session.all_gather(words.contiguous())
-    total = shares[0].clone()
-    for other in shares[1:]:
+    total = shares[0] ^ shares[1]
+    for other in shares[2:]:
         total ^= other
     return total
 

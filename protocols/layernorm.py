@@ -8,6 +8,8 @@ Backward, with g = dL/dxhat: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
 Accuracy: relative error of rstd below 1e-4 for var + eps in [var_lo, var_hi].
 Reveals nothing but the output shares.
 """
+import math
+
 import torch
 
 from . import beaver, fixed
@@ -17,11 +19,23 @@ from .truncation import truncate, truncate_cost
 
 
 def layernorm(ctx, x: torch.Tensor, eps: float = 1e-12, var_lo: float = 1e-4, var_hi: float = 1e4):
-    """Returns (xhat, rstd) with rstd of shape [..., 1]."""
+    """Returns (xhat, rstd) with rstd of shape [..., 1].
+
+    rstd = sqrt(d) / sqrt(S) with S = sum((x - mean)^2) + d * eps: S carries d times more
+    significant bits than var at 2^-f (var = 1e-3 would otherwise be resolved to 1e-3).
+    """
+    d = x.shape[-1]
     centred = x - fixed.mean_last(ctx, x)
-    var = fixed.add_public(ctx, fixed.mean_last(ctx, truncate(ctx, beaver.square(ctx, centred))), eps)
-    rstd = inv_sqrt(ctx, var, lo=var_lo, hi=var_hi)
+    squares = truncate(ctx, beaver.square(ctx, centred).sum(-1, keepdim=True))
+    total = fixed.add_public(ctx, squares, d * eps)
+    rstd = inv_sqrt(ctx, total, lo=d * var_lo, hi=d * var_hi, bits=_sum_bits(d, var_hi),
+                    multiplier=math.sqrt(d))
     return fixed.mul(ctx, centred, rstd), rstd
+
+
+def _sum_bits(d: int, var_hi: float) -> int:
+    """Comparison width for S <= d * var_hi: |S - 2^j| < 2^(bits - f) with f <= 20."""
+    return 21 + max(20, math.ceil(math.log2(d * var_hi)) + 1)
 
 
 def layernorm_backward(ctx, grad: torch.Tensor, xhat: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
@@ -34,8 +48,10 @@ def layernorm_backward(ctx, grad: torch.Tensor, xhat: torch.Tensor, rstd: torch.
 def layernorm_cost(n: int, shape, var_lo: float = 1e-4, var_hi: float = 1e4) -> Cost:
     numel = int(torch.tensor(shape).prod())
     rows = numel // shape[-1]
-    return (truncate_cost(n, rows) + fixed.square_cost(n, numel) + truncate_cost(n, rows)
-            + inv_sqrt_cost(n, rows, var_lo, var_hi) + fixed.mul_cost(n, numel, rows, numel))
+    d = shape[-1]
+    return (truncate_cost(n, rows) + beaver.square_cost(n, numel) + truncate_cost(n, rows)
+            + inv_sqrt_cost(n, rows, d * var_lo, d * var_hi, _sum_bits(d, var_hi))
+            + fixed.mul_cost(n, numel, rows, numel))
 
 
 def layernorm_backward_cost(n: int, shape) -> Cost:

@@ -62,13 +62,14 @@ def reciprocal(ctx, x: torch.Tensor, lo: float = 1e-2, hi: float = 1e4, bits: in
     return fixed.mul(ctx, y, scale)
 
 
-def inv_sqrt(ctx, x: torch.Tensor, lo: float = 1e-4, hi: float = 1e4, bits: int = 40) -> torch.Tensor:
-    """1/sqrt(x) for x in [lo, hi]."""
+def inv_sqrt(ctx, x: torch.Tensor, lo: float = 1e-4, hi: float = 1e4, bits: int = 40,
+             multiplier: float = 1.0) -> torch.Tensor:
+    """multiplier / sqrt(x) for x in [lo, hi] (the public multiplier costs nothing extra)."""
     exps = _range_exponents(lo, hi, 2)
     onehot = _exponent_onehot(ctx, x, [2.0 ** j for j in exps], bits)
     tops = [exps[0]] + [j + 2 for j in exps]            # x * 2^-top in [1/4, 1)
     scale = _scale_sum(ctx, onehot, [2.0 ** -t for t in tops])
-    root_scale = _scale_sum(ctx, onehot, [2.0 ** (-t / 2) for t in tops])
+    root_scale = _scale_sum(ctx, onehot, [multiplier * 2.0 ** (-t / 2) for t in tops])
     m = fixed.mul(ctx, x, scale)
     y = fixed.add_public(ctx, fixed.mul_public(ctx, m, _RSQRT_SLOPE), _RSQRT_INTERCEPT)
     for _ in range(3):

@@ -40,11 +40,7 @@ def open_(ctx, share_: torch.Tensor) -> torch.Tensor:
 
     Cost: open_cost(n, numel): 1 round, 8 * numel * (n-1) bytes sent by each party.
     """
-    shares = ctx.session.all_gather(share_.contiguous())
-    total = shares[0].clone()
-    for other in shares[1:]:
-        total += other
-    return total
+    return _sum(ctx.session.all_gather(share_.contiguous()))
 
 
 def open_to(ctx, share_: torch.Tensor, receiver: int):
@@ -53,10 +49,12 @@ def open_to(ctx, share_: torch.Tensor, receiver: int):
     Cost: open_to_cost(n, numel, rank, receiver).
     """
     shares = ctx.session.gather(share_.contiguous(), receiver)
-    if ctx.rank != receiver:
-        return None
-    total = shares[0].clone()
-    for other in shares[1:]:
+    return _sum(shares) if ctx.rank == receiver else None
+
+
+def _sum(shares: list) -> torch.Tensor:
+    total = shares[0] + shares[1]      # a fresh tensor: received buffers are left alone
+    for other in shares[2:]:
         total += other
     return total
 

@@ -39,5 +39,24 @@ def truncate(ctx, x: torch.Tensor, bits: int | None = None) -> torch.Tensor:
     return trunc_reconstruct(c, r_top, r_mid, bits, first)
 
 
+def truncate_many(ctx, parts) -> list:
+    """[truncate(x, bits) for (x, bits) in parts] with one opening: 1 round, same bytes."""
+    for _, bits in parts:
+        if not 0 < bits < VALID_BITS:
+            raise ValueError(f"truncation by {bits} bits is outside (0, {VALID_BITS})")
+    first = ctx.rank == 0
+    correlations = [ctx.correlation("trunc", shape=list(x.shape), bits=bits) for x, bits in parts]
+    masked = [(x + c.random[0] + ((1 << VALID_BITS) if first else 0)).reshape(-1)
+              for (x, _), c in zip(parts, correlations)]
+    opened = open_(ctx, torch.cat(masked))
+    out, start = [], 0
+    for (x, bits), correlation in zip(parts, correlations):
+        c = opened[start:start + x.numel()].reshape(x.shape)
+        start += x.numel()
+        r_top, r_mid = correlation.derived()
+        out.append(trunc_reconstruct(c, r_top, r_mid, bits, first))
+    return out
+
+
 def truncate_cost(n: int, numel: int) -> Cost:
     return open_cost(n, numel)
