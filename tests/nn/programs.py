@@ -1,0 +1,54 @@
+"""Party programs for the nn tests (module level, so that spawn can run them too)."""
+import torch
+from transformers import BertConfig, BertModel
+
+from mpcft.nn import SGD, Classifier
+from mpcft.protocols import sharing
+from mpcft.protocols.context import MPCContext
+
+CONFIG = dict(vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+              intermediate_size=64, max_position_embeddings=16, hidden_act="gelu",
+              attn_implementation="eager")
+
+
+def tiny_bert(seed: int = 0) -> BertModel:
+    """A small random BERT (build it once and pass it to the parties: seeding is global)."""
+    torch.manual_seed(seed)
+    model = BertModel(BertConfig(**CONFIG)).double()
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():   # non-trivial LayerNorm parameters
+        if "LayerNorm" in name:
+            p.data += 0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype)
+    return model.eval()
+
+
+def share_from(ctx, value, owner, bits_only=False):
+    """Shares of a fixed-point tensor (or, bits_only, of a 0/1 integer tensor at scale 1)."""
+    if bits_only:
+        ring = value.to(torch.int64)
+    else:
+        ring = ctx.fp.encode(value)
+    return sharing.share(ctx, ring if ctx.rank == owner else None, owner, tuple(value.shape))
+
+
+def gradients(session, inputs, mask, labels, mode, layers, encoder, steps=0, lr=0.1):
+    """Forward, cross-entropy backward; revealed logits, loss and trainable gradients by name."""
+    ctx = MPCContext(session)
+    model = Classifier(ctx, encoder, labels.shape[1], mode=mode, layers=layers)
+    x = share_from(ctx, inputs, 0)
+    m = share_from(ctx, mask, 1, bits_only=True) if mask is not None else None
+    y = share_from(ctx, labels, session.world_size - 1)
+    reveal = lambda t: ctx.fp.decode(sharing.open_(ctx, t))
+    logits = model(x, m)
+    loss = model.loss_backward(logits, y, with_loss=True)
+    out = {"logits": reveal(logits), "loss": reveal(loss),
+           "grads": {name: reveal(p.grad) / model.grad_scale
+                     for name, p in model.named_parameters() if p.trainable}}
+    optimizer = SGD(model.trainable_parameters(), lr=lr, momentum=0.9, grad_scale=model.grad_scale)
+    losses = []
+    for _ in range(steps):
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(reveal(model.loss_backward(model(x, m), y, with_loss=True)).item())
+    out["losses"] = losses
+    return out

@@ -1,0 +1,75 @@
+"""MPC forward/backward of the BERT classifier against torch autograd on the same weights.
+
+Every trained parameter's gradient must agree within 1e-2 relative error (norm-wise), with
+2 and 3 parties; logits and loss within 1e-3.
+"""
+import pytest
+import torch
+
+from mpcft.protocols.correlations import dealer_handler
+from mpcft.runtime import run_threads
+
+from . import programs, reference
+
+B, T, LABELS = 2, 6, 3
+
+
+def case(mode):
+    gen = torch.Generator().manual_seed(1)
+    hidden = programs.CONFIG["hidden_size"]
+    inputs = torch.randn(B, hidden, generator=gen, dtype=torch.float64) if mode == "head" else \
+        torch.randn(B, T, hidden, generator=gen, dtype=torch.float64)
+    mask = None if mode == "head" else torch.tensor([[1] * T, [1] * 4 + [0] * 2])
+    labels = torch.nn.functional.one_hot(torch.tensor([2, 0]), LABELS).double()
+    return inputs, mask, labels
+
+
+def torch_gradients(mode, layers, inputs, mask, labels):
+    encoder = programs.tiny_bert()
+    gen = torch.Generator().manual_seed(0)
+    head_w = (torch.randn(LABELS, programs.CONFIG["hidden_size"], generator=gen, dtype=torch.float64) * 0.02).requires_grad_()
+    head_b = torch.zeros(LABELS, dtype=torch.float64, requires_grad=True)
+    count = 0 if mode == "head" else layers
+    named = {"head.weight": head_w, "head.bias": head_b}
+    if mode == "top":
+        top = encoder.encoder.layer[len(encoder.encoder.layer) - count:]
+        for i, layer in enumerate(top):
+            for mpc_name, hf_name in MAP.items():
+                named[f"layer{i}.{mpc_name}"] = layer.get_parameter(hf_name)
+    logits = reference.classifier_logits(encoder, head_w, head_b, inputs, mask, count)
+    loss = torch.nn.functional.cross_entropy(logits, labels.argmax(1))
+    grads = torch.autograd.grad(loss, list(named.values()))
+    return logits.detach(), loss.detach(), dict(zip(named, grads))
+
+
+MAP = {
+    "attention.query.weight": "attention.self.query.weight", "attention.query.bias": "attention.self.query.bias",
+    "attention.key.weight": "attention.self.key.weight", "attention.key.bias": "attention.self.key.bias",
+    "attention.value.weight": "attention.self.value.weight", "attention.value.bias": "attention.self.value.bias",
+    "attention.output.weight": "attention.output.dense.weight", "attention.output.bias": "attention.output.dense.bias",
+    "norm1.gamma": "attention.output.LayerNorm.weight", "norm1.beta": "attention.output.LayerNorm.bias",
+    "intermediate.weight": "intermediate.dense.weight", "intermediate.bias": "intermediate.dense.bias",
+    "output.weight": "output.dense.weight", "output.bias": "output.dense.bias",
+    "norm2.gamma": "output.LayerNorm.weight", "norm2.beta": "output.LayerNorm.bias",
+}
+
+
+def relative(a, b):
+    """Norm-wise relative error; gradients that are exactly zero in theory (the key bias:
+    softmax ignores a constant shift) are compared against 1e-4 instead of their own norm."""
+    return ((a - b).norm() / b.norm().clamp(min=1e-4)).item()
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("mode,layers", [("head", 0), ("top", 1), ("top", 2)])
+def test_gradients_match_torch_autograd(n, mode, layers):
+    inputs, mask, labels = case(mode)
+    want_logits, want_loss, want = torch_gradients(mode, layers, inputs, mask, labels)
+    got = run_threads(programs.gradients, n, inputs, mask, labels, mode, layers, programs.tiny_bert(),
+                      dealer_handler=dealer_handler, timeout=580)[0]
+    assert (got["logits"] - want_logits).abs().max() < 1e-3
+    assert abs(got["loss"].item() - want_loss.item()) < 1e-3
+    assert set(got["grads"]) == set(want)
+    errors = {name: relative(got["grads"][name], g) for name, g in want.items()}
+    assert max(errors.values()) < 1e-2, errors
