@@ -8,11 +8,13 @@ with broadcast batch dimensions). Two exact routes, chosen by shape:
 - "tiles": torch's int64 GEMM kernel (single-threaded in torch) on row tiles spread over a
   thread pool; best for large 2-D products.
 Both wrap modulo 2^64 (two's complement int64 arithmetic), so results are bit-exact.
+CUDA tensors (both on one device) go to cuda_matmul.ring_matmul_cuda.
 """
 import numba
 import numpy as np
 import torch
 
+from .cuda_matmul import ring_matmul_cuda
 from .threads import num_threads, run_parallel
 
 _ROWS_MAX_KN = 1 << 17  # k*n*8 bytes = 1 MiB: b of a "rows" task stays in L2
@@ -50,11 +52,14 @@ def _bmm_rows(a, b, c):
 
 
 def ring_matmul(a, b, *, threads: int | None = None, route: str = "auto"):
-    """a @ b mod 2^64 for numpy int64 arrays or CPU torch int64 tensors (same kind out).
+    """a @ b mod 2^64 for numpy int64 arrays or torch int64 tensors (same kind out).
 
-    threads: worker threads (default torch.get_num_threads()); route: "auto", "rows", "tiles".
+    threads: worker threads (default torch.get_num_threads()); route: "auto", "rows", "tiles"
+    on the CPU, "auto", "int8", "f64" for CUDA tensors (see cuda_matmul; threads unused).
     """
     as_torch = _check_operands(a, b)
+    if as_torch and a.device.type == "cuda":
+        return ring_matmul_cuda(a, b, route=route)
     an = a.numpy() if as_torch else a
     bn = b.numpy() if as_torch else b
     out = _matmul_numpy(an, bn, num_threads(threads), route)
@@ -66,8 +71,10 @@ def _check_operands(a, b) -> bool:
     if kinds == {torch.Tensor}:
         if a.dtype != torch.int64 or b.dtype != torch.int64:
             raise TypeError(f"ring_matmul needs int64 tensors, got {a.dtype} and {b.dtype}")
-        if a.device.type != "cpu" or b.device.type != "cpu":
-            raise NotImplementedError("ring_matmul on CUDA tensors needs the CUDA backend")
+        if a.device != b.device:
+            raise ValueError(f"ring_matmul operands are on different devices: {a.device} and {b.device}")
+        if a.device.type not in ("cpu", "cuda"):
+            raise NotImplementedError(f"ring_matmul has no backend for {a.device.type} tensors")
         return True
     if kinds == {np.ndarray}:
         if a.dtype != np.int64 or b.dtype != np.int64:
