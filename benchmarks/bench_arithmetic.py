@@ -63,6 +63,8 @@ def party(session, name, repeat):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parties", type=int, nargs="+", default=[2, 3])
+    parser.add_argument("--plaintext", action="store_true",
+                        help="INSECURE plaintext channels (to compare with engines that have no TLS)")
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     rows = []
@@ -71,7 +73,8 @@ def main():
         torch.set_num_threads(1)
         plain = median_seconds(lambda: OPERATIONS[name][2](x, y), args.repeat)
         for n in args.parties:
-            results = spawn(party, n, name, args.repeat, dealer_handler=dealer_handler, timeout=600)
+            results = spawn(party, n, name, args.repeat, dealer_handler=dealer_handler,
+                            dealer_threads=1, tls=not args.plaintext, timeout=600)
             seconds = max(r[0] for r in results)
             sent = max(r[1] for r in results)
             rounds = results[0][2]
@@ -81,7 +84,7 @@ def main():
             rows.append([name, n, f"{seconds:.4f}", f"{sent / 1e6:.2f}", rounds, f"{error:.2e}",
                          f"{plain:.4f}", crypten, f"{(ct2 if n == 2 else ct3) / seconds:.1f}x"])
             print(rows[-1], flush=True)
-    print()
+    print(f"\nchannels: {'PLAINTEXT (insecure)' if args.plaintext else 'mutual TLS 1.3'}\n")
     print(markdown_table(["operation", "parties", "mpcft s", "MB sent/party", "rounds", "max error",
                           "plaintext torch s", "CrypTen 0.4.1 (quoted)", "speed-up"], rows))
 

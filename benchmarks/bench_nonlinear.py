@@ -68,6 +68,8 @@ def party(session, name, repeat):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parties", type=int, nargs="+", default=[2, 3])
+    parser.add_argument("--plaintext", action="store_true",
+                        help="INSECURE plaintext channels (to compare with engines that have no TLS)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", nargs="+", default=list(FUNCTIONS))
     args = parser.parse_args()
@@ -78,13 +80,13 @@ def main():
         plain = median_seconds(lambda: FUNCTIONS[name][1](x), args.repeat)
         for n in args.parties:
             results = spawn(party, n, name, args.repeat, dealer_handler=dealer_handler,
-                            dealer_threads=1, timeout=1200)
+                            dealer_threads=1, tls=not args.plaintext, timeout=1200)
             seconds = max(r[0] for r in results)
             rows.append([name, tuple(x.shape), n, f"{seconds:.2f}", f"{max(r[1] for r in results) / 1e6:.1f}",
                          results[0][2], f"{max(r[3] for r in results):.1e}", f"{plain:.4f}",
                          FUNCTIONS[name][2]])
             print(rows[-1], flush=True)
-    print()
+    print(f"\nchannels: {'PLAINTEXT (insecure)' if args.plaintext else 'mutual TLS 1.3'}\n")
     print(markdown_table(["function", "shape", "parties", "mpcft s", "MB sent/party", "rounds",
                           "max error", "plaintext s", "CrypTen 0.4.1 (quoted)"], rows))
 
