@@ -5,6 +5,7 @@
                script.py|-m module [args]
   mpcft party --config cluster.toml --rank R script.py|-m module [args]
   mpcft dealer --config cluster.toml [--handler m:f]
+  mpcft finetune [--parties N] [fine-tuning options]   (no options: the built-in main job)
 """
 import argparse
 import os
@@ -38,6 +39,13 @@ def cmd_certs(args):
     print(f"mpcft certs: CA and certificates for {args.n} parties"
           f"{' and the dealer' if args.dealer else ''} in {args.out}")
     return 0
+
+
+def cmd_finetune(args):
+    """Local parties and dealer on loopback (mutual TLS), each running mpcft.finetune."""
+    from mpcft.finetune import worker_argv
+    return launch(args.parties, ["-m", "mpcft.finetune"] + worker_argv(args), dealer=True,
+                  timeout=args.timeout, passthrough_rank=0)
 
 
 def cmd_launch(args):
@@ -105,6 +113,13 @@ def main(argv=None):
     p.add_argument("--rank", type=int, required=True)
     _add_program(p)
     p.set_defaults(run=cmd_party)
+
+    p = commands.add_parser("finetune", help="private fine-tuning with local parties and a dealer")
+    p.add_argument("--parties", type=int, default=2, help="compute parties (each also a data owner)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per protocol step")
+    from mpcft.finetune import add_arguments
+    add_arguments(p)
+    p.set_defaults(run=cmd_finetune)
 
     p = commands.add_parser("dealer", help="run the dealer of a cluster")
     p.add_argument("--config", required=True, help="cluster TOML file")

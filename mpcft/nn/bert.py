@@ -19,6 +19,22 @@ from .layers import GELU, LayerNorm, Linear, LoRALinear
 from .module import Module
 
 
+# names of a BertLayer's parameters here -> in a Hugging Face BertLayer
+HF_NAMES = {
+    "attention.query": "attention.self.query", "attention.key": "attention.self.key",
+    "attention.value": "attention.self.value", "attention.output": "attention.output.dense",
+    "norm1": "attention.output.LayerNorm", "intermediate": "intermediate.dense",
+    "output": "output.dense", "norm2": "output.LayerNorm",
+}
+HF_FIELDS = {"weight": "weight", "bias": "bias", "gamma": "weight", "beta": "bias"}
+
+
+def hf_parameter_name(name: str) -> str:
+    """'attention.query.weight' -> 'attention.self.query.weight' (LoRA names are not HF names)."""
+    module, field = name.rsplit(".", 1)
+    return f"{HF_NAMES[module]}.{HF_FIELDS[field]}"
+
+
 def _linear(ctx, dense, train: bool, lora, needs_input_grad: bool):
     """A Linear (trained or frozen) or a LoRA-adapted frozen Linear from a torch nn.Linear."""
     weight, bias = dense.weight.detach().double(), dense.bias.detach().double()

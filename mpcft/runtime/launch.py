@@ -49,9 +49,12 @@ def _stop_all(procs, grace):
 
 
 def launch(world_size, program, dealer=False, handler=None, tls=True, timeout=60.0,
-           connect_timeout=60.0, certs=None, grace=5.0, out=None):
+           connect_timeout=60.0, certs=None, grace=5.0, out=None, passthrough_rank=None):
     """Run `program` (["script.py", args...] or ["-m", "module", args...]) as `world_size`
-    parties; returns the exit status (0 when every process succeeded)."""
+    parties; returns the exit status (0 when every process succeeded).
+
+    passthrough_rank: that rank writes straight to this terminal (progress bars), unprefixed.
+    """
     out = out or sys.stdout
     lock = threading.Lock()
     with tempfile.TemporaryDirectory(prefix="mpcft-launch-") as tmp:
@@ -72,6 +75,9 @@ def launch(world_size, program, dealer=False, handler=None, tls=True, timeout=60
         previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
             for label, (command, env) in commands.items():
+                if label == f"rank {passthrough_rank}":
+                    procs[label] = subprocess.Popen(command, env=env, start_new_session=True)
+                    continue
                 procs[label] = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                                 stderr=subprocess.STDOUT, start_new_session=True)
                 streams.append(threading.Thread(target=_stream, args=(procs[label], label, lock, out),

