@@ -216,8 +216,8 @@ def save_outputs(out: pathlib.Path, encoder, tokenizer, head_w, head_b, names, h
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        for label, losses in history.items():
-            ax.plot(range(1, len(losses) + 1), losses, label=label)
+        for (label, losses), style in zip(history.items(), ("-", "--")):
+            ax.plot(range(1, len(losses) + 1), losses, style, label=label)
         ax.set_xlabel("step")
         ax.set_ylabel("training loss")
         ax.set_title(f"mpcft fine-tuning ({summary['mode']}, {summary['parties']} parties)")

@@ -1,0 +1,79 @@
+"""The fine-tuning main job end to end (real processes, TLS, dealer), and its data plumbing."""
+import argparse
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mpcft import data as datasets
+from mpcft.finetune import add_arguments, schedule, worker_argv
+from mpcft.kernels import FixedPoint
+
+
+@pytest.mark.timeout(900)
+def test_finetune_lora_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "mpcft.cli", "finetune", "--mode", "lora", "--layers", "1",
+         "--max-train", "16", "--batch-size", "8", "--seq-len", "16", "--out", str(out),
+         "--plaintext-baseline"], capture_output=True, text=True, timeout=850)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "accuracy" in done.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["parties"] == 2 and summary["steps"] == 2 and summary["mpc_layers"] == 1
+    assert 0.0 <= summary["accuracy"] <= 1.0 and summary["MB_sent_per_party"] > 0
+    assert abs(summary["accuracy"] - summary["plaintext_accuracy"]) <= 0.05
+    assert (out / "training.png").stat().st_size > 1000
+    # the revealed model loads back with transformers, LoRA merged into the top layer
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+    from mpcft.finetune import default_model_path
+    tuned = AutoModel.from_pretrained(out / "model")
+    base = AutoModel.from_pretrained(default_model_path())
+    top = lambda m: m.encoder.layer[-1].attention.self.query.weight
+    assert not torch.equal(top(tuned), top(base))
+    assert torch.equal(tuned.encoder.layer[0].attention.self.query.weight,
+                       base.encoder.layer[0].attention.self.query.weight)
+    # every party saved its shares; they add up to the revealed head
+    shares = [torch.load(out / "shares" / f"party-{r}.pt") for r in range(2)]
+    head = FixedPoint().decode(shares[0]["head.weight"] + shares[1]["head.weight"])
+    saved = load_file(str(out / "model" / "classifier_head.safetensors"))["weight"].double()
+    assert (head - saved).abs().max() < 1e-6
+    assert json.loads((out / "model" / "classifier_head.json").read_text())["labels"] == datasets.BUILTIN_LABELS
+
+
+def test_worker_arguments_round_trip():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--mode", "top", "--layers", "2", "--no-split-train", "--no-loss",
+                              "--train", "x.csv"])
+    again = parser.parse_args(worker_argv(args))
+    assert vars(again) == vars(args)
+
+
+def test_schedule_is_public_and_covers_every_example():
+    batches = schedule([5, 3], batch_size=3, epochs=2, seed=7)
+    assert batches == schedule([5, 3], batch_size=3, epochs=2, seed=7)
+    everything = sorted([(0, i) for i in range(5)] + [(1, i) for i in range(3)])
+    for epoch in (batches[:3], batches[3:]):
+        assert sorted(item for batch in epoch for item in batch) == everything
+
+
+def test_labelled_files_and_splits(tmp_path):
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_text('sentence,label\n"profits rose, a lot",positive\nflat year,neutral\n')
+    texts, labels, names = datasets.read_labelled(csv_path, "sentence", "label")
+    assert texts == ["profits rose, a lot", "flat year"] and names == ["neutral", "positive"] and labels == [1, 0]
+    tsv_path = tmp_path / "d.tsv"
+    tsv_path.write_text("label\tsentence\n1\tgood\n0\tbad\n")
+    assert datasets.read_labelled(tsv_path, "sentence", "label")[1] == [1, 0]
+    with pytest.raises(ValueError, match="no column"):
+        datasets.read_labelled(csv_path, "text", "label")
+    with pytest.raises(ValueError, match="not among"):
+        datasets.read_labelled(csv_path, "sentence", "label", labels=["positive"])
+    train, test = datasets.split(10, 0.2, seed=1)
+    assert len(test) == 2 and sorted(train + test) == list(range(10))
+    texts, labels, names = datasets.builtin_dataset(size=30)
+    assert len(texts) == 30 and set(labels) == {0, 1, 2} and names == datasets.BUILTIN_LABELS
