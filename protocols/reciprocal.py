@@ -4,9 +4,10 @@ Range reduction with comparisons against public powers of two, then Newton itera
   b_j = [x >= 2^j] for the thresholds of the declared range (one batched comparison);
   one-hot o_j = b_j - b_{j+1} of the binary exponent e, so a public function of e is a
   local linear combination sum_j o_j * g(j), with no truncation (o_j has scale 1);
-  m = x * 2^-(e+1) lies in [1/2, 1), where the iterations converge from a linear guess.
-reciprocal: 1/m by y <- y (2 - m y) from y0 = 48/17 - 32/17 m (relative error <= 1/17),
-  3 iterations: 1/17 -> 3.5e-3 -> 1.2e-5 -> 1.5e-10 (then fixed-point rounding dominates).
+  m = x * 2^-(e+1) lies in [1/2, 1) (or [1/4, 1) with every other threshold), where the
+  iterations converge from a linear guess.
+reciprocal: thresholds every 2 binary orders, m in [1/4, 1); 1/m by y <- y (2 - m y) from
+  the minimax line (relative error 0.22), 3 iterations: 0.22 -> 0.048 -> 2.3e-3 -> 5.3e-6.
 inv_sqrt: with even exponents, m = x * 4^-e' in [1/4, 1), 1/sqrt(m) by y <- y (3 - m y^2) / 2.
 log: log(x) = log(m) + (e+1) ln 2, log(m) by a degree-8 polynomial on [1/2, 1).
 Accuracy contract: relative error below 1e-4 for x in [lo, hi] given by the caller (the
@@ -49,17 +50,28 @@ def _range_exponents(lo: float, hi: float, step: int) -> list:
 
 def reciprocal(ctx, x: torch.Tensor, lo: float = 1e-2, hi: float = 1e4, bits: int = 40) -> torch.Tensor:
     """1/x for x in [lo, hi]."""
-    exps = _range_exponents(lo, hi, 1)
+    exps = _range_exponents(lo, hi, _RECIPROCAL_STEP)
     onehot = _exponent_onehot(ctx, x, [2.0 ** j for j in exps], bits)
-    # interval k holds x in [2^(exps[k-1]), 2^(exps[k])): scale by 2^-exps[k] into [1/2, 1)
-    tops = [exps[0]] + [j + 1 for j in exps]
+    # interval k holds x in [2^(exps[k-1]), 2^(exps[k])): scale by 2^-exps[k] into [1/4, 1)
+    tops = [exps[0]] + [j + _RECIPROCAL_STEP for j in exps]
     scale = _scale_sum(ctx, onehot, [2.0 ** -t for t in tops])
     m = fixed.mul(ctx, x, scale)
-    y = fixed.add_public(ctx, fixed.mul_public(ctx, m, -32 / 17), 48 / 17)
+    y = fixed.add_public(ctx, fixed.mul_public(ctx, m, -_RECIPROCAL_SLOPE), _RECIPROCAL_INTERCEPT)
     for _ in range(3):
         my = fixed.mul(ctx, m, y)
         y = fixed.mul(ctx, y, fixed.add_public(ctx, -my, 2.0))
     return fixed.mul(ctx, y, scale)
+
+
+def _minimax_reciprocal_line(a: float, b: float):
+    """y0 = alpha - beta m minimising max |1 - m y0| on [a, b] (equioscillation at a, b and
+    alpha / 2 beta): beta = 8 / (4ab + (a + b)^2), alpha = beta (a + b), error 1 - beta a b."""
+    beta = 8 / (4 * a * b + (a + b) ** 2)
+    return beta, beta * (a + b)
+
+
+_RECIPROCAL_STEP = 2       # thresholds every 2 binary orders: m in [1/4, 1), initial error 0.22
+_RECIPROCAL_SLOPE, _RECIPROCAL_INTERCEPT = _minimax_reciprocal_line(0.25, 1.0)
 
 
 def inv_sqrt(ctx, x: torch.Tensor, lo: float = 1e-4, hi: float = 1e4, bits: int = 40,
@@ -108,8 +120,8 @@ def _thresholds(lo: float, hi: float, step: int) -> int:
 
 def reciprocal_cost(n: int, numel: int, lo: float = 1e-2, hi: float = 1e4, bits: int = 40) -> Cost:
     mul = fixed.mul_cost(n, numel, numel)
-    return (sign_cost(n, _thresholds(lo, hi, 1) * numel, bits) + mul + truncate_cost(n, numel)
-            + Cost(6 * mul.rounds, 6 * mul.bytes_sent) + mul)
+    return (sign_cost(n, _thresholds(lo, hi, _RECIPROCAL_STEP) * numel, bits) + mul
+            + truncate_cost(n, numel) + Cost(6 * mul.rounds, 6 * mul.bytes_sent) + mul)
 
 
 def inv_sqrt_cost(n: int, numel: int, lo: float = 1e-4, hi: float = 1e4, bits: int = 40) -> Cost:
