@@ -18,7 +18,7 @@ import json
 import math
 import os
 import pathlib
-import random
+import random  # noqa: csprng (public schedule)
 import sys
 import time
 

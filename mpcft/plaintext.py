@@ -23,7 +23,7 @@ class _LoRA(torch.nn.Module):
         super().__init__()
         self.dense = dense
         gen = torch.Generator().manual_seed(seed)   # the same public draw as mpcft.nn.LoRALinear
-        self.a = torch.nn.Parameter(torch.randn(rank, dense.in_features, generator=gen,
+        self.a = torch.nn.Parameter(torch.randn(rank, dense.in_features, generator=gen,  # noqa: csprng
                                                 dtype=torch.float64) / math.sqrt(dense.in_features))
         self.b = torch.nn.Parameter(torch.zeros(dense.out_features, rank, dtype=torch.float64))
         self.scaling = alpha / rank
@@ -59,7 +59,7 @@ def train_plaintext(args, names, counts, test):
         adapters = [(_LoRA(l.attention.self.query, args.lora_rank, args.lora_alpha, args.seed),
                      _LoRA(l.attention.self.value, args.lora_rank, args.lora_alpha, args.seed)) for l in layers]
     gen = torch.Generator().manual_seed(args.seed)
-    head_w = torch.nn.Parameter(torch.randn(len(names), config.hidden_size, generator=gen, dtype=torch.float64) * 0.02)
+    head_w = torch.nn.Parameter(torch.randn(len(names), config.hidden_size, generator=gen, dtype=torch.float64) * 0.02)  # noqa: csprng
     head_b = torch.nn.Parameter(torch.zeros(len(names), dtype=torch.float64))
     params = [p for p in encoder.parameters() if p.requires_grad] + [head_w, head_b]
     params += [p for pair in adapters for a in pair for p in (a.a, a.b)]

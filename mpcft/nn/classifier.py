@@ -54,7 +54,7 @@ class Classifier(Module):
             self.blocks.append(block)
         self.pool = MeanPool(ctx) if count else None
         gen = torch.Generator().manual_seed(seed)  # public initialisation of the new head
-        head = torch.randn(num_labels, config.hidden_size, generator=gen, dtype=torch.float64) * 0.02
+        head = torch.randn(num_labels, config.hidden_size, generator=gen, dtype=torch.float64) * 0.02  # noqa: csprng
         self.head = Linear(ctx, head, torch.zeros(num_labels, dtype=torch.float64), trainable=True,
                            needs_input_grad=count > 0)
         self.mpc_layers = count

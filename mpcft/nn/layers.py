@@ -82,7 +82,7 @@ class LoRALinear(Module):
         out_features, in_features = weight.shape
         self.base = Linear(ctx, weight, bias, trainable=False, needs_input_grad=needs_input_grad)
         gen = torch.Generator().manual_seed(seed)  # public initialisation, agreed by all parties
-        a = torch.randn(rank, in_features, generator=gen, dtype=torch.float64) / math.sqrt(in_features)
+        a = torch.randn(rank, in_features, generator=gen, dtype=torch.float64) / math.sqrt(in_features)  # noqa: csprng (public init)
         self.lora_a = Linear(ctx, a, None, trainable=True, needs_input_grad=needs_input_grad)
         self.lora_b = Linear(ctx, torch.zeros(out_features, rank, dtype=torch.float64), None, trainable=True)
         self.scaling = alpha / rank

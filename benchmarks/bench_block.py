@@ -1,0 +1,127 @@
+"""A Transformer block's forward + backward under MPC, and fine-tuning steps, beside plaintext.
+
+    python -m benchmarks.bench_block [--parties 2 3] [--repeat 2]
+
+Block: hidden 256, 4 heads, seq 64, batch 4, every weight trained (CrypTen 0.4.1 on this kind
+of machine, as quoted in the issue: 3.7 s and 330 MB per party for 2 parties, 12.1 s and
+660 MB for 3). Steps: one fine-tuning step of the MiniLM classifier (batch 8, seq 64) in each
+mode. One compute thread per party, dealer at one thread, mutual TLS.
+"""
+import argparse
+import statistics
+import time
+
+import numba
+import torch
+from transformers import BertConfig, BertModel
+
+from benchmarks.timing import markdown_table
+from mpcft.nn import SGD, Classifier
+from mpcft.nn.bert import BertLayer
+from mpcft.protocols import sharing
+from mpcft.protocols.context import MPCContext
+from mpcft.protocols.correlations import dealer_handler
+from mpcft.runtime import spawn
+
+
+def block_model():
+    torch.manual_seed(0)  # public benchmark weights
+    config = BertConfig(hidden_size=256, num_attention_heads=4, intermediate_size=1024,
+                        num_hidden_layers=1, attn_implementation="eager")
+    return BertModel(config).double().eval()
+
+
+def _inputs(batch, seq, hidden):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, seq, hidden, generator=gen, dtype=torch.float64)
+    return x, torch.ones(batch, seq, dtype=torch.int64), torch.randn(x.shape, generator=gen, dtype=torch.float64) * 0.01
+
+
+def party_block(session, model, repeat):
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    ctx = MPCContext(session)
+    layer = BertLayer(ctx, model.encoder.layer[0], 4, train=True)
+    x, mask, grad = _inputs(4, 64, 256)
+    share = lambda v, bits=False: sharing.share(ctx, (v.long() if bits else ctx.fp.encode(v)) if ctx.rank == 0 else None, 0, v.shape)
+    xs, ms, gs = share(x), share(mask, True), share(grad)
+    times = []
+    for _ in range(repeat):
+        before = session.comm.snapshot()
+        start = time.perf_counter()
+        layer(xs, ms[:, None, None, :])
+        layer.backward(gs)
+        times.append(time.perf_counter() - start)
+        delta = session.comm.snapshot() - before
+    return statistics.median(times), delta.bytes_sent, delta.rounds
+
+
+def party_step(session, encoder, mode, layers, repeat):
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    ctx = MPCContext(session)
+    model = Classifier(ctx, encoder, 3, mode=mode, layers=layers)
+    optimizer = SGD(model.trainable_parameters(), lr=0.01, grad_scale=model.grad_scale)
+    hidden, seq, batch = encoder.config.hidden_size, 64, 8
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn((batch, hidden) if mode == "head" else (batch, seq, hidden), generator=gen, dtype=torch.float64)
+    y = torch.nn.functional.one_hot(torch.arange(batch) % 3, 3).double()
+    share = lambda v, bits=False: sharing.share(ctx, (v.long() if bits else ctx.fp.encode(v)) if ctx.rank == 0 else None, 0, v.shape)
+    xs, ys = share(x), share(y)
+    ms = share(torch.ones(batch, seq), True) if mode != "head" else None
+    times = []
+    for _ in range(repeat):
+        before = session.comm.snapshot()
+        start = time.perf_counter()
+        model.loss_backward(model(xs, ms), ys)
+        optimizer.step()
+        optimizer.zero_grad()
+        times.append(time.perf_counter() - start)
+        delta = session.comm.snapshot() - before
+    return statistics.median(times), delta.bytes_sent, delta.rounds
+
+
+def plaintext_block_seconds(model):
+    torch.set_num_threads(1)
+    layer = model.encoder.layer[0]
+    x, mask, grad = _inputs(4, 64, 256)
+    x = x.requires_grad_()
+    start = time.perf_counter()
+    out = layer(x)
+    (out[0] if isinstance(out, tuple) else out).backward(grad)
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parties", type=int, nargs="+", default=[2, 3])
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--steps", action=argparse.BooleanOptionalAction, default=True)
+    args = parser.parse_args()
+    model = block_model()
+    plain = plaintext_block_seconds(model)
+    rows = []
+    for n in args.parties:
+        s, sent, rounds = max(spawn(party_block, n, model, args.repeat, dealer_handler=dealer_handler,
+                                    dealer_threads=1, timeout=1800))
+        crypten = "3.7 s, 330 MB" if n == 2 else "12.1 s, 660 MB"
+        rows.append(["block 256/4 heads, seq 64, batch 4 (fwd+bwd)", n, f"{s:.2f}", f"{sent / 1e6:.0f}",
+                     rounds, f"{plain:.3f}", crypten])
+        print(rows[-1], flush=True)
+    if args.steps:
+        from mpcft.finetune import default_model_path, load_encoder
+        _, encoder = load_encoder(default_model_path())
+        for mode, layers in (("head", 0), ("lora", 1), ("top", 1), ("top", 2)):
+            for n in args.parties:
+                s, sent, rounds = max(spawn(party_step, n, encoder, mode, layers, args.repeat,
+                                            dealer_handler=dealer_handler, dealer_threads=1, timeout=3600))
+                rows.append([f"MiniLM step, mode {mode}, {layers} MPC layer(s), batch 8, seq 64", n,
+                             f"{s:.2f}", f"{sent / 1e6:.0f}", rounds, "", ""])
+                print(rows[-1], flush=True)
+    print()
+    print(markdown_table(["workload", "parties", "mpcft s", "MB sent/party", "rounds",
+                          "plaintext torch s", "CrypTen 0.4.1 (quoted)"], rows))
+
+
+if __name__ == "__main__":
+    main()
