@@ -30,6 +30,8 @@ import functools
 
 import torch
 
+from .shapes import matmul_shapes
+
 _DIGIT_DTYPES = {8: torch.int8, 16: torch.int16}
 _INT8_TERMS = (1 << 17) - 1  # int8 digit products an int32 accumulator holds exactly
 _F64_TERMS = 1 << 23         # 16-bit limb products a float64 sum holds exactly
@@ -103,18 +105,9 @@ def _matmul(a, b, product, batched: bool):
         raise TypeError(f"ring_matmul needs int64 tensors, got {a.dtype} and {b.dtype}")
     if a.device != b.device:
         raise ValueError(f"ring_matmul operands are on different devices: {a.device} and {b.device}")
-    if a.ndim == 0 or b.ndim == 0:
-        raise ValueError("ring_matmul needs operands with at least one dimension")
-    squeeze_a, squeeze_b = a.ndim == 1, b.ndim == 1
+    batch, m, k, n, squeeze_a, squeeze_b = matmul_shapes(a.shape, b.shape)
     a = a[None, :] if squeeze_a else a
     b = b[:, None] if squeeze_b else b
-    (m, k), (k2, n) = a.shape[-2:], b.shape[-2:]
-    if k != k2:
-        raise ValueError(f"ring_matmul shape mismatch: {tuple(a.shape)} @ {tuple(b.shape)} (inner {k} != {k2})")
-    try:
-        batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    except RuntimeError:
-        raise ValueError(f"ring_matmul batch shapes do not broadcast: {tuple(a.shape)} @ {tuple(b.shape)}") from None
     if a.numel() == 0 or b.numel() == 0:
         out = a.new_zeros(batch + (m, n))
     elif b.ndim == 2:  # fold a's batch into rows

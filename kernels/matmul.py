@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .cuda_matmul import ring_matmul_cuda
+from .shapes import matmul_shapes
 from .threads import num_threads, run_parallel
 
 _ROWS_MAX_KN = 1 << 17  # k*n*8 bytes = 1 MiB: b of a "rows" task stays in L2
@@ -84,18 +85,9 @@ def _check_operands(a, b) -> bool:
 
 
 def _matmul_numpy(a: np.ndarray, b: np.ndarray, threads: int, route: str) -> np.ndarray:
-    if a.ndim == 0 or b.ndim == 0:
-        raise ValueError("ring_matmul needs operands with at least one dimension")
-    squeeze_a, squeeze_b = a.ndim == 1, b.ndim == 1
+    batch, m, k, n, squeeze_a, squeeze_b = matmul_shapes(a.shape, b.shape)
     a = a[None, :] if squeeze_a else a
     b = b[:, None] if squeeze_b else b
-    (m, k), (k2, n) = a.shape[-2:], b.shape[-2:]
-    if k != k2:
-        raise ValueError(f"ring_matmul shape mismatch: {a.shape} @ {b.shape} (inner {k} != {k2})")
-    try:
-        batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    except ValueError:
-        raise ValueError(f"ring_matmul batch shapes do not broadcast: {a.shape} @ {b.shape}") from None
     if b.ndim == 2:  # a public/shared 2-D right operand: fold a's batch into its rows
         out = _matmul3(np.ascontiguousarray(a).reshape(1, -1, k), b[None], threads, route)
     else:
