@@ -24,10 +24,10 @@ def case(mode):
     return inputs, mask, labels
 
 
-def torch_gradients(mode, layers, inputs, mask, labels):
-    encoder = programs.tiny_bert()
+def torch_gradients(mode, layers, inputs, mask, labels, encoder=None):
+    encoder = encoder if encoder is not None else programs.tiny_bert()
     gen = torch.Generator().manual_seed(0)
-    head_w = (torch.randn(LABELS, programs.CONFIG["hidden_size"], generator=gen, dtype=torch.float64) * 0.02).requires_grad_()
+    head_w = (torch.randn(LABELS, encoder.config.hidden_size, generator=gen, dtype=torch.float64) * 0.02).requires_grad_()
     head_b = torch.zeros(LABELS, dtype=torch.float64, requires_grad=True)
     count = 0 if mode == "head" else layers
     named = {"head.weight": head_w, "head.bias": head_b}
@@ -72,4 +72,23 @@ def test_gradients_match_torch_autograd(n, mode, layers):
     assert abs(got["loss"].item() - want_loss.item()) < 1e-3
     assert set(got["grads"]) == set(want)
     errors = {name: relative(got["grads"][name], g) for name, g in want.items()}
+    print(f"max relative gradient error, {mode}-{layers}, {n} parties: {max(errors.values()):.2e}")
     assert max(errors.values()) < 1e-2, errors
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("n", [2, 3])
+def test_minilm_top_two_layers_on_real_activations(n):
+    """all-MiniLM-L6-v2's top 2 layers + head, fed the real hidden states of two sentences."""
+    from mpcft.finetune import default_model_path, frozen_features, load_encoder
+    tokenizer, encoder = load_encoder(default_model_path())
+    texts = ["Operating profit rose to EUR 13.1 mn from EUR 8.7 mn.", "The company will publish its report."]
+    inputs, mask = frozen_features(encoder, tokenizer, texts, seq_len=12, mpc_layers=2)
+    labels = torch.nn.functional.one_hot(torch.tensor([2, 1]), LABELS).double()
+    want_logits, want_loss, want = torch_gradients("top", 2, inputs, mask, labels, encoder)
+    got = run_threads(programs.gradients, n, inputs, mask, labels, "top", 2, encoder,
+                      dealer_handler=dealer_handler, timeout=880)[0]
+    assert (got["logits"] - want_logits).abs().max() < 1e-3
+    errors = {name: relative(got["grads"][name], g) for name, g in want.items()}
+    print(f"max relative gradient error, {n} parties: {max(errors.values()):.2e}")
+    assert max(errors.values()) < 1e-2, sorted(errors.items(), key=lambda e: -e[1])[:5]
