@@ -7,8 +7,13 @@
   mpcft dealer --config cluster.toml [--handler m:f]
   mpcft finetune [--parties N] [fine-tuning options]   (no options: the built-in main job)
 """
-import argparse
 import os
+
+# Before torch and Numba load their OpenMP runtime: idle workers must not spin on cores the
+# other parties share (see mpcft.runtime.local.PASSIVE_OPENMP).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
 import runpy
 import signal
 import sys

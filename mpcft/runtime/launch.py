@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 
-from .local import local_cluster
+from .local import PASSIVE_OPENMP, local_cluster
 from .session import ENV_CLUSTER, ENV_RANK, ENV_WORLD_SIZE
 
 
@@ -61,6 +61,7 @@ def launch(world_size, program, dealer=False, handler=None, tls=True, timeout=60
         _, path = local_cluster(tmp, world_size, dealer=dealer, tls_enabled=tls, timeout=timeout,
                                 connect_timeout=connect_timeout, certs=certs)
         base = dict(os.environ, PYTHONUNBUFFERED="1", WORLD_SIZE=str(world_size))
+        base.setdefault(*PASSIVE_OPENMP)
         base[ENV_CLUSTER], base[ENV_WORLD_SIZE] = str(path), str(world_size)
         commands = {}
         if dealer:

@@ -82,3 +82,7 @@ def raise_on_rank_one(session):
     if session.rank == 1:
         raise ValueError("rank one is unhappy")
     return session.recv(1)
+
+
+def openmp_wait_policy(session):
+    return os.environ.get("OMP_WAIT_POLICY")

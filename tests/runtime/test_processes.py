@@ -167,3 +167,9 @@ def test_certs_command_writes_ca_party_and_dealer_certificates(tmp_path):
     cert = x509.load_pem_x509_certificate((tmp_path / "c" / "party-1.pem").read_bytes())
     assert cert.subject.rfc4514_string() == "CN=party-1"
     assert "10.0.0.7" in str(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName))
+
+
+@pytest.mark.timeout(120)
+def test_party_processes_get_passive_openmp_workers():
+    """Spinning OpenMP workers of one party would steal the cores the others need."""
+    assert spawn(helpers.openmp_wait_policy, 2, timeout=90) == ["PASSIVE", "PASSIVE"]
