@@ -47,11 +47,12 @@ def cross_entropy(ctx, logits: torch.Tensor, labels: torch.Tensor, with_loss: bo
     """Mean cross-entropy of [batch, classes] logits against shared one-hot labels (scale f).
 
     Returns (gradient w.r.t. logits, loss or None). The loss costs one product and a log.
+    The exponentials are clamped (logit spreads above 150 saturate instead of wrapping).
     """
     batch, classes = logits.shape
     m = max_along(ctx, logits, -1, bits)
     shifted = logits - m
-    e = exp(ctx, shifted, bits=bits)
+    e = exp(ctx, shifted, clamp=True, bits=bits)   # [batch, classes] is small: saturate, never wrap
     total = e.sum(-1, keepdim=True)
     probs = fixed.mul(ctx, e, reciprocal(ctx, total, lo=0.5, hi=classes * 1.1, bits=bits))
     grad = fixed.mul_public(ctx, probs - labels, 1.0 / batch)
