@@ -39,11 +39,6 @@ def mean_last(ctx, x: torch.Tensor) -> torch.Tensor:
     return mul_public(ctx, x.sum(-1, keepdim=True), 1.0 / x.shape[-1], extra_bits=10)
 
 
-def mul_bit(ctx, x: torch.Tensor, bit: torch.Tensor) -> torch.Tensor:
-    """x * b for shared b in {0, 1} (scale 1): one Beaver round, no truncation."""
-    return beaver.mul(ctx, x, bit)
-
-
 def mul_many(ctx, pairs) -> list:
     """[x * y for (x, y) in pairs] (equal shapes within a pair) in one Beaver + one truncation round."""
     xs = torch.cat([x.reshape(-1) for x, _ in pairs])
