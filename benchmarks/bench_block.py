@@ -5,9 +5,11 @@
 Block: hidden 256, 4 heads, seq 64, batch 4, every weight trained (CrypTen 0.4.1 on this kind
 of machine, as quoted in the issue: 3.7 s and 330 MB per party for 2 parties, 12.1 s and
 660 MB for 3). Steps: one fine-tuning step of the MiniLM classifier (batch 8, seq 64) in each
-mode. One compute thread per party, dealer at one thread, mutual TLS.
+mode, beside the same step in float64 torch (one thread). One compute thread per party,
+dealer at one thread, mutual TLS.
 """
 import argparse
+import copy
 import statistics
 import time
 
@@ -81,6 +83,41 @@ def party_step(session, encoder, mode, layers, repeat):
     return statistics.median(times), delta.bytes_sent, delta.rounds
 
 
+def plaintext_step_seconds(encoder, mode, layers, repeat):
+    """The same training step in float64 torch (autograd, SGD), median of `repeat`."""
+    from mpcft.plaintext import _LoRA, _layer
+    torch.set_num_threads(1)
+    encoder = copy.deepcopy(encoder)   # trained in place below
+    config = encoder.config
+    hidden, seq, batch = config.hidden_size, 64, 8
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn((batch, hidden) if mode == "head" else (batch, seq, hidden), generator=gen, dtype=torch.float64)
+    y = torch.arange(batch) % 3
+    mask = torch.ones(batch, seq, dtype=torch.int64)
+    top = list(encoder.encoder.layer[config.num_hidden_layers - layers:]) if layers else []
+    adapters = [(_LoRA(l.attention.self.query, 4, 8.0, 0), _LoRA(l.attention.self.value, 4, 8.0, 0))
+                for l in top] if mode == "lora" else []
+    head = torch.nn.Linear(hidden, 3).double()
+    params = list(head.parameters()) + [p for pair in adapters for a in pair for p in (a.a, a.b)]
+    if mode == "top":
+        params += [p for l in top for p in l.parameters()]
+    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    times = []
+    for _ in range(repeat + 1):
+        start = time.perf_counter()
+        h = x
+        for i, layer in enumerate(top):
+            q, v = adapters[i] if adapters else (layer.attention.self.query, layer.attention.self.value)
+            h = _layer(layer, h, mask, config.num_attention_heads, q, v)
+        pooled = h.mean(1) if top else h
+        loss = torch.nn.functional.cross_entropy(head(pooled), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
 def plaintext_block_seconds(model):
     torch.set_num_threads(1)
     layer = model.encoder.layer[0]
@@ -112,11 +149,12 @@ def main():
         from mpcft.finetune import default_model_path, load_encoder
         _, encoder = load_encoder(default_model_path())
         for mode, layers in (("head", 0), ("lora", 1), ("top", 1), ("top", 2)):
+            plain_step = plaintext_step_seconds(encoder, mode, layers, args.repeat)
             for n in args.parties:
                 s, sent, rounds = max(spawn(party_step, n, encoder, mode, layers, args.repeat,
                                             dealer_handler=dealer_handler, dealer_threads=1, timeout=3600))
                 rows.append([f"MiniLM step, mode {mode}, {layers} MPC layer(s), batch 8, seq 64", n,
-                             f"{s:.2f}", f"{sent / 1e6:.0f}", rounds, "", ""])
+                             f"{s:.2f}", f"{sent / 1e6:.0f}", rounds, f"{plain_step:.3f}", ""])
                 print(rows[-1], flush=True)
     print()
     print(markdown_table(["workload", "parties", "mpcft s", "MB sent/party", "rounds",
