@@ -5,14 +5,16 @@ softmax(x) = e / sum(e), e = exp(x - max(x)) [* mask]:
   exp of non-positive inputs (exponential.exp; clamp=True guards spreads above 150),
   reciprocal of the row sums, which lie in [1, n] (reciprocal.reciprocal), one product.
 A public mask (True = attend) is applied exactly: masked logits are lifted out of the max
-by a public offset and their exponentials multiplied by 0, so they contribute nothing.
+by a public offset and their exponentials multiplied by 0, so they contribute nothing. A
+secret mask (shares of 0/1, scale 1, e.g. padding that must stay private) multiplies the
+exponentials in one Beaver round; its masked logits stay in the max, which is harmless.
 Backward: dx = y * (g - sum(g * y)). Cross-entropy with shared one-hot labels: gradient
 (softmax - labels) / batch, and optionally the mean loss via log of the row sums.
 Reveals nothing but the output shares.
 """
 import torch
 
-from . import fixed
+from . import beaver, fixed
 from .comparison import max_along, max_along_cost
 from .cost import Cost
 from .exponential import exp, exp_cost
@@ -21,8 +23,8 @@ from .reciprocal import log, reciprocal, reciprocal_cost
 _MASK_OFFSET = 1024.0
 
 
-def softmax(ctx, x: torch.Tensor, mask=None, clamp: bool = False, bits: int = 32) -> torch.Tensor:
-    """Shares of softmax(x) over the last dim; mask: public bool tensor broadcastable to x."""
+def _exponentials(ctx, x, mask, shared_mask, clamp: bool, bits: int):
+    """(x - max, masked exp(x - max), row sums): the common part of softmax and cross-entropy."""
     keep = None
     if mask is not None:
         keep = torch.as_tensor(mask).to(torch.bool).expand(x.shape).to(torch.int64)
@@ -31,9 +33,22 @@ def softmax(ctx, x: torch.Tensor, mask=None, clamp: bool = False, bits: int = 32
     e = exp(ctx, shifted, clamp=clamp, bits=bits)
     if keep is not None:
         e = e * keep
-    total = e.sum(-1, keepdim=True)
-    inverse = reciprocal(ctx, total, lo=0.5, hi=float(x.shape[-1]) * 1.1, bits=bits)
+    if shared_mask is not None:
+        e = beaver.mul(ctx, e, shared_mask)            # mask has scale 1: no truncation
+    return shifted, e, e.sum(-1, keepdim=True)
+
+
+def _normalise(ctx, e, total, bits: int):
+    inverse = reciprocal(ctx, total, lo=0.5, hi=float(e.shape[-1]) * 1.1, bits=bits)
     return fixed.mul(ctx, e, inverse)
+
+
+def softmax(ctx, x: torch.Tensor, mask=None, clamp: bool = False, bits: int = 32,
+            shared_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Shares of softmax(x) over the last dim; mask: public bool tensor broadcastable to x;
+    shared_mask: shares of a 0/1 tensor (scale 1) broadcastable to x."""
+    _, e, total = _exponentials(ctx, x, mask, shared_mask, clamp, bits)
+    return _normalise(ctx, e, total, bits)
 
 
 def softmax_backward(ctx, y: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -50,11 +65,9 @@ def cross_entropy(ctx, logits: torch.Tensor, labels: torch.Tensor, with_loss: bo
     The exponentials are clamped (logit spreads above 150 saturate instead of wrapping).
     """
     batch, classes = logits.shape
-    m = max_along(ctx, logits, -1, bits)
-    shifted = logits - m
-    e = exp(ctx, shifted, clamp=True, bits=bits)   # [batch, classes] is small: saturate, never wrap
-    total = e.sum(-1, keepdim=True)
-    probs = fixed.mul(ctx, e, reciprocal(ctx, total, lo=0.5, hi=classes * 1.1, bits=bits))
+    # [batch, classes] is small: clamp, so diverging logits saturate instead of wrapping
+    shifted, e, total = _exponentials(ctx, logits, None, None, clamp=True, bits=bits)
+    probs = _normalise(ctx, e, total, bits)
     grad = fixed.mul_public(ctx, probs - labels, 1.0 / batch)
     if not with_loss:
         return grad, None

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from mpcft.protocols import beaver, comparison, exponential, fixed, reciprocal, softmax
+from mpcft.protocols import beaver, fixed, reciprocal, softmax
 from mpcft.protocols.truncation import truncate
 
 from .layers import GELU, LayerNorm, Linear, LoRALinear
@@ -44,16 +44,6 @@ def _linear(ctx, dense, train: bool, lora, needs_input_grad: bool):
     return Linear(ctx, weight, bias, train, needs_input_grad)
 
 
-def masked_softmax(ctx, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """softmax over the last dim, keys weighted by the shared 0/1 mask [batch, 1, 1, keys]."""
-    shifted = scores - comparison.max_along(ctx, scores, -1, 32)
-    e = exponential.exp(ctx, shifted, clamp=True)
-    e = beaver.mul(ctx, e, mask)                        # mask has scale 1: no truncation
-    total = e.sum(-1, keepdim=True)
-    inverse = reciprocal.reciprocal(ctx, total, lo=0.5, hi=scores.shape[-1] * 1.1, bits=32)
-    return fixed.mul(ctx, e, inverse)
-
-
 class Attention(Module):
     def __init__(self, ctx, hf_attention, heads: int, train: bool, lora=None, needs_input_grad=True):
         super().__init__(ctx)
@@ -74,7 +64,7 @@ class Attention(Module):
         q, k, v = (self._split(layer(x)) for layer in (self.query, self.key, self.value))
         self._scale = 1 / math.sqrt(q.shape[-1])
         scores = fixed.mul_public(ctx, truncate(ctx, beaver.matmul(ctx, q, k.mT.contiguous())), self._scale)
-        p = masked_softmax(ctx, scores, mask)
+        p = softmax.softmax(ctx, scores, clamp=True, shared_mask=mask)
         c = truncate(ctx, beaver.matmul(ctx, p, v))
         self._cache = (q, k, v, p)
         b, _, n, _ = c.shape
