@@ -8,13 +8,9 @@ payload bytes each party sends, rounds, and max error against float64 torch; bes
 plaintext float64 torch time in the same run.
 """
 import argparse
-import statistics
-import time
-
-import numba
 import torch
 
-from benchmarks.timing import markdown_table, median_seconds
+from benchmarks.timing import markdown_table, measure_protocol, median_seconds, one_compute_thread
 from mpcft.protocols.context import MPCContext
 from mpcft.protocols.correlations import dealer_handler
 from mpcft.runtime import spawn
@@ -40,8 +36,7 @@ def operands(name):
 
 
 def party(session, name, repeat):
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
+    one_compute_thread()
     ctx = MPCContext(session)
     x, y = operands(name)
     op = OPERATIONS[name][2]
@@ -49,15 +44,8 @@ def party(session, name, repeat):
     Y = SharedTensor.from_plain(ctx, y if ctx.rank == session.world_size - 1 else None,
                                 session.world_size - 1, shape=y.shape)
     op(X, Y)  # warm-up: JIT, buffers, connections
-    times, deltas = [], []
-    for _ in range(repeat):
-        before = session.comm.snapshot()
-        start = time.perf_counter()
-        Z = op(X, Y)
-        times.append(time.perf_counter() - start)
-        deltas.append(session.comm.snapshot() - before)
-    error = (Z.reveal() - op(x, y)).abs().max().item()
-    return statistics.median(times), deltas[-1].bytes_sent, deltas[-1].rounds, error
+    seconds, sent, rounds, Z = measure_protocol(session, lambda: op(X, Y), repeat)
+    return seconds, sent, rounds, (Z.reveal() - op(x, y)).abs().max().item()
 
 
 def main():

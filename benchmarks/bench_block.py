@@ -13,11 +13,10 @@ import copy
 import statistics
 import time
 
-import numba
 import torch
 from transformers import BertConfig, BertModel
 
-from benchmarks.timing import markdown_table
+from benchmarks.timing import markdown_table, measure_protocol, one_compute_thread
 from mpcft.nn import SGD, Classifier
 from mpcft.nn.bert import BertLayer
 from mpcft.protocols import sharing
@@ -40,27 +39,20 @@ def _inputs(batch, seq, hidden):
 
 
 def party_block(session, model, repeat):
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
+    one_compute_thread()
     ctx = MPCContext(session)
     layer = BertLayer(ctx, model.encoder.layer[0], 4, train=True)
     x, mask, grad = _inputs(4, 64, 256)
     share = lambda v, bits=False: sharing.share(ctx, (v.long() if bits else ctx.fp.encode(v)) if ctx.rank == 0 else None, 0, v.shape)
     xs, ms, gs = share(x), share(mask, True), share(grad)
-    times = []
-    for _ in range(repeat):
-        before = session.comm.snapshot()
-        start = time.perf_counter()
+    def forward_backward():
         layer(xs, ms[:, None, None, :])
         layer.backward(gs)
-        times.append(time.perf_counter() - start)
-        delta = session.comm.snapshot() - before
-    return statistics.median(times), delta.bytes_sent, delta.rounds
+    return measure_protocol(session, forward_backward, repeat)[:3]
 
 
 def party_step(session, encoder, mode, layers, repeat):
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
+    one_compute_thread()
     ctx = MPCContext(session)
     model = Classifier(ctx, encoder, 3, mode=mode, layers=layers)
     optimizer = SGD(model.trainable_parameters(), lr=0.01, grad_scale=model.grad_scale)
@@ -71,16 +63,11 @@ def party_step(session, encoder, mode, layers, repeat):
     share = lambda v, bits=False: sharing.share(ctx, (v.long() if bits else ctx.fp.encode(v)) if ctx.rank == 0 else None, 0, v.shape)
     xs, ys = share(x), share(y)
     ms = share(torch.ones(batch, seq), True) if mode != "head" else None
-    times = []
-    for _ in range(repeat):
-        before = session.comm.snapshot()
-        start = time.perf_counter()
+    def step():
         model.loss_backward(model(xs, ms), ys)
         optimizer.step()
         optimizer.zero_grad()
-        times.append(time.perf_counter() - start)
-        delta = session.comm.snapshot() - before
-    return statistics.median(times), delta.bytes_sent, delta.rounds
+    return measure_protocol(session, step, repeat)[:3]
 
 
 def plaintext_step_seconds(encoder, mode, layers, repeat):

@@ -7,14 +7,9 @@ float64 torch, the plaintext torch time, and CrypTen 0.4.1's figures as quoted i
 (measured on this kind of machine, 2 parties, 3 in brackets).
 """
 import argparse
-import math
-import statistics
-import time
-
-import numba
 import torch
 
-from benchmarks.timing import markdown_table, median_seconds
+from benchmarks.timing import markdown_table, measure_protocol, median_seconds, one_compute_thread
 from mpcft.protocols import activations, comparison, exponential, layernorm, reciprocal, sharing, softmax
 from mpcft.protocols.context import MPCContext
 from mpcft.protocols.correlations import dealer_handler
@@ -48,21 +43,14 @@ FUNCTIONS = {  # name: (protocol on shares, plaintext reference, CrypTen quote)
 
 
 def party(session, name, repeat):
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
+    one_compute_thread()
     ctx = MPCContext(session)
     x = _inputs(name)
     share = sharing.share(ctx, ctx.fp.encode(x) if ctx.rank == 0 else None, 0, x.shape)
     fn = FUNCTIONS[name][0]
-    times = []
-    for _ in range(repeat):
-        before = session.comm.snapshot()
-        start = time.perf_counter()
-        y = fn(ctx, share)
-        times.append(time.perf_counter() - start)
-        delta = session.comm.snapshot() - before
+    seconds, sent, rounds, y = measure_protocol(session, lambda: fn(ctx, share), repeat)
     error = (ctx.fp.decode(sharing.open_(ctx, y)) - FUNCTIONS[name][1](x)).abs().max().item()
-    return statistics.median(times), delta.bytes_sent, delta.rounds, error
+    return seconds, sent, rounds, error
 
 
 def main():

@@ -15,14 +15,12 @@ Run as a worker under `mpcft launch`/`mpcft party` (`python -m mpcft.finetune ..
 """
 import argparse
 import json
-import math
 import os
 import pathlib
 import random  # noqa: csprng (public schedule)
 import sys
 import time
 
-import numpy as np
 import torch
 
 from mpcft import data as datasets

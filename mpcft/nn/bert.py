@@ -10,8 +10,6 @@ Each trained weight is a secret Parameter; frozen ones stay public (local produc
 """
 import math
 
-import torch
-
 from mpcft.protocols import beaver, fixed, reciprocal, softmax
 from mpcft.protocols.truncation import truncate
 

@@ -3,7 +3,6 @@
 Inputs are passed to every party for convenience, but only the owner's copy is ever read
 (others hand None to the protocols), exactly as real data owners would.
 """
-import torch
 
 from mpcft.protocols import beaver, sharing
 from mpcft.protocols.context import MPCContext

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mpcft.kernels import PRG, fresh_seed, ring_matmul
+from mpcft.kernels import fresh_seed, ring_matmul
 from mpcft.kernels.bits import unpack_bits
 from mpcft.kernels.ring import RING_BITS, bit, low_bits, msb, rshift_logical
 from mpcft.protocols.correlations import (KINDS, FileCorrelations, dealer_corrections,
