@@ -201,6 +201,33 @@ def spawn(fn, world_size, *args, dealer_handler=None, tls=True, timeout=120, ste
                 pipe.close()
 
 
+_CONSEQUENCES = ("PeerError", "MPCTimeoutError")  # what the survivors of a failure report
+
+
+def _root_cause(rank, message, pipes, results, world_size, grace=2.0):
+    """A rank failed: wait briefly for the others' reports and name the root cause, not a
+    survivor that merely saw its peer go away (both arrive within moments, in any order)."""
+    failures = [(rank, message)]
+    end = time.monotonic() + grace
+    while message[1].startswith(_CONSEQUENCES) and time.monotonic() < end:
+        others = [r for r in range(world_size) if r not in results and r != rank
+                  and all(r != f for f, _ in failures)]
+        ready = multiprocessing.connection.wait([pipes[r] for r in others], end - time.monotonic())
+        if not ready:
+            break
+        for other in others:
+            if pipes[other].poll():
+                try:
+                    report = pickle.loads(pipes[other].recv_bytes())
+                except EOFError:
+                    continue
+                if report[0] != "ok":
+                    failures.append((other, report))
+        rank, message = next(((r, m) for r, m in failures if not m[1].startswith(_CONSEQUENCES)),
+                             failures[0])
+    return PartyFailed(rank, message[1], message[2])
+
+
 def _collect(procs, pipes, world_size, deadline, timeout):
     results = {}
     while len(results) < world_size:
@@ -222,7 +249,7 @@ def _collect(procs, pipes, world_size, deadline, timeout):
                 if message is None:
                     procs[rank].join(1.0)
                     raise PartyFailed(rank, f"process died (exit code {procs[rank].exitcode})")
-                raise PartyFailed(rank, message[1], message[2])
+                raise _root_cause(rank, message, pipes, results, world_size)
             results[rank] = message[1]
         for name, proc in procs.items():
             if proc.exitcode not in (None, 0) and (name == "dealer" or not pipes[name].poll()):
