@@ -121,9 +121,12 @@ class LayerNorm(Module):
     def backward(self, grad):
         ctx = self.ctx
         if self.gamma.trainable:
-            flat = lambda t: t.reshape(-1, t.shape[-1])
-            self.gamma.accumulate(flat(fixed.mul(ctx, grad, self._xhat)).sum(0))
-            self.beta.accumulate(flat(grad).sum(0))
+            per_example = lambda t: t.reshape(t.shape[0], -1, t.shape[-1]).sum(1)   # [batch, d]
+            g_gamma, g_beta = per_example(fixed.mul(ctx, grad, self._xhat)), per_example(grad)
+            if self.per_example:
+                self.gamma.grad_sample, self.beta.grad_sample = g_gamma, g_beta
+            self.gamma.accumulate(g_gamma.sum(0))
+            self.beta.accumulate(g_beta.sum(0))
             g_xhat = fixed.mul(ctx, grad, self.gamma.data)
         else:
             g_xhat = truncate(ctx, grad * self.gamma.data)

@@ -52,3 +52,17 @@ def gradients(session, inputs, mask, labels, mode, layers, encoder, steps=0, lr=
         losses.append(reveal(model.loss_backward(model(x, m), y, with_loss=True)).item())
     out["losses"] = losses
     return out
+
+
+def per_example_gradients(session, inputs, mask, labels, mode, layers, encoder):
+    """Revealed per-example gradients (grad_sample) and summed gradients, by parameter name."""
+    ctx = MPCContext(session)
+    model = Classifier(ctx, encoder, labels.shape[1], mode=mode, layers=layers)
+    model.track_per_example()
+    x = share_from(ctx, inputs, 0)
+    m = share_from(ctx, mask, 1, bits_only=True) if mask is not None else None
+    y = share_from(ctx, labels, session.world_size - 1)
+    model.loss_backward(model(x, m), y)
+    reveal = lambda t: ctx.fp.decode(sharing.open_(ctx, t)) / model.grad_scale
+    params = [(name, p) for name, p in model.named_parameters() if p.trainable]
+    return {name: (reveal(p.grad_sample), reveal(p.grad)) for name, p in params}

@@ -92,3 +92,23 @@ def test_minilm_top_two_layers_on_real_activations(n):
     errors = {name: relative(got["grads"][name], g) for name, g in want.items()}
     print(f"max relative gradient error, {n} parties: {max(errors.values()):.2e}")
     assert max(errors.values()) < 1e-2, sorted(errors.items(), key=lambda e: -e[1])[:5]
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("mode,layers", [("head", 0), ("top", 1)])
+def test_per_example_gradients_match_torch(mode, layers):
+    """grad_sample[b] is the gradient of example b's share of the mean loss (loss_b / B), for
+    every trainable parameter (Linear weights and biases, LayerNorm gamma and beta), from the
+    same backward pass; the examples' gradients sum to the batch gradient."""
+    inputs, mask, labels = case(mode)
+    got = run_threads(programs.per_example_gradients, 2, inputs, mask, labels, mode, layers,
+                      programs.tiny_bert(), dealer_handler=dealer_handler, timeout=580)[0]
+    for b in range(B):
+        one = lambda t: None if t is None else t[b:b + 1]
+        want = torch_gradients(mode, layers, inputs[b:b + 1], one(mask), labels[b:b + 1])[2]
+        assert set(got) == set(want)
+        errors = {name: relative(got[name][0][b], g / B) for name, g in want.items()}
+        assert max(errors.values()) < 1e-2, sorted(errors.items(), key=lambda e: -e[1])[:5]
+    for name, (sample, total) in got.items():
+        assert sample.shape[0] == B
+        assert (sample.sum(0) - total).abs().max() < 1e-4, name
