@@ -24,7 +24,7 @@ import time
 import torch
 
 from mpcft import data as datasets
-from mpcft.nn import MODES, SGD, Classifier, mpc_layer_count
+from mpcft.nn import MODES, SGD, AdamW, Classifier, mpc_layer_count
 from mpcft.nn.bert import hf_parameter_name
 from mpcft.protocols import sharing
 from mpcft.protocols.context import MPCContext
@@ -49,9 +49,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=32)
+    parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
+                        help="adamw: see mpcft.nn.AdamW (its inverse square root costs per parameter: "
+                             "best for modes head and lora)")
     parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--adam-eps", type=float, default=1e-4, help="AdamW eps (inside the square root)")
+    parser.add_argument("--clip", type=float, default=1.0, help="AdamW: clip gradients to [-clip, clip]")
     parser.add_argument("--max-train", type=int, default=160, help="use at most this many training examples (0: all)")
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--split-train", action=argparse.BooleanOptionalAction, default=True,
@@ -134,6 +139,15 @@ def frozen_features(encoder, tokenizer, texts, seq_len: int, mpc_layers: int, ch
     empty = torch.zeros((0, hidden) if mpc_layers == 0 else (0, seq_len, hidden), dtype=torch.float64)
     return (torch.cat(feats) if feats else empty,
             torch.cat(masks) if masks else torch.zeros(0, seq_len, dtype=torch.int64))
+
+
+def make_optimizer(args, model: Classifier):
+    params = model.trainable_parameters()
+    if args.optimizer == "adamw":
+        return AdamW(params, lr=args.lr, eps=args.adam_eps, weight_decay=args.weight_decay,
+                     clip=args.clip, grad_scale=model.grad_scale)
+    return SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+               grad_scale=model.grad_scale)
 
 
 def schedule(counts: list[int], batch_size: int, epochs: int, seed: int):
@@ -242,8 +256,7 @@ def train(session, args) -> dict | None:
     counts = [int(c) for c in session.all_gather(torch.tensor([len(texts)]))]
     model = Classifier(ctx, encoder, len(names), mode=args.mode, layers=args.layers,
                        lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, seed=args.seed)
-    optimizer = SGD(model.trainable_parameters(), lr=args.lr, momentum=args.momentum,
-                    weight_decay=args.weight_decay, grad_scale=model.grad_scale)
+    optimizer = make_optimizer(args, model)
     batches = schedule(counts, args.batch_size, args.epochs, args.seed)
     feature_shape = features.shape[1:]
     losses = []

@@ -13,6 +13,36 @@ from mpcft.finetune import (accuracy, frozen_features, load_data, load_encoder, 
 from mpcft.nn import mpc_layer_count
 
 
+class AdamW(torch.optim.Optimizer):
+    """The AdamW variant mpcft.nn.AdamW computes under MPC, in float64 torch: gradients clipped
+    to [-clip, clip], bias-corrected moments, eps inside the square root, decoupled decay."""
+
+    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-4, weight_decay=0.0, clip=1.0):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, clip=clip))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            (b1, b2), eps, lr = group["betas"], group["eps"], group["lr"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                t = state["step"] = state.get("step", 0) + 1
+                g = p.grad.clamp(-group["clip"], group["clip"])
+                a = b1 * (1 - b1 ** (t - 1)) / (1 - b1 ** t)
+                c = b2 * (1 - b2 ** (t - 1)) / (1 - b2 ** t)
+                state["m"] = a * state.get("m", torch.zeros_like(g)) + (1 - a) * g
+                state["v"] = c * state.get("v", torch.zeros_like(g)) + (1 - c) * g * g
+                p -= lr * (state["m"] / (state["v"] + eps ** 2).sqrt() + group["weight_decay"] * p)
+
+
+def make_optimizer(args, params):
+    if args.optimizer == "adamw":
+        return AdamW(params, lr=args.lr, eps=args.adam_eps, weight_decay=args.weight_decay, clip=args.clip)
+    return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+
+
 def _split(t, heads):
     b, n, h = t.shape
     return t.reshape(b, n, heads, h // heads).transpose(1, 2)
@@ -63,7 +93,7 @@ def train_plaintext(args, names, counts, test):
     head_b = torch.nn.Parameter(torch.zeros(len(names), dtype=torch.float64))
     params = [p for p in encoder.parameters() if p.requires_grad] + [head_w, head_b]
     params += [p for pair in adapters for a in pair for p in (a.a, a.b)]
-    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    optimizer = make_optimizer(args, params)
     losses = []
     for batch in schedule(counts, args.batch_size, args.epochs, args.seed):
         x = torch.cat([owners[o][0][[i for oo, i in batch if oo == o]] for o in range(len(counts))])

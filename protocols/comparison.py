@@ -143,3 +143,18 @@ def max_along_cost(n: int, numel: int, size: int, bits: int = FULL_BITS) -> Cost
         total = total + sign_cost(n, rows * (size // 2), bits, with_product=True)
         size = size // 2 + size % 2
     return total
+
+
+def clamp(ctx, x: torch.Tensor, lo: float, hi: float, bits: int = FULL_BITS) -> torch.Tensor:
+    """min(max(x, lo), hi) for public fixed-point bounds lo < hi, exactly, valid for
+    |x - lo|, |x - hi| < 2^bits: hi + min(x - hi, 0) - min(x - lo, 0), both minima from one
+    select_negative on the concatenation. Cost: clamp_cost (sign_cost of 2 numel, with product)."""
+    if not lo < hi:
+        raise ValueError(f"clamp needs lo < hi, got {lo} and {hi}")
+    lo_enc, hi_enc = (_constant(ctx, ctx.fp.encode(torch.tensor(float(v)))) for v in (lo, hi))
+    negative, _ = select_negative(ctx, torch.stack([x - lo_enc, x - hi_enc]), bits)
+    return hi_enc + negative[1] - negative[0]
+
+
+def clamp_cost(n: int, numel: int, bits: int = FULL_BITS) -> Cost:
+    return sign_cost(n, 2 * numel, bits, with_product=True)

@@ -70,13 +70,14 @@ def powers(ctx, x: torch.Tensor, degree: int) -> list:
     return out
 
 
-def combine(ctx, terms, coeffs, constant=0.0) -> torch.Tensor:
-    """constant + sum_k coeffs[k] * terms[k] for public coefficients: one truncation."""
-    acc = None
+def combine(ctx, terms, coeffs, constant=0.0, extra_bits: int = 0) -> torch.Tensor:
+    """constant + sum_k coeffs[k] * terms[k] for public coefficients: one truncation.
+    extra_bits: coefficients get f + extra_bits fractional bits, as in mul_public."""
+    acc, scale = None, 2.0 ** (ctx.frac_bits + extra_bits)
     for term, c in zip(terms, coeffs):
-        product = term * ctx.fp.encode(torch.tensor(float(c)))
+        product = term * round(float(c) * scale)
         acc = product if acc is None else acc + product
-    acc = truncate(ctx, acc)
+    acc = truncate(ctx, acc, ctx.frac_bits + extra_bits)
     return add_public(ctx, acc, constant) if constant else acc
 
 

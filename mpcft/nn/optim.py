@@ -1,51 +1,156 @@
-"""Optimizers on secret-shared parameters.
+"""Optimizers on secret-shared parameters: SGD with momentum, and AdamW.
 
-SGD with momentum: v <- mu v + g, w <- w - lr v, g including weight decay wd w. Gradients may
-arrive scaled by a public grad_scale S (loss scaling); lr / S is then applied with log2(S)
-extra fractional bits so that nothing of the scaling's precision is lost. All parameters are updated together:
-their flattened shares are concatenated so that each public-coefficient product costs one
-truncation round for the whole model (2 rounds per step, 8 bytes per parameter per peer each).
+Gradients may arrive scaled by a public integer grad_scale S (loss scaling); the optimizers
+divide it out in their public coefficients, with log2(S) extra fractional bits so that
+nothing of the scaling's precision is lost. All parameters are updated together: their
+flattened shares are concatenated, so each step's rounds do not grow with the number of
+parameter tensors. Nothing is opened: parameters, moments and updates stay shared.
 """
+import math
+
 import torch
 
-from mpcft.protocols import fixed
+from mpcft.protocols import beaver, comparison, fixed, reciprocal
+from mpcft.protocols.cost import Cost
+from mpcft.protocols.truncation import truncate_cost, truncate_many
 
 
-class SGD:
-    def __init__(self, parameters, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 grad_scale: int = 1):
+class _Optimizer:
+    def __init__(self, parameters, grad_scale: int):
         self.params = [p for p in parameters if p.trainable]
         if not self.params:
-            raise ValueError("SGD got no trainable parameters")
+            raise ValueError(f"{type(self).__name__} got no trainable parameters")
         self.ctx = self.params[0].ctx
-        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.grad_scale = int(grad_scale)
         self._extra_bits = max(0, self.grad_scale.bit_length() - 1)
-        self.velocity = None
+        self.steps = 0
 
-    def _flat(self, tensors):
+    @property
+    def numel(self) -> int:
+        return sum(math.prod(p.shape) for p in self.params)
+
+    def _flat(self, tensors) -> torch.Tensor:
         return torch.cat([t.reshape(-1) for t in tensors])
 
-    def step(self) -> None:
+    def _gradients_and_weights(self):
         missing = [i for i, p in enumerate(self.params) if p.grad is None]
         if missing:
             raise RuntimeError(f"parameters {missing} have no gradient: call backward() first")
+        return self._flat([p.grad for p in self.params]), self._flat([p.data for p in self.params])
+
+    def _write(self, weights: torch.Tensor) -> None:
+        start = 0
+        for p in self.params:
+            p.data = weights[start:start + p.data.numel()].reshape(p.shape)
+            start += p.data.numel()
+        self.steps += 1
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = p.grad_sample = None
+
+
+class SGD(_Optimizer):
+    """v <- mu v + g, w <- w - lr v, with g including weight decay wd w (as torch.optim.SGD).
+
+    Cost per step: 2 truncation rounds (3 with weight decay) over all N parameters, 8 N (n-1)
+    bytes per party each (sgd_cost)."""
+
+    def __init__(self, parameters, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
+                 grad_scale: int = 1):
+        super().__init__(parameters, grad_scale)
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.velocity = None
+
+    def step(self) -> None:
         ctx = self.ctx
-        grad = self._flat([p.grad for p in self.params])
-        weights = self._flat([p.data for p in self.params])
+        grad, weights = self._gradients_and_weights()
         if self.weight_decay:
             grad = grad + fixed.mul_public(ctx, weights, self.weight_decay * self.grad_scale)
         if self.momentum and self.velocity is not None:
             self.velocity = fixed.mul_public(ctx, self.velocity, self.momentum) + grad
         else:
             self.velocity = grad
-        weights = weights - fixed.mul_public(ctx, self.velocity, self.lr / self.grad_scale,
-                                             extra_bits=self._extra_bits)
-        start = 0
-        for p in self.params:
-            p.data = weights[start:start + p.data.numel()].reshape(p.shape)
-            start += p.data.numel()
+        self._write(weights - fixed.mul_public(ctx, self.velocity, self.lr / self.grad_scale,
+                                               extra_bits=self._extra_bits))
 
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = p.grad_sample = None
+
+class AdamW(_Optimizer):
+    """AdamW (decoupled weight decay) on shares, with the bias-corrected moments kept directly:
+
+        g <- clamp(g, -G, G)                               coordinate-wise clipping (range contract)
+        m <- a_t m + (1 - a_t) g,    a_t = b1 (1 - b1^(t-1)) / (1 - b1^t)       (Adam's m_hat)
+        v <- c_t v + (1 - c_t) g^2,  c_t = b2 (1 - b2^(t-1)) / (1 - b2^t)       (Adam's v_hat)
+        w <- w - lr (m / sqrt(v + eps^2) + wd w)
+
+    The same as torch.optim.AdamW except that eps sits inside the square root and that
+    gradients are clipped to [-G, G] (mpcft.plaintext.AdamW is this variant in torch).
+    Fixed point: v is held scaled by K = 2^(18 - 2 log2 G) so that inv_sqrt's domain
+    [K eps^2, K (G^2 + eps^2)] lies in [2^-12, 2^18]: eps must be at least G 2^-15. The
+    clipping makes g^2 cannot overflow whatever the gradients; since |m| <= sqrt(v) (m and v
+    average the same g with the same weights), the update is at most lr per coordinate.
+    Cost per step for N parameters: adamw_cost(n, N, ...); the inverse square root dominates
+    (one comparison per factor of 4 in v's range), so AdamW suits head and LoRA training,
+    where N is small; for whole layers SGD is much cheaper.
+    """
+
+    def __init__(self, parameters, lr: float, betas=(0.9, 0.999), eps: float = 1e-4,
+                 weight_decay: float = 0.0, clip: float = 1.0, grad_scale: int = 1):
+        super().__init__(parameters, grad_scale)
+        limit = 2.0 ** (31 - self.ctx.frac_bits - self._extra_bits)   # (S G 2^f)^2 < 2^62
+        if not 0 < clip <= limit:
+            raise ValueError(f"AdamW clip must be in (0, {limit}] (fixed point, grad_scale {grad_scale}), got {clip}")
+        self.lr, self.betas, self.eps, self.weight_decay, self.clip = lr, betas, eps, weight_decay, clip
+        self.v_scale_bits = adamw_v_scale_bits(clip)
+        self.lo, self.hi = adamw_range(clip, eps)
+        self.m = self.v = None
+
+    def step(self) -> None:
+        ctx, f, S = self.ctx, self.ctx.frac_bits, self.grad_scale
+        grad, weights = self._gradients_and_weights()
+        g = comparison.clamp(ctx, grad, -self.clip * S, self.clip * S)             # value S g
+        t = self.steps + 1
+        b1, b2 = self.betas
+        a = b1 * (1 - b1 ** (t - 1)) / (1 - b1 ** t)
+        c = b2 * (1 - b2 ** (t - 1)) / (1 - b2 ** t)
+        # g^2 scaled by K: (S g 2^f)^2 carries 2f + 2 log2 S fractional bits, K adds k more
+        square_shift = f + 2 * self._extra_bits - self.v_scale_bits
+        g_square = beaver.square(ctx, g)
+        m_num = g * ctx.fp.encode(torch.tensor(1 - a)) + (self.m * ctx.fp.encode(torch.tensor(a)) if a else 0)
+        self.m, g_square = truncate_many(ctx, [(m_num, f), (g_square, square_shift)])
+        self.v = fixed.combine(ctx, [g_square] + ([self.v] if c else []), [1 - c] + ([c] if c else []))
+        u = fixed.add_public(ctx, self.v, self.eps ** 2 * 2.0 ** self.v_scale_bits)
+        # r = 2^10 / sqrt(K (v + eps^2)); m r = S 2^10 m / (sqrt(K) sqrt(v + eps^2))
+        r = reciprocal.inv_sqrt(ctx, u, self.lo, self.hi, multiplier=2.0 ** 10)
+        direction = fixed.mul(ctx, self.m, r)
+        factor = self.lr * 2.0 ** (self.v_scale_bits / 2 - 10) / S
+        extra = 10 + self._extra_bits
+        update = fixed.combine(ctx, [direction, weights], [factor, self.lr * self.weight_decay], extra_bits=extra)
+        self._write(weights - update)
+
+
+def adamw_v_scale_bits(clip: float) -> int:
+    return 18 - 2 * math.ceil(math.log2(clip))
+
+
+def adamw_range(clip: float, eps: float) -> tuple[float, float]:
+    """inv_sqrt's domain [K eps^2, K (G^2 + eps^2)] for v scaled by K; checks eps >= G 2^-15."""
+    k = 2.0 ** adamw_v_scale_bits(clip)
+    lo, hi = k * eps ** 2, k * (clip ** 2 + eps ** 2)
+    if lo < 2.0 ** -12:
+        raise ValueError(f"AdamW eps={eps} is too small for clip={clip} in fixed point: "
+                         f"use eps >= {clip * 2.0 ** -15:.2e}")
+    return lo, hi
+
+
+def sgd_cost(n: int, numel: int, momentum: bool = True, weight_decay: bool = False) -> Cost:
+    """From the second step on (the first has no momentum product)."""
+    count = 1 + int(momentum) + int(weight_decay)
+    return Cost(count * truncate_cost(n, numel).rounds, count * truncate_cost(n, numel).bytes_sent)
+
+
+def adamw_cost(n: int, numel: int, clip: float = 1.0, eps: float = 1e-4) -> Cost:
+    lo, hi = adamw_range(clip, eps)
+    return (comparison.clamp_cost(n, numel) + beaver.square_cost(n, numel) + truncate_cost(n, 2 * numel)
+            + truncate_cost(n, numel) + reciprocal.inv_sqrt_cost(n, numel, lo, hi)
+            + fixed.mul_cost(n, numel, numel) + truncate_cost(n, numel))

@@ -168,7 +168,16 @@ def comparisons(session, x, y, bits):
     m, costs["max_along"] = measured(session, lambda: comparison.max_along(ctx, X.share, -1, bits))
     out["max_along"] = ctx.fp.decode(sharing.open_(ctx, m))
     out["max_dim0"] = ctx.fp.decode(sharing.open_(ctx, comparison.max_along(ctx, X.share, 0, bits)))
+    lo, hi = clamp_bounds(x)
+    c, costs["clamp"] = measured(session, lambda: comparison.clamp(ctx, X.share, lo, hi, bits))
+    out["clamp"] = ctx.fp.decode(sharing.open_(ctx, c))
     return out, costs
+
+
+def clamp_bounds(x):
+    """Public clamp bounds inside x's range, so that values fall on both sides of each."""
+    scale = x.abs().max().item()
+    return -scale / 3, scale / 2
 
 
 def nonlinear(session, inputs):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mpcft.kernels import FixedPoint
-from mpcft.protocols.comparison import max_along_cost, sign_cost
+from mpcft.protocols.comparison import clamp_cost, max_along_cost, sign_cost
 from mpcft.protocols.correlations import dealer_handler
 from mpcft.runtime import run_threads, spawn
 
@@ -27,9 +27,12 @@ def check(results, x, y, bits, n):
         assert torch.equal(out["maximum"], torch.maximum(xe, ye))
         assert torch.equal(out["max_along"], xe.max(-1, keepdim=True).values)
         assert torch.equal(out["max_dim0"], xe.max(0, keepdim=True).values)
+        lo, hi = (FP.decode(FP.encode(torch.tensor(b))) for b in programs.clamp_bounds(x))
+        assert torch.equal(out["clamp"], xe.clamp(lo, hi))
         numel = x.numel()
         assert costs["sign"] == tuple(vars(sign_cost(n, numel, bits)).values())
         assert costs["relu"] == tuple(vars(sign_cost(n, numel, bits, with_product=True)).values())
+        assert costs["clamp"] == tuple(vars(clamp_cost(n, numel, bits)).values())
         assert costs["max_along"] == tuple(vars(max_along_cost(n, numel, x.shape[-1], bits)).values())
 
 
