@@ -8,7 +8,10 @@ then train the MPC part (mpcft.nn.Classifier) with the dealer's correlations. Wh
 revealed: the public schedule (how many examples each owner has, which batch they fall in),
 the training loss per step to the output party (rank 0; --no-loss turns it off), and at the
 end the trained parameters to the output party, which evaluates on its held-out split and
-saves a model that transformers loads back. Trained shares are saved by every party.
+saves a model that transformers loads back. With --no-reveal the parameters stay shared
+and the held-out split is evaluated under MPC, opening only the number of correct
+predictions to the output party (--eval-mpc does this beside the reveal). Trained shares
+are saved by every party.
 
 Run as a worker under `mpcft launch`/`mpcft party` (`python -m mpcft.finetune ...`), or let
 `mpcft finetune` start local parties and the dealer.
@@ -24,7 +27,7 @@ import time
 import torch
 
 from mpcft import data as datasets
-from mpcft.nn import MODES, SGD, AdamW, Classifier, mpc_layer_count
+from mpcft.nn import MODES, SGD, AdamW, Classifier, count_correct, mpc_layer_count
 from mpcft.nn.bert import hf_parameter_name
 from mpcft.protocols import sharing
 from mpcft.protocols.context import MPCContext
@@ -65,6 +68,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/finetune", help="output folder")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per party")
     parser.add_argument("--no-loss", action="store_true", help="do not reveal the training loss")
+    parser.add_argument("--reveal", action=argparse.BooleanOptionalAction, default=True,
+                        help="reveal the trained parameters to the output party (rank 0) at the end; "
+                             "with --no-reveal they stay shared and the evaluation runs in MPC")
+    parser.add_argument("--eval-mpc", action="store_true",
+                        help="evaluate the held-out split in MPC (only the number of correct "
+                             "predictions is opened, to rank 0); implied by --no-reveal")
+    parser.add_argument("--eval-batch-size", type=int, default=32)
     parser.add_argument("--plaintext-baseline", action="store_true",
                         help="also train the same configuration in plain torch (output party)")
 
@@ -180,6 +190,28 @@ def share_batch(ctx, batch, features, masks, labels, num_labels: int, feature_sh
     return torch.cat(xs), (torch.cat(ms) if ms else None), torch.cat(ys)
 
 
+# ----- evaluation ----------------------------------------------------------------------------
+def evaluate_mpc(ctx, model: Classifier, encoder, tokenizer, test, num_labels: int, args) -> float | None:
+    """Accuracy of the still-shared model on the output party's held-out split, under MPC.
+
+    Rank 0 runs the frozen layers on its test texts and shares features, masks and labels;
+    the parties run the forward pass and count correct predictions (nn.count_correct); only
+    that count is opened, to rank 0. Returns the accuracy at rank 0, None elsewhere."""
+    rank, size = ctx.rank, int(ctx.session.broadcast(torch.tensor([len(test[0]) if test else 0]), 0)[0])
+    feature_shape = (args.seq_len, encoder.config.hidden_size) if model.mpc_layers else (encoder.config.hidden_size,)
+    features = masks = labels = None
+    if rank == 0:
+        features, masks = frozen_features(encoder, tokenizer, test[0], args.seq_len, model.mpc_layers)
+        labels = torch.tensor(test[1], dtype=torch.int64)
+    correct = torch.zeros((), dtype=torch.int64)
+    for start in range(0, size, args.eval_batch_size):
+        batch = [(0, i) for i in range(start, min(size, start + args.eval_batch_size))]
+        x, m, y = share_batch(ctx, batch, features, masks, labels, num_labels, feature_shape)
+        correct = correct + count_correct(ctx, model(x, m), y)
+    total = sharing.open_to(ctx, correct, 0)
+    return (total.item() / size if size else float("nan")) if rank == 0 else None
+
+
 # ----- the revealed model (output party) ----------------------------------------------------
 def revealed_model(encoder, model: Classifier, values: dict, mode: str, args):
     """The plaintext encoder with trained weights written back (LoRA merged), and the head."""
@@ -213,15 +245,10 @@ def accuracy(encoder, head_w, head_b, tokenizer, texts, labels, seq_len: int) ->
 
 
 def save_outputs(out: pathlib.Path, encoder, tokenizer, head_w, head_b, names, history, summary):
-    model_dir = out / "model"
-    encoder.float().save_pretrained(model_dir)
-    encoder.double()
-    tokenizer.save_pretrained(model_dir)
-    from safetensors.torch import save_file
-    save_file({"weight": head_w.float().contiguous(), "bias": head_b.float().contiguous()},
-              str(model_dir / "classifier_head.safetensors"))
-    (model_dir / "classifier_head.json").write_text(json.dumps(
-        {"pooling": "mean", "labels": names, "head": "classifier_head.safetensors"}, indent=2))
+    """summary.json, training.png and, when the parameters were revealed (head_w given), model/."""
+    out.mkdir(parents=True, exist_ok=True)
+    if head_w is not None:
+        save_model(out / "model", encoder, tokenizer, head_w, head_b, names)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if history:
         import matplotlib
@@ -237,6 +264,18 @@ def save_outputs(out: pathlib.Path, encoder, tokenizer, head_w, head_b, names, h
         fig.tight_layout()
         fig.savefig(out / "training.png", dpi=120)
         plt.close(fig)
+
+
+def save_model(model_dir: pathlib.Path, encoder, tokenizer, head_w, head_b, names) -> None:
+    """The encoder with trained weights (transformers format), its tokenizer and the head."""
+    encoder.float().save_pretrained(model_dir)
+    encoder.double()
+    tokenizer.save_pretrained(model_dir)
+    from safetensors.torch import save_file
+    save_file({"weight": head_w.float().contiguous(), "bias": head_b.float().contiguous()},
+              str(model_dir / "classifier_head.safetensors"))
+    (model_dir / "classifier_head.json").write_text(json.dumps(
+        {"pooling": "mean", "labels": names, "head": "classifier_head.safetensors"}, indent=2))
 
 
 # ----- the worker -----------------------------------------------------------------------------
@@ -282,20 +321,30 @@ def train(session, args) -> dict | None:
     out = pathlib.Path(args.out)
     (out / "shares").mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out / "shares" / f"party-{rank}.pt")
+    mpc_acc = None
+    if args.eval_mpc or not args.reveal:
+        eval_start = time.perf_counter()
+        mpc_acc = evaluate_mpc(ctx, model, encoder, tokenizer, test, len(names), args)
+        eval_seconds = time.perf_counter() - eval_start
     values = {}
     for name, p in model.named_parameters():
-        if p.trainable:
+        if p.trainable and args.reveal:
             opened = sharing.open_to(ctx, p.data, 0)
             if rank == 0:
                 values[name] = ctx.fp.decode(opened)
     if rank != 0:
         return None
-    encoder, head_w, head_b = revealed_model(encoder, model, values, args.mode, args)
-    acc = accuracy(encoder, head_w, head_b, tokenizer, *test, args.seq_len)
-    summary = {"mode": args.mode, "mpc_layers": count, "parties": n, "train_examples": sum(counts),
-               "test_examples": len(test[0]), "steps": len(batches), "accuracy": acc,
+    summary = {"mode": args.mode, "optimizer": args.optimizer, "mpc_layers": count, "parties": n,
+               "train_examples": sum(counts), "test_examples": len(test[0]), "steps": len(batches),
                "seconds": round(train_seconds, 1), "MB_sent_per_party": round(comm.bytes_sent / 1e6, 1),
                "rounds": comm.rounds, "dealer_MB_received": round(comm.dealer_bytes_received / 1e6, 1)}
+    head_w = head_b = None
+    if args.reveal:
+        encoder, head_w, head_b = revealed_model(encoder, model, values, args.mode, args)
+        summary["accuracy"] = accuracy(encoder, head_w, head_b, tokenizer, *test, args.seq_len)
+    if mpc_acc is not None:
+        summary["mpc_accuracy"] = mpc_acc
+        summary["mpc_eval_seconds"] = round(eval_seconds, 1)
     history = {"MPC": losses} if losses else {}
     if args.plaintext_baseline:
         from mpcft.plaintext import train_plaintext
@@ -310,7 +359,8 @@ def print_summary(summary: dict, out) -> None:
     print("\nmpcft fine-tuning summary")
     for key, value in summary.items():
         print(f"  {key:>20}: {value:.4f}" if isinstance(value, float) else f"  {key:>20}: {value}")
-    print(f"  outputs in {out}: model/ (transformers), shares/, summary.json, training.png")
+    model = "model/ (transformers), " if (pathlib.Path(out) / "model").exists() else ""
+    print(f"  outputs in {out}: {model}shares/, summary.json, training.png")
 
 
 def main(argv=None) -> int:

@@ -18,10 +18,12 @@ def test_finetune_lora_end_to_end(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "mpcft.cli", "finetune", "--mode", "lora", "--layers", "1",
          "--max-train", "16", "--batch-size", "8", "--seq-len", "16", "--out", str(out),
-         "--plaintext-baseline"], capture_output=True, text=True, timeout=850)
+         "--plaintext-baseline", "--eval-mpc"], capture_output=True, text=True, timeout=850)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "accuracy" in done.stdout
     summary = json.loads((out / "summary.json").read_text())
+    # the evaluation under MPC agrees with the revealed model's (up to one near-tie)
+    assert abs(summary["mpc_accuracy"] - summary["accuracy"]) <= 1 / summary["test_examples"] + 1e-9
     assert summary["parties"] == 2 and summary["steps"] == 2 and summary["mpc_layers"] == 1
     assert 0.0 <= summary["accuracy"] <= 1.0 and summary["MB_sent_per_party"] > 0
     assert abs(summary["accuracy"] - summary["plaintext_accuracy"]) <= 0.05
@@ -44,11 +46,27 @@ def test_finetune_lora_end_to_end(tmp_path):
     assert json.loads((out / "model" / "classifier_head.json").read_text())["labels"] == datasets.BUILTIN_LABELS
 
 
+@pytest.mark.timeout(600)
+def test_finetune_without_reveal_keeps_parameters_shared(tmp_path):
+    """--no-reveal: no model is written, the accuracy comes from the evaluation under MPC, and
+    AdamW trains the head."""
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "mpcft.cli", "finetune", "--mode", "head", "--max-train", "24",
+         "--optimizer", "adamw", "--lr", "0.01", "--no-reveal", "--out", str(out)],
+        capture_output=True, text=True, timeout=550)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert "accuracy" not in summary and 0.0 <= summary["mpc_accuracy"] <= 1.0
+    assert summary["optimizer"] == "adamw"
+    assert not (out / "model").exists() and (out / "shares" / "party-1.pt").exists()
+
+
 def test_worker_arguments_round_trip():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["--mode", "top", "--layers", "2", "--no-split-train", "--no-loss",
-                              "--train", "x.csv"])
+                              "--train", "x.csv", "--no-reveal", "--eval-mpc", "--optimizer", "adamw"])
     again = parser.parse_args(worker_argv(args))
     assert vars(again) == vars(args)
 

@@ -15,7 +15,7 @@ parameters are secret from the first update on.
 """
 import torch
 
-from mpcft.protocols import softmax
+from mpcft.protocols import comparison, softmax
 
 from .bert import BertLayer, MeanPool
 from .layers import Linear
@@ -87,3 +87,18 @@ class Classifier(Module):
         grad, loss = softmax.cross_entropy(self.ctx, logits, labels, with_loss=with_loss)
         self.backward(grad * self.grad_scale)
         return loss
+
+
+
+def count_correct(ctx, logits: torch.Tensor, labels: torch.Tensor, bound: int = 1 << 12) -> torch.Tensor:
+    """Shares (scale 1) of how many rows of logits [B, L] have their maximum at the shared
+    one-hot label [B, L] (ties count as correct), for |logits| < bound / 2. With K = bound,
+    max_j(z_j + K y_j) - K is the label's score and max_j(z_j - K y_j) the best other one;
+    both maxima come from one max_along, and one sign_bit compares them. Nothing is opened.
+    Cost: max_along_cost(n, 2 B L, L) + sign_cost(n, B)."""
+    best = comparison.max_along(ctx, torch.stack([logits + labels * bound, logits - labels * bound]), -1)
+    margin = best[0, :, 0] - best[1, :, 0]                 # label score + K - best other score
+    k = ctx.fp.encode(torch.tensor(float(bound)))
+    wrong = comparison.sign_bit(ctx, margin - k if ctx.rank == 0 else margin)
+    correct = -wrong.sum()
+    return correct + wrong.numel() if ctx.rank == 0 else correct

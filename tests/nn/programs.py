@@ -66,3 +66,14 @@ def per_example_gradients(session, inputs, mask, labels, mode, layers, encoder):
     reveal = lambda t: ctx.fp.decode(sharing.open_(ctx, t)) / model.grad_scale
     params = [(name, p) for name, p in model.named_parameters() if p.trainable]
     return {name: (reveal(p.grad_sample), reveal(p.grad)) for name, p in params}
+
+
+def correct_predictions(session, logits, labels):
+    """count_correct on shared logits (party 0's) and one-hot labels (party n-1's); opened count, cost."""
+    from mpcft.nn import count_correct
+    ctx = MPCContext(session)
+    z, y = share_from(ctx, logits, 0), share_from(ctx, labels, session.world_size - 1)
+    before = session.comm.snapshot()
+    count = count_correct(ctx, z, y)
+    delta = session.comm.snapshot() - before
+    return sharing.open_(ctx, count).item(), (delta.rounds, delta.bytes_sent)
