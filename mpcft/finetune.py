@@ -151,6 +151,23 @@ def frozen_features(encoder, tokenizer, texts, seq_len: int, mpc_layers: int, ch
             torch.cat(masks) if masks else torch.zeros(0, seq_len, dtype=torch.int64))
 
 
+LOSS_LIMIT = 30.0   # cross-entropy of a run that has not diverged (chance level is log(labels))
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def check_loss(loss: float, step: int, lr: float) -> float:
+    """The output party's guard: a loss outside [0, LOSS_LIMIT] means the run diverged or its
+    values left the fixed-point ranges; stop then (the other parties abort with it) rather
+    than train on wrapped values."""
+    if not -1e-3 <= loss <= LOSS_LIMIT:
+        raise TrainingDiverged(f"step {step}: training loss {loss:.4g} is outside [0, {LOSS_LIMIT:g}]: "
+                               f"the run diverged or left the fixed-point range; lower --lr (was {lr:g})")
+    return loss
+
+
 def make_optimizer(args, model: Classifier):
     params = model.trainable_parameters()
     if args.optimizer == "adamw":
@@ -311,7 +328,7 @@ def train(session, args) -> dict | None:
         if loss is not None:
             value = sharing.open_to(ctx, loss, 0)
             if rank == 0:
-                losses.append(ctx.fp.decode(value).item())
+                losses.append(check_loss(ctx.fp.decode(value).item(), len(losses) + 1, args.lr))
         if rank == 0:
             bar.set_postfix(loss=f"{losses[-1]:.3f}" if losses else "hidden",
                             step_s=f"{time.perf_counter() - step_start:.1f}",

@@ -62,6 +62,21 @@ def test_finetune_without_reveal_keeps_parameters_shared(tmp_path):
     assert not (out / "model").exists() and (out / "shares" / "party-1.pt").exists()
 
 
+@pytest.mark.timeout(600)
+def test_finetune_stops_when_training_diverges(tmp_path):
+    """An absurd learning rate wraps the fixed-point values: the output party's loss guard
+    stops the run with a clear error, the launcher names rank 0 as the cause, and the other
+    processes stop with a one-line note instead of a traceback."""
+    done = subprocess.run(
+        [sys.executable, "-m", "mpcft.cli", "finetune", "--mode", "head", "--max-train", "32",
+         "--lr", "1000", "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=550)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output[-3000:]
+    assert "TrainingDiverged" in output and "lower --lr" in output
+    assert "mpcft launch: rank 0 exited with status 1" in output
+    assert "mpcft party 1: PeerError:" in output and "(stopping: a peer failed first)" in output
+
+
 def test_worker_arguments_round_trip():
     parser = argparse.ArgumentParser()
     add_arguments(parser)

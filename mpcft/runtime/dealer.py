@@ -24,7 +24,7 @@ import torch
 
 from mpcft.kernels.memory import keep_freed_memory
 
-from .errors import ConfigError, FrameError, MPCRuntimeError, PeerError
+from .errors import PEER_FAILED_STATUS, ConfigError, FrameError, MPCRuntimeError, PeerError
 from .frames import FrameType, json_tensor, tensor_json
 from .transport import Acceptor, SendWatchdog, TcpChannel, contexts, warn_plaintext
 
@@ -166,7 +166,7 @@ class DealerServer:
                 elif lost:
                     for rank, error in sorted(lost.items()):
                         self._say(error if rank < 0 else f"lost party {rank}: {error}")
-                    status = 1
+                    status = PEER_FAILED_STATUS if all(rank >= 0 for rank in lost) else 1
                 elif done:
                     status = 0
         finally:

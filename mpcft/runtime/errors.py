@@ -5,6 +5,11 @@ step past its timeout, a refused certificate, a dealer error) is an `MPCRuntimeE
 message names the peer and the step.
 """
 
+# Exit status of a process that stopped only because a peer failed first (a party's session
+# lost a peer, the dealer lost a party): `mpcft launch` names the process whose own error
+# started it instead.
+PEER_FAILED_STATUS = 3
+
 
 class MPCRuntimeError(RuntimeError):
     """Base class of all runtime errors."""

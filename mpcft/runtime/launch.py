@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 
+from .errors import PEER_FAILED_STATUS
 from .local import PASSIVE_OPENMP, local_cluster
 from .session import ENV_CLUSTER, ENV_RANK, ENV_WORLD_SIZE
 
@@ -102,6 +103,18 @@ def _say(lock, out, message):
         out.flush()
 
 
+def _root_cause(procs, label, code, grace):
+    """A process stopped because a peer failed (PEER_FAILED_STATUS): wait up to `grace` for
+    the one that failed on its own and name that one instead."""
+    deadline = time.monotonic() + grace
+    while code == PEER_FAILED_STATUS and time.monotonic() < deadline:
+        for other, proc in procs.items():
+            if proc.poll() not in (None, 0, PEER_FAILED_STATUS):
+                return other, proc.returncode
+        time.sleep(0.05)
+    return label, code
+
+
 def _supervise(procs, stop, grace, lock, out):
     parties = [label for label in procs if label != "dealer"]
     while True:
@@ -111,6 +124,7 @@ def _supervise(procs, stop, grace, lock, out):
         for label, proc in procs.items():
             code = proc.poll()
             if code not in (None, 0):
+                label, code = _root_cause(procs, label, code, grace)
                 _say(lock, out, f"{label} exited with status {code}; stopping the others")
                 return code if code > 0 else 128 - code
         if all(procs[label].poll() == 0 for label in parties):

@@ -15,6 +15,7 @@ import collections
 import functools
 import os
 import secrets
+import sys
 
 import numpy as np
 import torch
@@ -23,7 +24,8 @@ from mpcft.kernels.memory import keep_freed_memory
 
 from . import config as config_module
 from .comm import CommStats
-from .errors import ConfigError, DealerError, FrameError, MPCRuntimeError, MPCTimeoutError, PeerError
+from .errors import (PEER_FAILED_STATUS, ConfigError, DealerError, FrameError, MPCRuntimeError,
+                     MPCTimeoutError, PeerError)
 from .frames import FrameType, as_wire_array, json_tensor, tensor_json
 from .transport import connect_party
 
@@ -67,6 +69,7 @@ class Session:
         self._dealer_requests = 0
         self._pending_replies = collections.deque()
         self._closed = False
+        self._process_level = False   # from_env: the process's own session (see __exit__)
         self._agree_seeds()
 
     @classmethod
@@ -90,7 +93,9 @@ class Session:
         size = os.environ.get(ENV_WORLD_SIZE)
         if size is not None and int(size) != config.world_size:
             raise ConfigError(f"{ENV_WORLD_SIZE}={size} but {path} lists {config.world_size} parties")
-        return cls.connect(config, rank)
+        session = cls.connect(config, rank)
+        session._process_level = True
+        return session
 
     def __repr__(self):
         return (f"Session(rank={self.rank}, world_size={self.world_size}, "
@@ -102,8 +107,13 @@ class Session:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
             self.close()
-        else:
-            self.abort()
+            return
+        self.abort()
+        if self._process_level and exc_type is PeerError:
+            # not this party's own failure: one line here, the peer's report has the cause
+            print(f"mpcft party {self.rank}: PeerError: {exc} (stopping: a peer failed first)",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(PEER_FAILED_STATUS)
 
     # --- set-up ---------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import pytest
 
 import runtime_helpers as helpers
 from mpcft.runtime import PartyFailed, echo_handler, local_cluster, spawn
+from mpcft.runtime.errors import PEER_FAILED_STATUS
 
 PROGRAM = str(pathlib.Path(__file__).with_name("party_program.py"))
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(pathlib.Path(__file__).parent)] + sys.path))
@@ -101,7 +102,7 @@ def test_party_killed_mid_exchange_every_survivor_errors_within_timeout(tmp_path
     killed_at = float(outputs[2][1].split("KILLING ", 1)[1])
     for rank in (0, 1, 3):
         code, out, err = outputs[rank]
-        assert code == 1, err
+        assert code == PEER_FAILED_STATUS, err
         assert f"mpcft party {rank}: PeerError:" in err and "party " in err, err
         assert exited[rank] - killed_at < config.timeout
 
