@@ -1,11 +1,12 @@
 """Command line entry point: `mpcft <command>`.
 
-  mpcft certs --out DIR -n N [--dealer] [--host H ...] [--days D]
+  mpcft certs --out DIR -n N [--dealer] [--owner NAME ...] [--host H ...] [--days D]
   mpcft launch -n N [--dealer] [--handler m:f] [--insecure-plaintext] [--timeout S]
                script.py|-m module [args]
   mpcft party --config cluster.toml --rank R script.py|-m module [args]
   mpcft dealer --config cluster.toml [--handler m:f]
   mpcft finetune [--parties N] [fine-tuning options]   (no options: the built-in main job)
+  mpcft share-data --certs DIR --name NAME --train my.csv --parties N --out shares/
 """
 import os
 
@@ -40,9 +41,17 @@ def _add_program(parser):
 
 
 def cmd_certs(args):
-    make_certs(args.out, args.n, dealer=args.dealer, hosts=args.host, days=args.days)
-    print(f"mpcft certs: CA and certificates for {args.n} parties"
-          f"{' and the dealer' if args.dealer else ''} in {args.out}")
+    make_certs(args.out, args.n, dealer=args.dealer, hosts=args.host, days=args.days, owners=args.owner)
+    made = [f"{args.n} parties"] * bool(args.n) + ["the dealer"] * args.dealer
+    made += [f"owner {name}" for name in args.owner]
+    print(f"mpcft certs: certificates for {', '.join(made) or 'nobody'} in {args.out}")
+    return 0
+
+
+def cmd_share_data(args):
+    from mpcft.owners import write_share_files
+    for path in write_share_files(args):
+        print(f"mpcft share-data: wrote {path}")
     return 0
 
 
@@ -50,7 +59,7 @@ def cmd_finetune(args):
     """Local parties and dealer on loopback (mutual TLS), each running mpcft.finetune."""
     from mpcft.finetune import worker_argv
     return launch(args.parties, ["-m", "mpcft.finetune"] + worker_argv(args), dealer=True,
-                  timeout=args.timeout, passthrough_rank=0)
+                  timeout=args.timeout, certs=args.certs, passthrough_rank=0)
 
 
 def cmd_launch(args):
@@ -92,9 +101,11 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    p = commands.add_parser("certs", help="create a CA and certificates for parties and dealer")
-    p.add_argument("--out", required=True)
-    p.add_argument("-n", type=int, required=True, help="number of parties")
+    p = commands.add_parser("certs", help="create a CA and certificates for parties, dealer and owners")
+    p.add_argument("--out", required=True, help="folder (an existing CA there is reused)")
+    p.add_argument("-n", type=int, default=0, help="number of parties")
+    p.add_argument("--owner", action="append", default=[],
+                   help="also a certificate owner-NAME for a data owner (repeatable)")
     p.add_argument("--dealer", action="store_true", help="also a certificate for the dealer")
     p.add_argument("--host", action="append", default=[],
                    help="host name or address to put in every certificate (repeatable)")
@@ -120,11 +131,20 @@ def main(argv=None):
     p.set_defaults(run=cmd_party)
 
     p = commands.add_parser("finetune", help="private fine-tuning with local parties and a dealer")
-    p.add_argument("--parties", type=int, default=2, help="compute parties (each also a data owner)")
+    p.add_argument("--parties", type=int, default=2,
+                   help="compute parties (each also a data owner unless --owner-shares)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per protocol step")
+    p.add_argument("--certs", default=None,
+                   help="certificate folder from `mpcft certs` (needed with --owner-shares; "
+                        "default: throw-away certificates)")
     from mpcft.finetune import add_arguments
     add_arguments(p)
     p.set_defaults(run=cmd_finetune)
+
+    p = commands.add_parser("share-data", help="a data owner seals shares of its data to the parties")
+    from mpcft.owners import add_arguments as add_owner_arguments
+    add_owner_arguments(p)
+    p.set_defaults(run=cmd_share_data)
 
     p = commands.add_parser("dealer", help="run the dealer of a cluster")
     p.add_argument("--config", required=True, help="cluster TOML file")

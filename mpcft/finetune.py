@@ -42,6 +42,9 @@ def default_model_path() -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", help="CSV/TSV of labelled texts (default: the built-in set)")
     parser.add_argument("--test", help="held-out CSV/TSV for the output party (default: a split of --train)")
+    parser.add_argument("--owner-shares", nargs="+", default=None, metavar="PATH",
+                        help="train on share files sealed by data owners (`mpcft share-data`): files, "
+                             "or folders holding *.party-R.mpcft; the parties are then not data owners")
     parser.add_argument("--text-column", default="sentence")
     parser.add_argument("--label-column", default="label")
     parser.add_argument("--model", default=None, help="local model folder (default: all-MiniLM-L6-v2)")
@@ -92,6 +95,8 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
             argv.append(flag if value else "--no-" + flag[2:])
         elif isinstance(action, argparse._StoreTrueAction):
             argv += [flag] if value else []
+        elif isinstance(value, list):
+            argv += [flag] + [str(v) for v in value]
         elif value is not None:
             argv += [flag, str(value)]
     return argv
@@ -207,26 +212,90 @@ def share_batch(ctx, batch, features, masks, labels, num_labels: int, feature_sh
     return torch.cat(xs), (torch.cat(ms) if ms else None), torch.cat(ys)
 
 
-# ----- evaluation ----------------------------------------------------------------------------
-def evaluate_mpc(ctx, model: Classifier, encoder, tokenizer, test, num_labels: int, args) -> float | None:
-    """Accuracy of the still-shared model on the output party's held-out split, under MPC.
+# ----- where the shared examples come from -------------------------------------------------------
+class PartiesData:
+    """Every compute party is a data owner: it runs the frozen layers on its own texts and
+    shares the results batch by batch (pairwise seeds: no bytes sent). Rank 0 also holds the
+    plaintext held-out split."""
 
-    Rank 0 runs the frozen layers on its test texts and shares features, masks and labels;
-    the parties run the forward pass and count correct predictions (nn.count_correct); only
-    that count is opened, to rank 0. Returns the accuracy at rank 0, None elsewhere."""
-    rank, size = ctx.rank, int(ctx.session.broadcast(torch.tensor([len(test[0]) if test else 0]), 0)[0])
-    feature_shape = (args.seq_len, encoder.config.hidden_size) if model.mpc_layers else (encoder.config.hidden_size,)
-    features = masks = labels = None
-    if rank == 0:
-        features, masks = frozen_features(encoder, tokenizer, test[0], args.seq_len, model.mpc_layers)
-        labels = torch.tensor(test[1], dtype=torch.int64)
+    def __init__(self, ctx, args, encoder, tokenizer, mpc_layers: int):
+        (texts, labels), self.test, self.names = load_data(args, ctx.rank, ctx.world_size)
+        self.ctx, self.args, self.encoder, self.tokenizer = ctx, args, encoder, tokenizer
+        self.mpc_layers = mpc_layers
+        self.features, self.masks = frozen_features(encoder, tokenizer, texts, args.seq_len, mpc_layers)
+        self.labels = torch.tensor(labels, dtype=torch.int64)
+        self.counts = [int(c) for c in ctx.session.all_gather(torch.tensor([len(texts)]))]
+        hidden = encoder.config.hidden_size
+        self.feature_shape = (args.seq_len, hidden) if mpc_layers else (hidden,)
+
+    def train_batch(self, batch):
+        return share_batch(self.ctx, batch, self.features, self.masks, self.labels, len(self.names),
+                           self.feature_shape)
+
+    def test_batches(self, batch_size: int):
+        """(batches, shares of a batch) for the held-out split, which rank 0 shares."""
+        ctx = self.ctx
+        size = int(ctx.session.broadcast(torch.tensor([len(self.test[0]) if self.test else 0]), 0)[0])
+        features = masks = labels = None
+        if ctx.rank == 0:
+            features, masks = frozen_features(self.encoder, self.tokenizer, self.test[0], self.args.seq_len,
+                                              self.mpc_layers)
+            labels = torch.tensor(self.test[1], dtype=torch.int64)
+        batches = [[(0, i) for i in range(start, min(size, start + batch_size))]
+                   for start in range(0, size, batch_size)]
+        return batches, lambda batch: share_batch(ctx, batch, features, masks, labels, len(self.names),
+                                                  self.feature_shape)
+
+
+class OwnersData:
+    """Data owners outside the parties sent sealed share files (mpcft.owners): each party
+    reads its own; nothing is shared during training. The held-out parts are evaluated in MPC."""
+
+    def __init__(self, ctx, args, encoder, mpc_layers: int):
+        from mpcft import owners as owner_files
+        from mpcft.runtime.config import load as load_cluster
+        from mpcft.runtime.session import ENV_CLUSTER
+        if args.plaintext_baseline:
+            raise ValueError("--plaintext-baseline needs every owner's plaintext: not with --owner-shares")
+        config = load_cluster(os.environ[ENV_CLUSTER])
+        if not config.tls:
+            raise ValueError("--owner-shares needs the parties' certificates (a TLS cluster)")
+        self.owners = owner_files.load_owner_shares(
+            args.owner_shares, ctx.rank, ctx.world_size, config.party(ctx.rank).key, config.ca,
+            ctx.frac_bits, owner_files.model_fingerprint(encoder))
+        digests = ctx.session.all_gather(owner_files.public_digest(self.owners))
+        if any(not torch.equal(d, digests[ctx.rank]) for d in digests):
+            raise ValueError("the parties hold share files from different owners or runs")
+        header = self.owners[0].header
+        if header["mpc_layers"] != mpc_layers:
+            raise ValueError(f"the share files were made for {header['mpc_layers']} MPC layers, this run "
+                             f"has {mpc_layers}: use the owners' --mode and --layers")
+        self._batch = owner_files.batch_shares
+        self.names, self.test = header["labels"], None
+        self.counts = [o.count("train") for o in self.owners]
+
+    def train_batch(self, batch):
+        return self._batch(self.owners, "train", batch)
+
+    def test_batches(self, batch_size: int):
+        items = [(o, i) for o, owner in enumerate(self.owners) for i in range(owner.count("test"))]
+        batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+        return batches, lambda batch: self._batch(self.owners, "test", batch)
+
+
+# ----- evaluation ----------------------------------------------------------------------------
+def evaluate_mpc(ctx, model: Classifier, data, batch_size: int) -> float | None:
+    """Accuracy of the still-shared model on the held-out examples, under MPC: the parties run
+    the forward pass on shared test examples and count correct predictions (nn.count_correct);
+    only that count is opened, to rank 0. Returns the accuracy at rank 0, None elsewhere."""
+    batches, shares_of = data.test_batches(batch_size)
     correct = torch.zeros((), dtype=torch.int64)
-    for start in range(0, size, args.eval_batch_size):
-        batch = [(0, i) for i in range(start, min(size, start + args.eval_batch_size))]
-        x, m, y = share_batch(ctx, batch, features, masks, labels, num_labels, feature_shape)
+    for batch in batches:
+        x, m, y = shares_of(batch)
         correct = correct + count_correct(ctx, model(x, m), y)
     total = sharing.open_to(ctx, correct, 0)
-    return (total.item() / size if size else float("nan")) if rank == 0 else None
+    size = sum(len(b) for b in batches)
+    return (total.item() / size if size else float("nan")) if ctx.rank == 0 else None
 
 
 # ----- the revealed model (output party) ----------------------------------------------------
@@ -306,21 +375,19 @@ def train(session, args) -> dict | None:
     started = time.perf_counter()
     tokenizer, encoder = load_encoder(args.model or default_model_path())
     count = mpc_layer_count(args.mode, encoder.config.num_hidden_layers, args.layers)
-    (texts, labels), test, names = load_data(args, rank, n)
-    features, masks = frozen_features(encoder, tokenizer, texts, args.seq_len, count)
-    labels = torch.tensor(labels, dtype=torch.int64)
-    counts = [int(c) for c in session.all_gather(torch.tensor([len(texts)]))]
+    data = (OwnersData(ctx, args, encoder, count) if args.owner_shares
+            else PartiesData(ctx, args, encoder, tokenizer, count))
+    names, test, counts = data.names, data.test, data.counts
     model = Classifier(ctx, encoder, len(names), mode=args.mode, layers=args.layers,
                        lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, seed=args.seed)
     optimizer = make_optimizer(args, model)
     batches = schedule(counts, args.batch_size, args.epochs, args.seed)
-    feature_shape = features.shape[1:]
     losses = []
     bar = tqdm(batches, desc=f"MPC {args.mode} x{n}", unit="step", disable=rank != 0, file=sys.stdout,
                dynamic_ncols=True)
     for batch in bar:
         step_start = time.perf_counter()
-        x, m, y = share_batch(ctx, batch, features, masks, labels, len(names), feature_shape)
+        x, m, y = data.train_batch(batch)
         logits = model(x, m)
         loss = model.loss_backward(logits, y, with_loss=not args.no_loss)
         optimizer.step()
@@ -339,9 +406,9 @@ def train(session, args) -> dict | None:
     (out / "shares").mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out / "shares" / f"party-{rank}.pt")
     mpc_acc = None
-    if args.eval_mpc or not args.reveal:
+    if args.eval_mpc or not args.reveal or args.owner_shares:
         eval_start = time.perf_counter()
-        mpc_acc = evaluate_mpc(ctx, model, encoder, tokenizer, test, len(names), args)
+        mpc_acc = evaluate_mpc(ctx, model, data, args.eval_batch_size)
         eval_seconds = time.perf_counter() - eval_start
     values = {}
     for name, p in model.named_parameters():
@@ -352,13 +419,16 @@ def train(session, args) -> dict | None:
     if rank != 0:
         return None
     summary = {"mode": args.mode, "optimizer": args.optimizer, "mpc_layers": count, "parties": n,
-               "train_examples": sum(counts), "test_examples": len(test[0]), "steps": len(batches),
+               "data_owners": len(counts) if args.owner_shares else n, "train_examples": sum(counts),
+               "steps": len(batches),
                "seconds": round(train_seconds, 1), "MB_sent_per_party": round(comm.bytes_sent / 1e6, 1),
                "rounds": comm.rounds, "dealer_MB_received": round(comm.dealer_bytes_received / 1e6, 1)}
     head_w = head_b = None
     if args.reveal:
         encoder, head_w, head_b = revealed_model(encoder, model, values, args.mode, args)
-        summary["accuracy"] = accuracy(encoder, head_w, head_b, tokenizer, *test, args.seq_len)
+        if test is not None:
+            summary["test_examples"] = len(test[0])
+            summary["accuracy"] = accuracy(encoder, head_w, head_b, tokenizer, *test, args.seq_len)
     if mpc_acc is not None:
         summary["mpc_accuracy"] = mpc_acc
         summary["mpc_eval_seconds"] = round(eval_seconds, 1)

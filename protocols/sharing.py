@@ -4,6 +4,7 @@ x is shared as x = sum_i x_i mod 2^64. Any n-1 shares are uniform and independen
 """
 import torch
 
+from mpcft.kernels.prg import PRG, derive_seed
 from mpcft.kernels.ring import check_ring
 
 from .cost import FREE, RING_BYTES, Cost, open_cost
@@ -29,6 +30,24 @@ def share(ctx, value, owner: int, shape) -> torch.Tensor:
     if value is not None:
         raise ValueError(f"party {ctx.rank} passed an input for party {owner}'s secret")
     return ctx.input_prg(owner, ctx.rank).ring(shape)
+
+
+def split_seeded(value: torch.Tensor, seeds: list, label: str) -> torch.Tensor:
+    """Input sharing by a data owner outside the session, for parties 0..len(seeds).
+
+    Party r >= 1 holds only seeds[r-1] (32 bytes) and expands its share with seeded_share;
+    party 0's share, returned here, is value - sum of those. Any n-1 shares are uniform and
+    independent of value (each is a PRG output, or value minus PRG outputs)."""
+    check_ring(value)
+    own = value.clone()
+    for seed in seeds:
+        own -= seeded_share(seed, label, value.shape)
+    return own
+
+
+def seeded_share(seed: bytes, label: str, shape) -> torch.Tensor:
+    """Share of party r >= 1 for split_seeded's `label`, expanded from its seed."""
+    return PRG(derive_seed(seed, "owner-input", label)).ring(tuple(shape))
 
 
 def share_cost() -> Cost:
@@ -63,4 +82,4 @@ def open_to_cost(n: int, numel: int, rank: int, receiver: int) -> Cost:
     return Cost(1, 0 if rank == receiver else numel * RING_BYTES)
 
 
-__all__ = ["share", "share_cost", "open_", "open_cost", "open_to", "open_to_cost"]
+__all__ = ["share", "share_cost", "split_seeded", "seeded_share", "open_", "open_cost", "open_to", "open_to_cost"]

@@ -81,7 +81,8 @@ def test_worker_arguments_round_trip():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["--mode", "top", "--layers", "2", "--no-split-train", "--no-loss",
-                              "--train", "x.csv", "--no-reveal", "--eval-mpc", "--optimizer", "adamw"])
+                              "--train", "x.csv", "--no-reveal", "--eval-mpc", "--optimizer", "adamw",
+                              "--owner-shares", "a/", "b.party-0.mpcft"])
     again = parser.parse_args(worker_argv(args))
     assert vars(again) == vars(args)
 

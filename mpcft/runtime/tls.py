@@ -2,7 +2,8 @@
 
 `make_certs` writes a CA (`ca.pem`, `ca-key.pem`) and one EC P-256 certificate per party
 (`party-{r}.pem`, `party-{r}-key.pem`, common name `party-{r}`) and for the dealer
-(`dealer.pem`, `dealer-key.pem`, common name `dealer`). Both sides of every connection present
+(`dealer.pem`, `dealer-key.pem`, common name `dealer`), and for data owners outside the
+parties (`owner-NAME.pem`: they sign the share files they seal to parties). Both sides of every connection present
 a certificate signed by the cluster CA and check that the peer's common name is the identity
 they expect, so each party knows exactly who it talks to. TLS 1.3 (AES-GCM) hides contents
 from a network observer, who still sees message sizes and timing.
@@ -14,6 +15,7 @@ import pathlib
 import ssl
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -111,17 +113,39 @@ def make_cert(ca, identity, out_dir, hosts=(), days=365, expired=False, file_ste
     return cert_path, key_path
 
 
-def make_certs(out_dir, world_size, dealer=True, hosts=(), days=365):
-    """CA plus certificates for parties 0..world_size-1 (and the dealer) in `out_dir`.
-
-    `hosts` go into every certificate's subject alternative names. Returns `out_dir`.
+def make_certs(out_dir, world_size, dealer=True, hosts=(), days=365, owners=()):
+    """CA plus certificates for parties 0..world_size-1 (and the dealer, and data owners
+    `owner-NAME` for NAME in `owners`) in `out_dir`. An existing CA there is reused, so owners
+    can be added later (world_size 0). `hosts` go into every certificate's subject
+    alternative names. Returns `out_dir`.
     """
-    ca = make_ca(out_dir, days)
+    out_dir = pathlib.Path(out_dir)
+    ca = load_ca(out_dir) if (out_dir / "ca-key.pem").exists() else make_ca(out_dir, days)
     for rank in range(world_size):
         make_cert(ca, f"party-{rank}", out_dir, hosts, days)
     if dealer:
         make_cert(ca, "dealer", out_dir, hosts, days)
-    return pathlib.Path(out_dir)
+    for name in owners:
+        make_cert(ca, f"owner-{name}", out_dir, (), days)
+    return out_dir
+
+
+def verify_party_certificate(cert_path, ca_path, rank: int) -> pathlib.Path:
+    """`cert_path`, after checking that the cluster CA issued it to party `rank` and that it is
+    valid now (a data owner encrypts its shares to it)."""
+    cert = x509.load_pem_x509_certificate(pathlib.Path(cert_path).read_bytes())
+    ca = x509.load_pem_x509_certificate(pathlib.Path(ca_path).read_bytes())
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise CertificateError(f"{cert_path}: not issued by the CA in {ca_path} ({exc})") from None
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not names or names[0].value != f"party-{rank}":
+        raise CertificateError(f"{cert_path}: issued to {names[0].value if names else None!r}, not party-{rank}")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise CertificateError(f"{cert_path}: not valid now")
+    return pathlib.Path(cert_path)
 
 
 def _context(purpose, ca, cert, key):

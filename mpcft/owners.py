@@ -1,0 +1,215 @@
+"""Data owners that are not compute parties: `mpcft share-data`, and the parties' side of it.
+
+An owner (a hospital, a bank) tokenizes its labelled texts, runs the frozen bottom of the
+public encoder on them locally and secret-shares the result among the n compute parties:
+features, padding masks and one-hot labels, for a training part and an optional held-out
+part. Parties 1..n-1 each get a 32-byte seed and expand their shares themselves; party 0
+gets the data minus those (protocols.sharing.split_seeded). Each party's part is sealed to
+it (mpcft.runtime.envelope): encrypted to its certificate, signed by the owner's, both
+issued by the cluster CA (`mpcft certs --owner NAME`). The parties then train on the union
+of the owners' shares and evaluate under MPC on the held-out parts.
+
+What a party learns from a file: the public header (owner, example counts, shapes, label
+names, model fingerprint) and its own share, which is uniformly random.
+"""
+import argparse
+import dataclasses
+import hashlib
+import io
+import json
+import pathlib
+
+import torch
+
+from mpcft import data as datasets
+from mpcft.kernels import FixedPoint
+from mpcft.kernels.prg import fresh_seed
+from mpcft.nn import MODES, mpc_layer_count
+from mpcft.protocols.sharing import seeded_share, split_seeded
+from mpcft.runtime.envelope import OWNER_PREFIX, SealedFileError, open_sealed, seal
+from mpcft.runtime.tls import verify_party_certificate
+
+PARTS = ("train", "test")
+SUFFIX = ".mpcft"
+
+
+def model_fingerprint(encoder) -> str:
+    """SHA-256 of the encoder's weights: owners and parties must run the same model."""
+    digest = hashlib.sha256()
+    for name, tensor in encoder.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def file_name(owner: str, rank: int) -> str:
+    return f"{owner}.party-{rank}{SUFFIX}"
+
+
+def _tensors(header: dict, part: str) -> dict:
+    """Names and shapes of a part's shared tensors."""
+    count = header["counts"][part]
+    shapes = {"features": [count] + header["feature_shape"],
+              "labels": [count, len(header["labels"])]}
+    if header["mpc_layers"]:
+        shapes["masks"] = [count, header["seq_len"]]
+    return shapes
+
+
+# ----- the owner --------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--train", required=True, help="this owner's CSV/TSV of labelled texts")
+    parser.add_argument("--text-column", default="sentence")
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--labels", default=None,
+                        help="comma-separated label names in id order, the same for every owner "
+                             "(default: the file's labels, sorted)")
+    parser.add_argument("--test-fraction", type=float, default=0.0,
+                        help="keep this fraction as a held-out part, evaluated under MPC")
+    parser.add_argument("--seed", type=int, default=0, help="public seed of the train/test split")
+    parser.add_argument("--model", default=None, help="local model folder (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--mode", choices=MODES, default="lora")
+    parser.add_argument("--layers", type=int, default=1)
+    parser.add_argument("--seq-len", type=int, default=32)
+    parser.add_argument("--parties", type=int, default=2, help="number of compute parties")
+    parser.add_argument("--certs", required=True,
+                        help="certificate folder: ca.pem, party-R.pem, owner-NAME.pem and its key")
+    parser.add_argument("--name", required=True, help="this owner's name (certificate owner-NAME)")
+    parser.add_argument("--out", default="shares", help="folder for the sealed files")
+
+
+def write_share_files(args) -> list[pathlib.Path]:
+    """Share this owner's data among args.parties parties; one sealed file per party."""
+    from mpcft.finetune import default_model_path, frozen_features, load_encoder
+    certs = pathlib.Path(args.certs)
+    owner_cert, owner_key = certs / f"{OWNER_PREFIX}{args.name}.pem", certs / f"{OWNER_PREFIX}{args.name}-key.pem"
+    if not owner_cert.exists() or not owner_key.exists():
+        raise FileNotFoundError(f"no certificate for owner {args.name!r} in {certs} "
+                                f"(make one with `mpcft certs --out {certs} --owner {args.name}`)")
+    recipients = [verify_party_certificate(certs / f"party-{r}.pem", certs / "ca.pem", r)
+                  for r in range(args.parties)]
+    labels = args.labels.split(",") if args.labels else None
+    texts, label_ids, names = datasets.read_labelled(args.train, args.text_column, args.label_column, labels)
+    if args.test_fraction:
+        train_idx, test_idx = datasets.split(len(texts), args.test_fraction, args.seed)
+    else:
+        train_idx, test_idx = list(range(len(texts))), []
+    tokenizer, encoder = load_encoder(args.model or default_model_path())
+    count = mpc_layer_count(args.mode, encoder.config.num_hidden_layers, args.layers)
+    fp = FixedPoint()
+    plain = {}
+    for part, idx in zip(PARTS, (train_idx, test_idx)):
+        features, masks = frozen_features(encoder, tokenizer, [texts[i] for i in idx], args.seq_len, count)
+        onehot = torch.nn.functional.one_hot(torch.tensor([label_ids[i] for i in idx], dtype=torch.int64),
+                                             len(names)).double()
+        plain[f"{part}/features"] = fp.encode(features)
+        plain[f"{part}/labels"] = fp.encode(onehot)
+        if count:
+            plain[f"{part}/masks"] = masks.to(torch.int64)
+    header = {"owner": args.name, "parties": args.parties, "model": model_fingerprint(encoder),
+              "mpc_layers": count, "seq_len": args.seq_len, "frac_bits": fp.frac_bits, "labels": names,
+              "counts": {"train": len(train_idx), "test": len(test_idx)},
+              "feature_shape": list(plain["train/features"].shape[1:])}
+    seeds = [fresh_seed() for _ in range(args.parties - 1)]
+    first = {name: split_seeded(value, seeds, name) for name, value in plain.items()}
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for rank, recipient in enumerate(recipients):
+        if rank == 0:
+            buffer = io.BytesIO()
+            torch.save(first, buffer)
+            payload = buffer.getvalue()
+        else:
+            payload = seeds[rank - 1]
+        path = out / file_name(args.name, rank)
+        path.write_bytes(seal(payload, dict(header, rank=rank), recipient, owner_cert, owner_key))
+        paths.append(path)
+    return paths
+
+
+# ----- the compute parties ------------------------------------------------------------------------
+@dataclasses.dataclass
+class OwnerShares:
+    """One owner's data as this party's shares: {part: {features, masks?, labels}}."""
+    owner: str
+    header: dict
+    parts: dict
+
+    def count(self, part: str) -> int:
+        return self.header["counts"][part]
+
+
+def share_files(paths, rank: int) -> list[pathlib.Path]:
+    """The files for party `rank` among `paths` (files, or folders holding `*.party-R.mpcft`)."""
+    found = []
+    for path in map(pathlib.Path, paths):
+        found += sorted(path.glob(f"*.party-{rank}{SUFFIX}")) if path.is_dir() else [path]
+    if not found:
+        raise FileNotFoundError(f"no share files for party {rank} in {[str(p) for p in paths]}")
+    return found
+
+
+def load_owner_shares(paths, rank: int, world_size: int, key, ca, frac_bits: int,
+                      fingerprint: str) -> list[OwnerShares]:
+    """Open, check and expand this party's share files, one per owner, sorted by owner name."""
+    owners = {}
+    for path in share_files(paths, rank):
+        header, payload, identity = open_sealed(path.read_bytes(), key, ca, f"party-{rank}", str(path))
+        problems = []
+        if identity != OWNER_PREFIX + header["owner"]:
+            problems.append(f"signed by {identity} but names owner {header['owner']!r}")
+        if header["rank"] != rank or header["parties"] != world_size:
+            problems.append(f"made for party {header['rank']} of {header['parties']}, "
+                            f"this is party {rank} of {world_size}")
+        if header["frac_bits"] != frac_bits:
+            problems.append(f"fixed point f={header['frac_bits']}, the parties use f={frac_bits}")
+        if header["model"] != fingerprint:
+            problems.append("made with another model than the parties' (weights differ)")
+        if header["owner"] in owners:
+            problems.append(f"a second file from owner {header['owner']!r}")
+        if problems:
+            raise SealedFileError(f"{path}: " + "; ".join(problems))
+        if rank == 0:
+            stored = torch.load(io.BytesIO(payload), weights_only=True)
+            get = lambda part, name, shape: stored[f"{part}/{name}"]
+        else:
+            get = lambda part, name, shape: seeded_share(payload, f"{part}/{name}", shape)
+        parts = {part: {name: get(part, name, shape) for name, shape in _tensors(header, part).items()}
+                 for part in PARTS}
+        for part in PARTS:
+            for name, shape in _tensors(header, part).items():
+                if list(parts[part][name].shape) != shape:
+                    raise SealedFileError(f"{path}: {part}/{name} has shape {list(parts[part][name].shape)}, "
+                                          f"the header says {shape}")
+        owners[header["owner"]] = OwnerShares(header["owner"], header, parts)
+    result = [owners[name] for name in sorted(owners)]
+    first = result[0].header
+    for other in result[1:]:
+        for field in ("labels", "mpc_layers", "seq_len", "feature_shape"):
+            if other.header[field] != first[field]:
+                raise SealedFileError(f"owners {result[0].owner!r} and {other.owner!r} disagree on "
+                                      f"{field}: {first[field]} vs {other.header[field]}")
+    return result
+
+
+def public_digest(owners: list[OwnerShares]) -> torch.Tensor:
+    """A digest of what the parties must agree on (owners, counts, shapes, labels)."""
+    public = [{k: v for k, v in o.header.items() if k not in ("rank", "recipient")} for o in owners]
+    digest = hashlib.sha256(json.dumps(public, sort_keys=True).encode()).digest()
+    return torch.frombuffer(bytearray(digest), dtype=torch.uint8)
+
+
+def batch_shares(owners: list[OwnerShares], part: str, batch):
+    """This party's shares (x, masks or None, one-hot labels) of a batch of (owner, index)."""
+    xs, ms, ys = [], [], []
+    for o, owner in enumerate(owners):
+        idx = [i for oo, i in batch if oo == o]
+        if idx:
+            tensors = owner.parts[part]
+            xs.append(tensors["features"][idx])
+            ys.append(tensors["labels"][idx])
+            if "masks" in tensors:
+                ms.append(tensors["masks"][idx])
+    return torch.cat(xs), (torch.cat(ms) if ms else None), torch.cat(ys)
+
