@@ -16,6 +16,8 @@ Kinds (params -> values, all as additive shares):
 - "trunc"(shape, bits): r uniform; r_top = msb(r); r_mid = (r mod 2^63) >> bits.
 - "and_triple"(words): binary (XOR-shared) packed words a, b uniform; c = a AND b.
 - "sign"(shape, bits, digit_bits): see protocols/comparison.py.
+- "powers"(shape, degree): a mask a_k for every power x^k used as a factor by
+  fixed.powers; a_i * a_j for every product x^i x^j of its schedule (power_levels).
 """
 import json
 import pathlib
@@ -84,9 +86,33 @@ def _sign(p):
             derive)
 
 
+def power_levels(degree: int) -> list:
+    """The product schedule of x, x^2, ..., x^degree: per level (newly opened factor exponents,
+    [(i, j) products giving x^(i+j)]); level L multiplies x^(2^L) by x^1, x^2, ..."""
+    levels, have, opened = [], 1, set()
+    while have < degree:
+        pairs = [(have, k) for k in range(1, min(have, degree - have) + 1)]
+        factors = sorted({e for pair in pairs for e in pair} - opened)
+        opened |= set(factors)
+        levels.append((factors, pairs))
+        have += len(pairs)
+    return levels
+
+
+def _powers(p):
+    shape, levels = _shape(p["shape"]), power_levels(int(p["degree"]))
+    factors = sorted({f for new, _ in levels for f in new})
+    pairs = [pair for _, level in levels for pair in level]
+
+    def derive(*masks):
+        by_exponent = dict(zip(factors, masks))
+        return [by_exponent[i] * by_exponent[j] for i, j in pairs]
+    return [(shape, ARITH)] * len(factors), [(shape, ARITH)] * len(pairs), derive
+
+
 # kind -> params -> ([(shape, binary)] random inputs, [(shape, binary)] derived values, derive)
 KINDS = {"triple": _triple, "matmul_triple": _matmul_triple, "square": _square, "trunc": _trunc,
-         "and_triple": _and_triple, "sign": _sign}
+         "and_triple": _and_triple, "sign": _sign, "powers": _powers}
 
 
 def _spec(kind: str, params: dict):

@@ -123,7 +123,8 @@ class RecordingSession:
 
 
 def transcript(session, x, y):
-    """Party 0 inputs x, party 1 inputs y; multiply, matmul, truncate; the view of every party."""
+    """Party 0 inputs x, party 1 inputs y; multiply, matmul, truncate, powers; every party's view."""
+    from mpcft.protocols import fixed
     recording = RecordingSession(session)
     ctx = MPCContext(recording)
     X = owned(ctx, x, 0)
@@ -131,6 +132,7 @@ def transcript(session, x, y):
     X * Y
     X @ Y.T
     X.square()
+    fixed.powers(ctx, X.share, 5)
     return [t.reshape(-1) for t in recording.received]
 
 
@@ -221,3 +223,12 @@ def tensor_nonlinear(session, x):
             "rsqrt": P.rsqrt().reveal(), "log": P.log().reveal(), "gelu": X.gelu().reveal(),
             "tanh": X.tanh().reveal(), "sigmoid": X.sigmoid().reveal(),
             "softmax": X.softmax(0).reveal()}
+
+
+def powers_program(session, x, degree):
+    """fixed.powers on party 0's x: decoded powers and the measured cost."""
+    from mpcft.protocols import fixed
+    ctx = MPCContext(session)
+    X = owned(ctx, x, 0)
+    out, cost = measured(session, lambda: fixed.powers(ctx, X.share, degree))
+    return [ctx.fp.decode(sharing.open_(ctx, p)) for p in out], cost
