@@ -206,14 +206,46 @@ class DealerCorrelations:
                              "or use FileCorrelations for an offline run")
         self.session = session
         self.seq = 0
+        self._ahead = {}          # party 0: seq -> (kind, params, reply) asked for in advance
+        self._log = None          # (kind, params) of the requests since mark()
+        self.mispredicted = 0
 
     def get(self, kind: str, **params) -> Correlation:
         seq, self.seq = self.seq, self.seq + 1
+        if self._log is not None:
+            self._log.append((kind, params))
         corrections = None
         if self.session.rank == 0:
-            corrections = self.session.dealer_request_async(kind, seq=seq, **params).result
+            ahead = self._ahead.pop(seq, None)
+            if ahead is not None and ahead[:2] == (kind, params):
+                corrections = ahead[2].result
+            else:
+                self.mispredicted += ahead is not None
+                corrections = self.session.dealer_request_async(kind, seq=seq, **params).result
         return party_correlation(kind, params, seq, self.session.dealer_seed, self.session.rank,
                                  corrections)
+
+    def mark(self) -> None:
+        """Start logging requests (for since_mark)."""
+        self._log = []
+
+    def since_mark(self) -> list:
+        """[(kind, params)] requested since mark(): e.g. one training step's plan."""
+        return list(self._log or [])
+
+    def prefetch(self, plan) -> None:
+        """Expect the next requests to be `plan` ([(kind, params)], e.g. the previous step's):
+        party 0 asks the dealer for all of them now, so that the dealer computes while the
+        parties work instead of when they wait. The dealer's answer depends only on (seq,
+        kind, params), so a request that turns out different is simply asked again and the
+        speculative answer dropped. Changes nothing at the other parties."""
+        if self.session.rank != 0:
+            return
+        seq = max([self.seq] + [s + 1 for s in self._ahead])
+        for kind, params in plan:
+            reply = self.session.dealer_request_async(kind, seq=seq, **params)
+            self._ahead[seq] = (kind, params, reply)
+            seq += 1
 
 
 class RecordingCorrelations:

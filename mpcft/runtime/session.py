@@ -279,8 +279,11 @@ class Session:
     # --- shutdown -------------------------------------------------------------------------
 
     def close(self):
-        """End the session cleanly: goodbye to every peer and the dealer, then close."""
+        """End the session cleanly: read any dealer replies still due (e.g. prefetched ones
+        nobody used), say goodbye to every peer and the dealer, then close."""
         if not self._closed:
+            if self._pending_replies:
+                self._pending_replies[-1].result()
             self._closed = True
             self.transport.close(graceful=True, grace=min(self.timeout, 10.0))
 

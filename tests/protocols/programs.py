@@ -232,3 +232,20 @@ def powers_program(session, x, degree):
     X = owned(ctx, x, 0)
     out, cost = measured(session, lambda: fixed.powers(ctx, X.share, degree))
     return [ctx.fp.decode(sharing.open_(ctx, p)) for p in out], cost
+
+
+def prefetching(session, x, y):
+    """Products with the dealer's answers asked for in advance: a correct plan, then a wrong
+    one (its answers are dropped and asked again), then unused prefetched answers at the end."""
+    ctx = MPCContext(session)
+    source = ctx.correlations
+    X, Y = owned(ctx, x, 0), owned(ctx, y, 1)
+    source.mark()
+    first = (X * Y + X.square()).reveal()
+    plan = source.since_mark()
+    source.prefetch(plan)
+    again = (X * Y + X.square()).reveal()                 # as predicted
+    source.prefetch(plan)
+    other = (X @ Y.T).reveal()                            # not as predicted
+    source.prefetch(plan)                                 # never used: drained at close
+    return first, again, other, source.mispredicted

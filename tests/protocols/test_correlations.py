@@ -94,3 +94,17 @@ def test_offline_file_checks_requests(tmp_path):
     (tmp_path / "junk.corr").write_bytes(b"not a file")
     with pytest.raises(ValueError, match="not an mpcft correlation file"):
         FileCorrelations(tmp_path / "junk.corr", rank=0)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n", [2, 3])
+def test_prefetched_dealer_answers_give_the_same_results(n):
+    gen = torch.Generator().manual_seed(5)
+    x, y = torch.randn(6, 4, generator=gen, dtype=torch.float64), torch.randn(6, 4, generator=gen, dtype=torch.float64)
+    for first, again, other, mispredicted in run_threads(programs.prefetching, n, x, y,
+                                                          dealer_handler=dealer_handler):
+        want = x * y + x * x
+        assert (first - want).abs().max() < 1e-5 and (again - want).abs().max() < 1e-5
+        assert (other - x @ y.T).abs().max() < 1e-4
+    party0 = run_threads(programs.prefetching, n, x, y, dealer_handler=dealer_handler)[0]
+    assert party0[3] >= 1          # the wrong plan was noticed and asked again
