@@ -94,10 +94,9 @@ def sigmoid(ctx, x: torch.Tensor, bits: int = 32) -> torch.Tensor:
 
 
 def _mul_bits(ctx, values, bit) -> list:
-    """[v * bit for v in values] in one Beaver round (bit has scale 1: no truncation)."""
-    flat = beaver.mul(ctx, torch.cat([v.reshape(-1) for v in values]),
-                      torch.cat([bit.reshape(-1)] * len(values)))
-    return list(flat.reshape(len(values), *bit.shape))
+    """[v * bit for v in values] in one Beaver round, the bit opened once (broadcast);
+    bit has scale 1: no truncation."""
+    return list(beaver.mul(ctx, torch.stack(values), bit))
 
 
 def _ones(ctx, x):
@@ -119,7 +118,7 @@ def gelu_cost(n: int, numel: int, bits: int = 32, with_grad: bool = False) -> Co
              + truncate_cost(n, numel))
     if not with_grad:
         return total + beaver.mul_cost(n, numel, numel)
-    return (total + truncate_cost(n, numel) + beaver.mul_cost(n, 2 * numel, 2 * numel)
+    return (total + truncate_cost(n, numel) + beaver.mul_cost(n, 2 * numel, numel)
             + beaver.mul_cost(n, numel, numel))
 
 

@@ -123,6 +123,5 @@ class MeanPool(Module):
 
     def backward(self, grad):
         ctx = self.ctx
-        per_token = fixed.mul(ctx, grad, self._inverse).unsqueeze(1)
-        return beaver.mul(ctx, per_token.expand(-1, self._mask.shape[1], -1).contiguous(),
-                          self._mask.expand(-1, -1, per_token.shape[-1]).contiguous())
+        per_token = fixed.mul(ctx, grad, self._inverse).unsqueeze(1)      # [B, 1, H]
+        return beaver.mul(ctx, per_token, self._mask)                      # x [B, T, 1], broadcast
