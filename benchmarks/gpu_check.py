@@ -4,8 +4,10 @@
     python -m benchmarks.gpu_check --device cpu --quick   # dry run of the script on the CPU
 
 Part 1 runs each check on random data (with the extreme values 0, +-1, -2^63, 2^63-1) on the
-device and on the CPU backend and compares bit for bit; a failing or crashing check is
-reported and the run goes on. Part 2 times ring matmul through the int8-digit and float64-limb
+device and on the CPU backend and compares bit for bit, then runs a BERT block's forward and
+backward with the parties' shares on the device (`MPCContext(device=...)`) against the CPU;
+a failing or crashing check is reported and the run goes on. The protocol tests themselves
+also have CUDA variants: `python -m pytest -q tests -k cuda`. Part 2 times ring matmul through the int8-digit and float64-limb
 routes beside the float64 GEMM and int8 GEMM (torch._int_mm) ceilings of the same card, in
 the same run. Tops/s counts 2*m*k*n operations per product. Exits 1 if any check failed.
 """
@@ -239,6 +241,53 @@ def sync():
         torch.cuda.synchronize()
 
 
+def _block_party(session, model, device, hidden):
+    """One BERT block forward + backward with shares on `device` (in-memory transport, dealer
+    in a thread): (seconds of the second run, revealed output)."""
+    from mpcft.nn.bert import BertLayer
+    from mpcft.protocols import sharing
+    from mpcft.protocols.context import MPCContext
+    ctx = MPCContext(session, device=device)
+    layer = BertLayer(ctx, model.encoder.layer[0], 4, train=True)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 64, hidden, generator=gen, dtype=torch.float64)
+    g = torch.randn(4, 64, hidden, generator=gen, dtype=torch.float64) * 0.01
+    share = lambda v, bits=False: sharing.share(
+        ctx, (v.long() if bits else ctx.fp.encode(v)) if ctx.rank == 0 else None, 0, v.shape)
+    xs, gs, ms = share(x), share(g), share(torch.ones(4, 64), True)
+    for _ in range(2):
+        start = time.perf_counter()
+        out = layer(xs, ms[:, None, None, :])
+        layer.backward(gs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - start
+    return elapsed, ctx.fp.decode(sharing.open_(ctx, out)).cpu()
+
+
+PROTOCOL_TIMES = {}
+
+
+def check_protocols_block(hidden: int):
+    """Shares on the device through a whole block (Beaver products, truncation, comparisons,
+    softmax, GELU, LayerNorm; forward and backward): the output agrees with the CPU run
+    within fixed-point error (different random masks, so not bit for bit)."""
+    from transformers import BertConfig, BertModel
+    from mpcft.protocols.correlations import dealer_handler
+    from mpcft.runtime import run_threads
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(hidden_size=hidden, num_attention_heads=4, intermediate_size=4 * hidden,
+                                 num_hidden_layers=1, attn_implementation="eager")).double().eval()
+    outs = {}
+    for name, device in (("device", DEVICE), ("cpu", torch.device("cpu"))):
+        elapsed, outs[name] = run_threads(_block_party, 2, model, device, hidden,
+                                          dealer_handler=dealer_handler, timeout=1200)[0]
+        PROTOCOL_TIMES[name] = elapsed
+    error = (outs["device"] - outs["cpu"]).abs().max().item()
+    if not error < 1e-3:
+        raise AssertionError(f"block output on {DEVICE} differs from the CPU run by {error:.2e}")
+
+
 def main():
     global DEVICE, INT8
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -276,6 +325,13 @@ def main():
     for name, (shape_a, shape_b) in (QUICK_BENCH if args.quick else BENCH_SHAPES).items():
         checks.run(f"benchmark product {name}: int8 == f64, slices vs CPU", check_large_product,
                    shape_a, shape_b, 50)
+
+    hidden = 64 if args.quick else 256
+    checks.run(f"protocols with shares on the device: BERT block (hidden {hidden}) fwd+bwd, "
+               f"2 parties in threads, vs CPU", check_protocols_block, hidden)
+    if PROTOCOL_TIMES:
+        print(f"  block fwd+bwd, 2 parties in one process: {PROTOCOL_TIMES['device']:.2f} s with shares on "
+              f"{DEVICE}, {PROTOCOL_TIMES['cpu']:.2f} s on the CPU", flush=True)
 
     print(f"\nRing matmul on {card}, Tops/s (2*m*k*n per product, median of {args.repeat}); "
           "GEMM columns are the same shapes' ceilings (float64: Tflop/s)\n", flush=True)

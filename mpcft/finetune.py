@@ -70,6 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="public seed: split, schedule, initialisation")
     parser.add_argument("--out", default="runs/finetune", help="output folder")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per party")
+    parser.add_argument("--device", default="cpu", help="where each party keeps its shares (cpu, cuda)")
     parser.add_argument("--no-loss", action="store_true", help="do not reveal the training loss")
     parser.add_argument("--reveal", action=argparse.BooleanOptionalAction, default=True,
                         help="reveal the trained parameters to the output party (rank 0) at the end; "
@@ -385,7 +386,9 @@ def train(session, args) -> dict | None:
     torch.set_num_threads(args.threads)
     import numba
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
-    ctx, rank, n = MPCContext(session), session.rank, session.world_size
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: torch sees no CUDA device on this host")
+    ctx, rank, n = MPCContext(session, device=args.device), session.rank, session.world_size
     started = time.perf_counter()
     tokenizer, encoder = load_encoder(args.model or default_model_path())
     count = mpc_layer_count(args.mode, encoder.config.num_hidden_layers, args.layers)

@@ -4,14 +4,22 @@ MPCContext bundles what the protocol functions need and nothing global: the part
 (rank, world size, exchanges with the other parties), the fixed-point codec, the source of
 dealer correlations, and pairwise PRGs for inputs. Several contexts can live in one process.
 """
+import torch
+
 from mpcft.kernels import DEFAULT_FRACTIONAL_BITS, PRG, FixedPoint, derive_seed
 
 from .correlations import DealerCorrelations
 
 
 class MPCContext:
-    def __init__(self, session, *, frac_bits: int = DEFAULT_FRACTIONAL_BITS, correlations=None):
+    """device: where shares live (default CPU). With "cuda", correlations and input shares
+    are drawn on the CPU (the same AES streams) and moved there; the session moves opened
+    values through pinned host memory; ring products run on the GPU (kernels.cuda_matmul)."""
+
+    def __init__(self, session, *, frac_bits: int = DEFAULT_FRACTIONAL_BITS, correlations=None,
+                 device=None):
         self.session = session
+        self.device = torch.device(device or "cpu")
         self.rank = session.rank
         self.world_size = session.world_size
         self.fp = FixedPoint(frac_bits)
@@ -37,4 +45,7 @@ class MPCContext:
 
     def correlation(self, kind: str, **params):
         """This party's shares of the next correlation of `kind` (a correlations.Correlation)."""
-        return self.correlations.get(kind, **params)
+        correlation = self.correlations.get(kind, **params)
+        if self.device.type == "cpu":
+            return correlation
+        return correlation.to(self.device)

@@ -141,6 +141,11 @@ class Correlation:
             self._derived = self._derived()
         return self._derived
 
+    def to(self, device) -> "Correlation":
+        """The same shares on `device` (derived values moved when first needed)."""
+        return Correlation([t.to(device) for t in self.random],
+                           lambda: [t.to(device) for t in self.derived()])
+
 
 def party_correlation(kind: str, params: dict, seq: int, seed: bytes, rank: int,
                       corrections=None) -> Correlation:

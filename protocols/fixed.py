@@ -16,6 +16,7 @@ from .truncation import truncate, truncate_cost, truncate_many
 def public(ctx, value, shape=None) -> torch.Tensor:
     """Party 0's share of an encoded public value (zeros at the other parties)."""
     encoded = ctx.fp.encode(value if isinstance(value, torch.Tensor) else torch.tensor(float(value)))
+    encoded = encoded.to(ctx.device)
     if shape is not None:
         encoded = encoded.expand(shape).contiguous()
     return encoded if ctx.rank == 0 else torch.zeros_like(encoded)
@@ -33,6 +34,7 @@ def mul_public(ctx, x: torch.Tensor, value, extra_bits: int = 0) -> torch.Tensor
     """
     c = value if isinstance(value, torch.Tensor) else torch.tensor(float(value))
     encoded = torch.round(c.to(torch.float64) * 2.0 ** (ctx.frac_bits + extra_bits)).to(torch.int64)
+    encoded = encoded.to(x.device) if encoded.ndim else encoded
     return truncate(ctx, x * encoded, ctx.frac_bits + extra_bits)
 
 

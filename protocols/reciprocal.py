@@ -37,7 +37,7 @@ def _exponent_onehot(ctx, x: torch.Tensor, thresholds: list, bits: int):
 
 def _scale_sum(ctx, onehot: torch.Tensor, values) -> torch.Tensor:
     """sum_j onehot_j * values_j for public reals: local (onehot has scale 1)."""
-    enc = ctx.fp.encode(torch.tensor(values, dtype=torch.float64))
+    enc = ctx.fp.encode(torch.tensor(values, dtype=torch.float64)).to(onehot.device)
     return (onehot * enc.reshape((-1,) + (1,) * (onehot.ndim - 1))).sum(0)
 
 

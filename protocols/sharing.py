@@ -22,14 +22,14 @@ def share(ctx, value, owner: int, shape) -> torch.Tensor:
         check_ring(value)
         if tuple(value.shape) != shape:
             raise ValueError(f"party {owner}'s input has shape {tuple(value.shape)}, declared {shape}")
-        own = value.clone()
+        own = value.to(ctx.device, copy=True)
         for holder in range(ctx.world_size):
             if holder != owner:
-                own -= ctx.input_prg(owner, holder).ring(shape)
+                own -= ctx.input_prg(owner, holder).ring(shape, device=own.device)
         return own
     if value is not None:
         raise ValueError(f"party {ctx.rank} passed an input for party {owner}'s secret")
-    return ctx.input_prg(owner, ctx.rank).ring(shape)
+    return ctx.input_prg(owner, ctx.rank).ring(shape, device=ctx.device)
 
 
 def split_seeded(value: torch.Tensor, seeds: list, label: str) -> torch.Tensor:

@@ -27,7 +27,7 @@ def _exponentials(ctx, x, mask, shared_mask, clamp: bool, bits: int):
     """(x - max, masked exp(x - max), row sums): the common part of softmax and cross-entropy."""
     keep = None
     if mask is not None:
-        keep = torch.as_tensor(mask).to(torch.bool).expand(x.shape).to(torch.int64)
+        keep = torch.as_tensor(mask).to(device=x.device, dtype=torch.bool).expand(x.shape).to(torch.int64)
         x = x * keep + fixed.public(ctx, -_MASK_OFFSET, x.shape) * (1 - keep)
     shifted = x - max_along(ctx, x, -1, bits)
     e = exp(ctx, shifted, clamp=clamp, bits=bits)

@@ -14,7 +14,7 @@ class Parameter:
     def __init__(self, ctx, value: torch.Tensor, trainable: bool, owner: int = 0):
         self.ctx, self.trainable = ctx, trainable
         self.shape = tuple(value.shape)
-        encoded = ctx.fp.encode(value.detach().to(torch.float64))
+        encoded = ctx.fp.encode(value.detach().to(torch.float64)).to(ctx.device)
         if trainable:
             self.data = sharing.share(ctx, encoded if ctx.rank == owner else None, owner, self.shape)
         else:

@@ -47,6 +47,23 @@ def _fails_session(method):
     return wrapper
 
 
+def _to_host(tensor):
+    """A CPU copy of a device (CUDA) tensor, staged in pinned memory for a fast copy; CPU
+    tensors and other values pass through."""
+    if isinstance(tensor, torch.Tensor) and tensor.device.type != "cpu":
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        host.copy_(tensor)
+        return host
+    return tensor
+
+
+def _on_device_of(received, sent):
+    """Received CPU tensors moved to the device the sent tensor lives on."""
+    if isinstance(sent, torch.Tensor) and sent.device.type != "cpu":
+        return received.to(sent.device)
+    return received
+
+
 def _as_tensor(value):
     if isinstance(value, torch.Tensor):
         return value
@@ -159,7 +176,7 @@ class Session:
         return step + (f" in region '{region}'" if region else "")
 
     def _send(self, peer, tensor, op):
-        payload, wire = self._channel(peer).send(FrameType.TENSOR, tensor,
+        payload, wire = self._channel(peer).send(FrameType.TENSOR, _to_host(tensor),
                                                  self._step("send to", peer, op))
         self.comm.count_sent(payload, wire)
 
@@ -188,12 +205,15 @@ class Session:
 
     @_fails_session
     def exchange(self, tensors):
-        """Send tensors[p] to each listed peer p and receive one tensor from each; one round."""
+        """Send tensors[p] to each listed peer p and receive one tensor from each; one round.
+        Device (CUDA) tensors travel through pinned host memory and arrive on their device."""
         for peer in tensors:
             self._channel(peer)
+        hosted = {}                     # one host copy per device tensor, even if sent to all
         for peer, tensor in tensors.items():
-            self._send(peer, tensor, "exchange")
-        received = {peer: self._recv(peer, "exchange") for peer in tensors}
+            host = hosted.setdefault(id(tensor), _to_host(tensor))
+            self._send(peer, host, "exchange")
+        received = {peer: _on_device_of(self._recv(peer, "exchange"), tensors[peer]) for peer in tensors}
         self.comm.count_round()
         return received
 
@@ -207,7 +227,7 @@ class Session:
     def gather(self, tensor, root):
         """At `root`: everybody's `tensor` as a list by rank; elsewhere None. One round."""
         if root == self.rank:
-            received = {peer: self._recv(peer, "gather") for peer in self.peers}
+            received = {peer: _on_device_of(self._recv(peer, "gather"), tensor) for peer in self.peers}
             received[self.rank] = _as_tensor(tensor)
             result = [received[r] for r in range(self.world_size)]
         else:

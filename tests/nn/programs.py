@@ -6,6 +6,8 @@ from mpcft.nn import SGD, Classifier
 from mpcft.protocols import sharing
 from mpcft.protocols.context import MPCContext
 
+DEVICE = None   # where the programs keep shares (tests/conftest.py: the `device` fixture)
+
 CONFIG = dict(vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
               intermediate_size=64, max_position_embeddings=16, hidden_act="gelu",
               attn_implementation="eager")
@@ -33,7 +35,7 @@ def share_from(ctx, value, owner, bits_only=False):
 
 def gradients(session, inputs, mask, labels, mode, layers, encoder, steps=0, lr=0.1):
     """Forward, cross-entropy backward; revealed logits, loss and trainable gradients by name."""
-    ctx = MPCContext(session)
+    ctx = MPCContext(session, device=DEVICE)
     model = Classifier(ctx, encoder, labels.shape[1], mode=mode, layers=layers)
     x = share_from(ctx, inputs, 0)
     m = share_from(ctx, mask, 1, bits_only=True) if mask is not None else None
@@ -56,7 +58,7 @@ def gradients(session, inputs, mask, labels, mode, layers, encoder, steps=0, lr=
 
 def per_example_gradients(session, inputs, mask, labels, mode, layers, encoder):
     """Revealed per-example gradients (grad_sample) and summed gradients, by parameter name."""
-    ctx = MPCContext(session)
+    ctx = MPCContext(session, device=DEVICE)
     model = Classifier(ctx, encoder, labels.shape[1], mode=mode, layers=layers)
     model.track_per_example()
     x = share_from(ctx, inputs, 0)
@@ -71,7 +73,7 @@ def per_example_gradients(session, inputs, mask, labels, mode, layers, encoder):
 def correct_predictions(session, logits, labels):
     """count_correct on shared logits (party 0's) and one-hot labels (party n-1's); opened count, cost."""
     from mpcft.nn import count_correct
-    ctx = MPCContext(session)
+    ctx = MPCContext(session, device=DEVICE)
     z, y = share_from(ctx, logits, 0), share_from(ctx, labels, session.world_size - 1)
     before = session.comm.snapshot()
     count = count_correct(ctx, z, y)

@@ -9,6 +9,7 @@ import torch
 from mpcft.protocols.correlations import dealer_handler
 from mpcft.runtime import run_threads
 
+from ..devices import to_cpu
 from . import programs, reference
 
 B, T, LABELS = 2, 6, 3
@@ -63,11 +64,11 @@ def relative(a, b):
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("n", [2, 3])
 @pytest.mark.parametrize("mode,layers", [("head", 0), ("top", 1), ("top", 2)])
-def test_gradients_match_torch_autograd(n, mode, layers):
+def test_gradients_match_torch_autograd(n, mode, layers, device):
     inputs, mask, labels = case(mode)
     want_logits, want_loss, want = torch_gradients(mode, layers, inputs, mask, labels)
-    got = run_threads(programs.gradients, n, inputs, mask, labels, mode, layers, programs.tiny_bert(),
-                      dealer_handler=dealer_handler, timeout=580)[0]
+    got = to_cpu(run_threads(programs.gradients, n, inputs, mask, labels, mode, layers, programs.tiny_bert(),
+                             dealer_handler=dealer_handler, timeout=580)[0])
     assert (got["logits"] - want_logits).abs().max() < 1e-3
     assert abs(got["loss"].item() - want_loss.item()) < 1e-3
     assert set(got["grads"]) == set(want)

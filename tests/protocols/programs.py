@@ -9,6 +9,8 @@ from mpcft.protocols.context import MPCContext
 from mpcft.protocols.truncation import truncate
 from mpcft.tensor import SharedTensor, cat, stack
 
+DEVICE = None   # where the programs keep shares (tests/conftest.py: the `device` fixture)
+
 
 def owned(ctx, value, owner):
     return SharedTensor.from_plain(ctx, value if ctx.rank == owner else None, owner,
@@ -25,7 +27,7 @@ def measured(session, fn):
 
 def all_operations(session, x, y, w, b):
     """Every SharedTensor operation on x (party 0's), y (party n-1's), public w and b."""
-    ctx = MPCContext(session)
+    ctx = MPCContext(session, device=DEVICE)
     n = session.world_size
     X, Y = owned(ctx, x, 0), owned(ctx, y, n - 1)
     out, costs = {}, {}
@@ -64,7 +66,7 @@ def all_operations(session, x, y, w, b):
 
 def batched_attention(session, q, k):
     """Shared x shared batched product of attention shape, q from party 0, k from party 1."""
-    ctx = MPCContext(session)
+    ctx = MPCContext(session, device=DEVICE)
     Q, K = owned(ctx, q, 0), owned(ctx, k, 1)
     scores, cost = measured(session, lambda: Q @ K)
     return scores.reveal(), cost
@@ -72,14 +74,14 @@ def batched_attention(session, q, k):
 
 def truncation_trials(session, x_ring, bits):
     """Share ring values held by party 0, truncate, open: the raw ring outputs."""
-    ctx = MPCContext(session)
+    ctx = MPCContext(session, device=DEVICE)
     share = sharing.share(ctx, x_ring if ctx.rank == 0 else None, 0, x_ring.shape)
     return sharing.open_(ctx, truncate(ctx, share, bits))
 
 
 def ring_products(session, x_ring, y_ring, batched):
     """Exact ring Beaver products (no truncation) and their measured costs."""
-    ctx = MPCContext(session)
+    ctx = MPCContext(session, device=DEVICE)
     n = session.world_size
     xs = sharing.share(ctx, x_ring if ctx.rank == 0 else None, 0, x_ring.shape)
     ys = sharing.share(ctx, y_ring if ctx.rank == n - 1 else None, n - 1, y_ring.shape)
@@ -159,7 +161,7 @@ def run_offline(session, x, y, folder):
 def comparisons(session, x, y, bits):
     """sign, relu, maximum and max_along on fixed-point inputs; raw ring results and costs."""
     from mpcft.protocols import comparison
-    ctx = MPCContext(session)
+    ctx = MPCContext(session, device=DEVICE)
     X, Y = owned(ctx, x, 0), owned(ctx, y, session.world_size - 1)
     out, costs = {}, {}
     s, costs["sign"] = measured(session, lambda: comparison.sign_bit(ctx, X.share, bits))
@@ -185,7 +187,7 @@ def clamp_bounds(x):
 def nonlinear(session, inputs):
     """Every non-linear function on its own input (party 0's); decoded outputs and costs."""
     from mpcft.protocols import activations, exponential, layernorm, reciprocal, softmax
-    ctx = MPCContext(session)
+    ctx = MPCContext(session, device=DEVICE)
     shared = {name: owned(ctx, value, 0).share for name, value in inputs.items()}
     dec = lambda s: ctx.fp.decode(sharing.open_(ctx, s))
     out, rounds = {}, {}
@@ -215,7 +217,7 @@ def nonlinear(session, inputs):
 
 def tensor_nonlinear(session, x):
     """The SharedTensor surface of the non-linear protocols."""
-    ctx = MPCContext(session)
+    ctx = MPCContext(session, device=DEVICE)
     X = owned(ctx, x, 0)
     P = owned(ctx, x.abs() + 0.5, 0)
     return {"relu": X.relu().reveal(), "max": X.max(0).reveal(), "lt_zero": X.lt_zero().reveal(),
@@ -228,7 +230,7 @@ def tensor_nonlinear(session, x):
 def powers_program(session, x, degree):
     """fixed.powers on party 0's x: decoded powers and the measured cost."""
     from mpcft.protocols import fixed
-    ctx = MPCContext(session)
+    ctx = MPCContext(session, device=DEVICE)
     X = owned(ctx, x, 0)
     out, cost = measured(session, lambda: fixed.powers(ctx, X.share, degree))
     return [ctx.fp.decode(sharing.open_(ctx, p)) for p in out], cost
@@ -237,7 +239,7 @@ def powers_program(session, x, degree):
 def prefetching(session, x, y):
     """Products with the dealer's answers asked for in advance: a correct plan, then a wrong
     one (its answers are dropped and asked again), then unused prefetched answers at the end."""
-    ctx = MPCContext(session)
+    ctx = MPCContext(session, device=DEVICE)
     source = ctx.correlations
     X, Y = owned(ctx, x, 0), owned(ctx, y, 1)
     source.mark()

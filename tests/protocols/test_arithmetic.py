@@ -14,6 +14,7 @@ from mpcft.protocols.cost import Cost, open_cost
 from mpcft.protocols.truncation import truncate_cost
 from mpcft.runtime import run_threads, spawn
 
+from ..devices import to_cpu
 from . import programs
 
 F = 20
@@ -70,9 +71,9 @@ def operands():
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("n", [2, 3, 5])
-def test_all_operations_in_threads(n):
+def test_all_operations_in_threads(n, device):
     args = operands()
-    results = run_threads(programs.all_operations, n, *args, dealer_handler=dealer_handler)
+    results = to_cpu(run_threads(programs.all_operations, n, *args, dealer_handler=dealer_handler))
     check_all_operations(results, n, *args)
 
 

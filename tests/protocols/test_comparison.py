@@ -7,6 +7,7 @@ from mpcft.protocols.comparison import clamp_cost, max_along_cost, sign_cost
 from mpcft.protocols.correlations import dealer_handler
 from mpcft.runtime import run_threads, spawn
 
+from ..devices import to_cpu
 from . import programs
 
 FP = FixedPoint()
@@ -39,9 +40,9 @@ def check(results, x, y, bits, n):
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("n", [2, 3, 5])
 @pytest.mark.parametrize("bits,scale", [(62, 1e6), (62, 3.0), (31, 1000.0), (5, 2.0**-16)])
-def test_comparisons_in_threads(n, bits, scale):
+def test_comparisons_in_threads(n, bits, scale, device):
     x, y = inputs((7, 45), scale, 1), inputs((7, 45), scale, 2)
-    check(run_threads(programs.comparisons, n, x, y, bits, dealer_handler=dealer_handler), x, y, bits, n)
+    check(to_cpu(run_threads(programs.comparisons, n, x, y, bits, dealer_handler=dealer_handler)), x, y, bits, n)
 
 
 @pytest.mark.timeout(300)

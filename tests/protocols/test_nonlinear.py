@@ -13,6 +13,7 @@ import torch
 from mpcft.protocols.correlations import dealer_handler
 from mpcft.runtime import run_threads
 
+from ..devices import to_cpu
 from . import programs
 
 
@@ -73,10 +74,10 @@ def errors(got, want):
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("n", [2, 3])
-def test_nonlinear_functions_match_float64(n):
+def test_nonlinear_functions_match_float64(n, device):
     inp = make_inputs()
     want = expected(inp)
-    results = run_threads(programs.nonlinear, n, inp, dealer_handler=dealer_handler, timeout=280)
+    results = to_cpu(run_threads(programs.nonlinear, n, inp, dealer_handler=dealer_handler, timeout=280))
     out, rounds = results[0]
     report = {}
     for name, target in want.items():
