@@ -238,16 +238,19 @@ class DealerCorrelations:
         """[(kind, params)] requested since mark(): e.g. one training step's plan."""
         return list(self._log or [])
 
-    def prefetch(self, plan) -> None:
+    def prefetch(self, plan, max_bytes: int = 1 << 30) -> None:
         """Expect the next requests to be `plan` ([(kind, params)], e.g. the previous step's):
-        party 0 asks the dealer for all of them now, so that the dealer computes while the
-        parties work instead of when they wait. The dealer's answer depends only on (seq,
-        kind, params), so a request that turns out different is simply asked again and the
-        speculative answer dropped. Changes nothing at the other parties."""
+        party 0 asks the dealer for them now (up to max_bytes of answers), so that the dealer
+        computes while the parties work instead of when they wait. The dealer's answer depends
+        only on (seq, kind, params), so a request that turns out different is simply asked
+        again and the speculative answer dropped. Changes nothing at the other parties."""
         if self.session.rank != 0:
             return
         seq = max([self.seq] + [s + 1 for s in self._ahead])
         for kind, params in plan:
+            max_bytes -= sum(8 * int(np.prod(shape, dtype=np.int64)) for shape, _ in _spec(kind, params)[1])
+            if max_bytes < 0:
+                break
             reply = self.session.dealer_request_async(kind, seq=seq, **params)
             self._ahead[seq] = (kind, params, reply)
             seq += 1
