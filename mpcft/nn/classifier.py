@@ -89,7 +89,6 @@ class Classifier(Module):
         return loss
 
 
-
 def count_correct(ctx, logits: torch.Tensor, labels: torch.Tensor, bound: int = 1 << 12) -> torch.Tensor:
     """Shares (scale 1) of how many rows of logits [B, L] have their maximum at the shared
     one-hot label [B, L] (ties count as correct), for |logits| < bound / 2. With K = bound,

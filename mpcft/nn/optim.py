@@ -25,10 +25,6 @@ class _Optimizer:
         self._extra_bits = max(0, self.grad_scale.bit_length() - 1)
         self.steps = 0
 
-    @property
-    def numel(self) -> int:
-        return sum(math.prod(p.shape) for p in self.params)
-
     def _flat(self, tensors) -> torch.Tensor:
         return torch.cat([t.reshape(-1) for t in tensors])
 
@@ -87,7 +83,7 @@ class AdamW(_Optimizer):
     gradients are clipped to [-G, G] (mpcft.plaintext.AdamW is this variant in torch).
     Fixed point: v is held scaled by K = 2^(18 - 2 log2 G) so that inv_sqrt's domain
     [K eps^2, K (G^2 + eps^2)] lies in [2^-12, 2^18]: eps must be at least G 2^-15. The
-    clipping makes g^2 cannot overflow whatever the gradients; since |m| <= sqrt(v) (m and v
+    clipping keeps g^2 from overflowing whatever the gradients; since |m| <= sqrt(v) (m and v
     average the same g with the same weights), the update is at most lr per coordinate.
     Cost per step for N parameters: adamw_cost(n, N, ...); the inverse square root dominates
     (one comparison per factor of 4 in v's range), so AdamW suits head and LoRA training,

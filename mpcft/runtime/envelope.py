@@ -11,7 +11,6 @@ by the cluster CA, is valid now and names an `owner-...`, the signature verifies
 header names this party as the recipient. The header (owner, recipient, shapes, counts) is
 public metadata; a share alone is uniformly random, so a party learns nothing from its file.
 """
-import datetime
 import json
 import os
 import pathlib
@@ -23,9 +22,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.x509.oid import NameOID
 
 from .errors import MPCRuntimeError
+from .tls import certificate_problem, common_name
 
 MAGIC = b"MPCFTSH1"
 OWNER_PREFIX = "owner-"
@@ -37,11 +36,6 @@ class SealedFileError(MPCRuntimeError):
     """A sealed file is malformed, not for this party, or not from a certified owner."""
 
 
-def _identity(cert) -> str:
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return names[0].value if names else ""
-
-
 def _key(shared: bytes, ephemeral: bytes, recipient: bytes) -> bytes:
     return HKDF(hashes.SHA256(), 32, salt=None,
                 info=b"mpcft sealed shares v1" + ephemeral + recipient).derive(shared)
@@ -51,7 +45,7 @@ def seal(payload: bytes, header: dict, recipient_cert: pathlib.Path, owner_cert:
          owner_key: pathlib.Path) -> bytes:
     """The sealed file's bytes: `payload` readable by the recipient only, signed by the owner."""
     recipient = x509.load_pem_x509_certificate(pathlib.Path(recipient_cert).read_bytes())
-    header = dict(header, recipient=_identity(recipient))
+    header = dict(header, recipient=common_name(recipient))
     owner_pem = pathlib.Path(owner_cert).read_bytes()
     signer = serialization.load_pem_private_key(pathlib.Path(owner_key).read_bytes(), None)
     ephemeral = ec.generate_private_key(ec.SECP256R1())
@@ -100,14 +94,13 @@ def open_sealed(blob: bytes, recipient_key: pathlib.Path, ca_cert: pathlib.Path,
         raise SealedFileError(f"{name}: trailing bytes after the signature")
     try:
         owner = x509.load_pem_x509_certificate(owner_pem)
-        ca = x509.load_pem_x509_certificate(pathlib.Path(ca_cert).read_bytes())
-        owner.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature) as exc:
-        raise SealedFileError(f"{name}: the owner's certificate is not from the cluster CA ({exc})") from None
-    now = datetime.datetime.now(datetime.timezone.utc)
-    if not owner.not_valid_before_utc <= now <= owner.not_valid_after_utc:
-        raise SealedFileError(f"{name}: the owner's certificate is not valid now")
-    identity = _identity(owner)
+    except ValueError as exc:
+        raise SealedFileError(f"{name}: unreadable owner certificate ({exc})") from None
+    problem = certificate_problem(owner, x509.load_pem_x509_certificate(pathlib.Path(ca_cert).read_bytes()))
+    if problem:
+        raise SealedFileError(f"{name}: the owner's certificate is not from the cluster CA or not valid now "
+                              f"({problem})")
+    identity = common_name(owner)
     if not identity.startswith(OWNER_PREFIX):
         raise SealedFileError(f"{name}: signed by {identity!r}, which is not a data owner ({OWNER_PREFIX}...)")
     try:

@@ -130,21 +130,32 @@ def make_certs(out_dir, world_size, dealer=True, hosts=(), days=365, owners=()):
     return out_dir
 
 
+def common_name(cert) -> str:
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return names[0].value if names else ""
+
+
+def certificate_problem(cert, ca) -> str | None:
+    """Why `cert` is not a valid certificate of the cluster CA `ca` now, or None."""
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        return f"not issued by the CA ({exc})"
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        return "not valid now"
+    return None
+
+
 def verify_party_certificate(cert_path, ca_path, rank: int) -> pathlib.Path:
     """`cert_path`, after checking that the cluster CA issued it to party `rank` and that it is
     valid now (a data owner encrypts its shares to it)."""
     cert = x509.load_pem_x509_certificate(pathlib.Path(cert_path).read_bytes())
-    ca = x509.load_pem_x509_certificate(pathlib.Path(ca_path).read_bytes())
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature) as exc:
-        raise CertificateError(f"{cert_path}: not issued by the CA in {ca_path} ({exc})") from None
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if not names or names[0].value != f"party-{rank}":
-        raise CertificateError(f"{cert_path}: issued to {names[0].value if names else None!r}, not party-{rank}")
-    now = datetime.datetime.now(datetime.timezone.utc)
-    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        raise CertificateError(f"{cert_path}: not valid now")
+    problem = certificate_problem(cert, x509.load_pem_x509_certificate(pathlib.Path(ca_path).read_bytes()))
+    if problem:
+        raise CertificateError(f"{cert_path}: {problem} in {ca_path}")
+    if common_name(cert) != f"party-{rank}":
+        raise CertificateError(f"{cert_path}: issued to {common_name(cert)!r}, not party-{rank}")
     return pathlib.Path(cert_path)
 
 
