@@ -12,7 +12,7 @@ import torch
 
 from benchmarks.timing import markdown_table, measure_protocol, median_seconds, one_compute_thread
 from mpcft.protocols.context import MPCContext
-from mpcft.protocols.correlations import dealer_handler
+from mpcft.protocols.correlations import CorrelationDealer
 from mpcft.runtime import spawn
 from mpcft.tensor import SharedTensor
 
@@ -61,7 +61,7 @@ def main():
         torch.set_num_threads(1)
         plain = median_seconds(lambda: OPERATIONS[name][2](x, y), args.repeat)
         for n in args.parties:
-            results = spawn(party, n, name, args.repeat, dealer_handler=dealer_handler,
+            results = spawn(party, n, name, args.repeat, dealer_handler=CorrelationDealer,
                             dealer_threads=1, tls=not args.plaintext, timeout=600)
             seconds = max(r[0] for r in results)
             sent = max(r[1] for r in results)

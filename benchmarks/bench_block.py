@@ -23,7 +23,7 @@ from mpcft.nn import SGD, Classifier
 from mpcft.nn.bert import BertLayer
 from mpcft.protocols import sharing
 from mpcft.protocols.context import MPCContext
-from mpcft.protocols.correlations import dealer_handler
+from mpcft.protocols.correlations import CorrelationDealer
 from mpcft.runtime import spawn
 
 
@@ -132,7 +132,7 @@ def main():
     plain = plaintext_block_seconds(model)
     rows = []
     for n in args.parties:
-        s, sent, rounds = max(spawn(party_block, n, model, args.repeat, dealer_handler=dealer_handler,
+        s, sent, rounds = max(spawn(party_block, n, model, args.repeat, dealer_handler=CorrelationDealer,
                                     dealer_threads=1, timeout=1800))
         crypten = "3.7 s, 330 MB" if n == 2 else "12.1 s, 660 MB"
         rows.append(["block 256/4 heads, seq 64, batch 4 (fwd+bwd)", n, f"{s:.2f}", f"{sent / 1e6:.0f}",
@@ -145,7 +145,7 @@ def main():
             plain_step = plaintext_step_seconds(encoder, mode, layers, args.repeat)
             for n in args.parties:
                 s, sent, rounds = max(spawn(party_step, n, encoder, mode, layers, args.repeat,
-                                            dealer_handler=dealer_handler, dealer_threads=1, timeout=3600))
+                                            dealer_handler=CorrelationDealer, dealer_threads=1, timeout=3600))
                 rows.append([f"MiniLM step, mode {mode}, {layers} MPC layer(s), batch 8, seq 64", n,
                              f"{s:.2f}", f"{sent / 1e6:.0f}", rounds, f"{plain_step:.3f}", ""])
                 print(rows[-1], flush=True)

@@ -12,7 +12,7 @@ import torch
 from benchmarks.timing import markdown_table, measure_protocol, median_seconds, one_compute_thread
 from mpcft.protocols import activations, comparison, exponential, layernorm, reciprocal, sharing, softmax
 from mpcft.protocols.context import MPCContext
-from mpcft.protocols.correlations import dealer_handler
+from mpcft.protocols.correlations import CorrelationDealer
 from mpcft.runtime import spawn
 
 N = 8 * 12 * 128 * 128  # 1.57M elements
@@ -67,7 +67,7 @@ def main():
         torch.set_num_threads(1)
         plain = median_seconds(lambda: FUNCTIONS[name][1](x), args.repeat)
         for n in args.parties:
-            results = spawn(party, n, name, args.repeat, dealer_handler=dealer_handler,
+            results = spawn(party, n, name, args.repeat, dealer_handler=CorrelationDealer,
                             dealer_threads=1, tls=not args.plaintext, timeout=1200)
             seconds = max(r[0] for r in results)
             rows.append([name, tuple(x.shape), n, f"{seconds:.2f}", f"{max(r[1] for r in results) / 1e6:.1f}",

@@ -4,7 +4,9 @@
 
 Two processes (`mpcft.runtime.spawn`). Throughput: party 0 sends one int64 tensor of the given
 size, party 1 answers with 8 bytes once it holds all of it; GB/s = size / time (1 GB = 1e9 B).
-Latency: round trip of an 8-byte tensor. Medians over the runs; prints a markdown table.
+Latency: round trip of an 8-byte tensor. Receivers state the dtype and shape they expect, as
+protocol steps do (frames are then read straight into place). Medians over the runs; prints a
+markdown table.
 """
 import argparse
 import statistics
@@ -21,6 +23,7 @@ PINGS = 200
 def measure(session, runs):
     peer = 1 - session.rank
     ack = torch.zeros(1, dtype=torch.int64)
+    acked = dict(dtype=torch.int64, shape=ack.shape)
     throughput = {}
     for mb in SIZES_MB:
         data = torch.zeros(mb * 1_000_000 // 8, dtype=torch.int64)
@@ -29,9 +32,9 @@ def measure(session, runs):
             start = time.perf_counter()
             if session.rank == 0:
                 session.send(peer, data)
-                session.recv(peer)
+                session.recv(peer, **acked)
             else:
-                session.recv(peer)
+                session.recv(peer, dtype=data.dtype, shape=data.shape)
                 session.send(peer, ack)
             times.append(time.perf_counter() - start)
         throughput[mb] = data.nbytes / statistics.median(times[1:]) / 1e9
@@ -40,9 +43,9 @@ def measure(session, runs):
         start = time.perf_counter()
         if session.rank == 0:
             session.send(peer, ack)
-            session.recv(peer)
+            session.recv(peer, **acked)
         else:
-            session.recv(peer)
+            session.recv(peer, **acked)
             session.send(peer, ack)
         rtts.append(time.perf_counter() - start)
     return throughput, statistics.median(rtts) * 1e6

@@ -273,7 +273,7 @@ def check_protocols_block(hidden: int):
     softmax, GELU, LayerNorm; forward and backward): the output agrees with the CPU run
     within fixed-point error (different random masks, so not bit for bit)."""
     from transformers import BertConfig, BertModel
-    from mpcft.protocols.correlations import dealer_handler
+    from mpcft.protocols.correlations import CorrelationDealer
     from mpcft.runtime import run_threads
     torch.manual_seed(0)
     model = BertModel(BertConfig(hidden_size=hidden, num_attention_heads=4, intermediate_size=4 * hidden,
@@ -281,7 +281,7 @@ def check_protocols_block(hidden: int):
     outs = {}
     for name, device in (("device", DEVICE), ("cpu", torch.device("cpu"))):
         elapsed, outs[name] = run_threads(_block_party, 2, model, device, hidden,
-                                          dealer_handler=dealer_handler, timeout=1200)[0]
+                                          dealer_handler=CorrelationDealer, timeout=1200)[0]
         PROTOCOL_TIMES[name] = elapsed
     error = (outs["device"] - outs["cpu"]).abs().max().item()
     if not error < 1e-3:

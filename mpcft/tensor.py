@@ -245,4 +245,6 @@ def _count(shape, dim) -> int:
 def _broadcast_shape(ctx, shape, owner: int) -> tuple:
     """The owner tells everybody its input's shape (public metadata, one small message)."""
     message = torch.tensor(list(shape) if ctx.rank == owner else [], dtype=torch.int64)
-    return tuple(ctx.session.broadcast(message if ctx.rank == owner else None, owner).tolist())
+    received = ctx.session.broadcast(message if ctx.rank == owner else None, owner,
+                                     dtype=torch.int64, shape=(None,))
+    return tuple(received.tolist())

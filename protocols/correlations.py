@@ -1,13 +1,15 @@
 """Dealer correlations with seed compression, online or from pre-generated files.
 
-The dealer shares a secret seed s_i with every party i. For request number `seq`, party i's
-stream is PRG(HKDF(s_i, "corr", seq)). A correlation has random inputs (e.g. the triple's
-a and b) and derived values (c = a*b): every party draws its shares of the random inputs
-from its stream, so a = sum_i a_i is uniform and nobody sends anything for it; parties
-1..n-1 also draw their shares of the derived values, and party 0 alone receives a
-correction, c_0 = c - sum_{i>=1} c_i, from the dealer. The dealer, which knows every seed,
-learns all correlations (the usual trusted-dealer model); any n-1 parties' shares are
-independent of the correlated values.
+The dealer shares a secret seed s_i with every party i. A correlation is identified by its
+layout L (kind and parameters, e.g. "trunc" of shape [4, 8] with 20 bits) and its number k,
+which counts the earlier correlations of the same layout; party i's pads for it come from
+the stream PRG(HKDF(s_i, "corr", H(L), k)), so pads drawn for one layout never reappear in
+another. A correlation has random inputs (e.g. the triple's a and b) and derived values
+(c = a*b): every party draws its shares of the random inputs from its stream, so a = sum_i a_i
+is uniform and nobody sends anything for it; parties 1..n-1 also draw their shares of the
+derived values, and party 0 alone receives a correction, c_0 = c - sum_{i>=1} c_i, from the
+dealer. The dealer, which knows every seed, learns all correlations (the usual trusted-dealer
+model); any n-1 parties' shares are independent of the correlated values.
 
 Kinds (params -> values, all as additive shares):
 - "triple"(shape_a, shape_b): a, b uniform; c = a * b (broadcast).
@@ -19,9 +21,12 @@ Kinds (params -> values, all as additive shares):
 - "powers"(shape, degree): a mask a_k for every power x^k used as a factor by
   fixed.powers; a_i * a_j for every product x^i x^j of its schedule (power_levels).
 """
+import collections
+import hashlib
 import json
 import pathlib
 import struct
+import threading
 
 import numpy as np
 import torch
@@ -114,15 +119,58 @@ def _powers(p):
 KINDS = {"triple": _triple, "matmul_triple": _matmul_triple, "square": _square, "trunc": _trunc,
          "and_triple": _and_triple, "sign": _sign, "powers": _powers}
 
+MAX_DIMS = 16
+# kind -> {parameter: "shape" or (least, greatest) integer}: every request is checked against it
+PARAMETERS = {"triple": {"shape_a": "shape", "shape_b": "shape"},
+              "matmul_triple": {"shape_a": "shape", "shape_b": "shape"},
+              "square": {"shape": "shape"},
+              "trunc": {"shape": "shape", "bits": (0, RING_BITS - 1)},
+              "and_triple": {"words": (0, 1 << 40)},
+              "sign": {"shape": "shape", "bits": (1, RING_BITS - 2), "digit_bits": (1, 8)},
+              "powers": {"shape": "shape", "degree": (1, 64)}}
+
+
+def _check_parameter(kind: str, name: str, value, rule) -> None:
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+    if rule == "shape":
+        if (not isinstance(value, (list, tuple)) or len(value) > MAX_DIMS
+                or not all(is_int(d) and 0 <= d < 1 << 40 for d in value)):
+            raise ValueError(f"{kind!r}: {name} must be a list of at most {MAX_DIMS} sizes, got {value!r}")
+    elif not is_int(value) or not rule[0] <= value <= rule[1]:
+        raise ValueError(f"{kind!r}: {name} must be an integer in [{rule[0]}, {rule[1]}], got {value!r}")
+
 
 def _spec(kind: str, params: dict):
+    """(random, derived, derive) of a checked request: unknown kinds, missing or extra
+    parameters, values out of range and shapes that do not combine raise ValueError."""
     if kind not in KINDS:
         raise ValueError(f"unknown correlation kind {kind!r}; known: {sorted(KINDS)}")
-    return KINDS[kind](params)
+    rules = PARAMETERS[kind]
+    if not isinstance(params, dict) or set(params) != set(rules):
+        got = sorted(params) if isinstance(params, dict) else params
+        raise ValueError(f"{kind!r} takes parameters {sorted(rules)}, got {got!r}")
+    for name, rule in rules.items():
+        _check_parameter(kind, name, params[name], rule)
+    try:
+        return KINDS[kind](params)
+    except RuntimeError as exc:      # torch: shapes that do not broadcast or multiply
+        raise ValueError(f"{kind!r}: shapes {params} do not combine ({exc})") from None
 
 
-def _stream(seed: bytes, seq: int) -> PRG:
-    return PRG(derive_seed(seed, "corr", seq))
+def layout_id(kind: str, params: dict) -> str:
+    """H(L): SHA-256 of the canonical JSON of (kind, params), the layout a correlation is bound to."""
+    canonical = json.dumps([kind, params], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _elements(spec) -> int:
+    random, derived, _ = spec
+    return sum(int(np.prod(shape, dtype=np.int64)) for shape, _ in random + derived)
+
+
+def _stream(seed: bytes, layout: str, number: int) -> PRG:
+    return PRG(derive_seed(seed, "corr", layout, number))
 
 
 class Correlation:
@@ -147,15 +195,15 @@ class Correlation:
                            lambda: [t.to(device) for t in self.derived()])
 
 
-def party_correlation(kind: str, params: dict, seq: int, seed: bytes, rank: int,
+def party_correlation(kind: str, params: dict, number: int, seed: bytes, rank: int,
                       corrections=None) -> Correlation:
-    """This party's shares of correlation number `seq`.
+    """This party's shares of correlation `number` of the layout (kind, params).
 
     Parties >= 1 compute everything from their seed; party 0 passes the dealer's corrections
     for the derived values (a list, or a callable returning it once they arrive).
     """
     random, derived, _ = _spec(kind, params)
-    prg = _stream(seed, seq)
+    prg = _stream(seed, layout_id(kind, params), number)
     shares = [prg.ring(shape) for shape, _ in random]
     if rank != 0:
         return Correlation(shares, lambda: [prg.ring(shape) for shape, _ in derived])
@@ -165,22 +213,25 @@ def party_correlation(kind: str, params: dict, seq: int, seed: bytes, rank: int,
         if got is None or len(got) != len(derived):
             raise ValueError(f"party 0 needs {len(derived)} dealer corrections for {kind!r}")
         for tensor, (shape, _) in zip(got, derived):
-            if tuple(tensor.shape) != shape:
-                raise ValueError(f"dealer correction for {kind!r} has shape {tuple(tensor.shape)}, expected {shape}")
+            if tensor.dtype != torch.int64 or tuple(tensor.shape) != shape:
+                raise ValueError(f"dealer correction for {kind!r} is {tensor.dtype} of shape "
+                                 f"{tuple(tensor.shape)}, expected int64 of shape {shape}")
         return list(got)
     return Correlation(shares, checked)
 
 
-def party_shares(kind: str, params: dict, seq: int, seed: bytes, rank: int, corrections=None) -> list:
-    """All of this party's shares of correlation `seq` at once (random parts, then derived)."""
-    correlation = party_correlation(kind, params, seq, seed, rank, corrections)
+def party_shares(kind: str, params: dict, number: int, seed: bytes, rank: int,
+                 corrections=None) -> list:
+    """All of this party's shares of correlation `number` at once (random parts, then derived)."""
+    correlation = party_correlation(kind, params, number, seed, rank, corrections)
     return correlation.random + correlation.derived()
 
 
-def dealer_corrections(kind: str, params: dict, seq: int, seeds) -> list:
+def dealer_corrections(kind: str, params: dict, number: int, seeds) -> list:
     """The dealer's answer to party 0: c_0 = c - sum_{i>=1} c_i (XOR for binary values)."""
     random, derived, derive = _spec(kind, params)
-    streams = [_stream(seeds[i], seq) for i in range(len(seeds))]
+    layout = layout_id(kind, params)
+    streams = [_stream(seeds[i], layout, number) for i in range(len(seeds))]
     values = []
     for shape, binary in random:
         value = torch.zeros(shape, dtype=torch.int64)
@@ -195,40 +246,94 @@ def dealer_corrections(kind: str, params: dict, seq: int, seeds) -> list:
     return corrections
 
 
-def dealer_handler(rank: int, kind: str, params: dict, seq: int, seeds) -> list:
-    """The dealer process's request handler (runtime signature): corrections for party 0."""
-    if rank != 0:
-        raise ValueError(f"only party 0 receives correlation corrections, not party {rank}")
-    return dealer_corrections(kind, params, int(params["seq"]), seeds)
+class CorrelationDealer:
+    """The dealer process's request handler: party 0's corrections, each answered once.
+
+    A request names a layout (kind, params) and the number k of the correlation of that
+    layout; the dealer counts every layout's answers itself and refuses any k but the next
+    one, so no correlation is answered twice, and pads are bound to their layout, so answers
+    for different layouts share none. A party that deviates (asks for other layouts, ahead
+    of time, or out of order) learns only its own shares of fresh correlations: never
+    another party's pads, masks or shares; it can waste the dealer's work (each request is
+    bounded by max_elements) or spoil the computation's result, as any semi-honest party
+    that stops following the protocol can. Parties 1..n-1 never receive corrections.
+    """
+
+    def __init__(self, max_elements: int = 1 << 28):
+        self.max_elements = max_elements
+        self._answered = collections.Counter()     # layout -> correlations answered
+        self._lock = threading.Lock()
+
+    def __call__(self, rank: int, kind: str, params: dict, seq: int, seeds) -> list:
+        if rank != 0:
+            raise ValueError(f"only party 0 receives correlation corrections, not party {rank}")
+        if not isinstance(params, dict) or "number" not in params:
+            raise ValueError(f"a correlation request names its layout and number, got {params!r}")
+        layout, number = dict(params), params["number"]
+        del layout["number"]
+        spec = _spec(kind, layout)
+        if _elements(spec) > self.max_elements:
+            raise ValueError(f"{kind!r} {layout} asks for {_elements(spec)} ring elements, "
+                             f"more than this dealer's limit of {self.max_elements}")
+        key = layout_id(kind, layout)
+        with self._lock:
+            expected = self._answered[key]
+            if number != expected:
+                raise ValueError(f"{kind!r} {layout}: asked for correlation #{number!r} of this "
+                                 f"layout, but the next one is #{expected} (each is answered once, in order)")
+            self._answered[key] += 1
+        return dealer_corrections(kind, layout, number, seeds)
+
+
+def _correction_bytes(kind: str, params: dict) -> int:
+    return sum(8 * int(np.prod(shape, dtype=np.int64)) for shape, _ in _spec(kind, params)[1])
 
 
 class DealerCorrelations:
-    """Correlations fetched online: party 0 asks the dealer, the others expand their seeds."""
+    """Correlations fetched online: party 0 asks the dealer, the others expand their seeds.
+
+    Every party counts the correlations of each layout it used; correlation k of layout L is
+    the same at every party, whatever the order of requests across layouts.
+    """
 
     def __init__(self, session):
         if session.dealer_seed is None:
             raise ValueError("this session has no dealer: start one (mpcft launch --dealer) "
                              "or use FileCorrelations for an offline run")
         self.session = session
-        self.seq = 0
-        self._ahead = {}          # party 0: seq -> (kind, params, reply) asked for in advance
-        self._log = None          # (kind, params) of the requests since mark()
-        self.mispredicted = 0
+        self._used = collections.Counter()     # layout -> correlations of it used here
+        self._asked = collections.Counter()    # party 0: layout -> correlations of it asked for
+        self._ahead = {}                       # party 0: (layout, number) -> (reply, bytes) not yet used
+        self._ahead_bytes = 0
+        self._log = None                       # (kind, params) of the requests since mark()
 
     def get(self, kind: str, **params) -> Correlation:
-        seq, self.seq = self.seq, self.seq + 1
+        layout = layout_id(kind, params)
+        number = self._used[layout]
+        self._used[layout] += 1
         if self._log is not None:
             self._log.append((kind, params))
         corrections = None
         if self.session.rank == 0:
-            ahead = self._ahead.pop(seq, None)
-            if ahead is not None and ahead[:2] == (kind, params):
-                corrections = ahead[2].result
+            ahead = self._ahead.pop((layout, number), None)
+            if ahead is None:
+                reply = self._ask(kind, params, layout)
             else:
-                self.mispredicted += ahead is not None
-                corrections = self.session.dealer_request_async(kind, seq=seq, **params).result
-        return party_correlation(kind, params, seq, self.session.dealer_seed, self.session.rank,
+                reply, nbytes = ahead
+                self._ahead_bytes -= nbytes
+            corrections = reply.result
+        return party_correlation(kind, params, number, self.session.dealer_seed, self.session.rank,
                                  corrections)
+
+    def _ask(self, kind: str, params: dict, layout: str):
+        number = self._asked[layout]
+        self._asked[layout] += 1
+        return self.session.dealer_request_async(kind, number=number, **params)
+
+    @property
+    def pending_prefetch(self) -> int:
+        """Party 0: answers asked for in advance and not used yet."""
+        return len(self._ahead)
 
     def mark(self) -> None:
         """Start logging requests (for since_mark)."""
@@ -240,20 +345,24 @@ class DealerCorrelations:
 
     def prefetch(self, plan, max_bytes: int = 1 << 30) -> None:
         """Expect the next requests to be `plan` ([(kind, params)], e.g. the previous step's):
-        party 0 asks the dealer for them now (up to max_bytes of answers), so that the dealer
-        computes while the parties work instead of when they wait. The dealer's answer depends
-        only on (seq, kind, params), so a request that turns out different is simply asked
-        again and the speculative answer dropped. Changes nothing at the other parties."""
+        party 0 asks the dealer for them now, so that it computes while the parties work
+        instead of when they wait. Answers are bound to (layout, number), so a wrong guess
+        wastes nothing: the answer waits until its layout comes next. At most max_bytes of
+        answers are held ahead. Changes nothing at the other parties."""
         if self.session.rank != 0:
             return
-        seq = max([self.seq] + [s + 1 for s in self._ahead])
+        wanted = collections.Counter()
         for kind, params in plan:
-            max_bytes -= sum(8 * int(np.prod(shape, dtype=np.int64)) for shape, _ in _spec(kind, params)[1])
-            if max_bytes < 0:
+            layout = layout_id(kind, params)
+            wanted[layout] += 1
+            if self._asked[layout] >= self._used[layout] + wanted[layout]:
+                continue
+            nbytes = _correction_bytes(kind, params)
+            if self._ahead_bytes + nbytes > max_bytes:
                 break
-            reply = self.session.dealer_request_async(kind, seq=seq, **params)
-            self._ahead[seq] = (kind, params, reply)
-            seq += 1
+            number = self._asked[layout]
+            self._ahead[(layout, number)] = (self._ask(kind, params, layout), nbytes)
+            self._ahead_bytes += nbytes
 
 
 class RecordingCorrelations:
@@ -284,11 +393,14 @@ def write_offline(plan: list[dict], world_size: int, out_dir, seeds=None) -> lis
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     per_party = [[] for _ in range(world_size)]
-    for seq, request in enumerate(plan):
+    numbers = collections.Counter()
+    for request in plan:
         kind, params = request["kind"], request["params"]
-        corrections = dealer_corrections(kind, params, seq, seeds)
+        layout = layout_id(kind, params)
+        number, numbers[layout] = numbers[layout], numbers[layout] + 1
+        corrections = dealer_corrections(kind, params, number, seeds)
         for rank in range(world_size):
-            per_party[rank].append(party_shares(kind, params, seq, seeds[rank], rank,
+            per_party[rank].append(party_shares(kind, params, number, seeds[rank], rank,
                                                 corrections if rank == 0 else None))
     paths = []
     for rank, entries in enumerate(per_party):

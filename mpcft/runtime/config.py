@@ -8,6 +8,10 @@ Example (`cluster.toml`; relative paths are relative to the file's folder)::
     tls = true                 # false = INSECURE plaintext, for benchmarks only (loud warning)
     ca = "certs/ca.pem"        # the CA that signed every certificate below
     max_frame_bytes = 4294967296   # larger incoming frames are refused
+    max_buffered_bytes = 4294967296   # received bytes a connection holds unread before it stops
+                                      # reading (backpressure); an empty inbox always takes a frame
+    dealer_idle_timeout = 3600  # seconds the dealer waits for a party's next request (parties may
+                                # compute for minutes between requests), then drops that party
 
     [[party]]
     rank = 0
@@ -40,6 +44,8 @@ from .errors import ConfigError
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MAX_FRAME_BYTES = 1 << 32
+DEFAULT_MAX_BUFFERED_BYTES = 1 << 32
+DEFAULT_DEALER_IDLE_TIMEOUT = 3600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +79,8 @@ class ClusterConfig:
     connect_timeout: float = DEFAULT_TIMEOUT
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     path: pathlib.Path | None = None
+    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES
+    dealer_idle_timeout: float = DEFAULT_DEALER_IDLE_TIMEOUT
 
     @property
     def world_size(self):
@@ -89,8 +97,10 @@ class ClusterConfig:
         if [p.rank for p in self.parties] != list(range(self.world_size)):
             raise ConfigError(f"party ranks must be 0..{self.world_size - 1}, got "
                               f"{[p.rank for p in self.parties]}")
-        if self.timeout <= 0 or self.connect_timeout <= 0:
+        if self.timeout <= 0 or self.connect_timeout <= 0 or self.dealer_idle_timeout <= 0:
             raise ConfigError("timeouts must be positive")
+        if self.max_frame_bytes <= 0 or self.max_buffered_bytes <= 0:
+            raise ConfigError("max_frame_bytes and max_buffered_bytes must be positive")
         if self.tls:
             endpoints = self.parties + ((self.dealer,) if self.dealer else ())
             missing = [e.name for e in endpoints if e.cert is None or e.key is None]
@@ -122,7 +132,8 @@ def load(path):
             raise ConfigError(f"{path}: {what} lacks {exc}") from None
 
     cluster = data.get("cluster", {})
-    unknown = set(cluster) - {"timeout", "connect_timeout", "tls", "ca", "max_frame_bytes"}
+    unknown = set(cluster) - {"timeout", "connect_timeout", "tls", "ca", "max_frame_bytes",
+                              "max_buffered_bytes", "dealer_idle_timeout"}
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)} in [cluster]")
     parties = sorted((endpoint(p, int(p.get("rank", -1)), f"[[party]] #{i}")
@@ -132,7 +143,9 @@ def load(path):
         tuple(parties), dealer, file(cluster.get("ca")), bool(cluster.get("tls", True)),
         float(cluster.get("timeout", DEFAULT_TIMEOUT)),
         float(cluster.get("connect_timeout", DEFAULT_TIMEOUT)),
-        int(cluster.get("max_frame_bytes", DEFAULT_MAX_FRAME_BYTES)), path)
+        int(cluster.get("max_frame_bytes", DEFAULT_MAX_FRAME_BYTES)), path,
+        int(cluster.get("max_buffered_bytes", DEFAULT_MAX_BUFFERED_BYTES)),
+        float(cluster.get("dealer_idle_timeout", DEFAULT_DEALER_IDLE_TIMEOUT)))
 
 
 def dump(config, path):
@@ -144,7 +157,9 @@ def dump(config, path):
         return lines
 
     out = ["[cluster]", f"timeout = {config.timeout}", f"connect_timeout = {config.connect_timeout}",
-           f"tls = {str(config.tls).lower()}", f"max_frame_bytes = {config.max_frame_bytes}"]
+           f"tls = {str(config.tls).lower()}", f"max_frame_bytes = {config.max_frame_bytes}",
+           f"max_buffered_bytes = {config.max_buffered_bytes}",
+           f"dealer_idle_timeout = {config.dealer_idle_timeout}"]
     if config.ca is not None:
         out.append(f'ca = "{config.ca}"')
     for p in config.parties:

@@ -8,9 +8,17 @@ sends it first; then it answers request frames (JSON `{"kind", "params", "seq"}`
 
 (`seq` counts that party's requests from 0; `seeds` maps rank -> that party's dealer seed, so
 a handler may send only what the party cannot expand from its seed). Each party learns only what
-the handler returns to it. A handler exception is reported to that party as a `DealerError`
-and the dealer keeps serving. The dealer stops when every party said goodbye (exit status 0),
-when a party is lost without goodbye (1), or when `stop()` is called, e.g. on SIGTERM.
+the handler returns to it. The default handler, `protocols.correlations.CorrelationDealer`,
+answers each correlation at most once, in the order it counts itself, with pads bound to the
+correlation's layout: a party that deviates (replays, asks ahead, asks for other layouts)
+learns only its own shares of fresh correlations, never another party's pads or shares.
+A handler's `ValueError` reaches the party as a `DealerError` "refused: <message>"; any other
+error as a generic refusal, its details only in the dealer's log; either way the dealer keeps
+serving. Requests are at most MAX_REQUEST_BYTES; a party that sends none for
+`dealer_idle_timeout` seconds, or whose connection stops, is dropped. The dealer stops when
+every party said goodbye (exit status 0), when a party is lost without goodbye
+(PEER_FAILED_STATUS), when connection set-up fails (1), or when `stop()` is called, e.g. on
+SIGTERM (143).
 """
 import hashlib
 import importlib
@@ -18,17 +26,23 @@ import secrets
 import sys
 import threading
 import time
+import traceback
 
 import numpy as np
 import torch
 
 from mpcft.kernels.memory import keep_freed_memory
 
-from .errors import PEER_FAILED_STATUS, ConfigError, FrameError, MPCRuntimeError, PeerError
-from .frames import FrameType, json_tensor, tensor_json
+from .config import DEFAULT_DEALER_IDLE_TIMEOUT, DEFAULT_TIMEOUT
+from .errors import (PEER_FAILED_STATUS, ConfigError, FrameError, MPCRuntimeError,
+                     MPCTimeoutError, PeerError)
+from .frames import Expected, FrameType, as_wire_array, json_tensor, tensor_json
 from .transport import Acceptor, SendWatchdog, TcpChannel, contexts, warn_plaintext
 
-DEFAULT_HANDLER = "mpcft.protocols.correlations:dealer_handler"  # the real correlations
+DEFAULT_HANDLER = "mpcft.protocols.correlations:CorrelationDealer"  # the real correlations
+MAX_REQUEST_BYTES = 1 << 20         # a party's request frames (JSON) are at most this large
+MAX_BUFFERED_REQUESTS = 1 << 24     # request bytes the dealer holds unread per party
+REQUEST = Expected(torch.uint8, (None,), FrameType.REQUEST)
 
 
 def expand_seed(seed, seq, nbytes):
@@ -64,39 +78,75 @@ def load_handler(spec):
 class DealerService:
     """Seeds and request loop, independent of the transport (TCP server or in-memory)."""
 
-    def __init__(self, handler, world_size):
-        self.handler = handler
+    def __init__(self, handler, world_size, timeout=DEFAULT_TIMEOUT,
+                 idle_timeout=DEFAULT_DEALER_IDLE_TIMEOUT, log=None):
+        """A class as `handler` is instantiated once per dealer: handlers may keep state.
+        A wait for a request lasts `timeout` s and is renewed while the party's connection is
+        healthy, for at most `idle_timeout` s in all; `log` (default: sys.stderr) gets the
+        details of internal errors."""
+        self.handler = handler() if isinstance(handler, type) else handler
         self.seeds = {rank: secrets.token_bytes(32) for rank in range(world_size)}
+        self.timeout, self.idle_timeout, self._log = timeout, idle_timeout, log
 
     def serve(self, rank, channel):
         """Send party `rank` its seed, answer its requests until it says goodbye.
-        Raises PeerError if the party is lost first."""
+        Raises PeerError if the party is lost first, MPCTimeoutError if it stays idle too long."""
         channel.send(FrameType.SEED, np.frombuffer(self.seeds[rank], np.uint8), "seed agreement")
-        expected = 0
+        seq = 0
+        while (request := self._next_request(rank, channel, seq)) is not None:
+            self._answer(rank, channel, seq, request)
+            seq += 1
+
+    def _next_request(self, rank, channel, seq):
+        """Party `rank`'s request #`seq` as a dict, or None once it said goodbye."""
+        step = f"dealer waiting for request #{seq} from party {rank}"
+        idle_until = time.monotonic() + self.idle_timeout
         while True:
-            step = f"dealer waiting for requests from party {rank}"
             try:
-                frame_type, tensor, _ = channel.recv(step, None)
+                _, tensor, _ = channel.recv(step, min(self.timeout, self.idle_timeout), REQUEST)
+                break
+            except MPCTimeoutError:
+                if time.monotonic() >= idle_until:
+                    raise MPCTimeoutError(f"{step}: none came within {self.idle_timeout:g} s "
+                                          f"(dealer_idle_timeout)") from None
+                if not channel.receiving:
+                    raise PeerError(f"{step}: the connection stopped receiving") from None
             except PeerError:
                 if channel.goodbye_received:
-                    return
+                    return None
                 raise
-            request = tensor_json(tensor, channel.name) if frame_type == FrameType.REQUEST else None
-            if not isinstance(request, dict) or request.get("seq") != expected:
-                raise FrameError(f"{step}: malformed or out-of-order request {request!r}")
-            expected += 1
-            kind = request.get("kind")
-            step = f"dealer answering {kind!r} #{request['seq']} of party {rank}"
-            try:
-                tensors = list(self.handler(rank, kind, request.get("params") or {},
-                                            request["seq"], self.seeds))
-            except Exception as exc:
-                channel.send(FrameType.RESPONSE, json_tensor({"error": f"{type(exc).__name__}: "
-                                                                       f"{exc}"}), step)
-                continue
-            channel.send(FrameType.RESPONSE, json_tensor({"count": len(tensors)}), step)
+        request = tensor_json(tensor, channel.name, step)
+        if not isinstance(request, dict) or request.get("seq") != seq:
+            raise FrameError(f"{step}: malformed or out-of-order request from party {rank}")
+        return request
+
+    def _answer(self, rank, channel, seq, request):
+        """Send the handler's tensors, or a refusal: a ValueError's message as "refused: ...",
+        any other error as a generic one (its details go to the dealer's log only)."""
+        kind, params = request.get("kind"), request.get("params", {})
+        step = f"dealer answering request #{seq} of party {rank}"
+        try:
+            if not isinstance(kind, str) or not isinstance(params, dict):
+                raise ValueError("a request needs a string `kind` and an object of `params`")
+            tensors = list(self.handler(rank, kind, params, seq, self.seeds))
             for tensor in tensors:
-                channel.send(FrameType.TENSOR, tensor, step)
+                as_wire_array(tensor)
+        except ValueError as exc:
+            channel.send(FrameType.RESPONSE, json_tensor({"error": f"refused: {exc}"}), step)
+            return
+        except Exception:  # noqa: BLE001 - the party gets a refusal, the log the details
+            self._say(f"request #{seq} {kind!r} of party {rank} failed:\n{traceback.format_exc()}")
+            channel.send(FrameType.RESPONSE, json_tensor(
+                {"error": f"the dealer could not answer request #{seq} (internal error)"}), step)
+            return
+        channel.send(FrameType.RESPONSE, json_tensor({"count": len(tensors)}), step)
+        for tensor in tensors:
+            channel.send(FrameType.TENSOR, tensor, step)
+
+    def _say(self, message):
+        log = sys.stderr if self._log is None else self._log
+        log.write(f"mpcft dealer: {message}\n")
+        log.flush()
 
 
 class DealerServer:
@@ -112,7 +162,8 @@ class DealerServer:
         if isinstance(handler, str):
             handler = load_handler(handler)
         self.config = cluster_config
-        self.service = DealerService(handler, cluster_config.world_size)
+        self.service = DealerService(handler, cluster_config.world_size, cluster_config.timeout,
+                                     cluster_config.dealer_idle_timeout, log)
         self._log = log
         self._lock = threading.Lock()
         self._channels = {}
@@ -122,7 +173,10 @@ class DealerServer:
         self._watchdog = None
 
     def _serve(self, rank, sock):
-        channel = TcpChannel(sock, f"party {rank}", self.config.max_frame_bytes, self._watchdog)
+        channel = TcpChannel(sock, f"party {rank}", min(self.config.max_frame_bytes,
+                                                        MAX_REQUEST_BYTES),
+                             self._watchdog, min(self.config.max_buffered_bytes,
+                                                 MAX_BUFFERED_REQUESTS))
         with self._lock:
             self._channels[rank] = channel
         outcome = None
@@ -130,6 +184,9 @@ class DealerServer:
             self.service.serve(rank, channel)
         except MPCRuntimeError as exc:
             outcome = str(exc)
+        except Exception as exc:  # noqa: BLE001 - never a silent end: the dealer stops with it
+            self._say(f"serving party {rank} failed:\n{traceback.format_exc()}")
+            outcome = f"internal error: {type(exc).__name__}: {exc}"
         finally:
             channel.abort("dealer finished")
             with self._lock:

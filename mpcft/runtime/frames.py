@@ -9,10 +9,13 @@ bytes in C order, little-endian as on the sender's CPU)::
 All integers in the header are big-endian. `seq` counts frames per direction of one connection
 from 0; the receiver checks it. Control frames (hello, seed, requests) carry uint8 tensors.
 Everything is validated before the payload is read: unknown type or dtype, `ndim` above
-`MAX_NDIM`, a payload length that disagrees with shape and dtype, or one above the configured
-maximum raise `FrameError`. Frames reveal shapes and dtypes to whoever reads the connection
-(under TLS only the peer does; a network observer sees sizes and timing).
+`MAX_NDIM`, a shape spanning more than `MAX_EXTENT` bytes, a payload length that disagrees with
+shape and dtype, or one above the configured maximum raise `FrameError`. A receiving step states
+what it accepts with `Expected` (frame type, dtype, shape). Frames reveal shapes and dtypes to
+whoever reads the connection (under TLS only the peer does; a network observer sees sizes and
+timing).
 """
+import dataclasses
 import enum
 import json
 import math
@@ -26,6 +29,7 @@ from .errors import FrameError
 MAGIC = b"MPCF"
 VERSION = 1
 MAX_NDIM = 16
+MAX_EXTENT = 1 << 48    # bytes a shape may span: its non-zero dimensions times the item size
 HEADER = struct.Struct("!4sBBBBQQ")
 SHAPE_ENTRY = struct.Struct("!Q")
 
@@ -103,8 +107,14 @@ def parse_fixed_header(data, peer, max_bytes):
 
 
 def parse_shape(data, ndim, code, nbytes, peer):
+    """The shape of a header's `ndim` entries; FrameError if it spans more than MAX_EXTENT bytes
+    (even with a zero dimension) or does not hold exactly `nbytes` bytes."""
     shape = tuple(SHAPE_ENTRY.unpack_from(data, 8 * i)[0] for i in range(ndim))
-    expected = math.prod(shape) * DTYPES[code][1].itemsize
+    itemsize = DTYPES[code][1].itemsize
+    if math.prod(d for d in shape if d) * itemsize > MAX_EXTENT:
+        raise FrameError(f"malformed frame from {peer}: shape {list(shape)} of dtype "
+                         f"{DTYPES[code][0]} spans more than {MAX_EXTENT} bytes")
+    expected = math.prod(shape) * itemsize
     if expected != nbytes:
         raise FrameError(f"malformed frame from {peer}: payload of {nbytes} bytes does not match "
                          f"shape {list(shape)} of dtype {DTYPES[code][0]} ({expected} bytes)")
@@ -127,8 +137,52 @@ def json_tensor(obj):
     return torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8)
 
 
-def tensor_json(tensor, peer):
+def tensor_json(tensor, peer, step=None):
+    """The JSON value a control frame's 1-D uint8 tensor holds; FrameError (naming `step`, if
+    given) if it holds none."""
+    where = f"{step}: " if step else ""
+    if tensor.dtype != torch.uint8 or tensor.dim() != 1:
+        raise FrameError(f"{where}malformed control frame from {peer}: {tensor.dtype} "
+                         f"{list(tensor.shape)}, expected 1-D uint8")
     try:
         return json.loads(tensor.numpy().tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FrameError(f"malformed control frame from {peer}: {exc}") from None
+    except (ValueError, RecursionError) as exc:   # bad UTF-8 or JSON, or nested too deep
+        raise FrameError(f"{where}malformed control frame from {peer}: {exc}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Expected:
+    """What a receiving step accepts: a frame type, a torch dtype (None: any) and a shape
+    (None: any; a None entry: any size in that dimension)."""
+    dtype: torch.dtype | None = None
+    shape: tuple | None = None
+    frame_type: FrameType = FrameType.TENSOR
+
+    @classmethod
+    def like(cls, value):
+        """Exactly the dtype and shape `value` (a tensor on any device, or an array) travels as."""
+        if isinstance(value, torch.Tensor):
+            return cls(value.dtype, tuple(value.shape))
+        code, array = as_wire_array(value)
+        return cls(DTYPES[code][0], array.shape)
+
+    @property
+    def exact(self):
+        """True if exactly one frame size matches (dtype and every dimension given)."""
+        return self.dtype is not None and self.shape is not None and None not in self.shape
+
+    def problem(self, frame_type, dtype, shape):
+        """Why a frame of this type, torch dtype and shape is not accepted, or None."""
+        if frame_type != self.frame_type:
+            return (f"sent a {FrameType(frame_type).name} frame where a "
+                    f"{self.frame_type.name} frame was expected")
+        shape_ok = self.shape is None or (len(shape) == len(self.shape) and all(
+            want is None or want == got for want, got in zip(self.shape, shape)))
+        if (self.dtype is not None and dtype != self.dtype) or not shape_ok:
+            return f"sent {dtype} {list(shape)} where {self} was expected"
+        return None
+
+    def __str__(self):
+        shape = ("any shape" if self.shape is None else
+                 "[" + ", ".join("*" if d is None else str(d) for d in self.shape) + "]")
+        return f"{'any dtype' if self.dtype is None else self.dtype} {shape}"

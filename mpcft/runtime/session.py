@@ -6,6 +6,8 @@ There is no global state: build sessions with `Session.connect(config, rank)` (T
 process. A session is driven by one thread. Every blocking step waits at most `timeout`
 seconds. A peer failure or timeout raises a `PeerError`/`MPCTimeoutError` naming the peer and
 the step, and drops all of this session's connections so the other parties notice at once.
+Received tensors are checked against what the step expects (`dtype`, `shape` arguments; by
+default `exchange`/`gather` expect what this party sent): a mismatch raises `FrameError`.
 
 Seeds: for each pair of parties the lower rank draws a 32-byte seed with `secrets` and sends it
 over their (authenticated, encrypted) channel; the dealer draws one seed per party and sends
@@ -26,13 +28,15 @@ from . import config as config_module
 from .comm import CommStats
 from .errors import (PEER_FAILED_STATUS, ConfigError, DealerError, FrameError, MPCRuntimeError,
                      MPCTimeoutError, PeerError)
-from .frames import FrameType, as_wire_array, json_tensor, tensor_json
+from .frames import Expected, FrameType, as_wire_array, json_tensor, tensor_json
 from .transport import connect_party
 
 ENV_CLUSTER = "MPCFT_CLUSTER"
 ENV_RANK = "RANK"
 ENV_WORLD_SIZE = "WORLD_SIZE"
 SEED_BYTES = 32
+SEED = Expected(torch.uint8, (SEED_BYTES,), FrameType.SEED)
+DEALER_RESPONSE = Expected(torch.uint8, (None,), FrameType.RESPONSE)
 
 
 def _fails_session(method):
@@ -62,6 +66,13 @@ def _on_device_of(received, sent):
     if isinstance(sent, torch.Tensor) and sent.device.type != "cpu":
         return received.to(sent.device)
     return received
+
+
+def _expected(dtype, shape, sent=None):
+    """Expected tensor: `dtype` and `shape` where given, else those of `sent` (if any)."""
+    like = Expected() if sent is None else Expected.like(sent)
+    return Expected(like.dtype if dtype is None else dtype,
+                    like.shape if shape is None else tuple(shape))
 
 
 def _as_tensor(value):
@@ -149,10 +160,7 @@ class Session:
             self.dealer_seed = self._recv_seed(self.transport.dealer)
 
     def _recv_seed(self, channel):
-        frame_type, tensor, _ = channel.recv(f"seed agreement with {channel.name}", self.timeout)
-        if frame_type != FrameType.SEED or tensor.dtype != torch.uint8 or tensor.numel() != SEED_BYTES:
-            raise FrameError(f"seed agreement with {channel.name}: expected a {SEED_BYTES}-byte "
-                             f"seed, got a {frame_type.name} frame")
+        _, tensor, _ = channel.recv(f"seed agreement with {channel.name}", self.timeout, SEED)
         return tensor.numpy().tobytes()
 
     def pair_seed(self, peer):
@@ -180,11 +188,9 @@ class Session:
                                                  self._step("send to", peer, op))
         self.comm.count_sent(payload, wire)
 
-    def _recv(self, peer, op):
+    def _recv(self, peer, op, expected):
         step = self._step("recv from", peer, op)
-        frame_type, tensor, wire = self._channel(peer).recv(step, self.timeout)
-        if frame_type != FrameType.TENSOR:
-            raise FrameError(f"{step}: expected a tensor, got a {frame_type.name} frame")
+        _, tensor, wire = self._channel(peer).recv(step, self.timeout, expected)
         self.comm.count_received(tensor.nbytes, wire)
         return tensor
 
@@ -197,37 +203,52 @@ class Session:
         self.comm.count_round()
 
     @_fails_session
-    def recv(self, peer):
-        """Receive the next tensor from `peer` (torch CPU tensor, sent dtype and shape)."""
-        tensor = self._recv(peer, "recv")
+    def recv(self, peer, dtype=None, shape=None):
+        """Receive the next tensor from `peer` (torch CPU tensor). FrameError unless it has
+        `dtype` and `shape` (None: any; a None entry in `shape`: any size there)."""
+        tensor = self._recv(peer, "recv", _expected(dtype, shape))
         self.comm.count_round()
         return tensor
 
+    def _announce(self, peers, expected):
+        """Tell each peer's channel what its next frame must be, before sending anything."""
+        for peer in peers:
+            self._channel(peer).expect_next(expected[peer])
+
     @_fails_session
-    def exchange(self, tensors):
+    def exchange(self, tensors, dtype=None, shape=None):
         """Send tensors[p] to each listed peer p and receive one tensor from each; one round.
-        Device (CUDA) tensors travel through pinned host memory and arrive on their device."""
-        for peer in tensors:
-            self._channel(peer)
+        Each received tensor must have `dtype` and `shape` (default: those sent to that peer),
+        else FrameError. Device (CUDA) tensors travel through pinned host memory and arrive on
+        their device."""
+        expected = {peer: _expected(dtype, shape, tensor) for peer, tensor in tensors.items()}
+        self._announce(tensors, expected)
         hosted = {}                     # one host copy per device tensor, even if sent to all
         for peer, tensor in tensors.items():
             host = hosted.setdefault(id(tensor), _to_host(tensor))
             self._send(peer, host, "exchange")
-        received = {peer: _on_device_of(self._recv(peer, "exchange"), tensors[peer]) for peer in tensors}
+        received = {peer: _on_device_of(self._recv(peer, "exchange", expected[peer]), tensors[peer])
+                    for peer in tensors}
         self.comm.count_round()
         return received
 
-    def all_gather(self, tensor):
-        """Everybody's `tensor`, as a list indexed by rank; one round."""
-        received = self.exchange({peer: tensor for peer in self.peers})
+    def all_gather(self, tensor, dtype=None, shape=None):
+        """Everybody's `tensor`, as a list indexed by rank; one round. The others' must have
+        `dtype` and `shape` (default: those of ours), else FrameError."""
+        received = self.exchange({peer: tensor for peer in self.peers}, dtype, shape)
         received[self.rank] = _as_tensor(tensor)
         return [received[r] for r in range(self.world_size)]
 
     @_fails_session
-    def gather(self, tensor, root):
-        """At `root`: everybody's `tensor` as a list by rank; elsewhere None. One round."""
+    def gather(self, tensor, root, dtype=None, shape=None):
+        """At `root`: everybody's `tensor` as a list by rank; elsewhere None. One round. At
+        `root` the others' must have `dtype` and `shape` (default: those of root's), else
+        FrameError."""
         if root == self.rank:
-            received = {peer: _on_device_of(self._recv(peer, "gather"), tensor) for peer in self.peers}
+            expected = dict.fromkeys(self.peers, _expected(dtype, shape, tensor))
+            self._announce(self.peers, expected)
+            received = {peer: _on_device_of(self._recv(peer, "gather", expected[peer]), tensor)
+                        for peer in self.peers}
             received[self.rank] = _as_tensor(tensor)
             result = [received[r] for r in range(self.world_size)]
         else:
@@ -237,14 +258,15 @@ class Session:
         return result
 
     @_fails_session
-    def broadcast(self, tensor, root):
-        """`root`'s tensor at every party (others pass None); one round."""
+    def broadcast(self, tensor, root, dtype=None, shape=None):
+        """`root`'s tensor at every party (others pass None); one round. The others raise
+        FrameError unless it has `dtype` and `shape` (None: any; a None entry: any size there)."""
         if root == self.rank:
             for peer in self.peers:
                 self._send(peer, tensor, "broadcast")
             result = _as_tensor(tensor)
         else:
-            result = self._recv(root, "broadcast")
+            result = self._recv(root, "broadcast", _expected(dtype, shape))
         self.comm.count_round()
         return result
 
@@ -280,19 +302,15 @@ class Session:
     @_fails_session
     def _receive_reply(self, step, sent):
         channel = self.transport.dealer
-        frame_type, head, _ = channel.recv(step, self.timeout)
-        answer = tensor_json(head, "dealer") if frame_type == FrameType.RESPONSE else None
-        if not isinstance(answer, dict):
-            raise FrameError(f"{step}: malformed response from the dealer")
-        if "error" in answer:
+        _, head, _ = channel.recv(step, self.timeout, DEALER_RESPONSE)
+        answer = tensor_json(head, "dealer", step)
+        count = answer.get("count") if isinstance(answer, dict) else None
+        if isinstance(answer, dict) and isinstance(answer.get("error"), str):
             self.comm.count_dealer(sent, 0)
-            raise DealerError(f"{step}: the dealer failed: {answer['error']}")
-        tensors = []
-        for _ in range(int(answer.get("count", 0))):
-            frame_type, tensor, _ = channel.recv(step, self.timeout)
-            if frame_type != FrameType.TENSOR:
-                raise FrameError(f"{step}: expected a tensor from the dealer, got {frame_type.name}")
-            tensors.append(tensor)
+            raise DealerError(f"{step}: {answer['error']}")
+        if type(count) is not int or count < 0:
+            raise FrameError(f"{step}: malformed response from the dealer")
+        tensors = [channel.recv(step, self.timeout, Expected())[1] for _ in range(count)]
         self.comm.count_dealer(sent, sum(t.nbytes for t in tensors))
         return tensors
 

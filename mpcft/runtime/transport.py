@@ -1,26 +1,39 @@
 """Transports: ordered, framed, full-duplex channels between two processes (or threads).
 
 A `Channel` joins this process to one peer (another party or the dealer). Received frames are
-read by a background thread into a per-channel queue, so sends never wait for the local
+read by a background thread into a per-channel inbox, so sends never wait for the local
 receiver and two parties can send each other large tensors at the same moment. `recv` waits at
 most the step timeout; a send that makes no progress for the step timeout is cut off by a
-watchdog. Failures (peer closed or crashed, bad frame, timeout) raise `PeerError`/
-`FrameError`/`MPCTimeoutError` naming the peer and the step.
+watchdog. Failures (peer closed or crashed, bad frame, timeout, any error of the reader thread)
+raise `PeerError`/`FrameError`/`MPCTimeoutError` naming the peer and the step; a reader error
+fails the channel at once, so a waiting `recv` raises it immediately.
+
+What a peer can make a TCP receiver hold is bounded: the reader stops reading (TCP flow control
+then holds the sender back) while the inbox holds frames and the next one would take it past
+`max_buffered_bytes`; a frame is always taken into an empty inbox, so one frame of up to
+`max_frame_bytes` always fits and two parties exchanging large tensors cannot block each other
+(parties that each send the other several frames, more than `max_buffered_bytes` in all, before
+receiving could: the send watchdog then ends the step).
+A payload's memory is taken as its bytes arrive (`PAYLOAD_STEP` at a time), except for a frame
+the local step announced exactly (`Channel.expect_next`, `recv(..., expected)`): that one is read
+straight into its tensor. A header that does not match what the announced or waiting step
+expects fails the channel at once, before its payload is read.
 
 * `MemoryChannel`: both ends in one process (threads), frames encoded and validated as on TCP.
 * `TcpChannel`: one TCP connection, mutual TLS 1.3 unless the cluster runs in (insecure)
   plaintext mode. Tensors are written straight from their memory (`sendall(memoryview)`) and
-  read with `recv_into` into a fresh buffer that becomes the received tensor, without copies.
+  read with `recv_into` into a fresh buffer that becomes the received tensor (without copies,
+  but for the pieces of a large frame that arrived before its step announced it).
   Under TLS a network observer learns frame sizes and timing only; in plaintext mode, everything.
 
 Connection set-up (`connect_party`): every party listens on its port; the lower rank of each
 pair connects to the higher one and each party connects to the dealer. The connecting side
 sends a hello frame (role, rank, world size), which the accepting side checks against the
-certificate's common name and answers with its own hello. Connecting retries until the
-connect deadline, so processes may start in any order.
+certificate's common name and answers with its own hello; any malformed hello is refused.
+Connecting retries until the connect deadline, so processes may start in any order.
 """
+import collections
 import errno
-import queue
 import socket
 import ssl
 import sys
@@ -35,6 +48,9 @@ from .frames import FrameType
 
 SMALL_FRAME = 1 << 16        # frames up to this size go out in one write with their header
 RECV_CHUNK = 1 << 22
+PAYLOAD_STEP = 1 << 24       # memory taken ahead of the bytes of a payload nobody announced
+FRAME_COST = 1 << 10         # inbox bytes counted per frame besides its payload (its objects)
+HELLO_BYTES = 1 << 16
 
 
 class _Failure:
@@ -54,7 +70,12 @@ class Channel:
         self.name = name
         self.max_frame_bytes = max_frame_bytes
         self.goodbye_received = False
-        self._inbox = queue.SimpleQueue()
+        self._state = threading.Condition()   # guards the inbox, its accounting and the failure
+        self._inbox = collections.deque()     # (frame type, tensor, wire bytes) in arrival order
+        self._buffered = 0                    # inbox bytes: payloads plus FRAME_COST each
+        self._taken = 0                       # frames handed out by recv
+        self._announced = None                # (seq, frames.Expected) of the frame recv takes next
+        self._incoming = None                 # (seq, type, dtype, shape) of the header last read
         self._failure = None
         self._send_seq = 1            # seq 0 is the hello of connection set-up
         self._recv_seq = 1
@@ -72,29 +93,71 @@ class Channel:
             self._write(header, array, step)
         return array.nbytes, len(header) + array.nbytes
 
-    def recv(self, step, timeout):
-        """Next frame as (frame type, torch tensor, wire bytes); waits at most `timeout` s."""
-        try:
-            item = self._inbox.get(timeout=timeout)
-        except queue.Empty:
-            raise MPCTimeoutError(f"{step}: nothing received from {self.name} within "
-                                  f"{timeout:g} s") from None
-        if isinstance(item, _Failure):
-            self._inbox.put(item)
-            item.raise_for(step)
-        return item
+    @property
+    def receiving(self):
+        """True while frames can still arrive (the channel has not failed)."""
+        return self._failure is None
+
+    def expect_next(self, expected):
+        """Announce what the next frame `recv` takes must be (a `frames.Expected`), so the reader
+        can refuse a mismatch at its header and read an exact match straight into place."""
+        with self._state:
+            self._announced = (self._taken + 1, expected)
+
+    def recv(self, step, timeout, expected=None):
+        """Next frame as (frame type, torch tensor, wire bytes); waits at most `timeout` s (None:
+        no limit). A frame that `expected` (a `frames.Expected`) refuses fails the channel with
+        FrameError."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._state:
+            if expected is not None:
+                self._announced = (self._taken + 1, expected)
+            while not self._inbox:
+                if self._failure is not None:
+                    self._failure.raise_for(step)
+                header = self._incoming_header(self._taken + 1)
+                if expected is not None and header is not None and expected.problem(*header):
+                    self._fail(FrameError, f"{self.name} {expected.problem(*header)}")
+                    continue
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise MPCTimeoutError(f"{step}: nothing received from {self.name} within "
+                                          f"{timeout:g} s")
+                self._state.wait(remaining)
+            frame_type, tensor, wire = self._inbox.popleft()
+            self._taken += 1
+            self._buffered -= tensor.nbytes + FRAME_COST
+            self._state.notify_all()
+        problem = None if expected is None else expected.problem(frame_type, tensor.dtype,
+                                                                  tensor.shape)
+        if problem:
+            self._fail(FrameError, f"{self.name} {problem}")
+            raise FrameError(f"{step}: {self.name} {problem}")
+        return frame_type, tensor, wire
+
+    def _incoming_header(self, seq):
+        """(type, dtype, shape) of the header the reader holds if it is frame `seq` and not a
+        goodbye (which ends the session whatever was expected); else None. Call locked."""
+        incoming = self._incoming
+        if incoming is None or incoming[0] != seq or incoming[1] == FrameType.GOODBYE:
+            return None
+        return incoming[1:]
 
     def _deliver(self, frame_type, tensor, wire):
         if frame_type == FrameType.GOODBYE:
             self.goodbye_received = True
             self._fail(PeerError, f"{self.name} closed its session")
-        else:
-            self._inbox.put((frame_type, tensor, wire))
+            return
+        with self._state:
+            self._inbox.append((frame_type, tensor, wire))
+            self._buffered += tensor.nbytes + FRAME_COST
+            self._state.notify_all()
 
     def _fail(self, error_type, reason):
-        if self._failure is None:
-            self._failure = _Failure(error_type, reason)
-            self._inbox.put(self._failure)
+        with self._state:
+            if self._failure is None:
+                self._failure = _Failure(error_type, reason)
+                self._state.notify_all()
 
     def _decode(self, header, payload):
         """Validate a frame as a receiver does; `payload` is a uint8 array that becomes the tensor."""
@@ -128,6 +191,9 @@ class MemoryChannel(Channel):
             other._deliver(*other._decode(header, array.reshape(-1).view(np.uint8).copy()))
         except FrameError as exc:
             other._fail(FrameError, str(exc))
+        except Exception as exc:  # noqa: BLE001 - any decode error fails the receiving end
+            other._fail(PeerError, f"receiving from {other.name} failed: "
+                                   f"{type(exc).__name__}: {exc}")
 
     def say_goodbye(self):
         with self._send_lock:
@@ -168,8 +234,35 @@ def _read_exact(sock, view):
     return got
 
 
-def read_frame(sock, peer, max_frame_bytes, expected_seq):
-    """Read one frame from a blocking socket: (type, tensor, wire bytes, seq), or None at EOF."""
+def _read_into(sock, peer, buffer):
+    if _read_exact(sock, memoryview(buffer)) < len(buffer):
+        raise PeerError(f"connection closed by {peer} in the middle of a frame")
+    return buffer
+
+
+def _read_payload(sock, peer, nbytes, wanted):
+    """A payload as one uint8 array. Memory is taken as the bytes arrive, PAYLOAD_STEP at a
+    time, until `wanted()` says the receiving step announced exactly this frame or at most
+    PAYLOAD_STEP bytes are left: then the rest goes straight into place after one copy of the
+    pieces read so far."""
+    pieces, got = [], 0
+    while nbytes - got > PAYLOAD_STEP and not wanted():
+        pieces.append(_read_into(sock, peer, np.empty(PAYLOAD_STEP, np.uint8)))
+        got += PAYLOAD_STEP
+    payload = np.empty(nbytes, np.uint8)
+    if pieces:
+        np.concatenate(pieces, out=payload[:got])
+    _read_into(sock, peer, payload[got:])
+    return payload
+
+
+def read_frame(sock, peer, max_frame_bytes, expected_seq, admit=None):
+    """Read one frame from a blocking socket: (type, tensor, wire bytes), or None at EOF.
+
+    `admit(seq, frame type, dtype code, shape, nbytes)` runs between header and payload: it may
+    wait (backpressure) or raise, and returns `wanted()`, true once the payload may be read into
+    memory taken at once (see _read_payload).
+    """
     head = bytearray(frames.HEADER.size)
     got = _read_exact(sock, memoryview(head))
     if got == 0:
@@ -183,9 +276,8 @@ def read_frame(sock, peer, max_frame_bytes, expected_seq):
     if _read_exact(sock, memoryview(shape_bytes)) < len(shape_bytes):
         raise PeerError(f"connection closed by {peer} in the middle of a frame")
     shape = frames.parse_shape(shape_bytes, ndim, code, nbytes, peer)
-    payload = np.empty(nbytes, dtype=np.uint8)
-    if _read_exact(sock, memoryview(payload)) < nbytes:
-        raise PeerError(f"connection closed by {peer} in the middle of a frame")
+    wanted = admit(seq, frame_type, code, shape, nbytes) if admit is not None else lambda: False
+    payload = _read_payload(sock, peer, nbytes, wanted)
     return frame_type, frames.to_tensor(payload, code, shape, peer), len(head) + 8 * ndim + nbytes
 
 
@@ -196,10 +288,12 @@ def write_frame(sock, frame_type, tensor, seq):
 
 
 class TcpChannel(Channel):
-    """A connected (TLS or plaintext) socket after the hello, with its reader thread."""
+    """A connected (TLS or plaintext) socket after the hello, with its reader thread; the inbox
+    takes frames beyond `max_buffered_bytes` only when empty (see the module docstring)."""
 
-    def __init__(self, sock, name, max_frame_bytes, watchdog):
+    def __init__(self, sock, name, max_frame_bytes, watchdog, max_buffered_bytes):
         super().__init__(name, max_frame_bytes)
+        self.max_buffered_bytes = max_buffered_bytes
         self._sock = sock
         self._watchdog = watchdog
         self.send_started = None      # monotonic time of the send in progress, for the watchdog
@@ -209,22 +303,63 @@ class TcpChannel(Channel):
         self._reader.start()
         watchdog.add(self)
 
+    @property
+    def receiving(self):
+        """True while frames can still arrive: no failure and the reader thread runs."""
+        return self._failure is None and self._reader.is_alive()
+
     def _read_loop(self):
         try:
-            while True:
-                frame = read_frame(self._sock, self.name, self.max_frame_bytes, self._recv_seq)
-                if frame is None:
-                    self._fail(PeerError, f"connection closed by {self.name}")
-                    return
-                self._recv_seq += 1
-                if not self.goodbye_received:
-                    self._deliver(*frame)
+            while self._read_next():
+                pass
         except FrameError as exc:
             self._fail(FrameError, str(exc))
             _raw_shutdown(self._sock, socket.SHUT_RDWR)
         except (PeerError, OSError) as exc:
             reason = str(exc) if isinstance(exc, PeerError) else f"connection to {self.name} lost ({exc})"
             self._fail(PeerError, reason)
+        except Exception as exc:  # noqa: BLE001 - e.g. MemoryError: the channel fails with it
+            self._fail(PeerError, f"receiving from {self.name} failed: {type(exc).__name__}: {exc}")
+            _raw_shutdown(self._sock, socket.SHUT_RDWR)
+
+    def _read_next(self):
+        """Read, check and deliver one frame; False at the end of the connection."""
+        frame = read_frame(self._sock, self.name, self.max_frame_bytes, self._recv_seq, self._admit)
+        if frame is None:
+            self._fail(PeerError, f"connection closed by {self.name}")
+            return False
+        self._recv_seq += 1
+        if not self.goodbye_received:
+            self._deliver(*frame)
+        return True
+
+    def _admit(self, seq, frame_type, code, shape, nbytes):
+        """Between a header and its payload: wait while the inbox holds frames and this one would
+        take it past max_buffered_bytes; refuse a frame the next recv announced it will not
+        take. Returns `wanted()` for read_frame: true once that announcement is exactly this
+        frame, whose payload may then go straight into place."""
+        with self._state:
+            self._incoming = (seq, frame_type, frames.DTYPES[code][0], shape)
+            self._state.notify_all()          # a waiting recv checks this header now
+            while (self._failure is None and self._inbox
+                   and self._buffered + nbytes + FRAME_COST > self.max_buffered_bytes):
+                self._state.wait()
+            expected, header = self._announced_for(seq), self._incoming_header(seq)
+        if expected is not None and header is not None and expected.problem(*header):
+            raise FrameError(f"{self.name} {expected.problem(*header)}")
+        return lambda: self._wanted(seq)
+
+    def _announced_for(self, seq):
+        """The Expected announced for frame `seq`, or None. Call locked."""
+        announced = self._announced
+        return announced[1] if announced is not None and announced[0] == seq else None
+
+    def _wanted(self, seq):
+        """True if the next recv announced exactly frame `seq`, whose header the reader holds."""
+        with self._state:
+            expected, header = self._announced_for(seq), self._incoming_header(seq)
+            return (expected is not None and header is not None and expected.exact
+                    and expected.problem(*header) is None)
 
     def _write(self, header, array, step):
         flat = array.reshape(-1).view(np.uint8)
@@ -342,6 +477,25 @@ def _hello(role, rank, world_size):
     return frames.json_tensor({"role": role, "rank": rank, "world_size": world_size})
 
 
+def _brief(value, limit=200):
+    """A peer-supplied value for an error message, cut to `limit` characters."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _read_hello(sock, peer):
+    """The JSON object of the peer's hello frame; PeerError/FrameError for anything else."""
+    frame = read_frame(sock, peer, HELLO_BYTES, 0)
+    if frame is None:
+        raise PeerError(f"{peer} closed the connection during the hello")
+    if frame[0] != FrameType.HELLO:
+        raise FrameError(f"{peer} sent a {frame[0].name} frame instead of a hello")
+    hello = frames.tensor_json(frame[1], peer)
+    if not isinstance(hello, dict):
+        raise FrameError(f"malformed hello from {peer}: {_brief(hello)} is not a JSON object")
+    return hello
+
+
 def listen(endpoint):
     host = endpoint.bind or endpoint.host
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -406,32 +560,21 @@ class Acceptor:
 
     def _handshake(self, sock, address):
         sock.settimeout(max(0.1, self.deadline - time.monotonic()))
-        _tune(sock)
         try:
+            _tune(sock)
             if self.context is not None:
                 sock = self.context.wrap_socket(sock, server_side=True)
-            frame = read_frame(sock, f"{address[0]}:{address[1]}", 1 << 16, 0)
-            if frame is None:
-                raise PeerError("connection closed before the hello")
-            hello = frames.tensor_json(frame[1], f"{address[0]}:{address[1]}")
+            hello = _read_hello(sock, f"{address[0]}:{address[1]}")
+            identity = tls.peer_identity(sock) if self.context is not None else None
         except (ssl.SSLError, PeerError, OSError) as exc:
             self._refuse(sock, address, getattr(exc, "verify_message", None) or str(exc))
             return
-        rank = hello.get("rank") if isinstance(hello, dict) else None
-        identity = tls.peer_identity(sock) if self.context is not None else None
+        except Exception as exc:  # noqa: BLE001 - a refusal, never a dead accept thread
+            self._refuse(sock, address, f"{type(exc).__name__}: {exc}")
+            return
+        rank = hello.get("rank")
         with self._lock:
-            problem = None
-            if frame[0] != FrameType.HELLO or hello.get("role") != "party":
-                problem = f"not a party hello: {hello!r}"
-            elif hello.get("world_size") != self.config.world_size:
-                problem = (f"world size {hello.get('world_size')} differs from ours "
-                           f"({self.config.world_size})")
-            elif rank not in self.expected:
-                problem = f"rank {rank!r} is not expected to connect to {self.me.name}"
-            elif self.context is not None and identity != f"party-{rank}":
-                problem = f"hello says rank {rank} but the certificate names {identity!r}"
-            elif rank in self.accepted:
-                problem = f"party {rank} is already connected"
+            problem = self._hello_problem(hello, identity)
         if problem:
             self._refuse(sock, address, problem, tell=True)
             return
@@ -448,6 +591,21 @@ class Acceptor:
                 self._done.set()
         if self._on_accept is not None:
             self._on_accept(rank, sock)
+
+    def _hello_problem(self, hello, identity):
+        """Why a connecting party's hello is refused, or None; call with the lock held."""
+        rank, size = hello.get("rank"), hello.get("world_size")
+        if hello.get("role") != "party" or type(rank) is not int:
+            return f"not a party hello: {_brief(hello)}"
+        if type(size) is not int or size != self.config.world_size:
+            return f"world size {_brief(size)} differs from ours ({self.config.world_size})"
+        if rank not in self.expected:
+            return f"rank {rank} is not expected to connect to {self.me.name}"
+        if self.context is not None and identity != f"party-{rank}":
+            return f"hello says rank {rank} but the certificate names {identity!r}"
+        if rank in self.accepted:
+            return f"party {rank} is already connected"
+        return None
 
     def wait(self):
         """{rank: socket} once all expected ranks connected; MPCTimeoutError at the deadline."""
@@ -524,21 +682,19 @@ def _client_handshake(sock, config, me, target, context, step, where):
                                    f"expected {target.identity!r}")
     try:
         write_frame(sock, FrameType.HELLO, _hello("party", me.rank, config.world_size), 0)
-        frame = read_frame(sock, target.name, 1 << 16, 0)
+        hello = _read_hello(sock, where)
     except ssl.SSLError as exc:
         raise CertificateError(f"{step}: {where} refused our certificate: "
                                f"{exc.reason or exc}") from None
     except (TimeoutError, socket.timeout):
         raise MPCTimeoutError(f"{step}: no hello from {where}") from None
-    if frame is None:
-        raise PeerError(f"{step}: {where} closed the connection during the hello")
-    hello = frames.tensor_json(frame[1], target.name)
-    if not isinstance(hello, dict) or "error" in hello:
-        raise CertificateError(f"{step}: {where} refused us: "
-                               f"{hello.get('error') if isinstance(hello, dict) else hello}")
-    role = "dealer" if target.rank is None else "party"
-    if hello.get("role") != role or hello.get("rank") != target.rank:
-        raise PeerError(f"{step}: {where} answered as {hello.get('role')} {hello.get('rank')}")
+    except PeerError as exc:
+        raise type(exc)(f"{step}: {exc}") from None
+    if "error" in hello:
+        raise CertificateError(f"{step}: {where} refused us: {_brief(hello['error'], 500)}")
+    role, rank = ("dealer" if target.rank is None else "party"), hello.get("rank")
+    if hello.get("role") != role or type(rank) is not type(target.rank) or rank != target.rank:
+        raise PeerError(f"{step}: {where} answered as {_brief(hello.get('role'))} {_brief(rank)}")
     sock.settimeout(None)
     return sock
 
@@ -574,9 +730,9 @@ def connect_party(config, rank):
             sock.close()
         raise
     watchdog = SendWatchdog(config.timeout)
-    peers = {r: TcpChannel(sockets[r], config.party(r).name, config.max_frame_bytes, watchdog)
-             for r in sorted(sockets)}
-    dealer_channel = (TcpChannel(dealer, "dealer", config.max_frame_bytes, watchdog)
-                      if dealer is not None else None)
+    peers = {r: TcpChannel(sockets[r], config.party(r).name, config.max_frame_bytes, watchdog,
+                           config.max_buffered_bytes) for r in sorted(sockets)}
+    dealer_channel = (TcpChannel(dealer, "dealer", config.max_frame_bytes, watchdog,
+                                 config.max_buffered_bytes) if dealer is not None else None)
     return Transport("tcp+tls" if config.tls else "tcp (INSECURE plaintext)", peers,
                      dealer_channel, watchdog)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mpcft.protocols.comparison import max_along_cost, sign_cost
-from mpcft.protocols.correlations import dealer_handler
+from mpcft.protocols.correlations import CorrelationDealer
 from mpcft.runtime import run_threads
 
 from . import programs
@@ -19,7 +19,7 @@ def test_count_correct_matches_argmax(n, labels_count):
     truth = torch.randint(0, labels_count, (40,), generator=gen)
     truth[:10] = logits[:10].argmax(1)                 # some right, some wrong
     onehot = torch.nn.functional.one_hot(truth, labels_count).double()
-    count, cost = run_threads(programs.correct_predictions, n, logits, onehot, dealer_handler=dealer_handler)[0]
+    count, cost = run_threads(programs.correct_predictions, n, logits, onehot, dealer_handler=CorrelationDealer)[0]
     assert count == int((logits.argmax(1) == truth).sum())
     declared = max_along_cost(n, 2 * logits.numel(), labels_count) + sign_cost(n, logits.shape[0])
     assert cost == (declared.rounds, declared.bytes_sent)

@@ -6,7 +6,7 @@ Every trained parameter's gradient must agree within 1e-2 relative error (norm-w
 import pytest
 import torch
 
-from mpcft.protocols.correlations import dealer_handler
+from mpcft.protocols.correlations import CorrelationDealer
 from mpcft.runtime import run_threads
 
 from ..devices import to_cpu
@@ -68,7 +68,7 @@ def test_gradients_match_torch_autograd(n, mode, layers, device):
     inputs, mask, labels = case(mode)
     want_logits, want_loss, want = torch_gradients(mode, layers, inputs, mask, labels)
     got = to_cpu(run_threads(programs.gradients, n, inputs, mask, labels, mode, layers, programs.tiny_bert(),
-                             dealer_handler=dealer_handler, timeout=580)[0])
+                             dealer_handler=CorrelationDealer, timeout=580)[0])
     assert (got["logits"] - want_logits).abs().max() < 1e-3
     assert abs(got["loss"].item() - want_loss.item()) < 1e-3
     assert set(got["grads"]) == set(want)
@@ -88,7 +88,7 @@ def test_minilm_top_two_layers_on_real_activations(n):
     labels = torch.nn.functional.one_hot(torch.tensor([2, 1]), LABELS).double()
     want_logits, want_loss, want = torch_gradients("top", 2, inputs, mask, labels, encoder)
     got = run_threads(programs.gradients, n, inputs, mask, labels, "top", 2, encoder,
-                      dealer_handler=dealer_handler, timeout=880)[0]
+                      dealer_handler=CorrelationDealer, timeout=880)[0]
     assert (got["logits"] - want_logits).abs().max() < 1e-3
     errors = {name: relative(got["grads"][name], g) for name, g in want.items()}
     print(f"max relative gradient error, {n} parties: {max(errors.values()):.2e}")
@@ -103,7 +103,7 @@ def test_per_example_gradients_match_torch(mode, layers):
     same backward pass; the examples' gradients sum to the batch gradient."""
     inputs, mask, labels = case(mode)
     got = run_threads(programs.per_example_gradients, 2, inputs, mask, labels, mode, layers,
-                      programs.tiny_bert(), dealer_handler=dealer_handler, timeout=580)[0]
+                      programs.tiny_bert(), dealer_handler=CorrelationDealer, timeout=580)[0]
     for b in range(B):
         one = lambda t: None if t is None else t[b:b + 1]
         want = torch_gradients(mode, layers, inputs[b:b + 1], one(mask), labels[b:b + 1])[2]

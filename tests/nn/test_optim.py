@@ -8,7 +8,7 @@ from mpcft.nn.optim import adamw_cost, sgd_cost
 from mpcft.plaintext import AdamW as PlainAdamW
 from mpcft.protocols import sharing
 from mpcft.protocols.context import MPCContext
-from mpcft.protocols.correlations import dealer_handler
+from mpcft.protocols.correlations import CorrelationDealer
 from mpcft.runtime import run_threads
 
 SCALE = 1 << 10   # gradients arrive loss-scaled, as from mpcft.nn.Classifier
@@ -62,7 +62,7 @@ def plaintext(name, weights, grads, options):
 def test_optimizer_matches_torch(n, name, options):
     """Weights after 4 steps within 1e-3 of the step size (lr), and costs as declared."""
     weights, grads = problem()
-    got, costs = run_threads(run_optimizer, n, name, weights, grads, options, dealer_handler=dealer_handler)[0]
+    got, costs = run_threads(run_optimizer, n, name, weights, grads, options, dealer_handler=CorrelationDealer)[0]
     want = plaintext(name, weights, grads, options)
     lr = options["lr"]
     for g, w in zip(got, want):
@@ -82,7 +82,7 @@ def test_adamw_update_is_bounded_by_lr_even_for_huge_gradients():
     weights = [torch.zeros(50, dtype=torch.float64)]
     grads = [[torch.linspace(-1e6, 1e6, 50, dtype=torch.float64)]]
     got, _ = run_threads(run_optimizer, 2, "adamw", weights, grads, dict(lr=0.01),
-                         dealer_handler=dealer_handler)[0]
+                         dealer_handler=CorrelationDealer)[0]
     assert got[0].abs().max() <= 0.01 * 1.001
     assert torch.equal(got[0].sign(), -grads[0][0].sign())
 

@@ -238,16 +238,22 @@ def powers_program(session, x, degree):
 
 def prefetching(session, x, y):
     """Products with the dealer's answers asked for in advance: a correct plan, then a wrong
-    one (its answers are dropped and asked again), then unused prefetched answers at the end."""
+    one (its answers wait for their layouts), then the same layouts again (they use those
+    answers), then a prefetch that is never used (drained at close). Also returns the number
+    of answers party 0 holds ahead after each phase."""
     ctx = MPCContext(session, device=DEVICE)
     source = ctx.correlations
     X, Y = owned(ctx, x, 0), owned(ctx, y, 1)
     source.mark()
     first = (X * Y + X.square()).reveal()
-    plan = source.since_mark()
+    plan, pending = source.since_mark(), []
     source.prefetch(plan)
     again = (X * Y + X.square()).reveal()                 # as predicted
+    pending.append(source.pending_prefetch)
     source.prefetch(plan)
     other = (X @ Y.T).reveal()                            # not as predicted
+    pending.append(source.pending_prefetch)
+    later = (X * Y + X.square()).reveal()                 # the waiting answers are used
+    pending.append(source.pending_prefetch)
     source.prefetch(plan)                                 # never used: drained at close
-    return first, again, other, source.mispredicted
+    return first, again, other, later, pending if session.rank == 0 else None

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mpcft.protocols import beaver, sharing
-from mpcft.protocols.correlations import dealer_handler
+from mpcft.protocols.correlations import CorrelationDealer
 from mpcft.protocols.cost import Cost, open_cost
 from mpcft.protocols.truncation import truncate_cost
 from mpcft.runtime import run_threads, spawn
@@ -73,7 +73,7 @@ def operands():
 @pytest.mark.parametrize("n", [2, 3, 5])
 def test_all_operations_in_threads(n, device):
     args = operands()
-    results = to_cpu(run_threads(programs.all_operations, n, *args, dealer_handler=dealer_handler))
+    results = to_cpu(run_threads(programs.all_operations, n, *args, dealer_handler=CorrelationDealer))
     check_all_operations(results, n, *args)
 
 
@@ -81,7 +81,7 @@ def test_all_operations_in_threads(n, device):
 @pytest.mark.parametrize("n", [2, 3, 5])
 def test_all_operations_in_processes_over_tls(n):
     args = operands()
-    results = spawn(programs.all_operations, n, *args, dealer_handler=dealer_handler, timeout=240)
+    results = spawn(programs.all_operations, n, *args, dealer_handler=CorrelationDealer, timeout=240)
     check_all_operations(results, n, *args)
 
 
@@ -90,7 +90,7 @@ def test_all_operations_in_processes_over_tls(n):
 def test_batched_attention_product(runner):
     q, k = data(5, 8, 12, 128, 64, scale=1.0), data(6, 8, 12, 64, 128, scale=1.0)
     run = run_threads if runner == "threads" else spawn
-    results = run(programs.batched_attention, 3, q, k, dealer_handler=dealer_handler)
+    results = run(programs.batched_attention, 3, q, k, dealer_handler=CorrelationDealer)
     want = q @ k
     for scores, cost in results:
         assert (scores - want).abs().max().item() <= 64 * 2 * EPS + ULP
@@ -109,7 +109,7 @@ def test_ring_beaver_products_are_exact(n, batched):
     else:
         x, y = prg.ring((6, 1, 5)), prg.ring((4, 5))  # broadcasting
         want, formula = x * y, beaver.mul_cost
-    results = run_threads(programs.ring_products, n, x, y, batched, dealer_handler=dealer_handler)
+    results = run_threads(programs.ring_products, n, x, y, batched, dealer_handler=CorrelationDealer)
     for z, cost in results:
         assert torch.equal(z, want)
         assert cost == astuple(formula(n, x.numel(), y.numel()))

@@ -4,7 +4,7 @@ import torch
 
 from mpcft.kernels import FixedPoint
 from mpcft.protocols.comparison import clamp_cost, max_along_cost, sign_cost
-from mpcft.protocols.correlations import dealer_handler
+from mpcft.protocols.correlations import CorrelationDealer
 from mpcft.runtime import run_threads, spawn
 
 from ..devices import to_cpu
@@ -42,14 +42,14 @@ def check(results, x, y, bits, n):
 @pytest.mark.parametrize("bits,scale", [(62, 1e6), (62, 3.0), (31, 1000.0), (5, 2.0**-16)])
 def test_comparisons_in_threads(n, bits, scale, device):
     x, y = inputs((7, 45), scale, 1), inputs((7, 45), scale, 2)
-    check(to_cpu(run_threads(programs.comparisons, n, x, y, bits, dealer_handler=dealer_handler)), x, y, bits, n)
+    check(to_cpu(run_threads(programs.comparisons, n, x, y, bits, dealer_handler=CorrelationDealer)), x, y, bits, n)
 
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("n", [2, 3])
 def test_comparisons_in_processes(n):
     x, y = inputs((16, 70), 100.0, 3), inputs((16, 70), 100.0, 4)
-    check(spawn(programs.comparisons, n, x, y, 62, dealer_handler=dealer_handler), x, y, 62, n)
+    check(spawn(programs.comparisons, n, x, y, 62, dealer_handler=CorrelationDealer), x, y, 62, n)
 
 
 def test_rounds_formula():

@@ -5,8 +5,8 @@ import torch
 from mpcft.kernels import fresh_seed, ring_matmul
 from mpcft.kernels.bits import unpack_bits
 from mpcft.kernels.ring import RING_BITS, bit, low_bits, msb, rshift_logical
-from mpcft.protocols.correlations import (KINDS, FileCorrelations, dealer_corrections,
-                                          dealer_handler, party_shares, write_offline)
+from mpcft.protocols.correlations import (KINDS, CorrelationDealer, FileCorrelations,
+                                          dealer_corrections, party_shares, write_offline)
 from mpcft.runtime import run_threads
 
 from . import programs
@@ -57,8 +57,10 @@ def test_triples_pairs_and_truncation_material_are_correct(n):
 def test_unknown_kinds_and_misuse_are_rejected():
     with pytest.raises(ValueError, match="unknown correlation kind"):
         dealer_corrections("nope", {}, 0, [fresh_seed()] * 2)
-    with pytest.raises(ValueError, match="only party 0"):
-        dealer_handler(1, "square", {"shape": [2], "seq": 0}, 0, [fresh_seed()] * 2)
+    with pytest.raises(ValueError, match="takes parameters"):
+        dealer_corrections("square", {"shape": [2], "bits": 3}, 0, [fresh_seed()] * 2)
+    with pytest.raises(ValueError, match=r"integer in \[0, 63\]"):
+        dealer_corrections("trunc", {"shape": [2], "bits": 64}, 0, [fresh_seed()] * 2)
     with pytest.raises(ValueError, match="corrections"):
         party_shares("square", {"shape": [2]}, 0, fresh_seed(), 0, None)
 
@@ -67,7 +69,7 @@ def test_unknown_kinds_and_misuse_are_rejected():
 def test_offline_files_replace_the_dealer(tmp_path):
     x = torch.linspace(-3, 3, 12, dtype=torch.float64).reshape(3, 4)
     y = torch.linspace(2, -1, 12, dtype=torch.float64).reshape(3, 4)
-    online = run_threads(programs.record_plan, 3, x, y, dealer_handler=dealer_handler)
+    online = run_threads(programs.record_plan, 3, x, y, dealer_handler=CorrelationDealer)
     plan = online[0][1]
     assert [p["kind"] for p in plan].count("trunc") == 3
     write_offline(plan, 3, tmp_path)
@@ -101,10 +103,10 @@ def test_offline_file_checks_requests(tmp_path):
 def test_prefetched_dealer_answers_give_the_same_results(n):
     gen = torch.Generator().manual_seed(5)
     x, y = torch.randn(6, 4, generator=gen, dtype=torch.float64), torch.randn(6, 4, generator=gen, dtype=torch.float64)
-    for first, again, other, mispredicted in run_threads(programs.prefetching, n, x, y,
-                                                          dealer_handler=dealer_handler):
+    results = run_threads(programs.prefetching, n, x, y, dealer_handler=CorrelationDealer)
+    for first, again, other, later, pending in results:
         want = x * y + x * x
-        assert (first - want).abs().max() < 1e-5 and (again - want).abs().max() < 1e-5
+        for got in (first, again, later):
+            assert (got - want).abs().max() < 1e-5
         assert (other - x @ y.T).abs().max() < 1e-4
-    party0 = run_threads(programs.prefetching, n, x, y, dealer_handler=dealer_handler)[0]
-    assert party0[3] >= 1          # the wrong plan was noticed and asked again
+    assert results[0][4] == [0, 4, 0]   # a wrong guess waits for its layout, then is used

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from mpcft.protocols.correlations import dealer_handler
+from mpcft.protocols.correlations import CorrelationDealer
 from mpcft.runtime import run_threads
 
 from ..devices import to_cpu
@@ -77,7 +77,7 @@ def errors(got, want):
 def test_nonlinear_functions_match_float64(n, device):
     inp = make_inputs()
     want = expected(inp)
-    results = to_cpu(run_threads(programs.nonlinear, n, inp, dealer_handler=dealer_handler, timeout=280))
+    results = to_cpu(run_threads(programs.nonlinear, n, inp, dealer_handler=CorrelationDealer, timeout=280))
     out, rounds = results[0]
     report = {}
     for name, target in want.items():
@@ -103,7 +103,7 @@ def test_nonlinear_functions_match_float64(n, device):
 @pytest.mark.timeout(120)
 def test_shared_tensor_methods():
     x = torch.linspace(-2.5, 2.5, 24, dtype=torch.float64).reshape(4, 6)
-    out = run_threads(programs.tensor_nonlinear, 3, x, dealer_handler=dealer_handler)[1]
+    out = run_threads(programs.tensor_nonlinear, 3, x, dealer_handler=CorrelationDealer)[1]
     p = x.abs() + 0.5
     want = {"relu": x.relu(), "max": x.max(0, keepdim=True).values, "lt_zero": (x < 0).double(),
             "exp": (x - 3).exp(), "reciprocal": 1 / p, "rsqrt": p.rsqrt(), "log": p.log(),
@@ -118,7 +118,7 @@ def test_shared_tensor_methods():
 def test_measured_communication_equals_declared_costs(n):
     from mpcft.protocols import activations as A, exponential as E, layernorm as L, reciprocal as R, softmax as S
     inp = make_inputs()
-    _, measured = run_threads(programs.nonlinear, n, inp, dealer_handler=dealer_handler)[0]
+    _, measured = run_threads(programs.nonlinear, n, inp, dealer_handler=CorrelationDealer)[0]
     declared = {
         "exp": E.exp_cost(n, 500), "exp_clamped": E.exp_cost(n, 200, clamp=True),
         "reciprocal": R.reciprocal_cost(n, 300), "inv_sqrt": R.inv_sqrt_cost(n, 300),

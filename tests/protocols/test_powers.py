@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mpcft.protocols.correlations import dealer_handler, power_levels
+from mpcft.protocols.correlations import CorrelationDealer, power_levels
 from mpcft.protocols.fixed import powers_cost
 from mpcft.runtime import run_threads
 
@@ -25,7 +25,7 @@ def test_schedule_opens_every_factor_once():
 def test_powers_match_float64(n, degree):
     gen = torch.Generator().manual_seed(degree)
     x = torch.rand(300, generator=gen, dtype=torch.float64) * 2.4 - 1.2
-    got, cost = run_threads(programs.powers_program, n, x, degree, dealer_handler=dealer_handler)[0]
+    got, cost = run_threads(programs.powers_program, n, x, degree, dealer_handler=CorrelationDealer)[0]
     assert len(got) == degree
     for k, value in enumerate(got, start=1):
         # each level's truncation adds < 2^-20 relative to the size of the factors

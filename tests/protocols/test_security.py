@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mpcft.kernels import FixedPoint
-from mpcft.protocols.correlations import dealer_handler
+from mpcft.protocols.correlations import CorrelationDealer
 from mpcft.runtime import run_threads
 
 from . import programs
@@ -37,7 +37,7 @@ def share_of_fixed_secret(session, value):
 @pytest.mark.parametrize("n", [2, 3])
 def test_every_share_of_a_fixed_secret_is_uniform(n):
     secret = torch.full((200, 200), 3.25, dtype=torch.float64)
-    shares = run_threads(share_of_fixed_secret, n, secret, dealer_handler=dealer_handler)
+    shares = run_threads(share_of_fixed_secret, n, secret, dealer_handler=CorrelationDealer)
     for share in shares:
         assert chi_square_uniform(byte_histogram([share])) < 350  # 255 dof, p < 1e-4
         bits = np.unpackbits(share.numpy().view(np.uint8))
@@ -52,8 +52,8 @@ def test_views_are_distributed_alike_for_different_secrets(n):
     zeros = torch.zeros(shape, dtype=torch.float64)
     big = torch.full(shape, 1000.0, dtype=torch.float64)
     small = torch.full(shape, -0.001, dtype=torch.float64)
-    view_a = run_threads(programs.transcript, n, zeros, zeros, dealer_handler=dealer_handler)
-    view_b = run_threads(programs.transcript, n, big, small, dealer_handler=dealer_handler)
+    view_a = run_threads(programs.transcript, n, zeros, zeros, dealer_handler=CorrelationDealer)
+    view_b = run_threads(programs.transcript, n, big, small, dealer_handler=CorrelationDealer)
     for rank in range(n):
         ha, hb = byte_histogram(view_a[rank]), byte_histogram(view_b[rank])
         assert chi_square_uniform(ha) < 350 and chi_square_uniform(hb) < 350, rank
@@ -67,7 +67,7 @@ def test_no_message_carries_a_plaintext_input(n):
     x = torch.full((32, 16), SENTINEL, dtype=torch.float64)
     y = torch.full((32, 16), -SENTINEL, dtype=torch.float64)
     marks = FixedPoint().encode(torch.tensor([SENTINEL, -SENTINEL]))
-    for view in run_threads(programs.transcript, n, x, y, dealer_handler=dealer_handler):
+    for view in run_threads(programs.transcript, n, x, y, dealer_handler=CorrelationDealer):
         everything = torch.cat(view)
         assert everything.numel() > 0
         assert not torch.isin(everything, marks).any()

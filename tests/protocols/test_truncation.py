@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mpcft.kernels import PRG, fresh_seed
-from mpcft.protocols.correlations import dealer_handler
+from mpcft.protocols.correlations import CorrelationDealer
 from mpcft.protocols.truncation import VALID_BITS
 from mpcft.runtime import run_threads
 
@@ -30,7 +30,7 @@ def test_ten_million_truncations_three_parties_never_off_by_more_than_one():
         x = prg.below(1 << (VALID_BITS + 1), chunk) - (1 << VALID_BITS)  # uniform in [-2^62, 2^62)
         if start == 0:
             x[:len(EDGES)] = torch.tensor(EDGES)
-        y = run_threads(programs.truncation_trials, 3, x, bits, dealer_handler=dealer_handler,
+        y = run_threads(programs.truncation_trials, 3, x, bits, dealer_handler=CorrelationDealer,
                         timeout=300)[0]
         diff = y - floor_div(x, bits)
         assert diff.min().item() >= 0 and diff.max().item() <= 1, "a truncation was off by more than 1"
@@ -48,6 +48,6 @@ def test_ten_million_truncations_three_parties_never_off_by_more_than_one():
 def test_truncation_any_party_count_and_shift(n, bits):
     x = PRG(fresh_seed()).below(1 << (VALID_BITS + 1), 50_000) - (1 << VALID_BITS)
     x[:len(EDGES)] = torch.tensor(EDGES)
-    for y in run_threads(programs.truncation_trials, n, x, bits, dealer_handler=dealer_handler):
+    for y in run_threads(programs.truncation_trials, n, x, bits, dealer_handler=CorrelationDealer):
         diff = y - floor_div(x, bits)
         assert diff.min() >= 0 and diff.max() <= 1

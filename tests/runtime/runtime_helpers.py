@@ -1,8 +1,15 @@
-"""Helpers of the runtime tests: process bookkeeping and functions for `spawn`."""
+"""Helpers of the runtime tests: process bookkeeping, functions for `spawn`, hand-made frames
+and a fake peer that speaks the wire protocol by hand."""
 import os
 import pathlib
+import struct
+import subprocess
+import sys
+import time
 
 import torch
+
+from mpcft.runtime import frames, transport
 
 
 def descendants(pid=None):
@@ -86,3 +93,74 @@ def raise_on_rank_one(session):
 
 def openmp_wait_policy(session):
     return os.environ.get("OMP_WAIT_POLICY")
+
+
+def raw_header(frame_type=3, code=6, shape=(), seq=1, nbytes=0, ndim=None, magic=b"MPCF",
+               version=1):
+    """A frame header with any field values, unchecked (`ndim` defaults to len(shape))."""
+    ndim = len(shape) if ndim is None else ndim
+    return (struct.pack("!4sBBBBQQ", magic, version, frame_type, code, ndim, seq, nbytes)
+            + b"".join(struct.pack("!Q", d) for d in shape))
+
+
+def frame_bytes(frame_type, tensor, seq):
+    """A valid frame carrying `tensor`, as the wire carries it."""
+    code, array = frames.as_wire_array(tensor)
+    return frames.encode_header(frame_type, code, array.shape, seq, array.nbytes) + array.tobytes()
+
+
+class BytesSocket:
+    """Stands in for a socket in `transport.read_frame`: reads `data`, then end of file."""
+
+    def __init__(self, data):
+        self._data, self._pos = memoryview(bytes(data)), 0
+
+    def recv_into(self, view, nbytes):
+        n = min(nbytes, len(view), len(self._data) - self._pos)
+        view[:n] = self._data[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+
+class FakePeer:
+    """Party `rank` of a plaintext cluster played by hand: connects to `target` (an Endpoint)
+    with the real hello, then sends whatever frames a test wants."""
+
+    def __init__(self, config, rank, target):
+        deadline = time.monotonic() + 30
+        self.sock = transport.connect(config, config.party(rank), target, None, deadline)
+        self.sock.settimeout(30)
+        self.name = target.name
+        self.send_seq, self.recv_seq = 1, 1
+
+    def send(self, frame_type, tensor):
+        self.sock.sendall(frame_bytes(frame_type, tensor, self.send_seq))
+        self.send_seq += 1
+
+    def send_raw(self, data):
+        self.sock.sendall(data)
+
+    def recv(self):
+        frame = transport.read_frame(self.sock, self.name, 1 << 32, self.recv_seq)
+        self.recv_seq += 1
+        return frame
+
+    def close(self):
+        self.sock.close()
+
+
+def start_python(code, *args):
+    """`python -c code args` with this test folder importable; stdout and stderr piped."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(pathlib.Path(__file__).parent)] + sys.path))
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for_line(proc, prefix):
+    """The first stdout line of `proc` that starts with `prefix`; AssertionError, with the
+    process's stderr, if its output ends first."""
+    while line := proc.stdout.readline():
+        if line.startswith(prefix):
+            return line.strip()
+    proc.kill()
+    raise AssertionError(f"no {prefix!r} line; stderr: {proc.communicate()[1]}")

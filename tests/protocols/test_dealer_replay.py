@@ -1,0 +1,80 @@
+"""Finding: a party must not learn another's masks through the dealer (real processes, TLS)."""
+import collections
+
+import pytest
+import torch
+
+from mpcft.kernels import PRG, derive_seed, fresh_seed
+from mpcft.kernels.ring import msb
+from mpcft.protocols.correlations import (CorrelationDealer, layout_id, party_correlation,
+                                          party_shares)
+from mpcft.runtime import spawn
+
+from .dealer_attack import ATTACK_LAYOUTS, deviating_party, recover_mask, unsigned
+
+
+def pads_by_number_only(seeds, kind, params, number):
+    """Party 0's corrections when pads depend on the number alone (the reviewed flaw)."""
+    streams = [PRG(derive_seed(seed, "corr", number)) for seed in seeds]
+    r = sum(prg.ring((1,)) for prg in streams)
+    p1, p2 = streams[1].ring((1,)), streams[1].ring((1,))
+    if kind == "square":
+        return [r * r - p1]
+    low = r & ((1 << 63) - 1)
+    return [msb(r) - p1, (low >> params["bits"]) - p2]
+
+
+def test_the_attack_recovers_the_mask_when_pads_ignore_the_layout():
+    seeds = [fresh_seed(), fresh_seed()]
+    answers = [pads_by_number_only(seeds, kind, params, 0) for kind, params in ATTACK_LAYOUTS]
+    r = sum(PRG(derive_seed(seed, "corr", 0)).ring((1,)) for seed in seeds)
+    assert recover_mask(answers[0][0], answers[1], answers[2]) == unsigned(r)[0]
+
+
+@pytest.mark.timeout(120)
+def test_dealer_answers_each_correlation_once_and_pads_never_cancel():
+    (seed0, answers, replay, ahead, malformed, again), seed1 = spawn(
+        deviating_party, 2, dealer_handler=CorrelationDealer, timeout=90)
+    assert all(isinstance(a, list) for a in answers)
+    assert recover_mask(answers[0][0], answers[1], answers[2]) is None
+    masks = [party_shares(kind, params, 0, seed0, 0, answer)[0] + party_shares(kind, params, 0, seed1, 1)[0]
+             for (kind, params), answer in zip(ATTACK_LAYOUTS, answers)]
+    assert len({unsigned(m)[0] for m in masks}) == 3          # a fresh mask per layout
+    assert "refused" in replay and "next one is #1" in replay
+    assert "refused" in ahead and "#5" in ahead
+    assert "takes parameters" in malformed[0] and "list of at most" in malformed[1]
+    assert "do not combine" in malformed[2] and "limit" in malformed[3]
+    assert all("Error:" not in text for text in [replay, ahead] + malformed)
+    square = party_shares("square", {"shape": [1]}, 1, seed0, 0, again)
+    other = party_shares("square", {"shape": [1]}, 1, seed1, 1)
+    a, aa = square[0] + other[0], square[1] + other[1]
+    assert torch.equal(aa, a * a)
+
+
+def test_pads_are_bound_to_their_layout():
+    """Party 1's pads for correlation k of two layouts share no value: a correction asked
+    for under another layout never cancels them."""
+    seed = fresh_seed()
+    layouts = [("square", {"shape": [64]}), ("square", {"shape": [65]}),
+               ("trunc", {"shape": [64], "bits": 0}), ("trunc", {"shape": [64], "bits": 20}),
+               ("triple", {"shape_a": [64], "shape_b": [64]})]
+    seen = collections.Counter()
+    for kind, params in layouts:
+        correlation = party_correlation(kind, params, 0, seed, 1)
+        for tensor in correlation.random + correlation.derived():
+            seen.update(tensor.reshape(-1).tolist())
+    assert max(seen.values()) == 1
+    assert len({layout_id(kind, params) for kind, params in layouts}) == len(layouts)
+
+
+def test_handler_refuses_other_ranks_and_counts_per_layout():
+    dealer, seeds = CorrelationDealer(), [fresh_seed(), fresh_seed()]
+    with pytest.raises(ValueError, match="only party 0"):
+        dealer(1, "square", {"shape": [2], "number": 0}, 0, seeds)
+    for number in range(3):
+        dealer(0, "square", {"shape": [2], "number": number}, number, seeds)
+        dealer(0, "square", {"shape": [3], "number": number}, number, seeds)
+    with pytest.raises(ValueError, match="next one is #3"):
+        dealer(0, "square", {"shape": [2], "number": 1}, 9, seeds)
+    with pytest.raises(ValueError, match="layout and number"):
+        dealer(0, "square", {"shape": [2]}, 10, seeds)
