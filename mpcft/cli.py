@@ -1,6 +1,6 @@
 """Command line entry point: `mpcft <command>`.
 
-  mpcft certs --out DIR -n N [--dealer] [--owner NAME ...] [--host H ...] [--days D]
+  mpcft certs --out DIR [--ca-dir CA] -n N [--dealer] [--owner NAME ...] [--host H ...] [--days D]
   mpcft launch -n N [--dealer] [--handler m:f] [--insecure-plaintext] [--timeout S]
                script.py|-m module [args]
   mpcft party --config cluster.toml --rank R script.py|-m module [args]
@@ -24,34 +24,46 @@ from mpcft.runtime.dealer import DEFAULT_HANDLER, DealerServer
 from mpcft.runtime.errors import MPCRuntimeError
 from mpcft.runtime.launch import launch
 from mpcft.runtime.session import ENV_CLUSTER, ENV_RANK, ENV_WORLD_SIZE
-from mpcft.runtime.tls import make_certs
+from mpcft.runtime.tls import default_ca_dir, make_certs
 
 
 def _program(args):
+    """The program to run as ["-m", module, args...] or [script, args...]: everything after
+    `-m MODULE` or the script path belongs to it (a leading `--` is dropped)."""
     if args.module:
-        return ["-m", args.module] + args.args
-    if not args.args:
-        raise SystemExit("mpcft: give a script or -m module to run")
-    return args.args
+        return ["-m"] + args.module
+    program = args.args[1:] if args.args[:1] == ["--"] else args.args
+    if program[:1] == ["-m"] and len(program) > 1:
+        return program
+    if not program or program[0].startswith("-"):
+        raise SystemExit("mpcft: give a script or -m module to run (its own options follow it)")
+    return program
 
 
 def _add_program(parser):
-    parser.add_argument("-m", dest="module", help="run a module (like python -m)")
+    parser.add_argument("-m", dest="module", nargs=argparse.REMAINDER, metavar="MODULE ...",
+                        help="run a module (like python -m) with the arguments that follow it")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="script.py and its arguments")
 
 
 def cmd_certs(args):
-    make_certs(args.out, args.n, dealer=args.dealer, hosts=args.host, days=args.days, owners=args.owner)
+    ca_dir = args.ca_dir or default_ca_dir(args.out)
+    make_certs(args.out, args.n, dealer=args.dealer, hosts=args.host, days=args.days, owners=args.owner,
+               ca_dir=ca_dir)
     made = [f"{args.n} parties"] * bool(args.n) + ["the dealer"] * args.dealer
     made += [f"owner {name}" for name in args.owner]
-    print(f"mpcft certs: certificates for {', '.join(made) or 'nobody'} in {args.out}")
+    print(f"mpcft certs: certificates for {', '.join(made) or 'nobody'} in {args.out}; "
+          f"the CA's private key stays in {ca_dir} (copy it to no host)")
     return 0
 
 
 def cmd_share_data(args):
     from mpcft.owners import write_share_files
-    for path in write_share_files(args):
+    sealing, paths = write_share_files(args)
+    for path in paths:
         print(f"mpcft share-data: wrote {path}")
+    print(f"mpcft share-data: sealing {sealing} (parties accept only it with "
+          f"--owner-sealing {args.name}={sealing})")
     return 0
 
 
@@ -102,7 +114,10 @@ def main(argv=None):
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("certs", help="create a CA and certificates for parties, dealer and owners")
-    p.add_argument("--out", required=True, help="folder (an existing CA there is reused)")
+    p.add_argument("--out", required=True, help="folder of the certificates that go to the hosts")
+    p.add_argument("--ca-dir", default=None,
+                   help="folder of the CA's private key, kept apart from --out and reused when there "
+                        "(default: OUT-ca beside OUT)")
     p.add_argument("-n", type=int, default=0, help="number of parties")
     p.add_argument("--owner", action="append", default=[],
                    help="also a certificate owner-NAME for a data owner (repeatable)")

@@ -31,6 +31,7 @@ from mpcft.nn import MODES, SGD, AdamW, Classifier, count_correct, mpc_layer_cou
 from mpcft.nn.bert import hf_parameter_name
 from mpcft.protocols import sharing
 from mpcft.protocols.context import MPCContext
+from mpcft.runtime.errors import ConfigError, MPCRuntimeError
 
 
 def default_model_path() -> str:
@@ -45,6 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--owner-shares", nargs="+", default=None, metavar="PATH",
                         help="train on share files sealed by data owners (`mpcft share-data`): files, "
                              "or folders holding *.party-R.mpcft; the parties are then not data owners")
+    from mpcft.owners import sealing_pin
+    parser.add_argument("--owner-sealing", nargs="+", type=sealing_pin, default=None, metavar="NAME=ID",
+                        help="with --owner-shares: accept only sealing ID (printed by `mpcft share-data`) "
+                             "of owner NAME, refusing its withdrawn ones")
     parser.add_argument("--text-column", default="sentence")
     parser.add_argument("--label-column", default="label")
     parser.add_argument("--model", default=None, help="local model folder (default: all-MiniLM-L6-v2)")
@@ -176,7 +181,7 @@ def check_loss(loss: float, step: int, lr: float) -> float:
 
 def prefetch_step(ctx) -> None:
     """Training steps repeat the same correlation requests: at each step's start, ask the
-    dealer for the last step's plan again (mispredictions are re-asked, see
+    dealer for the last step's plan again (a wrong guess waits for its layout, see
     DealerCorrelations.prefetch), so that it computes while the parties work; then log
     this step's requests. No-op for correlation sources without prefetching."""
     source = ctx.correlations
@@ -247,7 +252,8 @@ class PartiesData:
     def test_batches(self, batch_size: int):
         """(batches, shares of a batch) for the held-out split, which rank 0 shares."""
         ctx = self.ctx
-        size = int(ctx.session.broadcast(torch.tensor([len(self.test[0]) if self.test else 0]), 0)[0])
+        size = int(ctx.session.broadcast(torch.tensor([len(self.test[0]) if self.test else 0]), 0,
+                                         dtype=torch.int64, shape=(1,))[0])
         features = masks = labels = None
         if ctx.rank == 0:
             features, masks = frozen_features(self.encoder, self.tokenizer, self.test[0], self.args.seq_len,
@@ -266,22 +272,22 @@ class OwnersData:
     def __init__(self, ctx, args, encoder, mpc_layers: int):
         from mpcft import owners as owner_files
         from mpcft.runtime.config import load as load_cluster
+        from mpcft.runtime.envelope import SealedFileError
         from mpcft.runtime.session import ENV_CLUSTER
         if args.plaintext_baseline:
-            raise ValueError("--plaintext-baseline needs every owner's plaintext: not with --owner-shares")
+            raise ConfigError("--plaintext-baseline needs every owner's plaintext: not with --owner-shares")
         config = load_cluster(os.environ[ENV_CLUSTER])
         if not config.tls:
-            raise ValueError("--owner-shares needs the parties' certificates (a TLS cluster)")
+            raise ConfigError("--owner-shares needs the parties' certificates (a TLS cluster)")
         self.owners = owner_files.load_owner_shares(
             args.owner_shares, ctx.rank, ctx.world_size, config.party(ctx.rank).key, config.ca,
-            ctx.frac_bits, owner_files.model_fingerprint(encoder))
-        digests = ctx.session.all_gather(owner_files.public_digest(self.owners))
-        if any(not torch.equal(d, digests[ctx.rank]) for d in digests):
-            raise ValueError("the parties hold share files from different owners or runs")
+            ctx.frac_bits, owner_files.model_fingerprint(encoder),
+            owner_files.sealing_pins(args.owner_sealing))
+        owner_files.check_same_files(ctx.session, self.owners)
         header = self.owners[0].header
         if header["mpc_layers"] != mpc_layers:
-            raise ValueError(f"the share files were made for {header['mpc_layers']} MPC layers, this run "
-                             f"has {mpc_layers}: use the owners' --mode and --layers")
+            raise SealedFileError(f"the share files were made for {header['mpc_layers']} MPC layers, this run "
+                                  f"has {mpc_layers}: use the owners' --mode and --layers")
         self._batch = owner_files.batch_shares
         self.names, self.test = header["labels"], None
         self.counts = [o.count("train") for o in self.owners]
@@ -473,8 +479,14 @@ def main(argv=None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     from mpcft.runtime import init
-    with init() as session:
-        summary = train(session, args)
+    from mpcft.runtime.session import ENV_RANK
+    try:
+        with init() as session:
+            summary = train(session, args)
+    except MPCRuntimeError as exc:
+        print(f"mpcft party {os.environ.get(ENV_RANK)}: {type(exc).__name__}: {exc}", file=sys.stderr,
+              flush=True)
+        return 1
     if summary is not None:
         print_summary(summary, args.out)
     return 0

@@ -10,7 +10,13 @@ issued by the cluster CA (`mpcft certs --owner NAME`). The parties then train on
 of the owners' shares and evaluate under MPC on the held-out parts.
 
 What a party learns from a file: the public header (owner, example counts, shapes, label
-names, model fingerprint) and its own share, which is uniformly random.
+names, model fingerprint, sealing id) and its own share, which is uniformly random.
+
+Every run of `share-data` is one sealing with a fresh random id, written into the signed
+header of each of its files (also the associated data of their encryption). Before training
+the parties compare, per owner, which sealing they hold, so files of two sealings never mix;
+`--owner-sealing NAME=ID` makes a party accept only that sealing of owner NAME (withdrawing
+the others).
 """
 import argparse
 import dataclasses
@@ -18,6 +24,7 @@ import hashlib
 import io
 import json
 import pathlib
+import secrets
 
 import torch
 
@@ -27,6 +34,8 @@ from mpcft.kernels.prg import fresh_seed
 from mpcft.nn import MODES, mpc_layer_count
 from mpcft.protocols.sharing import seeded_share, split_seeded
 from mpcft.runtime.envelope import OWNER_PREFIX, SealedFileError, open_sealed, seal
+from mpcft.runtime.errors import CertificateError, FrameError
+from mpcft.runtime.frames import tensor_json
 from mpcft.runtime.tls import verify_party_certificate
 
 PARTS = ("train", "test")
@@ -78,14 +87,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="shares", help="folder for the sealed files")
 
 
-def write_share_files(args) -> list[pathlib.Path]:
-    """Share this owner's data among args.parties parties; one sealed file per party."""
+def write_share_files(args) -> tuple[str, list[pathlib.Path]]:
+    """Share this owner's data among args.parties parties: one sealed file per party, all of
+    one new sealing. Returns (sealing id, file paths); the id is public."""
     from mpcft.finetune import default_model_path, frozen_features, load_encoder
     certs = pathlib.Path(args.certs)
     owner_cert, owner_key = certs / f"{OWNER_PREFIX}{args.name}.pem", certs / f"{OWNER_PREFIX}{args.name}-key.pem"
     if not owner_cert.exists() or not owner_key.exists():
-        raise FileNotFoundError(f"no certificate for owner {args.name!r} in {certs} "
-                                f"(make one with `mpcft certs --out {certs} --owner {args.name}`)")
+        raise CertificateError(f"no certificate for owner {args.name!r} in {certs} "
+                               f"(make one with `mpcft certs --out {certs} --owner {args.name}`)")
     recipients = [verify_party_certificate(certs / f"party-{r}.pem", certs / "ca.pem", r)
                   for r in range(args.parties)]
     labels = args.labels.split(",") if args.labels else None
@@ -106,8 +116,10 @@ def write_share_files(args) -> list[pathlib.Path]:
         plain[f"{part}/labels"] = fp.encode(onehot)
         if count:
             plain[f"{part}/masks"] = masks.to(torch.int64)
-    header = {"owner": args.name, "parties": args.parties, "model": model_fingerprint(encoder),
-              "mpc_layers": count, "seq_len": args.seq_len, "frac_bits": fp.frac_bits, "labels": names,
+    sealing = secrets.token_hex(16)
+    header = {"owner": args.name, "sealing": sealing, "parties": args.parties,
+              "model": model_fingerprint(encoder), "mpc_layers": count, "seq_len": args.seq_len,
+              "frac_bits": fp.frac_bits, "labels": names,
               "counts": {"train": len(train_idx), "test": len(test_idx)},
               "feature_shape": list(plain["train/features"].shape[1:])}
     seeds = [fresh_seed() for _ in range(args.parties - 1)]
@@ -125,7 +137,7 @@ def write_share_files(args) -> list[pathlib.Path]:
         path = out / file_name(args.name, rank)
         path.write_bytes(seal(payload, dict(header, rank=rank), recipient, owner_cert, owner_key))
         paths.append(path)
-    return paths
+    return sealing, paths
 
 
 # ----- the compute parties ------------------------------------------------------------------------
@@ -146,19 +158,40 @@ def share_files(paths, rank: int) -> list[pathlib.Path]:
     for path in map(pathlib.Path, paths):
         found += sorted(path.glob(f"*.party-{rank}{SUFFIX}")) if path.is_dir() else [path]
     if not found:
-        raise FileNotFoundError(f"no share files for party {rank} in {[str(p) for p in paths]}")
+        raise SealedFileError(f"no share files for party {rank} in {[str(p) for p in paths]}")
     return found
 
 
+def sealing_pin(text: str) -> str:
+    """`text`, an `--owner-sealing NAME=ID` argument, after checking its form."""
+    owner, _, sealing = text.partition("=")
+    if not owner or len(sealing) != 32 or any(c not in "0123456789abcdef" for c in sealing):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=ID, ID the 32 hex digits "
+                                         f"that `mpcft share-data` printed")
+    return text
+
+
+def sealing_pins(texts) -> dict:
+    """{owner: sealing id} of `--owner-sealing` arguments (checked by sealing_pin)."""
+    return dict(text.split("=", 1) for text in texts or ())
+
+
 def load_owner_shares(paths, rank: int, world_size: int, key, ca, frac_bits: int,
-                      fingerprint: str) -> list[OwnerShares]:
-    """Open, check and expand this party's share files, one per owner, sorted by owner name."""
+                      fingerprint: str, pins: dict | None = None) -> list[OwnerShares]:
+    """Open, check and expand this party's share files, one per owner, sorted by owner name.
+    `pins` {owner: sealing id}: accept only that sealing of those owners."""
+    pins = pins or {}
     owners = {}
     for path in share_files(paths, rank):
         header, payload, identity = open_sealed(path.read_bytes(), key, ca, f"party-{rank}", str(path))
         problems = []
         if identity != OWNER_PREFIX + header["owner"]:
             problems.append(f"signed by {identity} but names owner {header['owner']!r}")
+        if "sealing" not in header:
+            problems.append("made without a sealing id (by an older mpcft): ask the owner to seal again")
+        elif header["owner"] in pins and header["sealing"] != pins[header["owner"]]:
+            problems.append(f"sealing {header['sealing']} is withdrawn: only sealing {pins[header['owner']]} "
+                            f"of owner {header['owner']!r} is accepted (--owner-sealing)")
         if header["rank"] != rank or header["parties"] != world_size:
             problems.append(f"made for party {header['rank']} of {header['parties']}, "
                             f"this is party {rank} of {world_size}")
@@ -183,6 +216,10 @@ def load_owner_shares(paths, rank: int, world_size: int, key, ca, frac_bits: int
                     raise SealedFileError(f"{path}: {part}/{name} has shape {list(parts[part][name].shape)}, "
                                           f"the header says {shape}")
         owners[header["owner"]] = OwnerShares(header["owner"], header, parts)
+    unused = sorted(set(pins) - set(owners))
+    if unused:
+        raise SealedFileError(f"--owner-sealing names owner(s) {unused}, but party {rank} holds no file "
+                              f"of theirs")
     result = [owners[name] for name in sorted(owners)]
     first = result[0].header
     for other in result[1:]:
@@ -193,11 +230,62 @@ def load_owner_shares(paths, rank: int, world_size: int, key, ca, frac_bits: int
     return result
 
 
-def public_digest(owners: list[OwnerShares]) -> torch.Tensor:
-    """A digest of what the parties must agree on (owners, counts, shapes, labels)."""
-    public = [{k: v for k, v in o.header.items() if k not in ("rank", "recipient")} for o in owners]
-    digest = hashlib.sha256(json.dumps(public, sort_keys=True).encode()).digest()
-    return torch.frombuffer(bytearray(digest), dtype=torch.uint8)
+def check_same_files(session, owners: list[OwnerShares]) -> None:
+    """Compare with every other party (two rounds) which owners' files each holds, of which
+    sealing and with which public header; reveals only those. SealedFileError naming the first
+    owner on which two parties differ."""
+    listings = _all_gather_json(session, {o.owner: {"sealing": o.header["sealing"],
+                                                    "public": _public_digest(o.header)} for o in owners})
+    for rank, listing in enumerate(listings):
+        if not isinstance(listing, dict) or not all(
+                isinstance(entry, dict) and set(entry) == {"sealing", "public"}
+                and all(isinstance(v, str) for v in entry.values()) for entry in listing.values()):
+            raise FrameError(f"comparing share files: party {rank} sent a malformed listing")
+    for owner in sorted(set().union(*listings)):
+        problem = _disagreement(owner, listings)
+        if problem:
+            raise SealedFileError(f"owner {owner!r}: {problem}")
+
+
+MAX_LISTING_BYTES = 1 << 20
+
+
+def _all_gather_json(session, value) -> list:
+    """Every party's JSON-encodable `value`, by rank: their lengths, then the padded encodings.
+    FrameError if a party announces more than MAX_LISTING_BYTES or sends something but JSON."""
+    blob = json.dumps(value, sort_keys=True).encode()
+    lengths = [int(n) for n in session.all_gather(torch.tensor([len(blob)]))]
+    if not all(0 < n <= MAX_LISTING_BYTES for n in lengths):
+        raise FrameError(f"comparing share files: the parties announced listings of {lengths} bytes "
+                         f"(at most {MAX_LISTING_BYTES})")
+    padded = torch.zeros(max(lengths), dtype=torch.uint8)
+    padded[:len(blob)] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+    return [tensor_json(t[:n], f"party {rank}")
+            for rank, (t, n) in enumerate(zip(session.all_gather(padded), lengths))]
+
+
+def _public_digest(header: dict) -> str:
+    """SHA-256 of what all parties' files of one sealing share: the header minus rank and recipient."""
+    public = {k: v for k, v in header.items() if k not in ("rank", "recipient")}
+    return hashlib.sha256(json.dumps(public, sort_keys=True).encode()).hexdigest()
+
+
+def _disagreement(owner: str, listings: list[dict]) -> str | None:
+    """How the parties' `listings` (by rank) differ on `owner`'s files, or None."""
+    holders = [rank for rank, listing in enumerate(listings) if owner in listing]
+    if len(holders) < len(listings):
+        lacking = min(set(range(len(listings))) - set(holders))
+        return (f"party {holders[0]} holds its files but party {lacking} holds none; "
+                f"give every party its file of one sealing")
+    first = listings[0][owner]
+    for rank, listing in enumerate(listings[1:], 1):
+        if listing[owner]["sealing"] != first["sealing"]:
+            return (f"the parties hold files of different sealings: party 0 holds sealing {first['sealing']} "
+                    f"but party {rank} holds {listing[owner]['sealing']}; ask the owner for one set of files")
+        if listing[owner]["public"] != first["public"]:
+            return (f"parties 0 and {rank} hold files of sealing {first['sealing']} whose public headers "
+                    f"differ; ask the owner for one set of files")
+    return None
 
 
 def batch_shares(owners: list[OwnerShares], part: str, batch):

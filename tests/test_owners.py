@@ -108,6 +108,7 @@ def test_finetune_on_share_files_from_two_owners(tmp_path):
                                "--train", str(tmp_path / f"{name}.csv")] + common + extra,
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
+        assert "mpcft share-data: sealing " in done.stdout
     files = sorted(p.name for p in (tmp_path / "shares").iterdir())
     assert files == ["bank.party-0.mpcft", "bank.party-1.mpcft", "clinic.party-0.mpcft", "clinic.party-1.mpcft"]
     assert (tmp_path / "shares" / "bank.party-1.mpcft").stat().st_size < 4000    # a seed, not data
@@ -126,3 +127,4 @@ def test_finetune_on_share_files_from_two_owners(tmp_path):
          str(tmp_path / "shares"), "--mode", "top", "--layers", "2", "--out", str(tmp_path / "bad")],
         capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "made for 1 MPC layers" in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr

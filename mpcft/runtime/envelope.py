@@ -7,9 +7,10 @@ any way the deployment likes). The file is
 with the AES key from ECDH between the ephemeral key and the recipient's certificate key
 (HKDF-SHA256 over both public keys), and the header as associated data. Only the recipient
 can read the payload; the party accepts the file only if the owner's certificate was issued
-by the cluster CA, is valid now and names an `owner-...`, the signature verifies and the
-header names this party as the recipient. The header (owner, recipient, shapes, counts) is
-public metadata; a share alone is uniformly random, so a party learns nothing from its file.
+by the cluster CA, is valid now, names an `owner-...` and carries the owner usage
+(tls.OWNER_USAGE), the signature verifies and the header names this party as the recipient.
+The header (owner, recipient, shapes, counts, sealing id) is public metadata; a share alone
+is uniformly random, so a party learns nothing from its file.
 """
 import json
 import os
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import MPCRuntimeError
-from .tls import certificate_problem, common_name
+from .tls import OWNER_USAGE, certificate_problem, common_name, extended_usages
 
 MAGIC = b"MPCFTSH1"
 OWNER_PREFIX = "owner-"
@@ -103,6 +104,9 @@ def open_sealed(blob: bytes, recipient_key: pathlib.Path, ca_cert: pathlib.Path,
     identity = common_name(owner)
     if not identity.startswith(OWNER_PREFIX):
         raise SealedFileError(f"{name}: signed by {identity!r}, which is not a data owner ({OWNER_PREFIX}...)")
+    if OWNER_USAGE not in extended_usages(owner):
+        raise SealedFileError(f"{name}: {identity}'s certificate lacks the data-owner usage; re-issue it "
+                              f"with `mpcft certs --out DIR --owner {identity[len(OWNER_PREFIX):]}`")
     try:
         owner.public_key().verify(signature, blob[:signed_end], ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:

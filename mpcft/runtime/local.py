@@ -59,7 +59,7 @@ def local_cluster(directory, world_size, dealer=False, tls_enabled=True, timeout
     hosts = list(hosts or ["127.0.0.1"] * count)
     ports = list(ports or free_ports(count))
     if tls_enabled:
-        cert_dir = pathlib.Path(certs) if certs else tls.make_certs(
+        cert_dir = pathlib.Path(certs).absolute() if certs else tls.make_certs(
             directory / "certs", world_size, dealer=dealer, hosts=sorted(set(hosts)), days=7)
     else:
         cert_dir = None

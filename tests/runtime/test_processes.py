@@ -162,7 +162,7 @@ def test_certs_command_writes_ca_party_and_dealer_certificates(tmp_path):
     done = run_cli("certs", "--out", str(tmp_path / "c"), "-n", "2", "--dealer", "--host", "10.0.0.7")
     assert done.returncode == 0, done.stderr
     names = sorted(p.name for p in (tmp_path / "c").iterdir())
-    assert names == ["ca-key.pem", "ca.pem", "dealer-key.pem", "dealer.pem", "party-0-key.pem",
+    assert names == ["ca.pem", "dealer-key.pem", "dealer.pem", "party-0-key.pem",
                      "party-0.pem", "party-1-key.pem", "party-1.pem"]
     from cryptography import x509
     cert = x509.load_pem_x509_certificate((tmp_path / "c" / "party-1.pem").read_bytes())

@@ -8,7 +8,7 @@ import torch
 
 from mpcft.runtime import (CertificateError, FrameError, MPCTimeoutError, Session, local_cluster,
                            make_ca, make_cert)
-from mpcft.runtime.tls import load_ca
+from mpcft.runtime.tls import default_ca_dir, load_ca
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -52,7 +52,7 @@ def test_certificate_from_another_ca_is_refused(cluster, tmp_path):
 
 
 def test_expired_certificate_is_refused(cluster, tmp_path):
-    ca = load_ca(cluster.ca.parent)
+    ca = load_ca(default_ca_dir(cluster.ca.parent))
     cert, key = make_cert(ca, "party-1", tmp_path / "old", expired=True)
     sessions, errors = connect_all(with_party(cluster, 1, cert=cert, key=key))
     assert not sessions
@@ -61,7 +61,7 @@ def test_expired_certificate_is_refused(cluster, tmp_path):
 
 
 def test_certificate_of_another_party_is_refused(cluster, tmp_path):
-    ca = load_ca(cluster.ca.parent)
+    ca = load_ca(default_ca_dir(cluster.ca.parent))
     cert, key = make_cert(ca, "party-5", tmp_path / "other")
     sessions, errors = connect_all(with_party(cluster, 0, cert=cert, key=key))
     assert not sessions
