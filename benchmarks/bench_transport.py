@@ -17,10 +17,9 @@ import torch
 from mpcft.runtime import spawn
 
 SIZES_MB = (1, 16, 200)
-PINGS = 200
 
 
-def measure(session, runs):
+def measure(session, runs, pings):
     peer = 1 - session.rank
     ack = torch.zeros(1, dtype=torch.int64)
     acked = dict(dtype=torch.int64, shape=ack.shape)
@@ -39,7 +38,7 @@ def measure(session, runs):
             times.append(time.perf_counter() - start)
         throughput[mb] = data.nbytes / statistics.median(times[1:]) / 1e9
     rtts = []
-    for _ in range(PINGS):
+    for _ in range(pings):
         start = time.perf_counter()
         if session.rank == 0:
             session.send(peer, ack)
@@ -53,11 +52,12 @@ def measure(session, runs):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=5, help="runs per size (median)")
+    parser.add_argument("--pings", type=int, default=200, help="round trips for the latency (median)")
     args = parser.parse_args()
     rows = []
     for tls in (True, False):
-        throughput, rtt = spawn(measure, 2, args.runs, tls=tls, timeout=600)[0]
+        throughput, rtt = spawn(measure, 2, args.runs, args.pings, tls=tls, timeout=600)[0]
         rows.append(("TLS 1.3 (mutual)" if tls else "plaintext (--insecure-plaintext)",
                      throughput, rtt))
     print("| transport | " + " | ".join(f"{mb} MB (GB/s)" for mb in SIZES_MB)
