@@ -7,7 +7,7 @@ of machine, as quoted in the issue: 3.7 s and 330 MB per party for 2 parties, 12
 660 MB for 3). Steps: one fine-tuning step of the MiniLM classifier (batch 8, seq 64) in each
 mode, beside the same step in float64 torch (one thread). One compute thread per party,
 dealer at one thread, mutual TLS; each measured run follows a warm-up run and prefetches its
-dealer correlations, as `mpcft finetune` does (mpcft.finetune.prefetch_step).
+dealer correlations, as `mpcft finetune` does (`with ctx.step(...)`).
 """
 import argparse
 import copy
@@ -18,7 +18,6 @@ import torch
 from transformers import BertConfig, BertModel
 
 from benchmarks.timing import markdown_table, measure_protocol, one_compute_thread
-from mpcft.finetune import prefetch_step
 from mpcft.nn import SGD, Classifier
 from mpcft.nn.bert import BertLayer
 from mpcft.protocols import sharing
@@ -48,9 +47,9 @@ def party_block(session, model, repeat):
     share = lambda v, bits=False: sharing.share(ctx, (v.long() if bits else ctx.fp.encode(v)) if ctx.rank == 0 else None, 0, v.shape)
     xs, ms, gs = share(x), share(mask, True), share(grad)
     def forward_backward():
-        prefetch_step(ctx)
-        layer(xs, ms[:, None, None, :])
-        layer.backward(gs)
+        with ctx.step("block"):
+            layer(xs, ms[:, None, None, :])
+            layer.backward(gs)
     forward_backward()                     # warm-up: compiles kernels, logs the dealer plan
     return measure_protocol(session, forward_backward, repeat)[:3]
 
@@ -68,10 +67,10 @@ def party_step(session, encoder, mode, layers, repeat):
     xs, ys = share(x), share(y)
     ms = share(torch.ones(batch, seq), True) if mode != "head" else None
     def step():
-        prefetch_step(ctx)
-        model.loss_backward(model(xs, ms), ys)
-        optimizer.step()
-        optimizer.zero_grad()
+        with ctx.step("train"):
+            model.loss_backward(model(xs, ms), ys)
+            optimizer.step()
+            optimizer.zero_grad()
     step()                                 # warm-up, as in party_block
     return measure_protocol(session, step, repeat)[:3]
 

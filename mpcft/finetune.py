@@ -179,17 +179,6 @@ def check_loss(loss: float, step: int, lr: float) -> float:
     return loss
 
 
-def prefetch_step(ctx) -> None:
-    """Training steps repeat the same correlation requests: at each step's start, ask the
-    dealer for the last step's plan again (a wrong guess waits for its layout, see
-    DealerCorrelations.prefetch), so that it computes while the parties work; then log
-    this step's requests. No-op for correlation sources without prefetching."""
-    source = ctx.correlations
-    if hasattr(source, "prefetch"):
-        source.prefetch(source.since_mark())
-        source.mark()
-
-
 def make_optimizer(args, model: Classifier):
     params = model.trainable_parameters()
     if args.optimizer == "adamw":
@@ -308,12 +297,10 @@ def evaluate_mpc(ctx, model: Classifier, data, batch_size: int) -> float | None:
     only that count is opened, to rank 0. Returns the accuracy at rank 0, None elsewhere."""
     batches, shares_of = data.test_batches(batch_size)
     correct = torch.zeros((), dtype=torch.int64)
-    if hasattr(ctx.correlations, "mark"):
-        ctx.correlations.mark()              # evaluation batches do not repeat training steps
     for batch in batches:
-        prefetch_step(ctx)
-        x, m, y = shares_of(batch)
-        correct = correct + count_correct(ctx, model(x, m), y)
+        with ctx.step("evaluate"):
+            x, m, y = shares_of(batch)
+            correct = correct + count_correct(ctx, model(x, m), y)
     total = sharing.open_to(ctx, correct, 0)
     size = sum(len(b) for b in batches)
     return (total.item() / size if size else float("nan")) if ctx.rank == 0 else None
@@ -410,16 +397,16 @@ def train(session, args) -> dict | None:
                dynamic_ncols=True)
     for batch in bar:
         step_start = time.perf_counter()
-        prefetch_step(ctx)
-        x, m, y = data.train_batch(batch)
-        logits = model(x, m)
-        loss = model.loss_backward(logits, y, with_loss=not args.no_loss)
-        optimizer.step()
-        optimizer.zero_grad()
-        if loss is not None:
-            value = sharing.open_to(ctx, loss, 0)
-            if rank == 0:
-                losses.append(check_loss(ctx.fp.decode(value).item(), len(losses) + 1, args.lr))
+        with ctx.step("train"):              # the dealer prepares the last step's requests
+            x, m, y = data.train_batch(batch)
+            logits = model(x, m)
+            loss = model.loss_backward(logits, y, with_loss=not args.no_loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            if loss is not None:
+                value = sharing.open_to(ctx, loss, 0)
+                if rank == 0:
+                    losses.append(check_loss(ctx.fp.decode(value).item(), len(losses) + 1, args.lr))
         if rank == 0:
             bar.set_postfix(loss=f"{losses[-1]:.3f}" if losses else "hidden",
                             step_s=f"{time.perf_counter() - step_start:.1f}",

@@ -8,7 +8,7 @@ import torch
 
 from mpcft.kernels import DEFAULT_FRACTIONAL_BITS, PRG, FixedPoint, derive_seed
 
-from .correlations import DealerCorrelations
+from .sources import CorrelationSource, DealerCorrelations
 
 
 class MPCContext:
@@ -16,8 +16,8 @@ class MPCContext:
     are drawn on the CPU (the same AES streams) and moved there; the session moves opened
     values through pinned host memory; ring products run on the GPU (kernels.cuda_matmul)."""
 
-    def __init__(self, session, *, frac_bits: int = DEFAULT_FRACTIONAL_BITS, correlations=None,
-                 device=None):
+    def __init__(self, session, *, frac_bits: int = DEFAULT_FRACTIONAL_BITS,
+                 correlations: CorrelationSource | None = None, device=None):
         self.session = session
         self.device = torch.device(device or "cpu")
         self.rank = session.rank
@@ -42,6 +42,12 @@ class MPCContext:
             peer = holder if self.rank == owner else owner
             self._pair_prgs[key] = PRG(derive_seed(self.session.pair_seed(peer), "input", owner, holder))
         return self._pair_prgs[key]
+
+    def step(self, name: str = "step"):
+        """`with ctx.step("train"):` one unit of repeating work (a training step, an evaluation
+        batch): the correlation source may prepare it, e.g. ask the dealer ahead for the
+        requests of the last step of that name (protocols/sources.py)."""
+        return self.correlations.step(name)
 
     def correlation(self, kind: str, **params):
         """This party's shares of the next correlation of `kind` (a correlations.Correlation)."""

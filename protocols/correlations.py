@@ -1,6 +1,7 @@
-"""Dealer correlations with seed compression, online or from pre-generated files.
+"""Dealer correlations with seed compression: their layouts, maths and the dealer's handler.
 
-The dealer shares a secret seed s_i with every party i. A correlation is identified by its
+Where a party gets them from (online from the dealer, or a pre-generated file) is
+protocols/sources.py. The dealer shares a secret seed s_i with every party i. A correlation is identified by its
 layout L (kind and parameters, e.g. "trunc" of shape [4, 8] with 20 bits) and its number k,
 which counts the earlier correlations of the same layout; party i's pads for it come from
 the stream PRG(HKDF(s_i, "corr", H(L), k)), so pads drawn for one layout never reappear in
@@ -24,14 +25,12 @@ Kinds (params -> values, all as additive shares):
 import collections
 import hashlib
 import json
-import pathlib
-import struct
 import threading
 
 import numpy as np
 import torch
 
-from mpcft.kernels import PRG, derive_seed, fresh_seed, ring_matmul
+from mpcft.kernels import PRG, derive_seed, ring_matmul
 from mpcft.kernels.bits import digit_planes, pack_bits, words_for
 from mpcft.kernels.ring import RING_BITS, bit, low_bits, msb, rshift_logical
 
@@ -285,169 +284,11 @@ class CorrelationDealer:
         return dealer_corrections(kind, layout, number, seeds)
 
 
-def _correction_bytes(kind: str, params: dict) -> int:
+def correction_bytes(kind: str, params: dict) -> int:
+    """Bytes of party 0's corrections (the derived values) for one correlation of this layout."""
     return sum(8 * int(np.prod(shape, dtype=np.int64)) for shape, _ in _spec(kind, params)[1])
 
 
-class DealerCorrelations:
-    """Correlations fetched online: party 0 asks the dealer, the others expand their seeds.
-
-    Every party counts the correlations of each layout it used; correlation k of layout L is
-    the same at every party, whatever the order of requests across layouts.
-    """
-
-    def __init__(self, session):
-        if session.dealer_seed is None:
-            raise ValueError("this session has no dealer: start one (mpcft launch --dealer) "
-                             "or use FileCorrelations for an offline run")
-        self.session = session
-        self._used = collections.Counter()     # layout -> correlations of it used here
-        self._asked = collections.Counter()    # party 0: layout -> correlations of it asked for
-        self._ahead = {}                       # party 0: (layout, number) -> (reply, bytes) not yet used
-        self._ahead_bytes = 0
-        self._log = None                       # (kind, params) of the requests since mark()
-
-    def get(self, kind: str, **params) -> Correlation:
-        layout = layout_id(kind, params)
-        number = self._used[layout]
-        self._used[layout] += 1
-        if self._log is not None:
-            self._log.append((kind, params))
-        corrections = None
-        if self.session.rank == 0:
-            ahead = self._ahead.pop((layout, number), None)
-            if ahead is None:
-                reply = self._ask(kind, params, layout)
-            else:
-                reply, nbytes = ahead
-                self._ahead_bytes -= nbytes
-            corrections = reply.result
-        return party_correlation(kind, params, number, self.session.dealer_seed, self.session.rank,
-                                 corrections)
-
-    def _ask(self, kind: str, params: dict, layout: str):
-        number = self._asked[layout]
-        self._asked[layout] += 1
-        return self.session.dealer_request_async(kind, number=number, **params)
-
-    @property
-    def pending_prefetch(self) -> int:
-        """Party 0: answers asked for in advance and not used yet."""
-        return len(self._ahead)
-
-    def mark(self) -> None:
-        """Start logging requests (for since_mark)."""
-        self._log = []
-
-    def since_mark(self) -> list:
-        """[(kind, params)] requested since mark(): e.g. one training step's plan."""
-        return list(self._log or [])
-
-    def prefetch(self, plan, max_bytes: int = 1 << 30) -> None:
-        """Expect the next requests to be `plan` ([(kind, params)], e.g. the previous step's):
-        party 0 asks the dealer for them now, so that it computes while the parties work
-        instead of when they wait. Answers are bound to (layout, number), so a wrong guess
-        wastes nothing: the answer waits until its layout comes next. At most max_bytes of
-        answers are held ahead. Changes nothing at the other parties."""
-        if self.session.rank != 0:
-            return
-        wanted = collections.Counter()
-        for kind, params in plan:
-            layout = layout_id(kind, params)
-            wanted[layout] += 1
-            if self._asked[layout] >= self._used[layout] + wanted[layout]:
-                continue
-            nbytes = _correction_bytes(kind, params)
-            if self._ahead_bytes + nbytes > max_bytes:
-                break
-            number = self._asked[layout]
-            self._ahead[(layout, number)] = (self._ask(kind, params, layout), nbytes)
-            self._ahead_bytes += nbytes
-
-
-class RecordingCorrelations:
-    """Wraps a correlation source and records the plan (kind, params) of every request."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.plan: list[dict] = []
-
-    def get(self, kind: str, **params) -> Correlation:
-        self.plan.append({"kind": kind, "params": params})
-        return self.inner.get(kind, **params)
-
-    def save_plan(self, path) -> None:
-        pathlib.Path(path).write_text(json.dumps(self.plan))
-
-
-_MAGIC = b"MPCFTCOR"
-
-
-def write_offline(plan: list[dict], world_size: int, out_dir, seeds=None) -> list[pathlib.Path]:
-    """Generate every correlation of `plan` ahead of time into one file per party.
-
-    Each file holds that party's full shares in plan order: a JSON index after a magic
-    header, then the raw int64 arrays. Seeds default to fresh OS randomness.
-    """
-    seeds = seeds or [fresh_seed() for _ in range(world_size)]
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    per_party = [[] for _ in range(world_size)]
-    numbers = collections.Counter()
-    for request in plan:
-        kind, params = request["kind"], request["params"]
-        layout = layout_id(kind, params)
-        number, numbers[layout] = numbers[layout], numbers[layout] + 1
-        corrections = dealer_corrections(kind, params, number, seeds)
-        for rank in range(world_size):
-            per_party[rank].append(party_shares(kind, params, number, seeds[rank], rank,
-                                                corrections if rank == 0 else None))
-    paths = []
-    for rank, entries in enumerate(per_party):
-        path = out_dir / f"party-{rank}.corr"
-        index = [{"kind": r["kind"], "params": r["params"], "shapes": [list(t.shape) for t in e]}
-                 for r, e in zip(plan, entries)]
-        header = json.dumps({"world_size": world_size, "rank": rank, "index": index}).encode()
-        with open(path, "wb") as f:
-            f.write(_MAGIC + struct.pack("<Q", len(header)) + header)
-            for tensors in entries:
-                for t in tensors:
-                    f.write(t.contiguous().numpy().tobytes())
-        paths.append(path)
-    return paths
-
-
-class FileCorrelations:
-    """Serves pre-generated correlations from a party file, checking each request matches."""
-
-    def __init__(self, path, rank: int):
-        self.path = pathlib.Path(path)
-        with open(self.path, "rb") as f:
-            if f.read(len(_MAGIC)) != _MAGIC:
-                raise ValueError(f"{self.path} is not an mpcft correlation file")
-            (length,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(length))
-        if header["rank"] != rank:
-            raise ValueError(f"{self.path} holds party {header['rank']}'s correlations, not party {rank}'s")
-        self.index = header["index"]
-        self.data = np.memmap(self.path, dtype=np.uint8, mode="r", offset=len(_MAGIC) + 8 + length)
-        self.seq = 0
-        self.offset = 0
-
-    def get(self, kind: str, **params) -> Correlation:
-        if self.seq >= len(self.index):
-            raise RuntimeError(f"{self.path}: the program asked for more correlations than were "
-                               f"recorded ({len(self.index)}); record the plan again")
-        entry = self.index[self.seq]
-        if entry["kind"] != kind or entry["params"] != json.loads(json.dumps(params)):
-            raise RuntimeError(f"{self.path}: request {self.seq} is {kind} {params}, but the file "
-                               f"holds {entry['kind']} {entry['params']}: the program changed since recording")
-        self.seq += 1
-        out = []
-        for shape in entry["shapes"]:
-            nbytes = int(np.prod(shape, dtype=np.int64)) * 8
-            raw = np.array(self.data[self.offset:self.offset + nbytes]).view(np.int64).reshape(shape)
-            self.offset += nbytes
-            out.append(torch.from_numpy(raw))
-        count = len(_spec(kind, params)[0])
-        return Correlation(out[:count], out[count:])
+def random_count(kind: str, params: dict) -> int:
+    """How many of a correlation's tensors are random inputs (they come first)."""
+    return len(_spec(kind, params)[0])

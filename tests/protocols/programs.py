@@ -145,7 +145,7 @@ def products(ctx, x, y):
 
 def record_plan(session, x, y):
     """Run with the dealer and record the correlation plan."""
-    from mpcft.protocols.correlations import DealerCorrelations, RecordingCorrelations
+    from mpcft.protocols.sources import DealerCorrelations, RecordingCorrelations
     recorder = RecordingCorrelations(DealerCorrelations(session))
     out = products(MPCContext(session, correlations=recorder), x, y)
     return out, recorder.plan
@@ -153,7 +153,7 @@ def record_plan(session, x, y):
 
 def run_offline(session, x, y, folder):
     """Run from pre-generated correlation files, with no dealer at all."""
-    from mpcft.protocols.correlations import FileCorrelations
+    from mpcft.protocols.sources import FileCorrelations
     files = FileCorrelations(f"{folder}/party-{session.rank}.corr", session.rank)
     return products(MPCContext(session, correlations=files), x, y)
 
@@ -237,23 +237,39 @@ def powers_program(session, x, degree):
 
 
 def prefetching(session, x, y):
-    """Products with the dealer's answers asked for in advance: a correct plan, then a wrong
-    one (its answers wait for their layouts), then the same layouts again (they use those
-    answers), then a prefetch that is never used (drained at close). Also returns the number
-    of answers party 0 holds ahead after each phase."""
+    """Steps that ask the dealer ahead for the last plan of their name (ctx.step): a first
+    "product" step (nothing to prefetch), one as predicted, a wrong guess before an "other"
+    step (its answers wait for their layouts), the same products outside any step (they use
+    them), then a prefetch that is never used (drained at close). Also returns how many
+    answers party 0 holds ahead after each phase."""
     ctx = MPCContext(session, device=DEVICE)
     source = ctx.correlations
     X, Y = owned(ctx, x, 0), owned(ctx, y, 1)
-    source.mark()
-    first = (X * Y + X.square()).reveal()
-    plan, pending = source.since_mark(), []
-    source.prefetch(plan)
-    again = (X * Y + X.square()).reveal()                 # as predicted
+    pending = []
+    with ctx.step("product"):
+        first = (X * Y + X.square()).reveal()
     pending.append(source.pending_prefetch)
-    source.prefetch(plan)
-    other = (X @ Y.T).reveal()                            # not as predicted
+    with ctx.step("product"):                             # as predicted
+        pending.append(source.pending_prefetch)           # asked for at the step's start
+        again = (X * Y + X.square()).reveal()
+    pending.append(source.pending_prefetch)
+    source.prefetch(source.last_plan("product"))             # a wrong guess: it waits for its layouts
+    with ctx.step("other"):
+        other = (X @ Y.T).reveal()
     pending.append(source.pending_prefetch)
     later = (X * Y + X.square()).reveal()                 # the waiting answers are used
     pending.append(source.pending_prefetch)
-    source.prefetch(plan)                                 # never used: drained at close
+    with ctx.step("product"):
+        pass                                              # prefetched, never used: drained at close
     return first, again, other, later, pending if session.rank == 0 else None
+
+
+def nested_steps(session):
+    """The error of a step started inside another."""
+    ctx = MPCContext(session)
+    with ctx.step("outer"):
+        try:
+            with ctx.step("inner"):
+                pass
+        except RuntimeError as exc:
+            return str(exc)

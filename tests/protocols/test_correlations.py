@@ -5,8 +5,8 @@ import torch
 from mpcft.kernels import fresh_seed, ring_matmul
 from mpcft.kernels.bits import unpack_bits
 from mpcft.kernels.ring import RING_BITS, bit, low_bits, msb, rshift_logical
-from mpcft.protocols.correlations import (KINDS, CorrelationDealer, FileCorrelations,
-                                          dealer_corrections, party_shares, write_offline)
+from mpcft.protocols.correlations import KINDS, CorrelationDealer, dealer_corrections, party_shares
+from mpcft.protocols.sources import FileCorrelations, write_offline
 from mpcft.runtime import run_threads
 
 from . import programs
@@ -109,4 +109,9 @@ def test_prefetched_dealer_answers_give_the_same_results(n):
         for got in (first, again, later):
             assert (got - want).abs().max() < 1e-5
         assert (other - x @ y.T).abs().max() < 1e-4
-    assert results[0][4] == [0, 4, 0]   # a wrong guess waits for its layout, then is used
+    assert results[0][4] == [0, 4, 0, 4, 0]   # a wrong guess waits for its layouts, then is used
+
+
+def test_steps_do_not_nest():
+    results = run_threads(programs.nested_steps, 2, dealer_handler=CorrelationDealer)
+    assert all("do not nest" in message for message in results)
