@@ -19,7 +19,7 @@ import runpy
 import signal
 import sys
 
-from mpcft.data import DataError
+from mpcft.data import DataError, check_data
 from mpcft.runtime import config as cluster_config
 from mpcft.runtime.dealer import DEFAULT_HANDLER, DealerServer
 from mpcft.runtime.errors import MPCRuntimeError
@@ -70,7 +70,7 @@ def cmd_share_data(args):
 
 def cmd_finetune(args):
     """Local parties and dealer on loopback (mutual TLS), each running mpcft.finetune."""
-    from mpcft.finetune import check_data, worker_argv
+    from mpcft.finetune import worker_argv
     check_data(args, args.parties)
     return launch(args.parties, ["-m", "mpcft.finetune"] + worker_argv(args), dealer=True,
                   timeout=args.timeout, certs=args.certs, passthrough_rank=0)

@@ -1,4 +1,5 @@
-"""Labelled text for fine-tuning: CSV/TSV files, splits, and a small built-in data set.
+"""Labelled text for fine-tuning: CSV/TSV files, splits, each owner's share of the data, the
+public batch schedule, and a small built-in data set.
 
 The built-in set is made here from templates (no download, no copy of any corpus): short
 financial-news sentences whose sentiment (negative / neutral / positive) follows from the
@@ -6,8 +7,9 @@ event described, so a model can learn it from a few hundred examples.
 """
 import csv
 import pathlib
-import random  # noqa: csprng (public data generation)
+import random  # noqa: csprng (public data generation and schedule)
 
+BUILTIN_MAX_TRAIN = 160          # examples of the built-in set used unless --max-train
 BUILTIN_LABELS = ["negative", "neutral", "positive"]
 
 _COMPANIES = ["Nordbank", "Helios Energy", "Acme Logistics", "Vantor Foods", "Kestrel Mining",
@@ -93,3 +95,52 @@ def split(count: int, test_fraction: float, seed: int) -> tuple[list[int], list[
     random.Random(seed).shuffle(order)
     cut = int(round(count * (1 - test_fraction)))
     return sorted(order[:cut]), sorted(order[cut:])
+
+
+def load_data(args, rank: int, world_size: int):
+    """(train texts, train labels) of this owner, (test texts, labels) if rank 0, label names.
+    DataError (one line for the user) if the files or options leave nothing to learn or test."""
+    if args.train:
+        texts, labels, names = read_labelled(args.train, args.text_column, args.label_column)
+    else:
+        texts, labels, names = builtin_dataset(seed=args.seed)
+    if args.test:
+        test_texts, test_labels, _ = read_labelled(args.test, args.text_column, args.label_column, names)
+        train_idx = list(range(len(texts)))
+    else:
+        train_idx, test_idx = split(len(texts), args.test_fraction, args.seed)
+        test_texts, test_labels = [texts[i] for i in test_idx], [labels[i] for i in test_idx]
+    max_train = BUILTIN_MAX_TRAIN if args.max_train is None and not args.train else args.max_train
+    if max_train:
+        train_idx = train_idx[:max_train]
+    where = args.train or "the built-in set"
+    if len({labels[i] for i in train_idx}) < 2:
+        raise DataError(f"{where}: the training examples hold fewer than two labels: "
+                                 f"nothing to learn")
+    if not test_texts:
+        raise DataError(f"{where}: no held-out examples to evaluate on (give --test, or a "
+                                 f"--test-fraction above 0 with enough rows)")
+    if args.split_train:
+        train_idx = train_idx[rank::world_size]
+    if not train_idx:
+        raise DataError(f"{where}: party {rank} of {world_size} gets no training examples")
+    train = ([texts[i] for i in train_idx], [labels[i] for i in train_idx])
+    return train, (test_texts, test_labels) if rank == 0 else None, names
+
+
+def check_data(args, world_size: int) -> None:
+    """Every party's data as load_data reads it, before any party starts (DataError)."""
+    if not args.owner_shares:
+        for rank in range(world_size):
+            load_data(args, rank, world_size)
+
+
+def schedule(counts: list[int], batch_size: int, epochs: int, seed: int):
+    """Public batches of (owner, index) pairs, reshuffled every epoch."""
+    items = [(owner, i) for owner, count in enumerate(counts) for i in range(count)]
+    rng = random.Random(seed)
+    batches = []
+    for _ in range(epochs):
+        rng.shuffle(items)
+        batches += [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    return batches

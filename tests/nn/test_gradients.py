@@ -81,7 +81,7 @@ def test_gradients_match_torch_autograd(n, mode, layers, device):
 @pytest.mark.parametrize("n", [2, 3])
 def test_minilm_top_two_layers_on_real_activations(n):
     """all-MiniLM-L6-v2's top 2 layers + head, fed the real hidden states of two sentences."""
-    from mpcft.finetune import default_model_path, frozen_features, load_encoder
+    from mpcft.encoder import default_model_path, frozen_features, load_encoder
     tokenizer, encoder = load_encoder(default_model_path())
     texts = ["Operating profit rose to EUR 13.1 mn from EUR 8.7 mn.", "The company will publish its report."]
     inputs, mask = frozen_features(encoder, tokenizer, texts, seq_len=12, mpc_layers=2)

