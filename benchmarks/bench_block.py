@@ -77,7 +77,7 @@ def party_step(session, encoder, mode, layers, repeat):
 
 def plaintext_step_seconds(encoder, mode, layers, repeat):
     """The same training step in float64 torch (autograd, SGD), median of `repeat`."""
-    from mpcft.plaintext import _LoRA, _layer
+    from mpcft.finetune.plaintext import _LoRA, _layer
     torch.set_num_threads(1)
     encoder = copy.deepcopy(encoder)   # trained in place below
     config = encoder.config

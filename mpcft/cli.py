@@ -11,8 +11,10 @@
 import os
 
 # Before torch and Numba load their OpenMP runtime: idle workers must not spin on cores the
-# other parties share (see mpcft.runtime.local.PASSIVE_OPENMP).
+# other parties share (see mpcft.runtime.local.PASSIVE_OPENMP). Before transformers loads:
+# models are local folders, the hub is never asked.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse
 import runpy
@@ -20,9 +22,12 @@ import signal
 import sys
 
 from mpcft.data import DataError, check_data
+from mpcft.data.owners import add_arguments as add_owner_arguments
+from mpcft.data.owners import write_share_files
+from mpcft.finetune.config import FinetuneConfig, HelpFormatter, add_arguments
 from mpcft.runtime import config as cluster_config
 from mpcft.runtime.dealer import DEFAULT_HANDLER, DealerServer
-from mpcft.runtime.errors import MPCRuntimeError
+from mpcft.runtime.errors import MPCRuntimeError, failure_report
 from mpcft.runtime.launch import launch
 from mpcft.runtime.session import ENV_CLUSTER, ENV_RANK, ENV_WORLD_SIZE
 from mpcft.runtime.tls import default_ca_dir, make_certs
@@ -59,7 +64,6 @@ def cmd_certs(args):
 
 
 def cmd_share_data(args):
-    from mpcft.owners import write_share_files
     sealing, paths = write_share_files(args)
     for path in paths:
         print(f"mpcft share-data: wrote {path}")
@@ -70,9 +74,9 @@ def cmd_share_data(args):
 
 def cmd_finetune(args):
     """Local parties and dealer on loopback (mutual TLS), each running mpcft.finetune."""
-    from mpcft.finetune import worker_argv
-    check_data(args, args.parties)
-    return launch(args.parties, ["-m", "mpcft.finetune"] + worker_argv(args), dealer=True,
+    config = FinetuneConfig.from_args(args)
+    check_data(config, args.parties)
+    return launch(args.parties, ["-m", "mpcft.finetune", "--config-json", config.to_json()], dealer=True,
                   timeout=args.timeout, certs=args.certs, passthrough_rank=0)
 
 
@@ -98,8 +102,9 @@ def cmd_party(args):
             sys.path.insert(0, os.path.dirname(os.path.abspath(program[0])))
             runpy.run_path(program[0], run_name="__main__")
     except MPCRuntimeError as exc:
-        print(f"mpcft party {args.rank}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        status, line = failure_report(exc)
+        print(f"mpcft party {args.rank}: {line}", file=sys.stderr, flush=True)
+        return status
     return 0
 
 
@@ -147,7 +152,6 @@ def main(argv=None):
     _add_program(p)
     p.set_defaults(run=cmd_party)
 
-    from mpcft.finetune import HelpFormatter, add_arguments
     p = commands.add_parser("finetune", help="private fine-tuning with local parties and a dealer",
                             formatter_class=HelpFormatter)
     p.add_argument("--parties", type=int, default=2,
@@ -160,7 +164,6 @@ def main(argv=None):
     p.set_defaults(run=cmd_finetune)
 
     p = commands.add_parser("share-data", help="a data owner seals shares of its data to the parties")
-    from mpcft.owners import add_arguments as add_owner_arguments
     add_owner_arguments(p)
     p.set_defaults(run=cmd_share_data)
 

@@ -1,6 +1,5 @@
 """The pretrained encoder: the default model, loading it, and what owners compute with it in
 plaintext (frozen features of their texts; the accuracy of a revealed head)."""
-import os
 import pathlib
 
 import torch
@@ -13,7 +12,7 @@ def default_model_path() -> str:
 
 
 def load_encoder(path: str):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    """(tokenizer, encoder in float64, eval mode) of the local model folder `path`."""
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()

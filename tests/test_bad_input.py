@@ -8,7 +8,8 @@ import time
 import pytest
 
 from mpcft.data import DataError, load_data, read_labelled
-from mpcft.finetune import add_arguments
+from mpcft.finetune import FinetuneConfig
+from mpcft.finetune.config import add_arguments
 
 BAD_FILES = {
     "missing.csv": (None, "cannot read it: No such file or directory"),
@@ -43,7 +44,7 @@ def test_a_bad_training_file_gets_one_line_before_any_party_starts(tmp_path, nam
 def options(*argv):
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    return parser.parse_args(list(argv))
+    return FinetuneConfig.from_args(parser.parse_args(list(argv)))
 
 
 def test_own_file_trains_on_every_row_and_the_built_in_set_on_160(tmp_path):

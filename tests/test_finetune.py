@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from mpcft import data as datasets
-from mpcft.data import schedule
-from mpcft.finetune import add_arguments, worker_argv
+from mpcft.data import by_owner, schedule
+from mpcft.finetune import FinetuneConfig
+from mpcft.finetune.__main__ import parse
+from mpcft.finetune.config import add_arguments
 from mpcft.kernels import FixedPoint
 
 
@@ -78,14 +80,28 @@ def test_finetune_stops_when_training_diverges(tmp_path):
     assert "mpcft party 1: PeerError:" in output and "(stopping: a peer failed first)" in output
 
 
-def test_worker_arguments_round_trip():
+def test_workers_receive_the_config_as_json():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["--mode", "top", "--layers", "2", "--no-split-train", "--no-loss",
-                              "--train", "x.csv", "--no-reveal", "--eval-mpc", "--optimizer", "adamw",
-                              "--owner-shares", "a/", "b.party-0.mpcft"])
-    again = parser.parse_args(worker_argv(args))
-    assert vars(again) == vars(args)
+    flags = ["--mode", "top", "--layers", "2", "--no-split-train", "--no-loss", "--train", "x.csv",
+             "--no-reveal", "--eval-mpc", "--optimizer", "adamw", "--owner-shares", "a/", "b.party-0.mpcft",
+             "--owner-sealing", "clinic=" + "ab" * 16, "--lr", "0.01", "--max-train", "0"]
+    config = FinetuneConfig.from_args(parser.parse_args(flags))
+    assert config.layers == 2 and config.lr == 0.01 and config.max_train == 0 and not config.split_train
+    assert config.owner_shares == ["a/", "b.party-0.mpcft"] and not config.reveal and config.no_loss
+    assert FinetuneConfig.from_json(config.to_json()) == config
+    assert parse(["--config-json", config.to_json()]) == config     # python -m mpcft.finetune
+    assert parse(flags) == config                                   # or its flags, as under mpcft party
+    assert FinetuneConfig.from_args(parser.parse_args([])) == FinetuneConfig()
+    with pytest.raises(ValueError, match="not a FinetuneConfig"):
+        FinetuneConfig.from_json('{"learning_rate": 1}')
+    with pytest.raises(SystemExit):
+        parse(["--config-json", config.to_json(), "--lr", "1"])
+
+
+def test_a_batch_grouped_by_owner_keeps_its_order():
+    assert by_owner([(1, 4), (0, 2), (1, 0), (0, 7)]) == {0: [2, 7], 1: [4, 0]}
+    assert list(by_owner([(2, 1), (0, 3)])) == [0, 2] and by_owner([]) == {}
 
 
 def test_schedule_is_public_and_covers_every_example():

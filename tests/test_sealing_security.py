@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from mpcft import data as datasets
-from mpcft import owners
+from mpcft.data import owners
 from mpcft.runtime import run_threads, tls
 from mpcft.runtime.envelope import SealedFileError, open_sealed, seal
 

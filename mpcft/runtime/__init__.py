@@ -11,7 +11,7 @@ Programs started with `mpcft launch` or `mpcft party` get their session from `in
 from .comm import CommSnapshot, CommStats, Counts
 from .config import ClusterConfig, Endpoint
 from .config import load as load_config
-from .dealer import DEFAULT_HANDLER, DealerServer, DealerService, echo_handler, expand_seed
+from .dealer import DEFAULT_HANDLER, DealerServer, DealerService
 from .errors import (CertificateError, ConfigError, DealerError, FrameError, MPCRuntimeError,
                      MPCTimeoutError, PartyFailed, PeerError)
 from .local import free_ports, local_cluster, run_threads, spawn
@@ -21,7 +21,6 @@ from .tls import make_ca, make_cert, make_certs
 __all__ = [
     "CertificateError", "ClusterConfig", "CommSnapshot", "CommStats", "ConfigError", "Counts",
     "DEFAULT_HANDLER", "DealerError", "DealerServer", "DealerService", "Endpoint", "FrameError",
-    "MPCRuntimeError", "MPCTimeoutError", "PartyFailed", "PeerError", "Session",
-    "echo_handler", "expand_seed", "free_ports", "init", "load_config", "local_cluster",
-    "make_ca", "make_cert", "make_certs", "run_threads", "spawn",
+    "MPCRuntimeError", "MPCTimeoutError", "PartyFailed", "PeerError", "Session", "free_ports", "init",
+    "load_config", "local_cluster", "make_ca", "make_cert", "make_certs", "run_threads", "spawn",
 ]

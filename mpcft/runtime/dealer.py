@@ -31,12 +31,11 @@ import traceback
 import numpy as np
 import torch
 
-from mpcft.kernels.memory import keep_freed_memory
-
 from .config import DEFAULT_DEALER_IDLE_TIMEOUT, DEFAULT_TIMEOUT
 from .errors import (PEER_FAILED_STATUS, ConfigError, FrameError, MPCRuntimeError,
                      MPCTimeoutError, PeerError)
 from .frames import Expected, FrameType, as_wire_array, json_tensor, tensor_json
+from .memory import keep_freed_memory
 from .transport import Acceptor, SendWatchdog, TcpChannel, contexts, warn_plaintext
 
 DEFAULT_HANDLER = "mpcft.protocols.correlations:CorrelationDealer"  # the real correlations

@@ -46,3 +46,12 @@ class PartyFailed(MPCRuntimeError):
         super().__init__(f"rank {rank} failed: {message}")
         self.rank = rank
         self.details = details
+
+
+def failure_report(exc: BaseException) -> tuple[int, str]:
+    """How a process that `exc` stopped ends: (exit status, one line for stderr). A plain
+    PeerError means only a peer failed: PEER_FAILED_STATUS, so that `mpcft launch` names the
+    process whose own error started it; anything else 1."""
+    if type(exc) is PeerError:
+        return PEER_FAILED_STATUS, f"PeerError: {exc} (stopping: a peer failed first)"
+    return 1, f"{type(exc).__name__}: {exc}"

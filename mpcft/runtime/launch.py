@@ -1,10 +1,12 @@
 """`mpcft launch`: start N local parties (and the dealer) on loopback, torchrun-style.
 
-Each party runs `python <script> args` (or `python -m <module> args`) with the environment
-variables RANK, WORLD_SIZE, LOCAL_RANK and MPCFT_CLUSTER (the generated cluster file), so the
-program gets its session from `mpcft.runtime.init()`. Output lines are prefixed with
-"[rank r]" / "[dealer]". If any process exits non-zero, the others get SIGTERM, then SIGKILL
-after a grace period, and the launcher exits with that status; Ctrl-C or SIGTERM stops all.
+Each party runs `mpcft party --config <the generated cluster file> --rank R <script> args`
+(or `... -m <module> args`): the program sees the environment variables RANK, WORLD_SIZE,
+LOCAL_RANK and MPCFT_CLUSTER, gets its session from `mpcft.runtime.init()`, and a runtime
+error it lets out ends it with one line and an exit status (runtime.errors.failure_report).
+Output lines are prefixed with "[rank r]" / "[dealer]". If any process exits non-zero, the
+others get SIGTERM, then SIGKILL after a grace period, and the launcher exits with that
+status; Ctrl-C or SIGTERM stops all.
 """
 import os
 import signal
@@ -71,7 +73,8 @@ def launch(world_size, program, dealer=False, handler=None, tls=True, timeout=60
         for rank in range(world_size):
             env = dict(base, LOCAL_RANK=str(rank))
             env[ENV_RANK] = str(rank)
-            commands[f"rank {rank}"] = ([sys.executable] + list(program), env)
+            commands[f"rank {rank}"] = ([sys.executable, "-m", "mpcft.cli", "party", "--config", str(path),
+                                         "--rank", str(rank)] + list(program), env)
         procs, streams = {}, []
         stop = threading.Event()
         previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -17,18 +17,15 @@ import collections
 import functools
 import os
 import secrets
-import sys
 
 import numpy as np
 import torch
 
-from mpcft.kernels.memory import keep_freed_memory
-
 from . import config as config_module
 from .comm import CommStats
-from .errors import (PEER_FAILED_STATUS, ConfigError, DealerError, FrameError, MPCRuntimeError,
-                     MPCTimeoutError, PeerError)
+from .errors import ConfigError, DealerError, FrameError, MPCRuntimeError, MPCTimeoutError, PeerError
 from .frames import Expected, FrameType, as_wire_array, json_tensor, tensor_json
+from .memory import keep_freed_memory
 from .transport import connect_party
 
 ENV_CLUSTER = "MPCFT_CLUSTER"
@@ -97,7 +94,7 @@ class Session:
         self._dealer_requests = 0
         self._pending_replies = collections.deque()
         self._closed = False
-        self._process_level = False   # from_env: the process's own session (see __exit__)
+        self._config = None
         self._agree_seeds()
 
     @classmethod
@@ -105,8 +102,10 @@ class Session:
         """Connect party `rank` of `config` (a ClusterConfig or a cluster file path) over TCP."""
         if not isinstance(config, config_module.ClusterConfig):
             config = config_module.load(config)
-        keep_freed_memory()  # a party process: reuse freed share buffers (kernels/memory.py)
-        return cls(rank, config.world_size, connect_party(config, rank), config.timeout)
+        keep_freed_memory()  # a party process: reuse freed share buffers (runtime/memory.py)
+        session = cls(rank, config.world_size, connect_party(config, rank), config.timeout)
+        session._config = config
+        return session
 
     @classmethod
     def from_env(cls):
@@ -121,9 +120,13 @@ class Session:
         size = os.environ.get(ENV_WORLD_SIZE)
         if size is not None and int(size) != config.world_size:
             raise ConfigError(f"{ENV_WORLD_SIZE}={size} but {path} lists {config.world_size} parties")
-        session = cls.connect(config, rank)
-        session._process_level = True
-        return session
+        return cls.connect(config, rank)
+
+    @property
+    def config(self):
+        """The ClusterConfig this session connected with (certificates, keys, timeouts); None
+        for sessions over in-memory channels."""
+        return self._config
 
     def __repr__(self):
         return (f"Session(rank={self.rank}, world_size={self.world_size}, "
@@ -133,15 +136,12 @@ class Session:
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        """Close cleanly, or drop every connection when an exception leaves the block (it
+        goes on; `mpcft party` and the workers turn it into one line and an exit status)."""
         if exc_type is None:
             self.close()
-            return
-        self.abort()
-        if self._process_level and exc_type is PeerError:
-            # not this party's own failure: one line here, the peer's report has the cause
-            print(f"mpcft party {self.rank}: PeerError: {exc} (stopping: a peer failed first)",
-                  file=sys.stderr, flush=True)
-            raise SystemExit(PEER_FAILED_STATUS)
+        else:
+            self.abort()
 
     # --- set-up ---------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ import torch
 from mpcft.nn import SGD, AdamW
 from mpcft.nn.module import Parameter
 from mpcft.nn.optim import adamw_cost, sgd_cost
-from mpcft.plaintext import AdamW as PlainAdamW
+from mpcft.finetune.plaintext import AdamW as PlainAdamW
 from mpcft.protocols import sharing
 from mpcft.protocols.context import MPCContext
 from mpcft.protocols.correlations import CorrelationDealer

@@ -77,7 +77,7 @@ def big_exchange(session, count):
 
 def dealer_checks(session):
     """A dealer ping and a seed-derived "random" request."""
-    from mpcft.runtime import expand_seed
+    from mpcft.runtime.dealer import expand_seed
     import numpy as np
     ping = session.dealer_request("ping", values=[1, 2, 3])
     (rand,) = session.dealer_request("random", shape=[2, 3])
@@ -93,6 +93,11 @@ def raise_on_rank_one(session):
 
 def openmp_wait_policy(session):
     return os.environ.get("OMP_WAIT_POLICY")
+
+
+def own_key(session):
+    """The key file of this party in the cluster file its session connected with."""
+    return str(session.config.party(session.rank).key.name), session.config.tls
 
 
 def raw_header(frame_type=3, code=6, shape=(), seq=1, nbytes=0, ndim=None, magic=b"MPCF",

@@ -9,7 +9,8 @@ import time
 import pytest
 
 import runtime_helpers as helpers
-from mpcft.runtime import PartyFailed, echo_handler, local_cluster, spawn
+from mpcft.runtime import PartyFailed, local_cluster, spawn
+from mpcft.runtime.dealer import echo_handler
 from mpcft.runtime.errors import PEER_FAILED_STATUS
 
 PROGRAM = str(pathlib.Path(__file__).with_name("party_program.py"))
@@ -154,6 +155,7 @@ def test_launch_stops_everybody_when_one_rank_dies(tmp_path):
     assert time.monotonic() - start < 25
     assert "stopping the others" in done.stdout
     assert "WITHOUT TLS" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr     # the survivors stop with one line
     assert helpers.processes_mentioning(str(script)) == []
 
 
@@ -174,3 +176,8 @@ def test_certs_command_writes_ca_party_and_dealer_certificates(tmp_path):
 def test_party_processes_get_passive_openmp_workers():
     """Spinning OpenMP workers of one party would steal the cores the others need."""
     assert spawn(helpers.openmp_wait_policy, 2, timeout=90) == ["PASSIVE", "PASSIVE"]
+
+
+@pytest.mark.timeout(120)
+def test_a_session_knows_its_cluster_config():
+    assert spawn(helpers.own_key, 2, timeout=90) == [("party-0-key.pem", True), ("party-1-key.pem", True)]

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from mpcft.runtime import (DealerError, MPCTimeoutError, PeerError, echo_handler, expand_seed,
-                           run_threads)
+from mpcft.runtime import DealerError, MPCTimeoutError, PeerError, run_threads
+from mpcft.runtime.dealer import echo_handler, expand_seed
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -61,6 +61,10 @@ def dealer_use(session):
     again = session.dealer_request("ping")
     return ([t.tolist() for t in ping], bool((rand.numpy() == mine).all()), again[0].tolist(),
             session.comm.dealer_requests, session.comm.dealer_bytes_received, session.dealer_seed)
+
+
+def test_sessions_over_memory_have_no_cluster_config():
+    assert run_threads(lambda session: session.config, 2, timeout=20) == [None, None]
 
 
 def test_dealer_requests_seeds_and_errors():

@@ -97,30 +97,33 @@ def split(count: int, test_fraction: float, seed: int) -> tuple[list[int], list[
     return sorted(order[:cut]), sorted(order[cut:])
 
 
-def load_data(args, rank: int, world_size: int):
+def load_data(config, rank: int, world_size: int):
     """(train texts, train labels) of this owner, (test texts, labels) if rank 0, label names.
-    DataError (one line for the user) if the files or options leave nothing to learn or test."""
-    if args.train:
-        texts, labels, names = read_labelled(args.train, args.text_column, args.label_column)
+
+    `config` is a mpcft.finetune.FinetuneConfig (or anything with its data fields: train, test,
+    text_column, label_column, seed, test_fraction, max_train, split_train). DataError (one
+    line for the user) if the files or options leave nothing to learn or test."""
+    if config.train:
+        texts, labels, names = read_labelled(config.train, config.text_column, config.label_column)
     else:
-        texts, labels, names = builtin_dataset(seed=args.seed)
-    if args.test:
-        test_texts, test_labels, _ = read_labelled(args.test, args.text_column, args.label_column, names)
+        texts, labels, names = builtin_dataset(seed=config.seed)
+    if config.test:
+        test_texts, test_labels, _ = read_labelled(config.test, config.text_column, config.label_column, names)
         train_idx = list(range(len(texts)))
     else:
-        train_idx, test_idx = split(len(texts), args.test_fraction, args.seed)
+        train_idx, test_idx = split(len(texts), config.test_fraction, config.seed)
         test_texts, test_labels = [texts[i] for i in test_idx], [labels[i] for i in test_idx]
-    max_train = BUILTIN_MAX_TRAIN if args.max_train is None and not args.train else args.max_train
+    max_train = BUILTIN_MAX_TRAIN if config.max_train is None and not config.train else config.max_train
     if max_train:
         train_idx = train_idx[:max_train]
-    where = args.train or "the built-in set"
+    where = config.train or "the built-in set"
     if len({labels[i] for i in train_idx}) < 2:
         raise DataError(f"{where}: the training examples hold fewer than two labels: "
-                                 f"nothing to learn")
+                        f"nothing to learn")
     if not test_texts:
         raise DataError(f"{where}: no held-out examples to evaluate on (give --test, or a "
-                                 f"--test-fraction above 0 with enough rows)")
-    if args.split_train:
+                        f"--test-fraction above 0 with enough rows)")
+    if config.split_train:
         train_idx = train_idx[rank::world_size]
     if not train_idx:
         raise DataError(f"{where}: party {rank} of {world_size} gets no training examples")
@@ -128,11 +131,11 @@ def load_data(args, rank: int, world_size: int):
     return train, (test_texts, test_labels) if rank == 0 else None, names
 
 
-def check_data(args, world_size: int) -> None:
+def check_data(config, world_size: int) -> None:
     """Every party's data as load_data reads it, before any party starts (DataError)."""
-    if not args.owner_shares:
+    if not config.owner_shares:
         for rank in range(world_size):
-            load_data(args, rank, world_size)
+            load_data(config, rank, world_size)
 
 
 def schedule(counts: list[int], batch_size: int, epochs: int, seed: int):

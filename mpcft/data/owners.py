@@ -1,4 +1,5 @@
-"""Data owners that are not compute parties: `mpcft share-data`, and the parties' side of it.
+"""Sealed share files of data owners that are not compute parties: `mpcft share-data` writes
+them, the parties open and check them (the batches they hold: mpcft.data.sources.OwnersData).
 
 An owner (a hospital, a bank) tokenizes its labelled texts, runs the frozen bottom of the
 public encoder on them locally and secret-shares the result among the n compute parties:
@@ -28,7 +29,6 @@ import secrets
 
 import torch
 
-from mpcft import data as datasets
 from mpcft.encoder import default_model_path, frozen_features, load_encoder
 from mpcft.kernels import FixedPoint
 from mpcft.kernels.prg import fresh_seed
@@ -38,6 +38,8 @@ from mpcft.runtime.envelope import OWNER_PREFIX, SealedFileError, open_sealed, s
 from mpcft.runtime.errors import CertificateError, FrameError
 from mpcft.runtime.frames import tensor_json
 from mpcft.runtime.tls import verify_party_certificate
+
+from .files import read_labelled, split
 
 PARTS = ("train", "test")
 SUFFIX = ".mpcft"
@@ -99,9 +101,9 @@ def write_share_files(args) -> tuple[str, list[pathlib.Path]]:
     recipients = [verify_party_certificate(certs / f"party-{r}.pem", certs / "ca.pem", r)
                   for r in range(args.parties)]
     labels = args.labels.split(",") if args.labels else None
-    texts, label_ids, names = datasets.read_labelled(args.train, args.text_column, args.label_column, labels)
+    texts, label_ids, names = read_labelled(args.train, args.text_column, args.label_column, labels)
     if args.test_fraction:
-        train_idx, test_idx = datasets.split(len(texts), args.test_fraction, args.seed)
+        train_idx, test_idx = split(len(texts), args.test_fraction, args.seed)
     else:
         train_idx, test_idx = list(range(len(texts))), []
     tokenizer, encoder = load_encoder(args.model or default_model_path())
@@ -286,18 +288,4 @@ def _disagreement(owner: str, listings: list[dict]) -> str | None:
             return (f"parties 0 and {rank} hold files of sealing {first['sealing']} whose public headers "
                     f"differ; ask the owner for one set of files")
     return None
-
-
-def batch_shares(owners: list[OwnerShares], part: str, batch):
-    """This party's shares (x, masks or None, one-hot labels) of a batch of (owner, index)."""
-    xs, ms, ys = [], [], []
-    for o, owner in enumerate(owners):
-        idx = [i for oo, i in batch if oo == o]
-        if idx:
-            tensors = owner.parts[part]
-            xs.append(tensors["features"][idx])
-            ys.append(tensors["labels"][idx])
-            if "masks" in tensors:
-                ms.append(tensors["masks"][idx])
-    return torch.cat(xs), (torch.cat(ms) if ms else None), torch.cat(ys)
 

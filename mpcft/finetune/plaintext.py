@@ -1,14 +1,14 @@
 """The same fine-tuning in plain torch (float64, autograd): the baseline MPC accuracy is judged by.
 
 Same data split among owners, same frozen features, public schedule, initialisation (head,
-LoRA), optimizer and hyper-parameters as mpcft.finetune; only the arithmetic differs. It needs
+LoRA), optimizer and hyper-parameters as mpcft.finetune.trainer; only the arithmetic differs. It needs
 every owner's training data, so it is for benchmarking on one machine, not for deployments.
 """
 import math
 
 import torch
 
-from mpcft.data import load_data, schedule
+from mpcft.data import by_owner, load_data, schedule
 from mpcft.encoder import accuracy, default_model_path, frozen_features, load_encoder
 from mpcft.nn import mpc_layer_count
 
@@ -37,10 +37,11 @@ class AdamW(torch.optim.Optimizer):
                 p -= lr * (state["m"] / (state["v"] + eps ** 2).sqrt() + group["weight_decay"] * p)
 
 
-def make_optimizer(args, params):
-    if args.optimizer == "adamw":
-        return AdamW(params, lr=args.lr, eps=args.adam_eps, weight_decay=args.weight_decay, clip=args.clip)
-    return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+def make_optimizer(config, params):
+    """The torch optimizer matching mpcft.finetune.trainer.make_optimizer's."""
+    if config.optimizer == "adamw":
+        return AdamW(params, lr=config.lr, eps=config.adam_eps, weight_decay=config.weight_decay, clip=config.clip)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
 def _split(t, heads):
@@ -49,6 +50,8 @@ def _split(t, heads):
 
 
 class _LoRA(torch.nn.Module):
+    """`dense` plus a trainable low-rank update alpha/r * B A, drawn as mpcft.nn.LoRALinear draws it."""
+
     def __init__(self, dense, rank, alpha, seed):
         super().__init__()
         self.dense = dense
@@ -63,6 +66,8 @@ class _LoRA(torch.nn.Module):
 
 
 def _layer(layer, x, mask, heads, query, value):
+    """A post-LN BERT `layer` on x [B, T, H] with `heads` heads and a 0/1 key mask [B, T] (padded
+    keys get -inf); `query` and `value` stand in for its own projections (LoRA adapters)."""
     att = layer.attention
     q, k, v = _split(query(x), heads), _split(att.self.key(x), heads), _split(value(x), heads)
     scores = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).masked_fill(mask[:, None, None, :] == 0, -math.inf)
@@ -71,38 +76,36 @@ def _layer(layer, x, mask, heads, query, value):
     return layer.output.LayerNorm(x1 + layer.output.dense(torch.nn.functional.gelu(layer.intermediate.dense(x1))))
 
 
-def train_plaintext(args, names, counts, test):
-    """(test accuracy, loss per step) of the plaintext run."""
-    tokenizer, encoder = load_encoder(args.model or default_model_path())
-    config = encoder.config
-    count = mpc_layer_count(args.mode, config.num_hidden_layers, args.layers)
+def train_plaintext(config, names, counts, test):
+    """(test accuracy, loss per step) of the plaintext run of FinetuneConfig `config`."""
+    tokenizer, encoder = load_encoder(config.model or default_model_path())
+    hf = encoder.config
+    count = mpc_layer_count(config.mode, hf.num_hidden_layers, config.layers)
     owners = []
     for rank in range(len(counts)):
-        (texts, labels), _, _ = load_data(args, rank, len(counts))
-        feats, masks = frozen_features(encoder, tokenizer, texts, args.seq_len, count)
+        (texts, labels), _, _ = load_data(config, rank, len(counts))
+        feats, masks = frozen_features(encoder, tokenizer, texts, config.seq_len, count)
         owners.append((feats, masks, torch.tensor(labels)))
-    layers = list(encoder.encoder.layer[config.num_hidden_layers - count:])
+    layers = list(encoder.encoder.layer[hf.num_hidden_layers - count:])
     for p in encoder.parameters():
-        p.requires_grad_(args.mode in ("top", "all") and any(p is q for l in layers for q in l.parameters()))
+        p.requires_grad_(config.mode in ("top", "all") and any(p is q for l in layers for q in l.parameters()))
     adapters = []
-    if args.mode == "lora":
-        adapters = [(_LoRA(l.attention.self.query, args.lora_rank, args.lora_alpha, args.seed),
-                     _LoRA(l.attention.self.value, args.lora_rank, args.lora_alpha, args.seed)) for l in layers]
-    gen = torch.Generator().manual_seed(args.seed)
-    head_w = torch.nn.Parameter(torch.randn(len(names), config.hidden_size, generator=gen, dtype=torch.float64) * 0.02)  # noqa: csprng
+    if config.mode == "lora":
+        adapters = [(_LoRA(l.attention.self.query, config.lora_rank, config.lora_alpha, config.seed),
+                     _LoRA(l.attention.self.value, config.lora_rank, config.lora_alpha, config.seed)) for l in layers]
+    gen = torch.Generator().manual_seed(config.seed)
+    head_w = torch.nn.Parameter(torch.randn(len(names), hf.hidden_size, generator=gen, dtype=torch.float64) * 0.02)  # noqa: csprng
     head_b = torch.nn.Parameter(torch.zeros(len(names), dtype=torch.float64))
     params = [p for p in encoder.parameters() if p.requires_grad] + [head_w, head_b]
     params += [p for pair in adapters for a in pair for p in (a.a, a.b)]
-    optimizer = make_optimizer(args, params)
+    optimizer = make_optimizer(config, params)
     losses = []
-    for batch in schedule(counts, args.batch_size, args.epochs, args.seed):
-        x = torch.cat([owners[o][0][[i for oo, i in batch if oo == o]] for o in range(len(counts))])
-        m = torch.cat([owners[o][1][[i for oo, i in batch if oo == o]] for o in range(len(counts))])
-        y = torch.cat([owners[o][2][[i for oo, i in batch if oo == o]] for o in range(len(counts))])
+    for batch in schedule(counts, config.batch_size, config.epochs, config.seed):
+        x, m, y = (torch.cat([owners[o][k][idx] for o, idx in by_owner(batch).items()]) for k in range(3))
         h = x
         for i, layer in enumerate(layers):
             query, value = adapters[i] if adapters else (layer.attention.self.query, layer.attention.self.value)
-            h = _layer(layer, h, m, config.num_attention_heads, query, value)
+            h = _layer(layer, h, m, hf.num_attention_heads, query, value)
         if count:
             mf = m[..., None].double()
             h = (h * mf).sum(1) / mf.sum(1)
@@ -115,4 +118,4 @@ def train_plaintext(args, names, counts, test):
         for layer, (q, v) in zip(layers, adapters):
             layer.attention.self.query.weight += q.scaling * q.b @ q.a
             layer.attention.self.value.weight += v.scaling * v.b @ v.a
-    return accuracy(encoder, head_w.detach(), head_b.detach(), tokenizer, *test, args.seq_len), losses
+    return accuracy(encoder, head_w.detach(), head_b.detach(), tokenizer, *test, config.seq_len), losses

@@ -4,7 +4,8 @@ Protocols allocate and free many multi-megabyte temporaries. glibc serves such b
 fresh mmap() pages and returns them to the OS on free, so every operation pays a page fault
 per 4 KiB touched: measured here, `1 - 2*x` on 10^6 int64 took 8.2 ms instead of 1.1 ms.
 keep_freed_memory() raises glibc's mmap and trim thresholds so freed blocks are reused.
-Call it once per party or dealer process (the runtime does); a no-op where glibc is absent.
+Call it once per party or dealer process (Session.connect and DealerServer do); a no-op where
+glibc is absent.
 """
 import ctypes
 import ctypes.util

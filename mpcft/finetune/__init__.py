@@ -1,0 +1,14 @@
+"""Private fine-tuning of a pretrained BERT-family classifier under MPC (`mpcft finetune`).
+
+`config` (FinetuneConfig: every option, its flags and its JSON form), `trainer` (one party's
+part of a run: train), `outputs` (the revealed model, saved files, the summary), `plaintext`
+(the same run in plain torch, the baseline), `__main__` (the worker process).
+
+    from mpcft.finetune import FinetuneConfig, train
+    with mpcft.init() as session:
+        summary = train(session, FinetuneConfig(mode="head", epochs=2))
+"""
+from .config import FinetuneConfig
+from .trainer import train
+
+__all__ = ["FinetuneConfig", "train"]

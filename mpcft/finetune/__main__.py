@@ -1,0 +1,73 @@
+"""The fine-tuning worker, one party's process: `python -m mpcft.finetune`.
+
+`mpcft finetune` starts one per party (with the dealer) and passes the run as
+`--config-json JSON` (a FinetuneConfig); under `mpcft launch` or `mpcft party` it takes the
+same options as `mpcft finetune`. It sets this process's threads, loads models offline, gets
+its session from mpcft.runtime.init(), trains, and prints the summary at rank 0. A user's or
+a peer's error ends it with one line on stderr and a non-zero status
+(mpcft.runtime.errors.failure_report).
+"""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")   # before transformers loads: the model is local
+
+import argparse
+import sys
+
+import torch
+
+from mpcft.data import DataError
+from mpcft.runtime import init
+from mpcft.runtime.errors import MPCRuntimeError, failure_report
+from mpcft.runtime.session import ENV_RANK
+
+from .config import FinetuneConfig, HelpFormatter, add_arguments
+from .outputs import print_summary
+from .trainer import TrainingDiverged, train
+
+
+def parse(argv=None) -> FinetuneConfig:
+    """The run's config from `--config-json` or from the options."""
+    parser = argparse.ArgumentParser(prog="python -m mpcft.finetune", formatter_class=HelpFormatter,
+                                     description="Private fine-tuning of a pretrained BERT-family "
+                                                 "classifier under MPC (`mpcft finetune`).")
+    parser.add_argument("--config-json", metavar="JSON",
+                        help="the whole run as FinetuneConfig JSON (how `mpcft finetune` starts its "
+                             "workers), instead of the options below")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    options = FinetuneConfig.from_args(args)
+    if args.config_json is None:
+        return options
+    if options != FinetuneConfig():
+        parser.error("--config-json replaces the other options: give one or the other")
+    try:
+        return FinetuneConfig.from_json(args.config_json)
+    except ValueError as exc:
+        parser.error(f"--config-json: {exc}")
+
+
+def set_threads(threads: int) -> None:
+    """This process's torch and Numba threads (the parties of one host share its cores)."""
+    import numba
+    torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+
+
+def main(argv=None) -> int:
+    config = parse(argv)
+    set_threads(config.threads)
+    try:
+        with init() as session:
+            summary = train(session, config)
+    except (MPCRuntimeError, DataError, TrainingDiverged) as exc:
+        status, line = failure_report(exc)
+        print(f"mpcft party {os.environ.get(ENV_RANK)}: {line}", file=sys.stderr, flush=True)
+        return status
+    if summary is not None:
+        print_summary(summary, config.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""`FinetuneConfig`: every option of a fine-tuning run, as command-line flags and as JSON.
+
+`mpcft finetune` parses its flags into a FinetuneConfig and hands it to every party's worker
+as JSON (`python -m mpcft.finetune --config-json JSON`); a worker started by hand
+(`mpcft party ... -m mpcft.finetune --train ...`) parses the same flags itself.
+"""
+import argparse
+import dataclasses
+import json
+import typing
+
+from mpcft.data import BUILTIN_MAX_TRAIN
+from mpcft.data.owners import sealing_pin
+from mpcft.nn import MODES
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows each option's default, except where there is none (None, False)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _option(default, help=None, **flag):
+    """A FinetuneConfig field: its default, its help text and more argparse keywords of its flag."""
+    return dataclasses.field(default=default, metadata=dict(flag, help=help))
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """The options of one fine-tuning run; field `lora_rank` is flag `--lora-rank`."""
+    train: str | None = _option(None, "CSV/TSV of labelled texts (default: the built-in set)")
+    test: str | None = _option(None, "held-out CSV/TSV for the output party (default: a split of --train)")
+    owner_shares: list[str] | None = _option(
+        None, "train on share files sealed by data owners (`mpcft share-data`): files, or folders holding "
+              "*.party-R.mpcft; the parties are then not data owners", nargs="+", metavar="PATH")
+    owner_sealing: list[str] | None = _option(
+        None, "with --owner-shares: accept only sealing ID (printed by `mpcft share-data`) of owner NAME, "
+              "refusing its withdrawn ones", nargs="+", type=sealing_pin, metavar="NAME=ID")
+    text_column: str = _option("sentence", "column of --train/--test holding the texts")
+    label_column: str = _option("label", "column of --train/--test holding the labels")
+    model: str | None = _option(None, "local model folder (default: all-MiniLM-L6-v2)")
+    mode: str = _option("lora", "what is trained (see mpcft.nn.classifier)", choices=MODES)
+    layers: int = _option(1, "top encoder layers under MPC (modes top, lora)")
+    lora_rank: int = _option(4, "rank r of the LoRA adapters (mode lora)")
+    lora_alpha: float = _option(8.0, "LoRA scaling alpha (the update is alpha/r * B A)")
+    epochs: int = _option(1, "passes over the training examples")
+    batch_size: int = _option(8, "examples per training step (all owners together)")
+    seq_len: int = _option(32, "tokens per text (longer texts are cut)")
+    optimizer: str = _option("sgd", "adamw: see mpcft.nn.AdamW (its inverse square root costs per "
+                                    "parameter: best for modes head and lora)", choices=("sgd", "adamw"))
+    lr: float = _option(0.05, "learning rate")
+    momentum: float = _option(0.9, "SGD momentum")
+    weight_decay: float = _option(0.0)
+    adam_eps: float = _option(1e-4, "AdamW eps (inside the square root)")
+    clip: float = _option(1.0, "AdamW: clip gradients to [-clip, clip]")
+    max_train: int | None = _option(None, f"use at most this many training examples (0: all; default: "
+                                          f"{BUILTIN_MAX_TRAIN} of the built-in set, all of --train)")
+    test_fraction: float = _option(0.2, "held-out share of --train when no --test is given")
+    split_train: bool = _option(True, "parties read the same file and each keeps every n-th row (local runs)")
+    seed: int = _option(0, "public seed: split, schedule, initialisation")
+    out: str = _option("runs/finetune", "output folder")
+    threads: int = _option(1, "torch threads per party")
+    device: str = _option("cpu", "where each party keeps its shares (cpu, cuda)")
+    no_loss: bool = _option(False, "do not reveal the training loss")
+    reveal: bool = _option(True, "reveal the trained parameters to the output party (rank 0) at the end; "
+                                 "with --no-reveal they stay shared and the evaluation runs in MPC")
+    eval_mpc: bool = _option(False, "evaluate the held-out split in MPC (only the number of correct "
+                                    "predictions is opened, to rank 0); implied by --no-reveal")
+    eval_batch_size: int = _option(32, "examples per evaluation batch under MPC")
+    plaintext_baseline: bool = _option(False, "also train the same configuration in plain torch (output party)")
+
+    @classmethod
+    def from_args(cls, namespace: argparse.Namespace) -> "FinetuneConfig":
+        """The config of parsed flags (add_arguments); other attributes of `namespace` are ignored."""
+        return cls(**{field.name: getattr(namespace, field.name) for field in dataclasses.fields(cls)})
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "FinetuneConfig":
+        """The config that to_json wrote; fields it lacks keep their defaults. ValueError for
+        anything but a JSON object of FinetuneConfig fields."""
+        values = json.loads(text)
+        names = {field.name for field in dataclasses.fields(cls)}
+        if not isinstance(values, dict) or not set(values) <= names:
+            unknown = sorted(set(values) - names) if isinstance(values, dict) else values
+            raise ValueError(f"not a FinetuneConfig: {unknown!r}")
+        return cls(**values)
+
+
+def _number_type(annotation):
+    """int or float for a field annotated int, float, int | None or float | None; else None."""
+    kinds = [t for t in typing.get_args(annotation) if t is not type(None)] or [annotation]
+    return kinds[0] if kinds[0] in (int, float) else None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per FinetuneConfig field, with its default and help; booleans that default to
+    True get a --no- form, those that default to False are switches."""
+    for field in dataclasses.fields(FinetuneConfig):
+        flag = dict(field.metadata)
+        if field.type is bool:
+            flag["action"] = argparse.BooleanOptionalAction if field.default else "store_true"
+        elif "type" not in flag and _number_type(field.type):
+            flag["type"] = _number_type(field.type)
+        parser.add_argument("--" + field.name.replace("_", "-"), default=field.default, **flag)

@@ -1,0 +1,74 @@
+"""What a fine-tuning run leaves at the output party: the revealed model written back into the
+plaintext encoder, `model/` (transformers format), summary.json, training.png, the printed summary."""
+import json
+import pathlib
+
+import torch
+
+from mpcft.nn.bert import hf_parameter_name
+
+
+def revealed_model(encoder, model, values: dict, config):
+    """The plaintext encoder with the revealed trained weights `values` written back (LoRA
+    merged, scaled by config.lora_alpha / config.lora_rank), and the head (weight, bias)."""
+    total = encoder.config.num_hidden_layers
+    first = total - model.mpc_layers
+    params = dict(encoder.named_parameters())
+    scaling = config.lora_alpha / config.lora_rank
+    with torch.no_grad():
+        for name, value in values.items():
+            if name.startswith("head."):
+                continue
+            block, rest = name.split(".", 1)
+            prefix = f"encoder.layer.{first + int(block[len('layer'):])}."
+            if ".lora_a." in rest or ".lora_b." in rest:
+                if ".lora_a." in rest:
+                    target = rest.split(".lora_a.")[0]
+                    b = values[f"{block}.{target}.lora_b.weight"]
+                    params[prefix + hf_parameter_name(target + ".weight")] += scaling * b @ value
+                continue
+            params[prefix + hf_parameter_name(rest)].copy_(value)
+    return encoder, values["head.weight"], values["head.bias"]
+
+
+def save_outputs(out: pathlib.Path, encoder, tokenizer, head_w, head_b, names, history, summary):
+    """summary.json, training.png and, when the parameters were revealed (head_w given), model/."""
+    out.mkdir(parents=True, exist_ok=True)
+    if head_w is not None:
+        save_model(out / "model", encoder, tokenizer, head_w, head_b, names)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if history:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for (label, losses), style in zip(history.items(), ("-", "--")):
+            ax.plot(range(1, len(losses) + 1), losses, style, label=label)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.set_title(f"mpcft fine-tuning ({summary['mode']}, {summary['parties']} parties)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "training.png", dpi=120)
+        plt.close(fig)
+
+
+def save_model(model_dir: pathlib.Path, encoder, tokenizer, head_w, head_b, names) -> None:
+    """The encoder with trained weights (transformers format), its tokenizer and the head."""
+    encoder.float().save_pretrained(model_dir)
+    encoder.double()
+    tokenizer.save_pretrained(model_dir)
+    from safetensors.torch import save_file
+    save_file({"weight": head_w.float().contiguous(), "bias": head_b.float().contiguous()},
+              str(model_dir / "classifier_head.safetensors"))
+    (model_dir / "classifier_head.json").write_text(json.dumps(
+        {"pooling": "mean", "labels": names, "head": "classifier_head.safetensors"}, indent=2))
+
+
+def print_summary(summary: dict, out) -> None:
+    """The run's summary as printed by the output party, and where its outputs are."""
+    print("\nmpcft fine-tuning summary")
+    for key, value in summary.items():
+        print(f"  {key:>20}: {value:.4f}" if isinstance(value, float) else f"  {key:>20}: {value}")
+    model = "model/ (transformers), " if (pathlib.Path(out) / "model").exists() else ""
+    print(f"  outputs in {out}: {model}shares/, summary.json, training.png")

@@ -1,0 +1,156 @@
+"""One party's part of private fine-tuning of a pretrained BERT-family classifier under MPC.
+
+Roles: every compute party is also a data owner with its own labelled texts
+(mpcft.data.PartiesData), unless data owners outside the parties sealed share files
+(mpcft.data.OwnersData). An owner tokenizes its texts and runs the frozen bottom of the
+public pretrained encoder on them locally (plaintext never leaves it); the parties then train
+the MPC part (mpcft.nn.Classifier) on shares of the resulting features, padding masks and
+one-hot labels, with the dealer's correlations. What is revealed: the public schedule (how
+many examples each owner has, which batch they fall in), the training loss per step to the
+output party (rank 0; --no-loss turns it off), and at the end the trained parameters to the
+output party, which evaluates on its held-out split and saves a model that transformers loads
+back. With --no-reveal the parameters stay shared and the held-out split is evaluated under
+MPC, opening only the number of correct predictions to the output party (--eval-mpc does this
+beside the reveal). Trained shares are saved by every party.
+"""
+import pathlib
+import sys
+import time
+
+import torch
+
+from mpcft.data import OwnersData, PartiesData, schedule
+from mpcft.encoder import accuracy, default_model_path, load_encoder
+from mpcft.nn import SGD, AdamW, Classifier, count_correct, mpc_layer_count
+from mpcft.protocols import sharing
+from mpcft.protocols.context import MPCContext
+
+from .config import FinetuneConfig
+from .outputs import revealed_model, save_outputs
+from .plaintext import train_plaintext
+
+LOSS_LIMIT = 30.0   # cross-entropy of a run that has not diverged (chance level is log(labels))
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss left [0, LOSS_LIMIT]: the run diverged or its values wrapped."""
+
+
+def check_loss(loss: float, step: int, lr: float) -> float:
+    """The output party's guard: a loss outside [0, LOSS_LIMIT] means the run diverged or its
+    values left the fixed-point ranges; stop then (the other parties abort with it) rather
+    than train on wrapped values."""
+    if not -1e-3 <= loss <= LOSS_LIMIT:
+        raise TrainingDiverged(f"step {step}: training loss {loss:.4g} is outside [0, {LOSS_LIMIT:g}]: "
+                               f"the run diverged or left the fixed-point range; lower --lr (was {lr:g})")
+    return loss
+
+
+def make_optimizer(config: FinetuneConfig, model: Classifier):
+    """The MPC optimizer over the model's trainable parameters (config.optimizer: sgd or adamw)."""
+    params = model.trainable_parameters()
+    if config.optimizer == "adamw":
+        return AdamW(params, lr=config.lr, eps=config.adam_eps, weight_decay=config.weight_decay,
+                     clip=config.clip, grad_scale=model.grad_scale)
+    return SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+               grad_scale=model.grad_scale)
+
+
+def evaluate_mpc(ctx, model: Classifier, data, batch_size: int) -> float | None:
+    """Accuracy of the still-shared model on the held-out examples, under MPC: the parties run
+    the forward pass on shared test examples and count correct predictions (nn.count_correct);
+    only that count is opened, to rank 0. Returns the accuracy at rank 0, None elsewhere."""
+    batches, shares_of = data.test_batches(batch_size)
+    correct = torch.zeros((), dtype=torch.int64)
+    for batch in batches:
+        with ctx.step("evaluate"):
+            x, m, y = shares_of(batch)
+            correct = correct + count_correct(ctx, model(x, m), y)
+    total = sharing.open_to(ctx, correct, 0)
+    size = sum(len(b) for b in batches)
+    return (total.item() / size if size else float("nan")) if ctx.rank == 0 else None
+
+
+def _sealing_keys(session):
+    """(this party's private key, the cluster CA certificate) that owners seal their files to;
+    (None, None) when the session's cluster has no TLS certificates."""
+    cluster = session.config
+    if cluster is None or not cluster.tls:
+        return None, None
+    return cluster.party(session.rank).key, cluster.ca
+
+
+def train(session, config: FinetuneConfig) -> dict | None:
+    """One party's part of the run; returns the summary at rank 0, None elsewhere."""
+    from tqdm import tqdm
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {config.device}: torch sees no CUDA device on this host")
+    ctx, rank, n = MPCContext(session, device=config.device), session.rank, session.world_size
+    started = time.perf_counter()
+    tokenizer, encoder = load_encoder(config.model or default_model_path())
+    count = mpc_layer_count(config.mode, encoder.config.num_hidden_layers, config.layers)
+    data = (OwnersData(ctx, config, encoder, count, *_sealing_keys(session)) if config.owner_shares
+            else PartiesData(ctx, config, encoder, tokenizer, count))
+    names, test, counts = data.names, data.test, data.counts
+    model = Classifier(ctx, encoder, len(names), mode=config.mode, layers=config.layers,
+                       lora_rank=config.lora_rank, lora_alpha=config.lora_alpha, seed=config.seed)
+    optimizer = make_optimizer(config, model)
+    batches = schedule(counts, config.batch_size, config.epochs, config.seed)
+    losses = []
+    bar = tqdm(batches, desc=f"MPC {config.mode} x{n}", unit="step", disable=rank != 0, file=sys.stdout,
+               dynamic_ncols=True)
+    for batch in bar:
+        step_start = time.perf_counter()
+        with ctx.step("train"):              # the dealer prepares the last step's requests
+            x, m, y = data.train_batch(batch)
+            logits = model(x, m)
+            loss = model.loss_backward(logits, y, with_loss=not config.no_loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            if loss is not None:
+                value = sharing.open_to(ctx, loss, 0)
+                if rank == 0:
+                    losses.append(check_loss(ctx.fp.decode(value).item(), len(losses) + 1, config.lr))
+        if rank == 0:
+            bar.set_postfix(loss=f"{losses[-1]:.3f}" if losses else "hidden",
+                            step_s=f"{time.perf_counter() - step_start:.1f}",
+                            MB=f"{session.comm.bytes_sent / 1e6:.0f}")
+    train_seconds = time.perf_counter() - started
+    comm = session.comm.snapshot()
+    out = pathlib.Path(config.out)
+    (out / "shares").mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out / "shares" / f"party-{rank}.pt")
+    mpc_acc = None
+    if config.eval_mpc or not config.reveal or config.owner_shares:
+        eval_start = time.perf_counter()
+        mpc_acc = evaluate_mpc(ctx, model, data, config.eval_batch_size)
+        eval_seconds = time.perf_counter() - eval_start
+    values = {}
+    for name, p in model.named_parameters():
+        if p.trainable and config.reveal:
+            opened = sharing.open_to(ctx, p.data, 0)
+            if rank == 0:
+                values[name] = ctx.fp.decode(opened)
+    if rank != 0:
+        return None
+    summary = {"mode": config.mode, "optimizer": config.optimizer, "mpc_layers": count, "parties": n,
+               "data_owners": len(counts) if config.owner_shares else n, "train_examples": sum(counts),
+               "steps": len(batches),
+               "seconds": round(train_seconds, 1), "MB_sent_per_party": round(comm.bytes_sent / 1e6, 1),
+               "rounds": comm.rounds, "dealer_MB_received": round(comm.dealer_bytes_received / 1e6, 1)}
+    head_w = head_b = None
+    if config.reveal:
+        encoder, head_w, head_b = revealed_model(encoder, model, values, config)
+        if test is not None:
+            summary["test_examples"] = len(test[0])
+            summary["accuracy"] = accuracy(encoder, head_w, head_b, tokenizer, *test, config.seq_len)
+    if mpc_acc is not None:
+        summary["mpc_accuracy"] = mpc_acc
+        summary["mpc_eval_seconds"] = round(eval_seconds, 1)
+    history = {"MPC": losses} if losses else {}
+    if config.plaintext_baseline:
+        base_acc, base_losses = train_plaintext(config, names, counts, test)
+        summary["plaintext_accuracy"] = base_acc
+        history["plaintext torch"] = base_losses
+    save_outputs(out, encoder, tokenizer, head_w, head_b, names, history, summary)
+    return summary
