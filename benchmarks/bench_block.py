@@ -18,12 +18,13 @@ import torch
 from transformers import BertConfig, BertModel
 
 from benchmarks.timing import markdown_table, measure_protocol, one_compute_thread
-from mpcft.nn import SGD, Classifier
+from mpcft.nn import SGD, Classifier, prepare, train_module
 from mpcft.nn.bert import BertLayer
-from mpcft.protocols import sharing
+from mpcft.nn.functional import cross_entropy
 from mpcft.protocols.context import MPCContext
 from mpcft.protocols.correlations import CorrelationDealer
 from mpcft.runtime import spawn
+from mpcft.tensor import SharedTensor
 
 
 def block_model():
@@ -39,17 +40,23 @@ def _inputs(batch, seq, hidden):
     return x, torch.ones(batch, seq, dtype=torch.int64), torch.randn(x.shape, generator=gen, dtype=torch.float64) * 0.01
 
 
+def _share(ctx, value, bits=False):
+    """Party 0's benchmark input as a SharedTensor (bits: 0/1 integers, frac_bits 0)."""
+    return SharedTensor.from_plain(ctx, value if ctx.rank == 0 else None, 0, tuple(value.shape),
+                                   frac_bits=0 if bits else None)
+
+
 def party_block(session, model, repeat):
     one_compute_thread()
     ctx = MPCContext(session)
-    layer = BertLayer(ctx, model.encoder.layer[0], 4, train=True)
+    layer = BertLayer(ctx, model.encoder.layer[0], 4)
+    train_module(layer)
     x, mask, grad = _inputs(4, 64, 256)
-    share = lambda v, bits=False: sharing.share(ctx, (v.long() if bits else ctx.fp.encode(v)) if ctx.rank == 0 else None, 0, v.shape)
-    xs, ms, gs = share(x), share(mask, True), share(grad)
+    xs, ms, gs = _share(ctx, x), _share(ctx, mask, bits=True), _share(ctx, grad)
+    xs.requires_grad_()
     def forward_backward():
         with ctx.step("block"):
-            layer(xs, ms[:, None, None, :])
-            layer.backward(gs)
+            layer(xs, ms[:, None, None, :]).backward(gs)
     forward_backward()                     # warm-up: compiles kernels, logs the dealer plan
     return measure_protocol(session, forward_backward, repeat)[:3]
 
@@ -57,18 +64,17 @@ def party_block(session, model, repeat):
 def party_step(session, encoder, mode, layers, repeat):
     one_compute_thread()
     ctx = MPCContext(session)
-    model = Classifier(ctx, encoder, 3, mode=mode, layers=layers)
+    model = prepare(Classifier(ctx, encoder, 3, mpc_layers=layers), mode)
     optimizer = SGD(model.trainable_parameters(), lr=0.01, grad_scale=model.grad_scale)
     hidden, seq, batch = encoder.config.hidden_size, 64, 8
     gen = torch.Generator().manual_seed(2)
     x = torch.randn((batch, hidden) if mode == "head" else (batch, seq, hidden), generator=gen, dtype=torch.float64)
     y = torch.nn.functional.one_hot(torch.arange(batch) % 3, 3).double()
-    share = lambda v, bits=False: sharing.share(ctx, (v.long() if bits else ctx.fp.encode(v)) if ctx.rank == 0 else None, 0, v.shape)
-    xs, ys = share(x), share(y)
-    ms = share(torch.ones(batch, seq), True) if mode != "head" else None
+    xs, ys = _share(ctx, x), _share(ctx, y)
+    ms = _share(ctx, torch.ones(batch, seq), bits=True) if mode != "head" else None
     def step():
         with ctx.step("train"):
-            model.loss_backward(model(xs, ms), ys)
+            cross_entropy(model(xs, ms), ys, value=False).backward(model.grad_scale)
             optimizer.step()
             optimizer.zero_grad()
     step()                                 # warm-up, as in party_block

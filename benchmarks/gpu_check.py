@@ -244,25 +244,27 @@ def sync():
 def _block_party(session, model, device, hidden):
     """One BERT block forward + backward with shares on `device` (in-memory transport, dealer
     in a thread): (seconds of the second run, revealed output)."""
+    from mpcft.nn import train_module
     from mpcft.nn.bert import BertLayer
-    from mpcft.protocols import sharing
     from mpcft.protocols.context import MPCContext
+    from mpcft.tensor import SharedTensor
     ctx = MPCContext(session, device=device)
-    layer = BertLayer(ctx, model.encoder.layer[0], 4, train=True)
+    layer = BertLayer(ctx, model.encoder.layer[0], 4)
+    train_module(layer)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(4, 64, hidden, generator=gen, dtype=torch.float64)
     g = torch.randn(4, 64, hidden, generator=gen, dtype=torch.float64) * 0.01
-    share = lambda v, bits=False: sharing.share(
-        ctx, (v.long() if bits else ctx.fp.encode(v)) if ctx.rank == 0 else None, 0, v.shape)
-    xs, gs, ms = share(x), share(g), share(torch.ones(4, 64), True)
+    share = lambda v, bits=False: SharedTensor.from_plain(ctx, v if ctx.rank == 0 else None, 0, tuple(v.shape),
+                                                          frac_bits=0 if bits else None)
+    xs, gs, ms = share(x).requires_grad_(), share(g), share(torch.ones(4, 64), True)
     for _ in range(2):
         start = time.perf_counter()
         out = layer(xs, ms[:, None, None, :])
-        layer.backward(gs)
+        out.backward(gs)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - start
-    return elapsed, ctx.fp.decode(sharing.open_(ctx, out)).cpu()
+    return elapsed, out.reveal().cpu()
 
 
 PROTOCOL_TIMES = {}

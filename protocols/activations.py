@@ -52,7 +52,7 @@ def _pieces(ctx, x: torch.Tensor, bits: int):
     relu = x - neg_part
     absolute = relu - neg_part
     u, coarse = truncate_many(ctx, [(absolute, _U_SHIFT), (absolute, ctx.frac_bits - _COARSE_BITS)])
-    inside = sign_bit(ctx, coarse - int(T * 2 ** _COARSE_BITS) * (ctx.rank == 0), _INSIDE_BITS)
+    inside = sign_bit(ctx, coarse - ctx.public(T * 2 ** _COARSE_BITS, frac_bits=0), _INSIDE_BITS)
     return relu, negative, u, inside
 
 
@@ -71,8 +71,9 @@ def gelu(ctx, x: torch.Tensor, bits: int = 32, with_grad: bool = False):
     out = relu - gated[0]
     if not with_grad:
         return out
-    sgn = _ones(ctx, x) - 2 * negative                         # +1 / -1, scale 1
-    step = _encode_bits(ctx, _ones(ctx, x) - negative)        # [x >= 0] at scale f
+    ones = ctx.public(1, x.shape, frac_bits=0)
+    sgn = ones - 2 * negative                                  # +1 / -1, scale 1
+    step = _encode_bits(ctx, ones - negative)                  # [x >= 0] at scale f
     dg = beaver.mul(ctx, gated[1], sgn)                        # bit-scale product: no truncation
     return out, step - dg
 
@@ -82,25 +83,21 @@ def tanh(ctx, x: torch.Tensor, bits: int = 32) -> torch.Tensor:
     _, negative, u, inside = _pieces(ctx, x, bits)
     r = fixed.polynomial(ctx, u, TANH_COEFFS)
     (r_inside,) = _mul_bits(ctx, [r], inside)
-    magnitude = fixed.public(ctx, 1.0, x.shape) - 2 * r_inside
-    sgn = _ones(ctx, x) - 2 * negative
+    magnitude = ctx.public(1.0, x.shape) - 2 * r_inside
+    sgn = ctx.public(1, x.shape, frac_bits=0) - 2 * negative
     return beaver.mul(ctx, magnitude, sgn)
 
 
 def sigmoid(ctx, x: torch.Tensor, bits: int = 32) -> torch.Tensor:
     """1 / (1 + e^-x) = (1 + tanh(x / 2)) / 2."""
     t = tanh(ctx, fixed.mul_public(ctx, x, 0.5), bits)
-    return fixed.mul_public(ctx, fixed.add_public(ctx, t, 1.0), 0.5)
+    return fixed.mul_public(ctx, t + ctx.public(1.0), 0.5)
 
 
 def _mul_bits(ctx, values, bit) -> list:
     """[v * bit for v in values] in one Beaver round, the bit opened once (broadcast);
     bit has scale 1: no truncation."""
     return list(beaver.mul(ctx, torch.stack(values), bit))
-
-
-def _ones(ctx, x):
-    return torch.ones_like(x) if ctx.rank == 0 else torch.zeros_like(x)
 
 
 def _encode_bits(ctx, bits):

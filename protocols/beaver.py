@@ -13,20 +13,14 @@ import torch
 from mpcft.kernels import ring_matmul
 
 from .cost import RING_BYTES, Cost
-from .sharing import open_
-
-
-def _open_pair(ctx, d: torch.Tensor, e: torch.Tensor):
-    """Open d and e together: one round, one message per peer."""
-    opened = open_(ctx, torch.cat([d.reshape(-1), e.reshape(-1)]))
-    return opened[:d.numel()].reshape(d.shape), opened[d.numel():].reshape(e.shape)
+from .sharing import open_, open_many
 
 
 def mul(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Shares of x * y mod 2^64 (broadcasting). Cost: mul_cost(n, x.numel(), y.numel())."""
     correlation = ctx.correlation("triple", shape_a=list(x.shape), shape_b=list(y.shape))
     a, b = correlation.random
-    d, e = _open_pair(ctx, x - a, y - b)
+    d, e = open_many(ctx, [x - a, y - b])
     (c,) = correlation.derived()
     return c + d * (b + e if ctx.rank == 0 else b) + a * e
 
@@ -61,7 +55,7 @@ def matmul(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """
     correlation = ctx.correlation("matmul_triple", shape_a=list(x.shape), shape_b=list(y.shape))
     a, b = correlation.random
-    d, e = _open_pair(ctx, x - a, y - b)
+    d, e = open_many(ctx, [x - a, y - b])
     z = ring_matmul(d, b + e if ctx.rank == 0 else b) + ring_matmul(a, e)
     (c,) = correlation.derived()
     return z + c

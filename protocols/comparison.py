@@ -22,7 +22,7 @@ from mpcft.kernels.ring import bit, low_bits
 
 from .binary import and_, open_bits
 from .cost import RING_BYTES, Cost
-from .sharing import open_
+from .sharing import open_, open_many
 
 FULL_BITS = 62   # any |x| < 2^62, the range of truncation
 DIGIT_BITS = 4
@@ -59,8 +59,7 @@ def _sign(ctx, x: torch.Tensor, bits: int, digit_bits: int, with_product: bool):
     first = ctx.rank == 0
     c_share = x + r + (1 << bits) if first else x + r
     if with_product:
-        opened = open_(ctx, torch.cat([c_share.reshape(-1), (x - a).reshape(-1)]))
-        c, d = opened[:numel].reshape(shape), opened[numel:].reshape(shape)
+        c, d = open_many(ctx, [c_share, x - a])
     else:
         c, d = open_(ctx, c_share), None
     onehot, masked_rbit, beta, a_beta = correlation.derived()
@@ -151,7 +150,7 @@ def clamp(ctx, x: torch.Tensor, lo: float, hi: float, bits: int = FULL_BITS) -> 
     select_negative on the concatenation. Cost: clamp_cost (sign_cost of 2 numel, with product)."""
     if not lo < hi:
         raise ValueError(f"clamp needs lo < hi, got {lo} and {hi}")
-    lo_enc, hi_enc = (_constant(ctx, ctx.fp.encode(torch.tensor(float(v)))) for v in (lo, hi))
+    lo_enc, hi_enc = (ctx.public(float(v)) for v in (lo, hi))
     negative, _ = select_negative(ctx, torch.stack([x - lo_enc, x - hi_enc]), bits)
     return hi_enc + negative[1] - negative[0]
 

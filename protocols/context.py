@@ -30,6 +30,17 @@ class MPCContext:
     def frac_bits(self) -> int:
         return self.fp.frac_bits
 
+    def public(self, value, shape=None, frac_bits: int | None = None) -> torch.Tensor:
+        """This party's share of the public `value` (a number, array or tensor) encoded with
+        `frac_bits` fractional bits (default f; 0 for integers): the encoding at party 0,
+        zeros elsewhere, on this context's device (expanded to `shape` when given)."""
+        fp = self.fp if frac_bits is None else FixedPoint(frac_bits)
+        value = value if isinstance(value, torch.Tensor) else torch.as_tensor(value, dtype=torch.float64)
+        encoded = fp.encode(value).to(self.device)
+        if shape is not None:
+            encoded = encoded.expand(shape).contiguous()
+        return encoded if self.rank == 0 else torch.zeros_like(encoded)
+
     def input_prg(self, owner: int, holder: int) -> PRG:
         """The PRG from which `holder` draws its share of `owner`'s inputs (one of them is us).
 

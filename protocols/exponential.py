@@ -24,7 +24,7 @@ def exp(ctx, x: torch.Tensor, clamp: bool = False, bits: int = 32) -> torch.Tens
     """Shares of e^x for x in [-150, 7]; clamp=True maps x < -150 to -150 first (one relu)."""
     if clamp:  # max(x, -m) = -m + relu(x + m)
         m = EXP_MIN_INPUT
-        x = fixed.add_public(ctx, relu(ctx, fixed.add_public(ctx, x, m), bits), -m)
+        x = relu(ctx, x + ctx.public(m), bits) + ctx.public(-m)
     y = truncate(ctx, x, SQUARINGS)               # x / 64, stochastic rounding
     z = fixed.polynomial(ctx, y, _TAYLOR)
     for _ in range(SQUARINGS):

@@ -9,21 +9,8 @@ import torch
 from . import beaver
 from .correlations import power_levels
 from .cost import FREE, Cost, open_cost
-from .sharing import open_
+from .sharing import open_many
 from .truncation import truncate, truncate_cost, truncate_many
-
-
-def public(ctx, value, shape=None) -> torch.Tensor:
-    """Party 0's share of an encoded public value (zeros at the other parties)."""
-    encoded = ctx.fp.encode(value if isinstance(value, torch.Tensor) else torch.tensor(float(value)))
-    encoded = encoded.to(ctx.device)
-    if shape is not None:
-        encoded = encoded.expand(shape).contiguous()
-    return encoded if ctx.rank == 0 else torch.zeros_like(encoded)
-
-
-def add_public(ctx, x: torch.Tensor, value) -> torch.Tensor:
-    return x + public(ctx, value)
 
 
 def mul_public(ctx, x: torch.Tensor, value, extra_bits: int = 0) -> torch.Tensor:
@@ -43,16 +30,10 @@ def mean_last(ctx, x: torch.Tensor) -> torch.Tensor:
     return mul_public(ctx, x.sum(-1, keepdim=True), 1.0 / x.shape[-1], extra_bits=10)
 
 
-def mul_many(ctx, pairs) -> list:
-    """[x * y for (x, y) in pairs] (equal shapes within a pair) in one Beaver + one truncation round."""
-    xs = torch.cat([x.reshape(-1) for x, _ in pairs])
-    ys = torch.cat([torch.broadcast_to(y, x.shape).reshape(-1) for x, y in pairs])
-    flat = truncate(ctx, beaver.mul(ctx, xs, ys))
-    out, start = [], 0
-    for x, _ in pairs:
-        out.append(flat[start:start + x.numel()].reshape(x.shape))
-        start += x.numel()
-    return out
+def matmul(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x @ y for shared x, y (batched as torch.matmul): one Beaver product, one truncation.
+    Reveals nothing. Cost: matmul_cost(n, x.numel(), y.numel(), output numel)."""
+    return truncate(ctx, beaver.matmul(ctx, x, y))
 
 
 def mul(ctx, x, y, shift: int = 0) -> torch.Tensor:
@@ -82,9 +63,7 @@ def powers(ctx, x: torch.Tensor, degree: int) -> list:
     pair_number = {pair: i for i, pair in enumerate(p for _, level in levels for p in level)}
     out, opened, cross = {1: x}, {}, None
     for new, pairs in levels:
-        flat = open_(ctx, torch.cat([(out[k] - masks[k]).reshape(-1) for k in new]))
-        for index, k in enumerate(new):
-            opened[k] = flat[index * x.numel():(index + 1) * x.numel()].reshape(x.shape)
+        opened.update(zip(new, open_many(ctx, [out[k] - masks[k] for k in new])))
         cross = cross if cross is not None else correlation.derived()
         products = []
         for i, j in pairs:
@@ -103,7 +82,7 @@ def combine(ctx, terms, coeffs, constant=0.0, extra_bits: int = 0) -> torch.Tens
         product = term * round(float(c) * scale)
         acc = product if acc is None else acc + product
     acc = truncate(ctx, acc, ctx.frac_bits + extra_bits)
-    return add_public(ctx, acc, constant) if constant else acc
+    return acc + ctx.public(constant) if constant else acc
 
 
 def polynomial(ctx, x: torch.Tensor, coeffs) -> torch.Tensor:
@@ -114,6 +93,10 @@ def polynomial(ctx, x: torch.Tensor, coeffs) -> torch.Tensor:
 # ----- declared costs (per party; n parties; sizes in elements) -------------------------------
 def mul_cost(n: int, numel_x: int, numel_y: int, numel_out: int | None = None) -> Cost:
     return beaver.mul_cost(n, numel_x, numel_y) + truncate_cost(n, numel_out or max(numel_x, numel_y))
+
+
+def matmul_cost(n: int, numel_x: int, numel_y: int, numel_out: int) -> Cost:
+    return beaver.matmul_cost(n, numel_x, numel_y) + truncate_cost(n, numel_out)
 
 
 def square_cost(n: int, numel: int) -> Cost:

@@ -27,7 +27,7 @@ def layernorm(ctx, x: torch.Tensor, eps: float = 1e-12, var_lo: float = 1e-4, va
     d = x.shape[-1]
     centred = x - fixed.mean_last(ctx, x)
     squares = truncate(ctx, beaver.square(ctx, centred).sum(-1, keepdim=True))
-    total = fixed.add_public(ctx, squares, d * eps)
+    total = squares + ctx.public(d * eps)
     rstd = inv_sqrt(ctx, total, lo=d * var_lo, hi=d * var_hi, bits=_sum_bits(d, var_hi),
                     multiplier=math.sqrt(d))
     return fixed.mul(ctx, centred, rstd), rstd

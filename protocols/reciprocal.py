@@ -27,9 +27,9 @@ from .truncation import truncate_cost
 
 def _exponent_onehot(ctx, x: torch.Tensor, thresholds: list, bits: int):
     """Arithmetic one-hot [len(thresholds)+1, *shape] of the interval of x among thresholds."""
-    t = torch.stack([fixed.add_public(ctx, x, -float(v)) for v in thresholds])
+    t = torch.stack([x + ctx.public(-float(v)) for v in thresholds])
     below = sign_bit(ctx, t, bits)                      # [x < t_j]
-    ones = torch.ones_like(below[:1]) if ctx.rank == 0 else torch.zeros_like(below[:1])
+    ones = ctx.public(1, below[:1].shape, frac_bits=0)
     at_least = torch.cat([ones, ones - below])          # b_j = [x >= t_j], with b_{-1} = 1
     zero = torch.zeros_like(at_least[:1])
     return at_least - torch.cat([at_least[1:], zero])    # o_j = b_j - b_{j+1}
@@ -56,10 +56,10 @@ def reciprocal(ctx, x: torch.Tensor, lo: float = 1e-2, hi: float = 1e4, bits: in
     tops = [exps[0]] + [j + _RECIPROCAL_STEP for j in exps]
     scale = _scale_sum(ctx, onehot, [2.0 ** -t for t in tops])
     m = fixed.mul(ctx, x, scale)
-    y = fixed.add_public(ctx, fixed.mul_public(ctx, m, -_RECIPROCAL_SLOPE), _RECIPROCAL_INTERCEPT)
+    y = fixed.mul_public(ctx, m, -_RECIPROCAL_SLOPE) + ctx.public(_RECIPROCAL_INTERCEPT)
     for _ in range(3):
         my = fixed.mul(ctx, m, y)
-        y = fixed.mul(ctx, y, fixed.add_public(ctx, -my, 2.0))
+        y = fixed.mul(ctx, y, ctx.public(2.0) - my)
     return fixed.mul(ctx, y, scale)
 
 
@@ -83,11 +83,11 @@ def inv_sqrt(ctx, x: torch.Tensor, lo: float = 1e-4, hi: float = 1e4, bits: int 
     scale = _scale_sum(ctx, onehot, [2.0 ** -t for t in tops])
     root_scale = _scale_sum(ctx, onehot, [multiplier * 2.0 ** (-t / 2) for t in tops])
     m = fixed.mul(ctx, x, scale)
-    y = fixed.add_public(ctx, fixed.mul_public(ctx, m, _RSQRT_SLOPE), _RSQRT_INTERCEPT)
+    y = fixed.mul_public(ctx, m, _RSQRT_SLOPE) + ctx.public(_RSQRT_INTERCEPT)
     for _ in range(3):
         y2 = fixed.square(ctx, y)
         my2 = fixed.mul(ctx, m, y2)
-        y = fixed.mul(ctx, y, fixed.add_public(ctx, -my2, 3.0), shift=1)
+        y = fixed.mul(ctx, y, ctx.public(3.0) - my2, shift=1)
     return fixed.mul(ctx, y, root_scale)
 
 
@@ -110,7 +110,7 @@ def log(ctx, x: torch.Tensor, lo: float = 1e-4, hi: float = 1e4, bits: int = 40)
     tops = [exps[0]] + [j + 1 for j in exps]
     scale = _scale_sum(ctx, onehot, [2.0 ** -t for t in tops])
     offset = _scale_sum(ctx, onehot, [t * math.log(2.0) for t in tops])
-    m = fixed.add_public(ctx, fixed.mul(ctx, x, scale), -0.75)       # m - 3/4 in [-1/4, 1/4)
+    m = fixed.mul(ctx, x, scale) + ctx.public(-0.75)                 # m - 3/4 in [-1/4, 1/4)
     return fixed.polynomial(ctx, m, list(_LOG_COEFFS)) + offset
 
 

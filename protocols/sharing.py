@@ -62,6 +62,18 @@ def open_(ctx, share_: torch.Tensor) -> torch.Tensor:
     return _sum(ctx.session.all_gather(share_.contiguous()))
 
 
+def open_many(ctx, shares) -> list:
+    """[open_(x) for x in shares] in one round: flattened, concatenated, opened, split back.
+    Reveals exactly the listed values. Cost: open_cost(n, total numel)."""
+    shares = list(shares)
+    opened = open_(ctx, torch.cat([s.reshape(-1) for s in shares]))
+    out, start = [], 0
+    for s in shares:
+        out.append(opened[start:start + s.numel()].reshape(s.shape))
+        start += s.numel()
+    return out
+
+
 def open_to(ctx, share_: torch.Tensor, receiver: int):
     """Reveal x to `receiver` only (others get None); nobody else learns anything.
 
@@ -82,4 +94,5 @@ def open_to_cost(n: int, numel: int, rank: int, receiver: int) -> Cost:
     return Cost(1, 0 if rank == receiver else numel * RING_BYTES)
 
 
-__all__ = ["share", "share_cost", "split_seeded", "seeded_share", "open_", "open_cost", "open_to", "open_to_cost"]
+__all__ = ["share", "share_cost", "split_seeded", "seeded_share", "open_", "open_cost", "open_many", "open_to",
+           "open_to_cost"]

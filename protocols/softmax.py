@@ -28,7 +28,7 @@ def _exponentials(ctx, x, mask, shared_mask, clamp: bool, bits: int):
     keep = None
     if mask is not None:
         keep = torch.as_tensor(mask).to(device=x.device, dtype=torch.bool).expand(x.shape).to(torch.int64)
-        x = x * keep + fixed.public(ctx, -_MASK_OFFSET, x.shape) * (1 - keep)
+        x = x * keep + ctx.public(-_MASK_OFFSET, x.shape) * (1 - keep)
     shifted = x - max_along(ctx, x, -1, bits)
     e = exp(ctx, shifted, clamp=clamp, bits=bits)
     if keep is not None:

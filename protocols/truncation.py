@@ -17,7 +17,7 @@ from mpcft.kernels.fused import trunc_reconstruct
 from mpcft.kernels.ring import RING_BITS
 
 from .cost import Cost, open_cost
-from .sharing import open_
+from .sharing import open_, open_many
 
 VALID_BITS = RING_BITS - 2  # inputs must satisfy |x| < 2^62
 
@@ -46,13 +46,10 @@ def truncate_many(ctx, parts) -> list:
             raise ValueError(f"truncation by {bits} bits is outside (0, {VALID_BITS})")
     first = ctx.rank == 0
     correlations = [ctx.correlation("trunc", shape=list(x.shape), bits=bits) for x, bits in parts]
-    masked = [(x + c.random[0] + ((1 << VALID_BITS) if first else 0)).reshape(-1)
+    masked = [x + c.random[0] + ((1 << VALID_BITS) if first else 0)
               for (x, _), c in zip(parts, correlations)]
-    opened = open_(ctx, torch.cat(masked))
-    out, start = [], 0
-    for (x, bits), correlation in zip(parts, correlations):
-        c = opened[start:start + x.numel()].reshape(x.shape)
-        start += x.numel()
+    out = []
+    for (x, bits), correlation, c in zip(parts, correlations, open_many(ctx, masked)):
         r_top, r_mid = correlation.derived()
         out.append(trunc_reconstruct(c, r_top, r_mid, bits, first))
     return out

@@ -17,13 +17,7 @@ def shared_dir():
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device: the GPU variant runs where one is lent"))])
 def device(request):
-    """Run the test's party programs (threads) with shares on this device; tests.devices.to_cpu
-    brings their results back for the float64 checks."""
-    from tests.nn import programs as nn_programs
-    from tests.protocols import programs as protocol_programs
-    for module in (nn_programs, protocol_programs):
-        module.DEVICE = request.param
-    yield request.param
-    for module in (nn_programs, protocol_programs):
-        module.DEVICE = None
+    """Where the test's party programs keep their shares (they take it as an argument);
+    tests.devices.to_cpu brings their results back for the float64 checks."""
+    return request.param
 

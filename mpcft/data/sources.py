@@ -5,7 +5,8 @@ needs them. `OwnersData`: data owners outside the parties sealed share files bef
 (mpcft.data.owners). Both offer the trainer: `names` (label names), `counts` (examples per
 owner, from which the public schedule is drawn), `test` (the plaintext held-out split at
 rank 0, else None), `train_batch(batch)` and `test_batches(batch_size)`. A batch is a list of
-(owner, index) pairs; its shares are int64 tensors (x, mask or None, one-hot y).
+(owner, index) pairs; its shares are SharedTensors (x, mask or None, one-hot y), the mask
+of 0/1 integers (frac_bits 0).
 """
 import torch
 
@@ -13,6 +14,7 @@ from mpcft.encoder import frozen_features
 from mpcft.protocols import sharing
 from mpcft.runtime.envelope import SealedFileError
 from mpcft.runtime.errors import ConfigError
+from mpcft.tensor import SharedTensor
 
 from . import owners as owner_files
 from .files import load_data
@@ -24,6 +26,12 @@ def by_owner(batch) -> dict[int, list[int]]:
     for owner, index in sorted(batch, key=lambda item: item[0]):
         grouped.setdefault(owner, []).append(index)
     return grouped
+
+
+def _batch(ctx, xs, ms, ys):
+    """The batch's SharedTensors from its owners' shares: features, mask (or None), labels."""
+    mask = SharedTensor(ctx, torch.cat(ms), frac_bits=0) if ms else None
+    return SharedTensor(ctx, torch.cat(xs)), mask, SharedTensor(ctx, torch.cat(ys))
 
 
 def share_batch(ctx, batch, features, masks, labels, num_labels: int, feature_shape):
@@ -39,7 +47,7 @@ def share_batch(ctx, batch, features, masks, labels, num_labels: int, feature_sh
         if len(feature_shape) == 2:
             m = masks[idx].to(torch.int64) if mine else None
             ms.append(sharing.share(ctx, m, owner, shape[:2]))
-    return torch.cat(xs), (torch.cat(ms) if ms else None), torch.cat(ys)
+    return _batch(ctx, xs, ms, ys)
 
 
 class PartiesData:
@@ -87,6 +95,7 @@ class OwnersData:
             raise ConfigError("--plaintext-baseline needs every owner's plaintext: not with --owner-shares")
         if key is None or ca is None:
             raise ConfigError("--owner-shares needs the parties' certificates (a TLS cluster)")
+        self.ctx = ctx
         self.owners = owner_files.load_owner_shares(
             config.owner_shares, ctx.rank, ctx.world_size, key, ca, ctx.frac_bits,
             owner_files.model_fingerprint(encoder), owner_files.sealing_pins(config.owner_sealing))
@@ -115,4 +124,4 @@ class OwnersData:
             ys.append(tensors["labels"][idx])
             if "masks" in tensors:
                 ms.append(tensors["masks"][idx])
-        return torch.cat(xs), (torch.cat(ms) if ms else None), torch.cat(ys)
+        return _batch(self.ctx, xs, ms, ys)

@@ -42,7 +42,7 @@ class FinetuneConfig:
     text_column: str = _option("sentence", "column of --train/--test holding the texts")
     label_column: str = _option("label", "column of --train/--test holding the labels")
     model: str | None = _option(None, "local model folder (default: all-MiniLM-L6-v2)")
-    mode: str = _option("lora", "what is trained (see mpcft.nn.classifier)", choices=MODES)
+    mode: str = _option("lora", "what is trained (see mpcft.nn.peft.prepare)", choices=MODES)
     layers: int = _option(1, "top encoder layers under MPC (modes top, lora)")
     lora_rank: int = _option(4, "rank r of the LoRA adapters (mode lora)")
     lora_alpha: float = _option(8.0, "LoRA scaling alpha (the update is alpha/r * B A)")

@@ -3,32 +3,14 @@ plaintext encoder, `model/` (transformers format), summary.json, training.png, t
 import json
 import pathlib
 
-import torch
-
-from mpcft.nn.bert import hf_parameter_name
+from mpcft.nn import write_back
 
 
-def revealed_model(encoder, model, values: dict, config):
-    """The plaintext encoder with the revealed trained weights `values` written back (LoRA
-    merged, scaled by config.lora_alpha / config.lora_rank), and the head (weight, bias)."""
-    total = encoder.config.num_hidden_layers
-    first = total - model.mpc_layers
-    params = dict(encoder.named_parameters())
-    scaling = config.lora_alpha / config.lora_rank
-    with torch.no_grad():
-        for name, value in values.items():
-            if name.startswith("head."):
-                continue
-            block, rest = name.split(".", 1)
-            prefix = f"encoder.layer.{first + int(block[len('layer'):])}."
-            if ".lora_a." in rest or ".lora_b." in rest:
-                if ".lora_a." in rest:
-                    target = rest.split(".lora_a.")[0]
-                    b = values[f"{block}.{target}.lora_b.weight"]
-                    params[prefix + hf_parameter_name(target + ".weight")] += scaling * b @ value
-                continue
-            params[prefix + hf_parameter_name(rest)].copy_(value)
-    return encoder, values["head.weight"], values["head.bias"]
+def revealed_model(model, values: dict):
+    """Writes the revealed trained values {Parameter: tensor} back into the plaintext encoder
+    the model was built from (mpcft.nn.write_back, LoRA merged); returns the head (weight, bias)."""
+    write_back(model, values)
+    return values[model.head.weight], values[model.head.bias]
 
 
 def save_outputs(out: pathlib.Path, encoder, tokenizer, head_w, head_b, names, history, summary):

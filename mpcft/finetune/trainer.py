@@ -21,8 +21,8 @@ import torch
 
 from mpcft.data import OwnersData, PartiesData, schedule
 from mpcft.encoder import accuracy, default_model_path, load_encoder
-from mpcft.nn import SGD, AdamW, Classifier, count_correct, mpc_layer_count
-from mpcft.protocols import sharing
+from mpcft.nn import SGD, AdamW, Classifier, count_correct, mpc_layer_count, no_grad, prepare
+from mpcft.nn.functional import cross_entropy
 from mpcft.protocols.context import MPCContext
 
 from .config import FinetuneConfig
@@ -61,14 +61,17 @@ def evaluate_mpc(ctx, model: Classifier, data, batch_size: int) -> float | None:
     the forward pass on shared test examples and count correct predictions (nn.count_correct);
     only that count is opened, to rank 0. Returns the accuracy at rank 0, None elsewhere."""
     batches, shares_of = data.test_batches(batch_size)
-    correct = torch.zeros((), dtype=torch.int64)
-    for batch in batches:
-        with ctx.step("evaluate"):
-            x, m, y = shares_of(batch)
-            correct = correct + count_correct(ctx, model(x, m), y)
-    total = sharing.open_to(ctx, correct, 0)
+    correct = 0
+    with no_grad():
+        for batch in batches:
+            with ctx.step("evaluate"):
+                x, m, y = shares_of(batch)
+                correct = count_correct(model(x, m), y) + correct
     size = sum(len(b) for b in batches)
-    return (total.item() / size if size else float("nan")) if ctx.rank == 0 else None
+    if not size:
+        return float("nan") if ctx.rank == 0 else None
+    total = correct.reveal_to(0)
+    return total.item() / size if ctx.rank == 0 else None
 
 
 def _sealing_keys(session):
@@ -92,8 +95,8 @@ def train(session, config: FinetuneConfig) -> dict | None:
     data = (OwnersData(ctx, config, encoder, count, *_sealing_keys(session)) if config.owner_shares
             else PartiesData(ctx, config, encoder, tokenizer, count))
     names, test, counts = data.names, data.test, data.counts
-    model = Classifier(ctx, encoder, len(names), mode=config.mode, layers=config.layers,
-                       lora_rank=config.lora_rank, lora_alpha=config.lora_alpha, seed=config.seed)
+    model = prepare(Classifier(ctx, encoder, len(names), mpc_layers=count, seed=config.seed), config.mode,
+                    lora_rank=config.lora_rank, lora_alpha=config.lora_alpha, seed=config.seed)
     optimizer = make_optimizer(config, model)
     batches = schedule(counts, config.batch_size, config.epochs, config.seed)
     losses = []
@@ -103,14 +106,14 @@ def train(session, config: FinetuneConfig) -> dict | None:
         step_start = time.perf_counter()
         with ctx.step("train"):              # the dealer prepares the last step's requests
             x, m, y = data.train_batch(batch)
-            logits = model(x, m)
-            loss = model.loss_backward(logits, y, with_loss=not config.no_loss)
+            loss = cross_entropy(model(x, m), y, value=not config.no_loss)
+            loss.backward(model.grad_scale)          # loss scaling: the optimizer divides it out
             optimizer.step()
             optimizer.zero_grad()
-            if loss is not None:
-                value = sharing.open_to(ctx, loss, 0)
+            if not config.no_loss:
+                value = loss.reveal_to(0)
                 if rank == 0:
-                    losses.append(check_loss(ctx.fp.decode(value).item(), len(losses) + 1, config.lr))
+                    losses.append(check_loss(value.item(), len(losses) + 1, config.lr))
         if rank == 0:
             bar.set_postfix(loss=f"{losses[-1]:.3f}" if losses else "hidden",
                             step_s=f"{time.perf_counter() - step_start:.1f}",
@@ -125,12 +128,7 @@ def train(session, config: FinetuneConfig) -> dict | None:
         eval_start = time.perf_counter()
         mpc_acc = evaluate_mpc(ctx, model, data, config.eval_batch_size)
         eval_seconds = time.perf_counter() - eval_start
-    values = {}
-    for name, p in model.named_parameters():
-        if p.trainable and config.reveal:
-            opened = sharing.open_to(ctx, p.data, 0)
-            if rank == 0:
-                values[name] = ctx.fp.decode(opened)
+    values = {p: p.tensor().reveal_to(0) for p in model.trainable_parameters()} if config.reveal else {}
     if rank != 0:
         return None
     summary = {"mode": config.mode, "optimizer": config.optimizer, "mpc_layers": count, "parties": n,
@@ -140,7 +138,7 @@ def train(session, config: FinetuneConfig) -> dict | None:
                "rounds": comm.rounds, "dealer_MB_received": round(comm.dealer_bytes_received / 1e6, 1)}
     head_w = head_b = None
     if config.reveal:
-        encoder, head_w, head_b = revealed_model(encoder, model, values, config)
+        head_w, head_b = revealed_model(model, values)
         if test is not None:
             summary["test_examples"] = len(test[0])
             summary["accuracy"] = accuracy(encoder, head_w, head_b, tokenizer, *test, config.seq_len)

@@ -17,7 +17,7 @@ from mpcft.protocols.truncation import truncate_cost, truncate_many
 
 class _Optimizer:
     def __init__(self, parameters, grad_scale: int):
-        self.params = [p for p in parameters if p.trainable]
+        self.params = [p for p in parameters if p.requires_grad]
         if not self.params:
             raise ValueError(f"{type(self).__name__} got no trainable parameters")
         self.ctx = self.params[0].ctx
@@ -32,7 +32,7 @@ class _Optimizer:
         missing = [i for i, p in enumerate(self.params) if p.grad is None]
         if missing:
             raise RuntimeError(f"parameters {missing} have no gradient: call backward() first")
-        return self._flat([p.grad for p in self.params]), self._flat([p.data for p in self.params])
+        return self._flat([p.grad.share for p in self.params]), self._flat([p.data for p in self.params])
 
     def _write(self, weights: torch.Tensor) -> None:
         start = 0
@@ -80,7 +80,7 @@ class AdamW(_Optimizer):
         w <- w - lr (m / sqrt(v + eps^2) + wd w)
 
     The same as torch.optim.AdamW except that eps sits inside the square root and that
-    gradients are clipped to [-G, G] (mpcft.plaintext.AdamW is this variant in torch).
+    gradients are clipped to [-G, G] (mpcft.finetune.plaintext.AdamW is this variant in torch).
     Fixed point: v is held scaled by K = 2^(18 - 2 log2 G) so that inv_sqrt's domain
     [K eps^2, K (G^2 + eps^2)] lies in [2^-12, 2^18]: eps must be at least G 2^-15. The
     clipping keeps g^2 from overflowing whatever the gradients; since |m| <= sqrt(v) (m and v
@@ -115,7 +115,7 @@ class AdamW(_Optimizer):
         m_num = g * ctx.fp.encode(torch.tensor(1 - a)) + (self.m * ctx.fp.encode(torch.tensor(a)) if a else 0)
         self.m, g_square = truncate_many(ctx, [(m_num, f), (g_square, square_shift)])
         self.v = fixed.combine(ctx, [g_square] + ([self.v] if c else []), [1 - c] + ([c] if c else []))
-        u = fixed.add_public(ctx, self.v, self.eps ** 2 * 2.0 ** self.v_scale_bits)
+        u = self.v + ctx.public(self.eps ** 2 * 2.0 ** self.v_scale_bits)
         # r = 2^10 / sqrt(K (v + eps^2)); m r = S 2^10 m / (sqrt(K) sqrt(v + eps^2))
         r = reciprocal.inv_sqrt(ctx, u, self.lo, self.hi, multiplier=2.0 ** 10)
         direction = fixed.mul(ctx, self.m, r)

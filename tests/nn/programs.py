@@ -2,11 +2,10 @@
 import torch
 from transformers import BertConfig, BertModel
 
-from mpcft.nn import SGD, Classifier
-from mpcft.protocols import sharing
+from mpcft.nn import Classifier, count_correct, prepare
+from mpcft.nn.functional import cross_entropy
 from mpcft.protocols.context import MPCContext
-
-DEVICE = None   # where the programs keep shares (tests/conftest.py: the `device` fixture)
+from mpcft.tensor import SharedTensor
 
 CONFIG = dict(vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
               intermediate_size=64, max_position_embeddings=16, hidden_act="gelu",
@@ -25,57 +24,52 @@ def tiny_bert(seed: int = 0) -> BertModel:
 
 
 def share_from(ctx, value, owner, bits_only=False):
-    """Shares of a fixed-point tensor (or, bits_only, of a 0/1 integer tensor at scale 1)."""
-    if bits_only:
-        ring = value.to(torch.int64)
-    else:
-        ring = ctx.fp.encode(value)
-    return sharing.share(ctx, ring if ctx.rank == owner else None, owner, tuple(value.shape))
+    """A SharedTensor of `value` dealt by `owner` (bits_only: 0/1 integers, frac_bits 0)."""
+    return SharedTensor.from_plain(ctx, value if ctx.rank == owner else None, owner, tuple(value.shape),
+                                   frac_bits=0 if bits_only else None)
 
 
-def gradients(session, inputs, mask, labels, mode, layers, encoder, steps=0, lr=0.1):
-    """Forward, cross-entropy backward; revealed logits, loss and trainable gradients by name."""
-    ctx = MPCContext(session, device=DEVICE)
-    model = Classifier(ctx, encoder, labels.shape[1], mode=mode, layers=layers)
+def _model(ctx, encoder, labels, mode, layers):
+    model = Classifier(ctx, encoder, labels.shape[1], mpc_layers=0 if mode == "head" else layers)
+    return prepare(model, mode)
+
+
+def _inputs(session, ctx, inputs, mask, labels):
     x = share_from(ctx, inputs, 0)
     m = share_from(ctx, mask, 1, bits_only=True) if mask is not None else None
-    y = share_from(ctx, labels, session.world_size - 1)
-    reveal = lambda t: ctx.fp.decode(sharing.open_(ctx, t))
+    return x, m, share_from(ctx, labels, session.world_size - 1)
+
+
+def gradients(session, inputs, mask, labels, mode, layers, encoder, device=None):
+    """Forward, cross-entropy backward; revealed logits, loss and trainable gradients by name."""
+    ctx = MPCContext(session, device=device)
+    model = _model(ctx, encoder, labels, mode, layers)
+    x, m, y = _inputs(session, ctx, inputs, mask, labels)
     logits = model(x, m)
-    loss = model.loss_backward(logits, y, with_loss=True)
-    out = {"logits": reveal(logits), "loss": reveal(loss),
-           "grads": {name: reveal(p.grad) / model.grad_scale
-                     for name, p in model.named_parameters() if p.trainable}}
-    optimizer = SGD(model.trainable_parameters(), lr=lr, momentum=0.9, grad_scale=model.grad_scale)
-    losses = []
-    for _ in range(steps):
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(reveal(model.loss_backward(model(x, m), y, with_loss=True)).item())
-    out["losses"] = losses
-    return out
+    loss = cross_entropy(logits, y)
+    loss.backward(model.grad_scale)
+    return {"logits": logits.reveal(), "loss": loss.reveal(),
+            "grads": {name: p.grad.reveal() / model.grad_scale
+                      for name, p in model.named_parameters() if p.requires_grad}}
 
 
 def per_example_gradients(session, inputs, mask, labels, mode, layers, encoder):
     """Revealed per-example gradients (grad_sample) and summed gradients, by parameter name."""
-    ctx = MPCContext(session, device=DEVICE)
-    model = Classifier(ctx, encoder, labels.shape[1], mode=mode, layers=layers)
+    ctx = MPCContext(session)
+    model = _model(ctx, encoder, labels, mode, layers)
     model.track_per_example()
-    x = share_from(ctx, inputs, 0)
-    m = share_from(ctx, mask, 1, bits_only=True) if mask is not None else None
-    y = share_from(ctx, labels, session.world_size - 1)
-    model.loss_backward(model(x, m), y)
-    reveal = lambda t: ctx.fp.decode(sharing.open_(ctx, t)) / model.grad_scale
-    params = [(name, p) for name, p in model.named_parameters() if p.trainable]
-    return {name: (reveal(p.grad_sample), reveal(p.grad)) for name, p in params}
+    x, m, y = _inputs(session, ctx, inputs, mask, labels)
+    cross_entropy(model(x, m), y, value=False).backward(model.grad_scale)
+    reveal = lambda t: t.reveal() / model.grad_scale
+    return {name: (reveal(p.grad_sample), reveal(p.grad))
+            for name, p in model.named_parameters() if p.requires_grad}
 
 
-def correct_predictions(session, logits, labels):
+def correct_predictions(session, logits, labels, device=None):
     """count_correct on shared logits (party 0's) and one-hot labels (party n-1's); opened count, cost."""
-    from mpcft.nn import count_correct
-    ctx = MPCContext(session, device=DEVICE)
+    ctx = MPCContext(session, device=device)
     z, y = share_from(ctx, logits, 0), share_from(ctx, labels, session.world_size - 1)
     before = session.comm.snapshot()
-    count = count_correct(ctx, z, y)
+    count = count_correct(z, y)
     delta = session.comm.snapshot() - before
-    return sharing.open_(ctx, count).item(), (delta.rounds, delta.bytes_sent)
+    return int(count.reveal().item()), (delta.rounds, delta.bytes_sent)

@@ -67,7 +67,7 @@ def relative(a, b):
 def test_gradients_match_torch_autograd(n, mode, layers, device):
     inputs, mask, labels = case(mode)
     want_logits, want_loss, want = torch_gradients(mode, layers, inputs, mask, labels)
-    got = to_cpu(run_threads(programs.gradients, n, inputs, mask, labels, mode, layers, programs.tiny_bert(),
+    got = to_cpu(run_threads(programs.gradients, n, inputs, mask, labels, mode, layers, programs.tiny_bert(), device,
                              dealer_handler=CorrelationDealer, timeout=580)[0])
     assert (got["logits"] - want_logits).abs().max() < 1e-3
     assert abs(got["loss"].item() - want_loss.item()) < 1e-3

@@ -10,6 +10,7 @@ from mpcft.protocols import sharing
 from mpcft.protocols.context import MPCContext
 from mpcft.protocols.correlations import CorrelationDealer
 from mpcft.runtime import run_threads
+from mpcft.tensor import SharedTensor
 
 SCALE = 1 << 10   # gradients arrive loss-scaled, as from mpcft.nn.Classifier
 
@@ -26,13 +27,13 @@ def problem(seed=0, steps=4):
 
 def run_optimizer(session, name, weights, grads, options):
     ctx = MPCContext(session)
-    params = [Parameter(ctx, w, trainable=True) for w in weights]
+    params = [Parameter(ctx, w) for w in weights]
     optimizer = (AdamW if name == "adamw" else SGD)(params, grad_scale=SCALE, **options)
     costs = []
     for step in grads:
         for p, g in zip(params, step):
             encoded = ctx.fp.encode(g * SCALE) if ctx.rank == 0 else None
-            p.grad = sharing.share(ctx, encoded, 0, p.shape)
+            p.grad = SharedTensor(ctx, sharing.share(ctx, encoded, 0, p.shape))
         before = session.comm.snapshot()
         optimizer.step()
         delta = session.comm.snapshot() - before

@@ -4,12 +4,11 @@ Inputs are passed to every party for convenience, but only the owner's copy is e
 (others hand None to the protocols), exactly as real data owners would.
 """
 
-from mpcft.protocols import beaver, sharing
+from mpcft.protocols import beaver, fixed, sharing
 from mpcft.protocols.context import MPCContext
 from mpcft.protocols.truncation import truncate
 from mpcft.tensor import SharedTensor, cat, stack
 
-DEVICE = None   # where the programs keep shares (tests/conftest.py: the `device` fixture)
 
 
 def owned(ctx, value, owner):
@@ -25,9 +24,9 @@ def measured(session, fn):
     return out, (delta.rounds, delta.bytes_sent)
 
 
-def all_operations(session, x, y, w, b):
+def all_operations(session, x, y, w, b, device=None):
     """Every SharedTensor operation on x (party 0's), y (party n-1's), public w and b."""
-    ctx = MPCContext(session, device=DEVICE)
+    ctx = MPCContext(session, device=device)
     n = session.world_size
     X, Y = owned(ctx, x, 0), owned(ctx, y, n - 1)
     out, costs = {}, {}
@@ -64,24 +63,33 @@ def all_operations(session, x, y, w, b):
     return out, costs
 
 
-def batched_attention(session, q, k):
+def batched_attention(session, q, k, device=None):
     """Shared x shared batched product of attention shape, q from party 0, k from party 1."""
-    ctx = MPCContext(session, device=DEVICE)
+    ctx = MPCContext(session, device=device)
     Q, K = owned(ctx, q, 0), owned(ctx, k, 1)
     scores, cost = measured(session, lambda: Q @ K)
     return scores.reveal(), cost
 
 
-def truncation_trials(session, x_ring, bits):
+def fixed_matmuls(session, x, y, device=None):
+    """fixed.matmul and sharing.open_many on x (party 0's) and y (party n-1's): revealed, with costs."""
+    ctx = MPCContext(session, device=device)
+    X, Y = owned(ctx, x, 0), owned(ctx, y, session.world_size - 1)
+    product, cost = measured(session, lambda: fixed.matmul(ctx, X.share, Y.share))
+    opened, open_cost = measured(session, lambda: sharing.open_many(ctx, [product, X.share]))
+    return [ctx.fp.decode(t) for t in opened], cost, open_cost
+
+
+def truncation_trials(session, x_ring, bits, device=None):
     """Share ring values held by party 0, truncate, open: the raw ring outputs."""
-    ctx = MPCContext(session, device=DEVICE)
+    ctx = MPCContext(session, device=device)
     share = sharing.share(ctx, x_ring if ctx.rank == 0 else None, 0, x_ring.shape)
     return sharing.open_(ctx, truncate(ctx, share, bits))
 
 
-def ring_products(session, x_ring, y_ring, batched):
+def ring_products(session, x_ring, y_ring, batched, device=None):
     """Exact ring Beaver products (no truncation) and their measured costs."""
-    ctx = MPCContext(session, device=DEVICE)
+    ctx = MPCContext(session, device=device)
     n = session.world_size
     xs = sharing.share(ctx, x_ring if ctx.rank == 0 else None, 0, x_ring.shape)
     ys = sharing.share(ctx, y_ring if ctx.rank == n - 1 else None, n - 1, y_ring.shape)
@@ -158,10 +166,10 @@ def run_offline(session, x, y, folder):
     return products(MPCContext(session, correlations=files), x, y)
 
 
-def comparisons(session, x, y, bits):
+def comparisons(session, x, y, bits, device=None):
     """sign, relu, maximum and max_along on fixed-point inputs; raw ring results and costs."""
     from mpcft.protocols import comparison
-    ctx = MPCContext(session, device=DEVICE)
+    ctx = MPCContext(session, device=device)
     X, Y = owned(ctx, x, 0), owned(ctx, y, session.world_size - 1)
     out, costs = {}, {}
     s, costs["sign"] = measured(session, lambda: comparison.sign_bit(ctx, X.share, bits))
@@ -184,10 +192,10 @@ def clamp_bounds(x):
     return -scale / 3, scale / 2
 
 
-def nonlinear(session, inputs):
+def nonlinear(session, inputs, device=None):
     """Every non-linear function on its own input (party 0's); decoded outputs and costs."""
     from mpcft.protocols import activations, exponential, layernorm, reciprocal, softmax
-    ctx = MPCContext(session, device=DEVICE)
+    ctx = MPCContext(session, device=device)
     shared = {name: owned(ctx, value, 0).share for name, value in inputs.items()}
     dec = lambda s: ctx.fp.decode(sharing.open_(ctx, s))
     out, rounds = {}, {}
@@ -215,9 +223,9 @@ def nonlinear(session, inputs):
     return out, rounds
 
 
-def tensor_nonlinear(session, x):
+def tensor_nonlinear(session, x, device=None):
     """The SharedTensor surface of the non-linear protocols."""
-    ctx = MPCContext(session, device=DEVICE)
+    ctx = MPCContext(session, device=device)
     X = owned(ctx, x, 0)
     P = owned(ctx, x.abs() + 0.5, 0)
     return {"relu": X.relu().reveal(), "max": X.max(0).reveal(), "lt_zero": X.lt_zero().reveal(),
@@ -227,22 +235,22 @@ def tensor_nonlinear(session, x):
             "softmax": X.softmax(0).reveal()}
 
 
-def powers_program(session, x, degree):
+def powers_program(session, x, degree, device=None):
     """fixed.powers on party 0's x: decoded powers and the measured cost."""
     from mpcft.protocols import fixed
-    ctx = MPCContext(session, device=DEVICE)
+    ctx = MPCContext(session, device=device)
     X = owned(ctx, x, 0)
     out, cost = measured(session, lambda: fixed.powers(ctx, X.share, degree))
     return [ctx.fp.decode(sharing.open_(ctx, p)) for p in out], cost
 
 
-def prefetching(session, x, y):
+def prefetching(session, x, y, device=None):
     """Steps that ask the dealer ahead for the last plan of their name (ctx.step): a first
     "product" step (nothing to prefetch), one as predicted, a wrong guess before an "other"
     step (its answers wait for their layouts), the same products outside any step (they use
     them), then a prefetch that is never used (drained at close). Also returns how many
     answers party 0 holds ahead after each phase."""
-    ctx = MPCContext(session, device=DEVICE)
+    ctx = MPCContext(session, device=device)
     source = ctx.correlations
     X, Y = owned(ctx, x, 0), owned(ctx, y, 1)
     pending = []

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mpcft.protocols import beaver, sharing
+from mpcft.protocols import beaver, fixed, sharing
 from mpcft.protocols.correlations import CorrelationDealer
 from mpcft.protocols.cost import Cost, open_cost
 from mpcft.protocols.truncation import truncate_cost
@@ -73,7 +73,7 @@ def operands():
 @pytest.mark.parametrize("n", [2, 3, 5])
 def test_all_operations_in_threads(n, device):
     args = operands()
-    results = to_cpu(run_threads(programs.all_operations, n, *args, dealer_handler=CorrelationDealer))
+    results = to_cpu(run_threads(programs.all_operations, n, *args, device, dealer_handler=CorrelationDealer))
     check_all_operations(results, n, *args)
 
 
@@ -95,6 +95,20 @@ def test_batched_attention_product(runner):
     for scores, cost in results:
         assert (scores - want).abs().max().item() <= 64 * 2 * EPS + ULP
         assert cost == astuple(beaver.matmul_cost(3, q.numel(), k.numel()) + truncate_cost(3, want.numel()))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n", [2, 3])
+def test_fixed_matmul_and_open_many(n, device):
+    """fixed.matmul within k |x||y|-scaled encoding error plus one truncation of float64 x @ y,
+    at its declared cost; open_many opens several tensors in one round, bit-exact."""
+    x, y = data(7, 3, 4, 5), data(8, 5, 6)
+    results = to_cpu(run_threads(programs.fixed_matmuls, n, x, y, device, dealer_handler=CorrelationDealer))
+    for (product, x_opened), cost, opened_cost in results:
+        assert (product - x @ y).abs().max().item() <= 5 * 2 * 4.0 * EPS + ULP
+        assert torch.equal(x_opened, torch.round(x * 2 ** F) / 2 ** F)
+        assert cost == astuple(fixed.matmul_cost(n, x.numel(), y.numel(), product.numel()))
+        assert opened_cost == astuple(open_cost(n, product.numel() + x.numel()))
 
 
 @pytest.mark.timeout(120)

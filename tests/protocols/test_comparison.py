@@ -28,7 +28,7 @@ def check(results, x, y, bits, n):
         assert torch.equal(out["maximum"], torch.maximum(xe, ye))
         assert torch.equal(out["max_along"], xe.max(-1, keepdim=True).values)
         assert torch.equal(out["max_dim0"], xe.max(0, keepdim=True).values)
-        lo, hi = (FP.decode(FP.encode(torch.tensor(b))) for b in programs.clamp_bounds(x))
+        lo, hi = (FP.decode(FP.encode(torch.tensor(b, dtype=torch.float64))) for b in programs.clamp_bounds(x))
         assert torch.equal(out["clamp"], xe.clamp(lo, hi))
         numel = x.numel()
         assert costs["sign"] == tuple(vars(sign_cost(n, numel, bits)).values())
@@ -42,7 +42,7 @@ def check(results, x, y, bits, n):
 @pytest.mark.parametrize("bits,scale", [(62, 1e6), (62, 3.0), (31, 1000.0), (5, 2.0**-16)])
 def test_comparisons_in_threads(n, bits, scale, device):
     x, y = inputs((7, 45), scale, 1), inputs((7, 45), scale, 2)
-    check(to_cpu(run_threads(programs.comparisons, n, x, y, bits, dealer_handler=CorrelationDealer)), x, y, bits, n)
+    check(to_cpu(run_threads(programs.comparisons, n, x, y, bits, device, dealer_handler=CorrelationDealer)), x, y, bits, n)
 
 
 @pytest.mark.timeout(300)

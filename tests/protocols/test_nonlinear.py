@@ -77,7 +77,7 @@ def errors(got, want):
 def test_nonlinear_functions_match_float64(n, device):
     inp = make_inputs()
     want = expected(inp)
-    results = to_cpu(run_threads(programs.nonlinear, n, inp, dealer_handler=CorrelationDealer, timeout=280))
+    results = to_cpu(run_threads(programs.nonlinear, n, inp, device, dealer_handler=CorrelationDealer, timeout=280))
     out, rounds = results[0]
     report = {}
     for name, target in want.items():
