@@ -144,7 +144,8 @@ def main():
                      rounds, f"{plain:.3f}", crypten])
         print(rows[-1], flush=True)
     if args.steps:
-        from mpcft.encoder import default_model_path, load_encoder
+        from mpcft.encoder import default_model_path, load_encoder, quiet_transformers
+        quiet_transformers()
         _, encoder = load_encoder(default_model_path())
         for mode, layers in (("head", 0), ("lora", 1), ("top", 1), ("top", 2), ("all", 6)):
             plain_step = plaintext_step_seconds(encoder, mode, layers, args.repeat)

@@ -24,6 +24,7 @@ import sys
 from mpcft.data import DataError, check_data
 from mpcft.data.owners import add_arguments as add_owner_arguments
 from mpcft.data.owners import write_share_files
+from mpcft.encoder import quiet_transformers
 from mpcft.finetune.config import FinetuneConfig, HelpFormatter, add_arguments
 from mpcft.runtime import config as cluster_config
 from mpcft.runtime.dealer import DEFAULT_HANDLER, DealerServer
@@ -64,6 +65,7 @@ def cmd_certs(args):
 
 
 def cmd_share_data(args):
+    quiet_transformers()
     sealing, paths = write_share_files(args)
     for path in paths:
         print(f"mpcft share-data: wrote {path}")

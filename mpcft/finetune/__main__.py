@@ -17,6 +17,7 @@ import sys
 import torch
 
 from mpcft.data import DataError
+from mpcft.encoder import quiet_transformers
 from mpcft.runtime import init
 from mpcft.runtime.errors import MPCRuntimeError, failure_report
 from mpcft.runtime.session import ENV_RANK
@@ -57,6 +58,7 @@ def set_threads(threads: int) -> None:
 def main(argv=None) -> int:
     config = parse(argv)
     set_threads(config.threads)
+    quiet_transformers()
     try:
         with init() as session:
             summary = train(session, config)
