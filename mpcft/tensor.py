@@ -348,6 +348,8 @@ class Permute(Function):
 
 
 class Index(Function):
+    """x[index]: backward scatters the gradient back (summing repeated tensor indices)."""
+
     @staticmethod
     def forward(fctx, x, index):
         fctx.frac_bits, fctx.shape, fctx.index = _scale_of(fctx), x.shape, index
@@ -356,8 +358,11 @@ class Index(Function):
     @staticmethod
     def backward(fctx, grad):
         full = torch.zeros(fctx.shape, dtype=grad.dtype, device=grad.device)
-        full.index_put_(_as_index(fctx.index, fctx.shape), grad, accumulate=True) if _is_advanced(fctx.index) \
-            else full.__setitem__(fctx.index, grad)
+        items = fctx.index if isinstance(fctx.index, tuple) else (fctx.index,)
+        if any(isinstance(i, (torch.Tensor, list, np.ndarray)) for i in items):
+            full.index_put_(tuple(torch.as_tensor(i) for i in items), grad, accumulate=True)
+        else:
+            full[fctx.index] = grad
         return full, None
 
 
@@ -505,15 +510,6 @@ def _aligned(x: SharedTensor, bits: int) -> SharedTensor:
     if x.requires_grad:
         raise TypeError("only fixed-point tensors have gradients")
     return SharedTensor(x.ctx, x.share << (bits - x.frac_bits), bits)
-
-
-def _is_advanced(index) -> bool:
-    items = index if isinstance(index, tuple) else (index,)
-    return any(isinstance(i, (torch.Tensor, list, np.ndarray)) for i in items)
-
-
-def _as_index(index, shape):
-    return tuple(torch.as_tensor(i) for i in (index if isinstance(index, tuple) else (index,)))
 
 
 def cat(tensors, dim=0) -> SharedTensor:
