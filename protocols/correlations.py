@@ -21,16 +21,22 @@ Kinds (params -> values, all as additive shares):
 - "sign"(shape, bits, digit_bits): see protocols/comparison.py.
 - "powers"(shape, degree): a mask a_k for every power x^k used as a factor by
   fixed.powers; a_i * a_j for every product x^i x^j of its schedule (power_levels).
+- "dp_noise"(shape, variance_num, variance_den): a 256-bit key k uniform; noise z drawn from
+  the discrete Gaussian of variance variance_num / variance_den (ring units) by the exact
+  sampler (kernels/discrete_noise.py) on PRG(k). k = sum_i k_i is known to the dealer alone
+  (and to all n parties together), so z is hidden from any n-1 parties (protocols/noise.py).
 """
 import collections
 import hashlib
 import json
 import threading
+from fractions import Fraction
 
 import numpy as np
 import torch
 
 from mpcft.kernels import PRG, derive_seed, ring_matmul
+from mpcft.kernels.discrete_noise import discrete_gaussian, variance_fraction
 from mpcft.kernels.bits import digit_planes, pack_bits, words_for
 from mpcft.kernels.ring import RING_BITS, bit, low_bits, msb, rshift_logical
 
@@ -114,9 +120,22 @@ def _powers(p):
     return [(shape, ARITH)] * len(factors), [(shape, ARITH)] * len(pairs), derive
 
 
+NOISE_KEY_WORDS = 4     # the dp_noise key: 4 ring elements, 256 bits
+
+
+def _dp_noise(p):
+    shape = _shape(p["shape"])
+    variance = variance_fraction(Fraction(p["variance_num"], p["variance_den"]))   # checks its range
+
+    def derive(key):
+        prg = PRG(key.contiguous().numpy().tobytes())
+        return [torch.from_numpy(discrete_gaussian(prg, variance, shape))]
+    return [((NOISE_KEY_WORDS,), ARITH)], [(shape, ARITH)], derive
+
+
 # kind -> params -> ([(shape, binary)] random inputs, [(shape, binary)] derived values, derive)
 KINDS = {"triple": _triple, "matmul_triple": _matmul_triple, "square": _square, "trunc": _trunc,
-         "and_triple": _and_triple, "sign": _sign, "powers": _powers}
+         "and_triple": _and_triple, "sign": _sign, "powers": _powers, "dp_noise": _dp_noise}
 
 MAX_DIMS = 16
 # kind -> {parameter: "shape" or (least, greatest) integer}: every request is checked against it
@@ -126,7 +145,9 @@ PARAMETERS = {"triple": {"shape_a": "shape", "shape_b": "shape"},
               "trunc": {"shape": "shape", "bits": (0, RING_BITS - 1)},
               "and_triple": {"words": (0, 1 << 40)},
               "sign": {"shape": "shape", "bits": (1, RING_BITS - 2), "digit_bits": (1, 8)},
-              "powers": {"shape": "shape", "degree": (1, 64)}}
+              "powers": {"shape": "shape", "degree": (1, 64)},
+              "dp_noise": {"shape": "shape", "variance_num": (1, (1 << 62) - 1),
+                           "variance_den": (1, 1 << 55)}}
 
 
 def _check_parameter(kind: str, name: str, value, rule) -> None:
