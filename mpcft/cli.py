@@ -25,7 +25,7 @@ from mpcft.data import DataError, check_data
 from mpcft.data.owners import add_arguments as add_owner_arguments
 from mpcft.data.owners import write_share_files
 from mpcft.encoder import quiet_transformers
-from mpcft.finetune.config import FinetuneConfig, HelpFormatter, add_arguments
+from mpcft.finetune.config import ConfigError, FinetuneConfig, HelpFormatter, add_arguments
 from mpcft.runtime import config as cluster_config
 from mpcft.runtime.dealer import DEFAULT_HANDLER, DealerServer
 from mpcft.runtime.errors import MPCRuntimeError, failure_report
@@ -77,6 +77,7 @@ def cmd_share_data(args):
 def cmd_finetune(args):
     """Local parties and dealer on loopback (mutual TLS), each running mpcft.finetune."""
     config = FinetuneConfig.from_args(args)
+    config.check(args.parties)
     check_data(config, args.parties)
     return launch(args.parties, ["-m", "mpcft.finetune", "--config-json", config.to_json()], dealer=True,
                   timeout=args.timeout, certs=args.certs, passthrough_rank=0)
@@ -181,7 +182,7 @@ def main(argv=None):
     except MPCRuntimeError as exc:
         print(f"mpcft {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    except DataError as exc:
+    except (DataError, ConfigError) as exc:
         print(f"mpcft {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -22,7 +22,7 @@ from mpcft.runtime import init
 from mpcft.runtime.errors import MPCRuntimeError, failure_report
 from mpcft.runtime.session import ENV_RANK
 
-from .config import FinetuneConfig, HelpFormatter, add_arguments
+from .config import ConfigError, FinetuneConfig, HelpFormatter, add_arguments
 from .outputs import print_summary
 from .trainer import TrainingDiverged, train
 
@@ -61,8 +61,9 @@ def main(argv=None) -> int:
     quiet_transformers()
     try:
         with init() as session:
+            config.check(session.world_size)
             summary = train(session, config)
-    except (MPCRuntimeError, DataError, TrainingDiverged) as exc:
+    except (MPCRuntimeError, DataError, TrainingDiverged, ConfigError) as exc:
         status, line = failure_report(exc)
         print(f"mpcft party {os.environ.get(ENV_RANK)}: {line}", file=sys.stderr, flush=True)
         return status

@@ -23,6 +23,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class ConfigError(ValueError):
+    """Options that cannot run together or are out of range (reported in one line)."""
+
+
 def _option(default, help=None, **flag):
     """A FinetuneConfig field: its default, its help text and more argparse keywords of its flag."""
     return dataclasses.field(default=default, metadata=dict(flag, help=help))
@@ -70,7 +74,45 @@ class FinetuneConfig:
     eval_mpc: bool = _option(False, "evaluate the held-out split in MPC (only the number of correct "
                                     "predictions is opened, to rank 0); implied by --no-reveal")
     eval_batch_size: int = _option(32, "examples per evaluation batch under MPC")
-    plaintext_baseline: bool = _option(False, "also train the same configuration in plain torch (output party)")
+    plaintext_baseline: bool = _option(False, "also train the same configuration in plain torch (output party; "
+                                              "with --dp, with Opacus at the same noise, clipping and sampling)")
+    dp: bool = _option(False, "differential privacy: DP-SGD under MPC (per-example clipping, noise no party "
+                              "knows, Poisson sampling); give --target-epsilon or --noise-multiplier")
+    target_epsilon: float | None = _option(None, "with --dp: the epsilon to reach at the end; the accountant "
+                                                 "calibrates the noise multiplier for the run's steps and rate")
+    noise_multiplier: float | None = _option(None, "with --dp: the noise std over --max-grad-norm (instead of "
+                                                   "--target-epsilon)")
+    delta: float = _option(1e-5, "with --dp: the delta of (epsilon, delta)-DP")
+    max_grad_norm: float = _option(1.0, "with --dp: the per-example gradient norm C that examples are clipped to")
+    accountant: str = _option("rdp", "with --dp: the privacy accountant (Opacus's RDP or PRV, Google's PLD)",
+                              choices=("rdp", "prv", "pld"))
+    dp_noise: str = _option("dealer", "with --dp: who draws the noise: the dealer (as it deals triples), or each "
+                                      "party a share (safe against --dp-colluders parties and the dealer, "
+                                      "n/(n-t) times the variance)", choices=("dealer", "parties"))
+    dp_colluders: int | None = _option(None, "with --dp-noise parties: the colluding parties t the noise "
+                                             "withstands (default: n-1)")
+    dp_reveal_loss: bool = _option(False, "with --dp: reveal the per-step training loss to the output party "
+                                          "(not covered by the privacy guarantee)")
+
+    def check(self, parties: int) -> None:
+        """ConfigError, in one line, for options that contradict each other or are out of range."""
+        if not self.dp:
+            given = [f for f in ("target_epsilon", "noise_multiplier", "dp_colluders") if getattr(self, f) is not None]
+            given += ["dp_reveal_loss"] * self.dp_reveal_loss
+            if given:
+                raise ConfigError(f"--{given[0].replace('_', '-')} needs --dp")
+            return
+        if (self.target_epsilon is None) == (self.noise_multiplier is None):
+            raise ConfigError("--dp needs one of --target-epsilon E or --noise-multiplier S")
+        for name, value in (("target_epsilon", self.target_epsilon), ("noise_multiplier", self.noise_multiplier),
+                            ("max_grad_norm", self.max_grad_norm)):
+            if value is not None and not 0 < value < float("inf"):
+                raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"--delta must be in (0, 1), got {self.delta}")
+        if self.dp_colluders is not None and (self.dp_noise != "parties" or not 1 <= self.dp_colluders < parties):
+            raise ConfigError(f"--dp-colluders needs --dp-noise parties and must be in [1, {parties - 1}] "
+                              f"for {parties} parties, got {self.dp_colluders}")
 
     @classmethod
     def from_args(cls, namespace: argparse.Namespace) -> "FinetuneConfig":

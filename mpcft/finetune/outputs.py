@@ -51,6 +51,8 @@ def print_summary(summary: dict, out) -> None:
     """The run's summary as printed by the output party, and where its outputs are."""
     print("\nmpcft fine-tuning summary")
     for key, value in summary.items():
-        print(f"  {key:>20}: {value:.4f}" if isinstance(value, float) else f"  {key:>20}: {value}")
+        if isinstance(value, float):
+            value = f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.1e}"
+        print(f"  {key:>23}: {value}")
     model = "model/ (transformers), " if (pathlib.Path(out) / "model").exists() else ""
     print(f"  outputs in {out}: {model}shares/, summary.json, training.png")

@@ -1,4 +1,5 @@
-"""The same fine-tuning in plain torch (float64, autograd): the baseline MPC accuracy is judged by.
+"""The same fine-tuning in plain torch (float64, autograd): the baseline MPC accuracy is judged by;
+under --dp, DP-SGD by Opacus (the tool DP users trust) at the same sigma, C, rate and steps.
 
 Same data split among owners, same frozen features, public schedule, initialisation (head,
 LoRA), optimizer and hyper-parameters as mpcft.finetune.trainer; only the arithmetic differs. It needs
@@ -76,8 +77,41 @@ def _layer(layer, x, mask, heads, query, value):
     return layer.output.LayerNorm(x1 + layer.output.dense(torch.nn.functional.gelu(layer.intermediate.dense(x1))))
 
 
-def train_plaintext(config, names, counts, test):
-    """(test accuracy, loss per step) of the plaintext run of FinetuneConfig `config`."""
+class _Model(torch.nn.Module):
+    """The plaintext classifier: the top `layers` (their query and value LoRA-adapted or not),
+    masked mean pooling when there are layers, and the head."""
+
+    def __init__(self, layers, adapters, heads, head_w, head_b):
+        super().__init__()
+        self.layers, self.adapters = torch.nn.ModuleList(layers), torch.nn.ModuleList(
+            torch.nn.ModuleList(pair) for pair in adapters)
+        self.heads, self.head_w, self.head_b = heads, head_w, head_b
+
+    def forward(self, x, m):
+        h = x
+        for i, layer in enumerate(self.layers):
+            query, value = self.adapters[i] if self.adapters else (layer.attention.self.query,
+                                                                   layer.attention.self.value)
+            h = _layer(layer, h, m, self.heads, query, value)
+        if len(self.layers):
+            mf = m[..., None].double()
+            h = (h * mf).sum(1) / mf.sum(1)
+        return h @ self.head_w.T + self.head_b
+
+
+def _per_example_gradients(model, params, x, m, y) -> dict:
+    """{name: per-example gradients [B, *shape]} of the trained parameters, by torch.func."""
+    def loss(p, xi, mi, yi):
+        logits = torch.func.functional_call(model, p, (xi[None], mi[None]))
+        return torch.nn.functional.cross_entropy(logits, yi[None])
+    return torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0, 0))(params, x, m, y)
+
+
+def train_plaintext(config, names, counts, test, noise_multiplier: float | None = None):
+    """(test accuracy, loss per step) of the plaintext run of FinetuneConfig `config`. With
+    config.dp, DP-SGD by Opacus's DPOptimizer at `noise_multiplier` (the MPC run's), the same
+    clipping norm, Poisson rate and steps (its own public schedule), per-example gradients
+    from torch.func."""
     tokenizer, encoder = load_encoder(config.model or default_model_path())
     hf = encoder.config
     count = mpc_layer_count(config.mode, hf.num_hidden_layers, config.layers)
@@ -96,24 +130,32 @@ def train_plaintext(config, names, counts, test):
     gen = torch.Generator().manual_seed(config.seed)
     head_w = torch.nn.Parameter(torch.randn(len(names), hf.hidden_size, generator=gen, dtype=torch.float64) * 0.02)  # noqa: csprng
     head_b = torch.nn.Parameter(torch.zeros(len(names), dtype=torch.float64))
-    params = [p for p in encoder.parameters() if p.requires_grad] + [head_w, head_b]
-    params += [p for pair in adapters for a in pair for p in (a.a, a.b)]
-    optimizer = make_optimizer(config, params)
+    model = _Model(layers, adapters, hf.num_attention_heads, head_w, head_b)
+    trained = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    optimizer = make_optimizer(config, list(trained.values()))
+    batches = schedule(counts, config.batch_size, config.epochs, config.seed)
+    if config.dp:
+        from opacus.optimizers import DPOptimizer
+        from mpcft.kernels import derive_seed
+        from mpcft.privacy.sampling import poisson_plan, poisson_schedule
+        rate, steps = poisson_plan(sum(counts), config.batch_size, config.epochs)
+        batches = poisson_schedule(counts, rate, steps, derive_seed(bytes(32), "plaintext", config.seed))
+        optimizer = DPOptimizer(optimizer, noise_multiplier=noise_multiplier, max_grad_norm=config.max_grad_norm,
+                                expected_batch_size=rate * sum(counts))
     losses = []
-    for batch in schedule(counts, config.batch_size, config.epochs, config.seed):
-        x, m, y = (torch.cat([owners[o][k][idx] for o, idx in by_owner(batch).items()]) for k in range(3))
-        h = x
-        for i, layer in enumerate(layers):
-            query, value = adapters[i] if adapters else (layer.attention.self.query, layer.attention.self.value)
-            h = _layer(layer, h, m, hf.num_attention_heads, query, value)
-        if count:
-            mf = m[..., None].double()
-            h = (h * mf).sum(1) / mf.sum(1)
-        loss = torch.nn.functional.cross_entropy(h @ head_w.T + head_b, y)
+    for batch in batches:
+        x, m, y = (torch.cat([owners[o][k][idx] for o, idx in by_owner(batch).items()]) if batch else
+                   owners[0][k][:0] for k in range(3))
         optimizer.zero_grad()
-        loss.backward()
+        if config.dp:
+            samples = _per_example_gradients(model, {n: p.detach() for n, p in trained.items()}, x, m, y)
+            for name, p in trained.items():
+                p.grad_sample = samples[name]
+        else:
+            loss = torch.nn.functional.cross_entropy(model(x, m), y)
+            loss.backward()
+            losses.append(loss.item())
         optimizer.step()
-        losses.append(loss.item())
     with torch.no_grad():
         for layer, (q, v) in zip(layers, adapters):
             layer.attention.self.query.weight += q.scaling * q.b @ q.a

@@ -28,6 +28,7 @@ from mpcft.protocols.context import MPCContext
 from .config import FinetuneConfig
 from .outputs import revealed_model, save_outputs
 from .plaintext import train_plaintext
+from .private import PrivateTraining
 
 LOSS_LIMIT = 30.0   # cross-entropy of a run that has not diverged (chance level is log(labels))
 
@@ -46,14 +47,15 @@ def check_loss(loss: float, step: int, lr: float) -> float:
     return loss
 
 
-def make_optimizer(config: FinetuneConfig, model: Classifier):
-    """The MPC optimizer over the model's trainable parameters (config.optimizer: sgd or adamw)."""
+def make_optimizer(config: FinetuneConfig, model: Classifier, grad_scale: int):
+    """The MPC optimizer over the model's trainable parameters (config.optimizer: sgd or adamw),
+    handed gradients scaled by grad_scale."""
     params = model.trainable_parameters()
     if config.optimizer == "adamw":
         return AdamW(params, lr=config.lr, eps=config.adam_eps, weight_decay=config.weight_decay,
-                     clip=config.clip, grad_scale=model.grad_scale)
+                     clip=config.clip, grad_scale=grad_scale)
     return SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-               grad_scale=model.grad_scale)
+               grad_scale=grad_scale)
 
 
 def evaluate_mpc(ctx, model: Classifier, data, batch_size: int) -> float | None:
@@ -97,26 +99,42 @@ def train(session, config: FinetuneConfig) -> dict | None:
     names, test, counts = data.names, data.test, data.counts
     model = prepare(Classifier(ctx, encoder, len(names), mpc_layers=count, seed=config.seed), config.mode,
                     lora_rank=config.lora_rank, lora_alpha=config.lora_alpha, seed=config.seed)
-    optimizer = make_optimizer(config, model)
-    batches = schedule(counts, config.batch_size, config.epochs, config.seed)
+    private = None
+    if config.dp:      # DP-SGD: Poisson batches, per-example clipping and noise on shares
+        private = PrivateTraining(ctx, config, counts, make_optimizer(config, model, 1), model.grad_scale)
+        model.track_per_example()
+        optimizer, batches = private.optimizer, private.batches
+    else:
+        optimizer = make_optimizer(config, model, model.grad_scale)
+        batches = schedule(counts, config.batch_size, config.epochs, config.seed)
+    reveal_loss = not config.no_loss and (not config.dp or config.dp_reveal_loss)
+    if rank == 0 and config.dp and reveal_loss:
+        print("mpcft: warning: --dp-reveal-loss opens each step's training loss to party 0; "
+              "the privacy guarantee does not cover it", file=sys.stderr, flush=True)
     losses = []
-    bar = tqdm(batches, desc=f"MPC {config.mode} x{n}", unit="step", disable=rank != 0, file=sys.stdout,
-               dynamic_ncols=True)
+    bar = tqdm(batches, desc=f"MPC {config.mode} x{n}" + " DP" * config.dp, unit="step", disable=rank != 0,
+               file=sys.stdout, dynamic_ncols=True)
     for batch in bar:
         step_start = time.perf_counter()
         with ctx.step("train"):              # the dealer prepares the last step's requests
-            x, m, y = data.train_batch(batch)
-            loss = cross_entropy(model(x, m), y, value=not config.no_loss)
-            loss.backward(model.grad_scale)          # loss scaling: the optimizer divides it out
+            loss = None
+            if batch:                        # a Poisson batch may be empty: noise only
+                x, m, y = data.train_batch(batch)
+                loss = cross_entropy(model(x, m), y, value=reveal_loss)
+                loss.backward(model.grad_scale)          # loss scaling: the optimizer divides it out
             optimizer.step()
             optimizer.zero_grad()
-            if not config.no_loss:
+            if reveal_loss and loss is not None:
                 value = loss.reveal_to(0)
                 if rank == 0:
                     losses.append(check_loss(value.item(), len(losses) + 1, config.lr))
+        if private is not None:
+            private.accountant.step()
         if rank == 0:
-            bar.set_postfix(loss=f"{losses[-1]:.3f}" if losses else "hidden",
-                            step_s=f"{time.perf_counter() - step_start:.1f}",
+            progress = dict(loss=f"{losses[-1]:.3f}" if losses else "hidden")
+            if private is not None:
+                progress.update(eps=f"{private.accountant.epsilon:.2f}", batch=len(batch))
+            bar.set_postfix(**progress, step_s=f"{time.perf_counter() - step_start:.1f}",
                             MB=f"{session.comm.bytes_sent / 1e6:.0f}")
     train_seconds = time.perf_counter() - started
     comm = session.comm.snapshot()
@@ -136,6 +154,8 @@ def train(session, config: FinetuneConfig) -> dict | None:
                "steps": len(batches),
                "seconds": round(train_seconds, 1), "MB_sent_per_party": round(comm.bytes_sent / 1e6, 1),
                "rounds": comm.rounds, "dealer_MB_received": round(comm.dealer_bytes_received / 1e6, 1)}
+    if private is not None:
+        summary.update(private.summary())
     head_w = head_b = None
     if config.reveal:
         head_w, head_b = revealed_model(model, values)
@@ -147,8 +167,10 @@ def train(session, config: FinetuneConfig) -> dict | None:
         summary["mpc_eval_seconds"] = round(eval_seconds, 1)
     history = {"MPC": losses} if losses else {}
     if config.plaintext_baseline:
-        base_acc, base_losses = train_plaintext(config, names, counts, test)
-        summary["plaintext_accuracy"] = base_acc
-        history["plaintext torch"] = base_losses
+        base_acc, base_losses = train_plaintext(config, names, counts, test,
+                                                private.noise_multiplier if private else None)
+        summary["opacus_accuracy" if config.dp else "plaintext_accuracy"] = base_acc
+        if base_losses:
+            history["plaintext torch"] = base_losses
     save_outputs(out, encoder, tokenizer, head_w, head_b, names, history, summary)
     return summary
