@@ -6,6 +6,7 @@
   mpcft party --config cluster.toml --rank R script.py|-m module [args]
   mpcft dealer --config cluster.toml [--handler m:f]
   mpcft finetune [--parties N] [fine-tuning options]   (no options: the built-in main job)
+  mpcft dp-sweep --epsilons E [E ...] [--parties N] [fine-tuning options]
   mpcft share-data --certs DIR --name NAME --train my.csv --parties N --out shares/
 """
 import os
@@ -26,6 +27,7 @@ from mpcft.data.owners import add_arguments as add_owner_arguments
 from mpcft.data.owners import write_share_files
 from mpcft.encoder import quiet_transformers
 from mpcft.finetune.config import ConfigError, FinetuneConfig, HelpFormatter, add_arguments
+from mpcft.finetune.sweep import add_sweep_arguments, run_sweep
 from mpcft.runtime import config as cluster_config
 from mpcft.runtime.dealer import DEFAULT_HANDLER, DealerServer
 from mpcft.runtime.errors import MPCRuntimeError, failure_report
@@ -74,13 +76,21 @@ def cmd_share_data(args):
     return 0
 
 
-def cmd_finetune(args):
+def launch_finetune(config, parties: int, timeout: float, certs=None) -> int:
     """Local parties and dealer on loopback (mutual TLS), each running mpcft.finetune."""
+    return launch(parties, ["-m", "mpcft.finetune", "--config-json", config.to_json()], dealer=True,
+                  timeout=timeout, certs=certs, passthrough_rank=0)
+
+
+def cmd_finetune(args):
     config = FinetuneConfig.from_args(args)
     config.check(args.parties)
     check_data(config, args.parties)
-    return launch(args.parties, ["-m", "mpcft.finetune", "--config-json", config.to_json()], dealer=True,
-                  timeout=args.timeout, certs=args.certs, passthrough_rank=0)
+    return launch_finetune(config, args.parties, args.timeout, args.certs)
+
+
+def cmd_dp_sweep(args):
+    return run_sweep(args, launch_finetune)
 
 
 def cmd_launch(args):
@@ -165,6 +175,11 @@ def main(argv=None):
                         "default: throw-away certificates)")
     add_arguments(p)
     p.set_defaults(run=cmd_finetune)
+
+    p = commands.add_parser("dp-sweep", help="the privacy-utility curve: fine-tune at several epsilons "
+                                             "and without DP, table and plot")
+    add_sweep_arguments(p)
+    p.set_defaults(run=cmd_dp_sweep)
 
     p = commands.add_parser("share-data", help="a data owner seals shares of its data to the parties")
     add_owner_arguments(p)

@@ -54,5 +54,7 @@ def print_summary(summary: dict, out) -> None:
         if isinstance(value, float):
             value = f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.1e}"
         print(f"  {key:>23}: {value}")
-    model = "model/ (transformers), " if (pathlib.Path(out) / "model").exists() else ""
-    print(f"  outputs in {out}: {model}shares/, summary.json, training.png")
+    out = pathlib.Path(out)
+    model = "model/ (transformers), " if (out / "model").exists() else ""
+    plot = ", training.png" if (out / "training.png").exists() else ""
+    print(f"  outputs in {out}: {model}shares/, summary.json{plot}")
