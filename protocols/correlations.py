@@ -25,6 +25,8 @@ Kinds (params -> values, all as additive shares):
   the discrete Gaussian of variance variance_num / variance_den (ring units) by the exact
   sampler (kernels/discrete_noise.py) on PRG(k). k = sum_i k_i is known to the dealer alone
   (and to all n parties together), so z is hidden from any n-1 parties (protocols/noise.py).
+- "dp_laplace"(shape, scale_num, scale_den): the same with the discrete Laplace of scale
+  scale_num / scale_den, P(z) proportional to exp(-|z| / scale).
 """
 import collections
 import hashlib
@@ -36,7 +38,8 @@ import numpy as np
 import torch
 
 from mpcft.kernels import PRG, derive_seed, ring_matmul
-from mpcft.kernels.discrete_noise import discrete_gaussian, variance_fraction
+from mpcft.kernels.discrete_noise import (discrete_gaussian, discrete_laplace, laplace_scale_fraction,
+                                          variance_fraction)
 from mpcft.kernels.bits import digit_planes, pack_bits, words_for
 from mpcft.kernels.ring import RING_BITS, bit, low_bits, msb, rshift_logical
 
@@ -123,19 +126,28 @@ def _powers(p):
 NOISE_KEY_WORDS = 4     # the dp_noise key: 4 ring elements, 256 bits
 
 
-def _dp_noise(p):
-    shape = _shape(p["shape"])
-    variance = variance_fraction(Fraction(p["variance_num"], p["variance_den"]))   # checks its range
-
+def _noise(sampler, exact: Fraction, shape: tuple):
+    """A noise kind's layout: one key (random), the noise drawn by `sampler` on PRG(key) (derived)."""
     def derive(key):
         prg = PRG(key.contiguous().numpy().tobytes())
-        return [torch.from_numpy(discrete_gaussian(prg, variance, shape))]
+        return [torch.from_numpy(sampler(prg, exact, shape))]
     return [((NOISE_KEY_WORDS,), ARITH)], [(shape, ARITH)], derive
+
+
+def _dp_noise(p):      # variance_fraction, laplace_scale_fraction check the sampler's range
+    variance = variance_fraction(Fraction(p["variance_num"], p["variance_den"]))
+    return _noise(discrete_gaussian, variance, _shape(p["shape"]))
+
+
+def _dp_laplace(p):
+    scale = laplace_scale_fraction(Fraction(p["scale_num"], p["scale_den"]))
+    return _noise(discrete_laplace, scale, _shape(p["shape"]))
 
 
 # kind -> params -> ([(shape, binary)] random inputs, [(shape, binary)] derived values, derive)
 KINDS = {"triple": _triple, "matmul_triple": _matmul_triple, "square": _square, "trunc": _trunc,
-         "and_triple": _and_triple, "sign": _sign, "powers": _powers, "dp_noise": _dp_noise}
+         "and_triple": _and_triple, "sign": _sign, "powers": _powers, "dp_noise": _dp_noise,
+         "dp_laplace": _dp_laplace}
 
 MAX_DIMS = 16
 # kind -> {parameter: "shape" or (least, greatest) integer}: every request is checked against it
@@ -147,7 +159,8 @@ PARAMETERS = {"triple": {"shape_a": "shape", "shape_b": "shape"},
               "sign": {"shape": "shape", "bits": (1, RING_BITS - 2), "digit_bits": (1, 8)},
               "powers": {"shape": "shape", "degree": (1, 64)},
               "dp_noise": {"shape": "shape", "variance_num": (1, (1 << 62) - 1),
-                           "variance_den": (1, 1 << 55)}}
+                           "variance_den": (1, 1 << 55)},
+              "dp_laplace": {"shape": "shape", "scale_num": (1, (1 << 62) - 1), "scale_den": (1, (1 << 62) - 1)}}
 
 
 def _check_parameter(kind: str, name: str, value, rule) -> None:

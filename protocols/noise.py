@@ -1,4 +1,4 @@
-"""Shares of discrete-Gaussian noise that no party knows, for differential privacy on shares.
+"""Shares of discrete-Gaussian and discrete-Laplace noise that no party knows, for DP on shares.
 
 gaussian_noise(ctx, shape, variance) returns shares of z with z ~ N_Z(0, variance) in ring
 units (the exact discrete Gaussian, kernels/discrete_noise.py), from one of two sources:
@@ -12,6 +12,9 @@ units (the exact discrete Gaussian, kernels/discrete_noise.py), from one of two 
   has variance `variance` (it is N_Z(0, variance) exactly when t = n - 1, and within the
   statistical distance of Canonne, Kamath & Steinke 2020, Thm. 23, of it otherwise); the
   total variance is n / (n - t) times `variance`. Cost: nothing sent.
+laplace_noise(ctx, shape, scale): the same for the discrete Laplace; with "parties", every
+party draws the full scale (the honest party's draw alone gives the guarantee), n times the
+variance.
 Reveals nothing: the output is additive shares.
 """
 import math
@@ -20,7 +23,8 @@ from fractions import Fraction
 import torch
 
 from mpcft.kernels import PRG, fresh_seed
-from mpcft.kernels.discrete_noise import discrete_gaussian, variance_fraction
+from mpcft.kernels.discrete_noise import (discrete_gaussian, discrete_laplace, laplace_scale_fraction,
+                                          variance_fraction)
 
 from .cost import FREE, RING_BYTES, Cost
 
@@ -50,6 +54,20 @@ def gaussian_noise(ctx, shape, variance, source: str = "dealer", colluders: int 
     raise ValueError(f"noise source must be one of {NOISE_SOURCES}, got {source!r}")
 
 
+def laplace_noise(ctx, shape, scale, source: str = "dealer") -> torch.Tensor:
+    """This party's share of discrete Laplace noise of `shape`, P(z) ~ exp(-|z| / scale), scale
+    in ring units (int, Fraction or float rounded up)."""
+    shape = tuple(int(s) for s in shape)
+    exact = laplace_scale_fraction(scale)
+    if source == "dealer":
+        correlation = ctx.correlation("dp_laplace", shape=list(shape), scale_num=exact.numerator,
+                                      scale_den=exact.denominator)
+        return correlation.derived()[0]
+    if source == "parties":
+        return torch.from_numpy(discrete_laplace(PRG(fresh_seed()), exact, shape)).to(ctx.device)
+    raise ValueError(f"noise source must be one of {NOISE_SOURCES}, got {source!r}")
+
+
 def noise_cost(n: int, numel: int, source: str = "dealer") -> tuple[Cost, int]:
-    """(party-to-party cost, dealer bytes to party 0) of gaussian_noise."""
+    """(party-to-party cost, dealer bytes to party 0) of gaussian_noise and laplace_noise."""
     return FREE, (numel * RING_BYTES if source == "dealer" else 0)

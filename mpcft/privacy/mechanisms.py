@@ -6,6 +6,8 @@ exp(-k^2 / (2 sigma^2)) with sigma from Balle & Wang 2018 (or the classical D sq
 step `resolution`, and the noise is calibrated to the rounded values' sensitivity on that grid.
 Security: the noise is drawn from the AES-CTR PRG in integer arithmetic with exactly the stated
 distribution (mpcft.kernels.discrete_noise), so Mironov 2012's floating-point attack does not apply.
+On shares (SharedTensor in, SharedTensor out, nothing opened), the grid is the tensor's fixed
+point and the noise comes from protocols.noise: no party knows it (see there for the sources).
 """
 import math
 import numbers
@@ -17,6 +19,8 @@ from scipy.special import log_ndtr, ndtr
 
 from mpcft.kernels import PRG, fresh_seed
 from mpcft.kernels.discrete_noise import discrete_gaussian, discrete_laplace
+from mpcft.protocols import noise
+from mpcft.tensor import SharedTensor
 
 from .accountant import check_privacy_parameters
 
@@ -156,9 +160,20 @@ def _onto_grid(values, resolution):
     return np.floor(scaled).astype(np.int64), restore
 
 
-def laplace_mechanism(values, sensitivity, epsilon, *, resolution=RESOLUTION, prg=None):
+def _shared_grid(values: SharedTensor) -> float:
+    if values.frac_bits < 1:
+        raise ValueError("a mechanism on shares needs a fixed-point SharedTensor (frac_bits >= 1)")
+    return 2.0 ** -values.frac_bits
+
+
+def laplace_mechanism(values, sensitivity, epsilon, *, resolution=RESOLUTION, prg=None, source="dealer"):
     """values rounded down onto the grid plus discrete Laplace noise: eps-DP for L1 sensitivity
-    `sensitivity` of `values` (scale from grid_laplace_scale). Same kind as `values`, float64."""
+    `sensitivity` of `values` (scale from grid_laplace_scale). Same kind as `values`, float64.
+    A SharedTensor gets noise shares from `source` on its own grid (prg, resolution unused)."""
+    if isinstance(values, SharedTensor):
+        scale = grid_laplace_scale(sensitivity, epsilon, max(values.numel(), 1), _shared_grid(values))
+        return values + SharedTensor(values.ctx, noise.laplace_noise(values.ctx, values.shape, scale, source),
+                                     values.frac_bits)
     grid, restore = _onto_grid(values, resolution)
     scale = grid_laplace_scale(sensitivity, epsilon, max(grid.size, 1), resolution)
     prg = PRG(fresh_seed()) if prg is None else prg
@@ -166,22 +181,28 @@ def laplace_mechanism(values, sensitivity, epsilon, *, resolution=RESOLUTION, pr
 
 
 def gaussian_mechanism(values, sensitivity, epsilon, delta, *, analytic=True,
-                       resolution=RESOLUTION, prg=None):
+                       resolution=RESOLUTION, prg=None, source="dealer", colluders=None):
     """values rounded down onto the grid plus discrete Gaussian noise: (eps, delta)-DP for L2
     sensitivity `sensitivity` of `values`. Same kind as `values`, float64.
 
     sigma (grid_gaussian_sigma) is the continuous Gaussian's; the discrete Gaussian's (eps, delta)
     on integer-valued queries matches it up to a factor negligible for sigma >= 1 grid unit,
-    per Canonne, Kamath & Steinke 2020.
+    per Canonne, Kamath & Steinke 2020. A SharedTensor gets noise shares from `source` (and
+    `colluders`, protocols.noise.gaussian_noise) on its own grid.
     """
+    if isinstance(values, SharedTensor):
+        sigma = grid_gaussian_sigma(sensitivity, epsilon, delta, max(values.numel(), 1), analytic=analytic,
+                                    resolution=_shared_grid(values))
+        shares = noise.gaussian_noise(values.ctx, values.shape, sigma * sigma, source, colluders)
+        return values + SharedTensor(values.ctx, shares, values.frac_bits)
     grid, restore = _onto_grid(values, resolution)
     sigma = grid_gaussian_sigma(sensitivity, epsilon, delta, max(grid.size, 1),
                                 analytic=analytic, resolution=resolution)
     prg = PRG(fresh_seed()) if prg is None else prg
     try:
-        noise = discrete_gaussian(prg, sigma * sigma, grid.shape)
+        draws = discrete_gaussian(prg, sigma * sigma, grid.shape)
     except ValueError as error:
         raise ValueError(f"the noise sigma {sigma * resolution:g} is {sigma:.3g} grid steps, "
                          "beyond the exact sampler's range (about 1.9e8): use a coarser "
                          "resolution") from error
-    return restore(grid + noise)
+    return restore(grid + draws)
