@@ -7,6 +7,7 @@
   mpcft dealer --config cluster.toml [--handler m:f]
   mpcft finetune [--parties N] [fine-tuning options]   (no options: the built-in main job)
   mpcft dp-sweep --epsilons E [E ...] [--parties N] [fine-tuning options]
+  mpcft audit [--canaries K] [--canary-repeats R] [--parties N] [fine-tuning options]
   mpcft share-data --certs DIR --name NAME --train my.csv --parties N --out shares/
 """
 import os
@@ -26,6 +27,7 @@ from mpcft.data import DataError, check_data
 from mpcft.data.owners import add_arguments as add_owner_arguments
 from mpcft.data.owners import write_share_files
 from mpcft.encoder import quiet_transformers
+from mpcft.finetune.audit import add_audit_arguments, run_audit
 from mpcft.finetune.config import ConfigError, FinetuneConfig, HelpFormatter, add_arguments
 from mpcft.finetune.sweep import add_sweep_arguments, run_sweep
 from mpcft.runtime import config as cluster_config
@@ -180,6 +182,11 @@ def main(argv=None):
                                              "and without DP, table and plot")
     add_sweep_arguments(p)
     p.set_defaults(run=cmd_dp_sweep)
+
+    p = commands.add_parser("audit", help="train with canaries inserted, then attack the model: membership "
+                                          "inference and canary exposure", formatter_class=HelpFormatter)
+    add_audit_arguments(p)
+    p.set_defaults(run=run_audit)
 
     p = commands.add_parser("share-data", help="a data owner seals shares of its data to the parties")
     add_owner_arguments(p)

@@ -56,3 +56,13 @@ def accuracy(encoder, head_w, head_b, tokenizer, texts, labels, seq_len: int) ->
     pooled, _ = frozen_features(encoder, tokenizer, texts, seq_len, 0)
     predictions = (pooled @ head_w.T + head_b).argmax(1)
     return (predictions == torch.tensor(labels)).double().mean().item()
+
+
+@torch.no_grad()
+def example_losses(encoder, head_w, head_b, tokenizer, texts, labels, seq_len: int):
+    """Cross-entropy -log softmax(W p + b)_y of each text under the linear head (W, b), p its
+    mean-pooled embedding, y its label: a float64 numpy array, one loss per text."""
+    pooled, _ = frozen_features(encoder, tokenizer, texts, seq_len, 0)
+    logits = pooled @ head_w.double().T + head_b.double()
+    return torch.nn.functional.cross_entropy(logits, torch.tensor(labels, dtype=torch.long),
+                                             reduction="none").numpy()

@@ -1,7 +1,7 @@
 """Exact discrete Laplace and Gaussian samplers: histograms against the exact pmf, moments,
-determinism per seed, rational parameters, refused parameters, replay across refills, speed."""
+determinism per seed, rational parameters, refused parameters, replay across refills (speed:
+benchmarks/bench_noise.py)."""
 import math
-import time
 from fractions import Fraction
 
 import numpy as np
@@ -142,16 +142,3 @@ def test_bad_laplace_parameters_are_refused(bad, error):
 def test_large_sigma_near_the_bound():
     draws = dn.discrete_gaussian(prg("large"), float(2 ** 52), (200_000,))
     assert abs(draws.std() / 2 ** 26 - 1) < 0.01
-
-
-def test_millions_of_coordinates_well_under_a_second():
-    dn.discrete_gaussian(prg("warm"), 1e6, (10,))
-    dn.discrete_laplace(prg("warm"), 100.0, (10,))
-    started = time.perf_counter()
-    dn.discrete_gaussian(prg("speed"), (2.0 ** 20) ** 2, (2_000_000,))   # sigma = 2^20: C 2^f
-    gaussian = time.perf_counter() - started
-    started = time.perf_counter()
-    dn.discrete_laplace(prg("speed"), 2.0 ** 20, (2_000_000,))
-    laplace = time.perf_counter() - started
-    print(f"2e6 coordinates: discrete Gaussian {gaussian:.2f} s, discrete Laplace {laplace:.2f} s")
-    assert gaussian < 2.0 and laplace < 2.0     # measured 0.3-0.6 s; loose for a loaded 2-core machine
