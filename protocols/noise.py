@@ -18,7 +18,6 @@ variance.
 Reveals nothing: the output is additive shares.
 """
 import math
-from fractions import Fraction
 
 import torch
 
@@ -47,7 +46,7 @@ def gaussian_noise(ctx, shape, variance, source: str = "dealer", colluders: int 
         t = n - 1 if colluders is None else colluders
         if not 1 <= t <= n - 1:
             raise ValueError(f"colluders must be in [1, {n - 1}] for {n} parties, got {t}")
-        per_party = Fraction(variance_fraction(variance)) / (n - t)
+        per_party = variance_fraction(variance) / (n - t)
         share_variance = variance_fraction(math.nextafter(float(per_party), math.inf))  # >= per_party
         draws = discrete_gaussian(PRG(fresh_seed()), share_variance, shape)
         return torch.from_numpy(draws).to(ctx.device)

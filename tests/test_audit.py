@@ -13,6 +13,8 @@ from mpcft.finetune.audit import audit_rows, finetune_argv, markdown
 from mpcft.finetune.config import FinetuneConfig, add_arguments
 from mpcft.privacy.audit import chance_exposure
 
+from .refusals import assert_refused_in_one_line
+
 FAST = ["--mode", "head", "--max-train", "48", "--epochs", "3", "--canaries", "4", "--canary-repeats", "2",
         "--reference-canaries", "50"]
 
@@ -62,11 +64,7 @@ BAD = [
 def test_bad_audit_options_get_one_line_before_training(tmp_path, argv, message):
     start = time.monotonic()
     done = audit(tmp_path, *argv, timeout=100)
-    lines = done.stderr.strip().splitlines()
-    assert done.returncode == 2, done.stderr
-    assert len(lines) == 1 and lines[0].startswith("mpcft audit: error:") and message in lines[0], lines
-    assert not (tmp_path / "runs").exists()
-    assert time.monotonic() - start < 60
+    assert_refused_in_one_line(done, "audit", message, tmp_path, start)
 
 
 def test_members_and_nonmembers_are_disjoint_texts_that_occur_once():

@@ -133,8 +133,9 @@ def train_plaintext(config, names, counts, test, noise_multiplier: float | None 
     model = _Model(layers, adapters, hf.num_attention_heads, head_w, head_b)
     trained = {name: p for name, p in model.named_parameters() if p.requires_grad}
     optimizer = make_optimizer(config, list(trained.values()))
-    batches = schedule(counts, config.batch_size, config.epochs, config.seed)
-    if config.dp:
+    if not config.dp:
+        batches = schedule(counts, config.batch_size, config.epochs, config.seed)
+    else:
         from opacus.optimizers import DPOptimizer
         from mpcft.kernels import derive_seed
         from mpcft.privacy.sampling import poisson_plan, poisson_schedule

@@ -12,9 +12,6 @@ from mpcft.privacy.sampling import joint_seed, most_inclusions, poisson_plan, po
 
 from .config import ConfigError, FinetuneConfig
 
-# the noise's standard deviation in ring units must stay within the exact sampler's range
-MAX_NOISE_STD_RING = 2.0 ** 27
-
 
 class PrivateTraining:
     def __init__(self, ctx, config: FinetuneConfig, counts: list[int], optimizer, loss_scale: int):
@@ -25,14 +22,16 @@ class PrivateTraining:
                                  calibrate_noise_multiplier(config.target_epsilon, config.delta,
                                                             self.sample_rate, steps, config.accountant))
         self.expected_batch_size = self.sample_rate * total
-        self.optimizer = DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier,
-                                     max_grad_norm=config.max_grad_norm,
-                                     expected_batch_size=self.expected_batch_size, loss_scale=loss_scale,
-                                     noise_source=config.dp_noise, colluders=config.dp_colluders)
-        if self.optimizer.noise_variance ** 0.5 > MAX_NOISE_STD_RING:
+        try:
+            self.optimizer = DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier,
+                                         max_grad_norm=config.max_grad_norm,
+                                         expected_batch_size=self.expected_batch_size, loss_scale=loss_scale,
+                                         noise_source=config.dp_noise, colluders=config.dp_colluders)
+        except ValueError:      # the exact sampler's range, in ring units
             raise ConfigError(f"--dp: noise std {self.noise_multiplier:.3g} x --max-grad-norm "
                               f"{config.max_grad_norm:g} over an expected batch of {self.expected_batch_size:.1f} "
-                              f"is too large for the fixed-point ring: lower --max-grad-norm or raise --batch-size")
+                              f"is beyond the exact noise sampler's range in fixed point: lower "
+                              f"--max-grad-norm or raise --batch-size") from None
         self.batches = poisson_schedule(counts, self.sample_rate, steps, joint_seed(ctx))
         self.accountant = PrivacyAccountant(self.noise_multiplier, self.sample_rate, config.delta,
                                             config.accountant)

@@ -19,6 +19,7 @@ import math
 
 import torch
 
+from mpcft.kernels.discrete_noise import variance_fraction
 from mpcft.protocols import beaver, comparison, fixed, noise, reciprocal
 from mpcft.protocols.truncation import truncate
 from mpcft.tensor import SharedTensor
@@ -58,7 +59,8 @@ class DPOptimizer:
         self.sensitivity = self.max_grad_norm * (1 + CLIP_SLACK) + 2 * math.sqrt(self.numel) * rounding
         self.noise_variance = (self.noise_multiplier * self.sensitivity * out_scale * 2.0 ** f
                                / self.expected_batch_size) ** 2          # ring units^2
-        self.steps = 0
+        if self.noise_multiplier:
+            variance_fraction(self.noise_variance)       # ValueError beyond the exact sampler's range
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad()
@@ -76,7 +78,6 @@ class DPOptimizer:
             p.grad = SharedTensor(self.ctx, clipped[start:start + size].reshape(p.shape))
             start += size
         self.optimizer.step()
-        self.steps += 1
 
     def per_example_gradients(self) -> torch.Tensor | None:
         """Shares [B, N] of the per-example gradients of all parameters, flattened; None for
