@@ -18,7 +18,9 @@ or a fractions.Fraction as given; a float is rounded *up* (more noise, never les
 power-of-two grid: sigma^2 to d = 2^k with d*(floor(sigma)+1)^2 <= 2^30 (relative change below
 1e-7, and below 2^-30 for sigma >= 2^15), the scale to s = 2^k with t about 2^40.
 Overflow bounds, checked (ValueError): for the Gaussian d*T^2 <= 2^55 and 2*n*d < 2^62 with
-T = floor(sigma)+1 (so sigma < 2^27.5 with d = 1); for the Laplace t, s < 2^62.
+T = floor(sigma)+1 (so sigma < 2^27.5 with d = 1); for the Laplace s < 2^62 and
+t <= (2^62 - 1) // 8001 (about 2^49), so that u + t*v overflows only if the geometric v exceeds
+8000 (probability below e^-8000; the sampler then raises).
 The acceptance test of Algorithm 3 needs (|y|*d*T - n)^2 and 2*n*d*T^2, up to 2^124: they are
 held as two int64 limbs (hi * 2^62 + lo). A Laplace proposal with |y| > 2^62/(d*T) (at least
 128 T, probability below e^-127) has acceptance probability below e^-8000; the sampler then
@@ -37,6 +39,7 @@ _M31 = (1 << 31) - 1
 _EXHAUSTED = -1  # the word buffer ran out: replay the draw with more words
 _OVERFLOW = -2   # an event of probability < e^-8000: refuse rather than deviate
 _WORDS = 1 << 20  # PRG words (8 bytes each) drawn per refill, at least
+_LAPLACE_T_MAX = _M62 // 8001   # Laplace numerators t above this overflow u + t*v with v <= 8000
 # words drawn ahead per draw: a little above the measured means (Laplace 7-10, Gaussian 14-24)
 _LAPLACE_WORDS, _GAUSSIAN_WORDS = 12, 26
 
@@ -275,9 +278,10 @@ def laplace_scale_fraction(scale_t) -> Fraction:
     scale = _rational(scale_t, "the discrete Laplace scale")
     if is_float:
         scale = _round_up(scale, max(0, 40 - math.ceil(scale).bit_length()))
-    if scale.numerator >= _LIMIT or scale.denominator >= _LIMIT:
-        raise ValueError(f"the discrete Laplace scale {scale} needs numerator and denominator "
-                         "below 2^62; pass a float to have it rounded up onto a 2^-k grid")
+    if scale.numerator > _LAPLACE_T_MAX or scale.denominator >= _LIMIT:
+        raise ValueError(f"the discrete Laplace scale {scale} needs a numerator of at most "
+                         f"{_LAPLACE_T_MAX} and a denominator below 2^62; pass a float below "
+                         f"{_LAPLACE_T_MAX} to have it rounded up onto a 2^-k grid")
     return scale
 
 

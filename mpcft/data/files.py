@@ -58,22 +58,26 @@ class DataError(ValueError):
     """A data file or option that cannot be used, said in one line for the user."""
 
 
-def read_labelled(path, text_column: str, label_column: str, labels: list[str] | None = None):
-    """(texts, label ids, label names) from a CSV or TSV file with a header row.
-
-    Label names are sorted unless given, so every party derives the same ids. DataError for a
-    file that cannot be read, is not UTF-8, lacks a column, holds no rows or unknown labels.
-    """
+def read_columns(path, columns: list[str], flags: str) -> list[tuple[str, ...]]:
+    """The rows of a CSV or TSV (.tsv, .tab) file with a header row, as tuples of `columns`.
+    DataError, in one line, for a file that cannot be read, is not UTF-8, lacks a column (the
+    options that name them: `flags`), has a row of another number of fields, or no rows."""
     path = pathlib.Path(path)
     delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:     # a BOM is not a column name
             reader = csv.DictReader(f, delimiter=delimiter)
-            missing = {text_column, label_column} - set(reader.fieldnames or [])
+            missing = set(columns) - set(reader.fieldnames or [])
             if missing:
                 raise DataError(f"{path}: no column(s) {sorted(missing)}; the header has "
-                                f"{reader.fieldnames or 'nothing'} (see --text-column, --label-column)")
-            rows = [(row[text_column], (row[label_column] or "").strip()) for row in reader]
+                                f"{reader.fieldnames or 'nothing'} (see {flags})")
+            rows = []
+            for row in reader:     # DictReader: a missing field is None, extra ones go under None
+                if None in row or None in row.values():
+                    fields = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None, ()))
+                    raise DataError(f"{path}: line {reader.line_num} has {fields} fields, the header "
+                                    f"{len(reader.fieldnames)} (quote texts that hold {delimiter!r})")
+                rows.append(tuple(row[c] for c in columns))
     except OSError as exc:
         raise DataError(f"{path}: cannot read it: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
@@ -82,6 +86,18 @@ def read_labelled(path, text_column: str, label_column: str, labels: list[str] |
         raise DataError(f"{path}: not a valid delimited text file: {exc}") from None
     if not rows:
         raise DataError(f"{path}: no rows below the header")
+    return rows
+
+
+def read_labelled(path, text_column: str, label_column: str, labels: list[str] | None = None):
+    """(texts, label ids, label names) from a CSV or TSV file with a header row (read_columns).
+
+    Label names are sorted unless given, so every party derives the same ids. DataError for a
+    file that cannot be read, is not UTF-8, lacks a column, holds no rows or unknown labels.
+    """
+    path = pathlib.Path(path)
+    rows = [(text, label.strip()) for text, label in
+            read_columns(path, [text_column, label_column], "--text-column, --label-column")]
     names = list(labels) if labels else sorted({label for _, label in rows})
     unknown = {label for _, label in rows} - set(names)
     if unknown:

@@ -24,6 +24,8 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
+import os
 import pathlib
 import secrets
 
@@ -31,7 +33,7 @@ import torch
 
 from mpcft.encoder import default_model_path, frozen_features, load_encoder
 from mpcft.kernels import FixedPoint
-from mpcft.kernels.prg import fresh_seed
+from mpcft.kernels.prg import SEED_BYTES, fresh_seed
 from mpcft.nn import MODES, mpc_layer_count
 from mpcft.protocols.sharing import seeded_share, split_seeded
 from mpcft.runtime.envelope import OWNER_PREFIX, SealedFileError, open_sealed, seal
@@ -154,6 +156,48 @@ class OwnerShares:
         return self.header["counts"][part]
 
 
+# header field -> its JSON type (bool is not an int here)
+HEADER_TYPES = {"owner": str, "sealing": str, "parties": int, "rank": int, "model": str,
+                "mpc_layers": int, "seq_len": int, "frac_bits": int, "labels": list,
+                "counts": dict, "feature_shape": list}
+
+
+def _header_problem(header: dict) -> str | None:
+    """Why a (signed) header cannot be used, or None: every field is checked before use, since
+    an owner's mistake or malice must end in a refusal, not in a crash."""
+    if "sealing" not in header:
+        return "made without a sealing id (by an older mpcft): ask the owner to seal again"
+    for field, kind in HEADER_TYPES.items():
+        value = header.get(field)
+        if type(value) is not kind:
+            return f"header field {field!r} is {repr(value)[:60]}, expected a JSON {kind.__name__}"
+    counts, shape, labels = header["counts"], header["feature_shape"], header["labels"]
+    if set(counts) != set(PARTS) or not all(type(n) is int and n >= 0 for n in counts.values()):
+        return f"header counts {counts!r:.80} are not {{train, test}} example counts"
+    if not 1 <= len(shape) <= 3 or not all(type(d) is int and d > 0 for d in shape):
+        return f"header feature shape {shape!r:.80} is not 1 to 3 positive sizes"
+    if not labels or not all(isinstance(label, str) for label in labels):
+        return f"header labels {labels!r:.80} are not label names"
+    if header["mpc_layers"] < 0 or header["seq_len"] <= 0:
+        return f"header mpc_layers {header['mpc_layers']}, seq_len {header['seq_len']}"
+    return None
+
+
+def share_bytes(header: dict) -> int:
+    """Bytes of the shares a (checked) header declares, what opening its file allocates; a part
+    of no examples counts as one, since torch's strides of its empty tensors must fit all the same."""
+    return sum(8 * math.prod(max(d, 1) for d in shape)
+               for part in PARTS for shape in _tensors(header, part).values())
+
+
+def default_max_share_bytes() -> int:
+    """This machine's physical memory: share files declaring more can never be loaded."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 1 << 40
+
+
 def share_files(paths, rank: int) -> list[pathlib.Path]:
     """The files for party `rank` among `paths` (files, or folders holding `*.party-R.mpcft`)."""
     found = []
@@ -179,19 +223,27 @@ def sealing_pins(texts) -> dict:
 
 
 def load_owner_shares(paths, rank: int, world_size: int, key, ca, frac_bits: int,
-                      fingerprint: str, pins: dict | None = None) -> list[OwnerShares]:
+                      fingerprint: str, pins: dict | None = None,
+                      max_bytes: int | None = None) -> list[OwnerShares]:
     """Open, check and expand this party's share files, one per owner, sorted by owner name.
-    `pins` {owner: sealing id}: accept only that sealing of those owners."""
+    `pins` {owner: sealing id}: accept only that sealing of those owners. A file whose header
+    declares more than `max_bytes` of shares (default: this machine's memory) is refused
+    before anything is allocated for them."""
     pins = pins or {}
+    max_bytes = default_max_share_bytes() if max_bytes is None else max_bytes
     owners = {}
     for path in share_files(paths, rank):
         header, payload, identity = open_sealed(path.read_bytes(), key, ca, f"party-{rank}", str(path))
+        problem = _header_problem(header)
+        if problem:
+            raise SealedFileError(f"{path}: {problem}")
+        if share_bytes(header) > max_bytes:
+            raise SealedFileError(f"{path}: the header declares {share_bytes(header)} bytes of shares, "
+                                  f"more than the {max_bytes} this party can hold")
         problems = []
         if identity != OWNER_PREFIX + header["owner"]:
             problems.append(f"signed by {identity} but names owner {header['owner']!r}")
-        if "sealing" not in header:
-            problems.append("made without a sealing id (by an older mpcft): ask the owner to seal again")
-        elif header["owner"] in pins and header["sealing"] != pins[header["owner"]]:
+        if header["owner"] in pins and header["sealing"] != pins[header["owner"]]:
             problems.append(f"sealing {header['sealing']} is withdrawn: only sealing {pins[header['owner']]} "
                             f"of owner {header['owner']!r} is accepted (--owner-sealing)")
         if header["rank"] != rank or header["parties"] != world_size:
@@ -206,16 +258,26 @@ def load_owner_shares(paths, rank: int, world_size: int, key, ca, frac_bits: int
         if problems:
             raise SealedFileError(f"{path}: " + "; ".join(problems))
         if rank == 0:
-            stored = torch.load(io.BytesIO(payload), weights_only=True)
-            get = lambda part, name, shape: stored[f"{part}/{name}"]
+            try:
+                stored = torch.load(io.BytesIO(payload), weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - whatever the unpickler raises: a refusal
+                raise SealedFileError(f"{path}: unreadable shares ({type(exc).__name__})") from None
+            if not isinstance(stored, dict):
+                raise SealedFileError(f"{path}: the shares are not a dict of tensors")
+            get = lambda part, name, shape: stored.get(f"{part}/{name}")
+        elif len(payload) != SEED_BYTES:
+            raise SealedFileError(f"{path}: holds {len(payload)} bytes, not a {SEED_BYTES}-byte seed")
         else:
             get = lambda part, name, shape: seeded_share(payload, f"{part}/{name}", shape)
         parts = {part: {name: get(part, name, shape) for name, shape in _tensors(header, part).items()}
                  for part in PARTS}
         for part in PARTS:
             for name, shape in _tensors(header, part).items():
-                if list(parts[part][name].shape) != shape:
-                    raise SealedFileError(f"{path}: {part}/{name} has shape {list(parts[part][name].shape)}, "
+                share = parts[part][name]
+                if not isinstance(share, torch.Tensor) or share.dtype != torch.int64:
+                    raise SealedFileError(f"{path}: {part}/{name} is missing or not an int64 tensor")
+                if list(share.shape) != shape:
+                    raise SealedFileError(f"{path}: {part}/{name} has shape {list(share.shape)}, "
                                           f"the header says {shape}")
         owners[header["owner"]] = OwnerShares(header["owner"], header, parts)
     unused = sorted(set(pins) - set(owners))

@@ -111,7 +111,12 @@ def open_sealed(blob: bytes, recipient_key: pathlib.Path, ca_cert: pathlib.Path,
         owner.public_key().verify(signature, blob[:signed_end], ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         raise SealedFileError(f"{name}: bad signature: the file was altered or not signed by {identity}") from None
-    header = json.loads(header_bytes)
+    try:                  # signed, but by an owner: its header is still checked before use
+        header = json.loads(header_bytes)
+    except (ValueError, RecursionError) as exc:
+        raise SealedFileError(f"{name}: unreadable header ({exc})") from None
+    if not isinstance(header, dict):
+        raise SealedFileError(f"{name}: the header is not a JSON object")
     if header.get("recipient") != recipient_identity:
         raise SealedFileError(f"{name}: sealed for {header.get('recipient')!r}, not {recipient_identity!r}")
     key = serialization.load_pem_private_key(pathlib.Path(recipient_key).read_bytes(), None)
