@@ -1,5 +1,6 @@
 """The pretrained encoder: the default model, loading it, and what owners compute with it in
 plaintext (frozen features of their texts; the accuracy of a revealed head)."""
+import json
 import pathlib
 
 import torch
@@ -19,11 +20,18 @@ def quiet_transformers() -> None:
 
 
 def load_encoder(path: str):
-    """(tokenizer, encoder in float64, eval mode) of the local model folder `path`."""
-    from transformers import AutoModel, AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    encoder = AutoModel.from_pretrained(path, attn_implementation="eager").double().eval()
-    return tokenizer, encoder
+    """(tokenizer, encoder in float64, eval mode) of the local model folder `path`; the encoder
+    of a classifier that mpcft finetune wrote (model type mpcft_bert) loads as a BertModel."""
+    from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+    config = pathlib.Path(path, "config.json")
+    if config.is_file() and json.loads(config.read_text("utf-8")).get("model_type") == "mpcft_bert":
+        config = BertConfig.from_pretrained(path)      # its own code (auto_map) is not run
+        tokenizer = AutoTokenizer.from_pretrained(path, config=config)
+        encoder = BertModel.from_pretrained(path, config=config, attn_implementation="eager")
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        encoder = AutoModel.from_pretrained(path, attn_implementation="eager")
+    return tokenizer, encoder.double().eval()
 
 
 @torch.no_grad()

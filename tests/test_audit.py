@@ -31,7 +31,7 @@ def test_audit_of_a_dp_run_reports_the_attacks_and_the_bound(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Traceback" not in done.stderr and "| epsilon | AUC |" in done.stdout
     report = json.loads((out / "audit.json").read_text())
-    assert (out / "train" / "model" / "classifier_head.safetensors").exists()
+    assert (out / "train" / "model" / "model.safetensors").exists()
     assert (out / "audit.md").read_text().startswith("| epsilon | AUC | TPR@1% | TPR@0.1% |")
     train = json.loads((out / "train" / "summary.json").read_text())
     assert train["train_examples"] == 48 + 4 * 2 and 2.9 <= report["epsilon"] <= 3.0

@@ -2,7 +2,9 @@
 
 `config` (FinetuneConfig: every option, its flags and its JSON form), `trainer` (one party's
 part of a run: train), `outputs` (the revealed model, saved files, the summary), `plaintext`
-(the same run in plain torch, the baseline), `__main__` (the worker process).
+(the same run in plain torch, the baseline), `__main__` (the worker process), `predict` (the
+model folder that transformers.pipeline loads, and `mpcft predict`), `modeling_mpcft` (that
+folder's model classes, copied into it).
 
     from mpcft.finetune import FinetuneConfig, train
     with mpcft.init() as session:

@@ -20,12 +20,13 @@ import tempfile
 import time
 
 from mpcft.data import BUILTIN_MAX_TRAIN, DataError, builtin_dataset, check_data, read_labelled, split
-from mpcft.encoder import default_model_path, example_losses, load_encoder, quiet_transformers
+from mpcft.encoder import default_model_path, example_losses, quiet_transformers
 from mpcft.kernels import fresh_seed
 from mpcft.privacy.audit import (REPORTED_FPRS, chance_exposure, check_dp_bound, empirical_epsilon, exposure,
                                  make_canaries, membership_scores)
 
 from .config import ConfigError, FinetuneConfig, add_arguments
+from .predict import read_head
 
 TEXT, LABEL = "sentence", "label"   # columns of the CSV files the audit trains on
 
@@ -121,12 +122,8 @@ def write_rows(path: pathlib.Path, rows, names) -> None:
 
 
 def load_trained(model_dir: pathlib.Path):
-    """(tokenizer, encoder, head weight, head bias, label names) of a run's model/ folder."""
-    from safetensors.torch import load_file
-    tokenizer, encoder = load_encoder(str(model_dir))
-    head = load_file(str(model_dir / "classifier_head.safetensors"))
-    names = json.loads((model_dir / "classifier_head.json").read_text())["labels"]
-    return tokenizer, encoder, head["weight"], head["bias"], names
+    """(tokenizer, encoder in float64, head weight, head bias, label names) of a run's model/ folder."""
+    return read_head(model_dir)[:5]
 
 
 def measure(model_dir, members, nonmembers, inserted, reference, names, config: FinetuneConfig,

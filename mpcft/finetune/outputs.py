@@ -1,9 +1,12 @@
 """What a fine-tuning run leaves at the output party: the revealed model written back into the
-plaintext encoder, `model/` (transformers format), summary.json, training.png, the printed summary."""
+plaintext encoder, `model/` (a transformers text classifier, mpcft.finetune.predict), summary.json,
+training.png, the printed summary."""
 import json
 import pathlib
 
 from mpcft.nn import write_back
+
+from .predict import export_classifier
 
 
 def revealed_model(model, values: dict):
@@ -13,11 +16,11 @@ def revealed_model(model, values: dict):
     return values[model.head.weight], values[model.head.bias]
 
 
-def save_outputs(out: pathlib.Path, encoder, tokenizer, head_w, head_b, names, history, summary):
-    """summary.json, training.png and, when the parameters were revealed (head_w given), model/."""
+def save_outputs(out: pathlib.Path, encoder, tokenizer, head_w, head_b, names, history, summary,
+                 seq_len: int):
+    """summary.json, training.png and, when the parameters were revealed (head_w given), model/
+    (texts cut to seq_len tokens, as the run's evaluation cuts them)."""
     out.mkdir(parents=True, exist_ok=True)
-    if head_w is not None:
-        save_model(out / "model", encoder, tokenizer, head_w, head_b, names)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if history:
         import matplotlib
@@ -33,18 +36,15 @@ def save_outputs(out: pathlib.Path, encoder, tokenizer, head_w, head_b, names, h
         fig.tight_layout()
         fig.savefig(out / "training.png", dpi=120)
         plt.close(fig)
+    if head_w is not None:
+        save_model(out / "model", encoder, tokenizer, head_w, head_b, names, seq_len)
 
 
-def save_model(model_dir: pathlib.Path, encoder, tokenizer, head_w, head_b, names) -> None:
-    """The encoder with trained weights (transformers format), its tokenizer and the head."""
-    encoder.float().save_pretrained(model_dir)
-    encoder.double()
-    tokenizer.save_pretrained(model_dir)
-    from safetensors.torch import save_file
-    save_file({"weight": head_w.float().contiguous(), "bias": head_b.float().contiguous()},
-              str(model_dir / "classifier_head.safetensors"))
-    (model_dir / "classifier_head.json").write_text(json.dumps(
-        {"pooling": "mean", "labels": names, "head": "classifier_head.safetensors"}, indent=2))
+def save_model(model_dir: pathlib.Path, encoder, tokenizer, head_w, head_b, names, seq_len: int) -> None:
+    """The encoder with trained weights, the mean-pooling linear head and the tokenizer, as one
+    model for transformers.pipeline("text-classification", trust_remote_code=True), labelled
+    with `names` (mpcft.finetune.predict.export_classifier)."""
+    export_classifier(model_dir, encoder, tokenizer, head_w, head_b, names, seq_len)
 
 
 def print_summary(summary: dict, out) -> None:
