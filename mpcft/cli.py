@@ -9,6 +9,7 @@
   mpcft dp-sweep --epsilons E [E ...] [--parties N] [fine-tuning options]
   mpcft audit [--canaries K] [--canary-repeats R] [--parties N] [fine-tuning options]
   mpcft share-data --certs DIR --name NAME --train my.csv --parties N --out shares/
+  mpcft predict [--model DIR] --text TEXT [--text ...] | --input my.csv [--output out.csv]
 """
 import os
 
@@ -19,6 +20,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse
+import pathlib
 import runpy
 import signal
 import sys
@@ -28,7 +30,9 @@ from mpcft.data.owners import add_arguments as add_owner_arguments
 from mpcft.data.owners import write_share_files
 from mpcft.encoder import quiet_transformers
 from mpcft.finetune.audit import add_audit_arguments, run_audit
+from mpcft.finetune.checkpoint import resumed_config
 from mpcft.finetune.config import ConfigError, FinetuneConfig, HelpFormatter, add_arguments
+from mpcft.finetune.predict import add_predict_arguments, run_predict
 from mpcft.finetune.sweep import add_sweep_arguments, run_sweep
 from mpcft.runtime import config as cluster_config
 from mpcft.runtime.dealer import DEFAULT_HANDLER, DealerServer
@@ -78,21 +82,44 @@ def cmd_share_data(args):
     return 0
 
 
-def launch_finetune(config, parties: int, timeout: float, certs=None) -> int:
+ENV_FIXED_SEEDS = "MPCFT_INSECURE_FIXED_SEEDS"   # tests of bit-exact resumption only (hex)
+
+
+def launch_finetune(config, parties: int, timeout: float, certs=None, fixed_seeds=None) -> int:
     """Local parties and dealer on loopback (mutual TLS), each running mpcft.finetune."""
     return launch(parties, ["-m", "mpcft.finetune", "--config-json", config.to_json()], dealer=True,
-                  timeout=timeout, certs=certs, passthrough_rank=0)
+                  timeout=timeout, certs=certs, passthrough_rank=0, fixed_seeds=fixed_seeds)
+
+
+def run_certificates(out, parties: int) -> pathlib.Path:
+    """The loopback certificates of a local run, kept in OUT/certs (the CA key in OUT/certs-ca)
+    so that a resumed run has the identities its checkpoints were made under."""
+    folder = pathlib.Path(out) / "certs"
+    names = ["ca", "dealer"] + [f"party-{r}" for r in range(parties)]
+    if not all((folder / f"{name}.pem").is_file() for name in names):
+        make_certs(folder, parties, dealer=True, hosts=["127.0.0.1"], days=365,
+                   ca_dir=default_ca_dir(folder))
+    return folder
 
 
 def cmd_finetune(args):
     config = FinetuneConfig.from_args(args)
+    if config.resume:
+        config = resumed_config(config, config.resume)
     config.check(args.parties)
     check_data(config, args.parties)
-    return launch_finetune(config, args.parties, args.timeout, args.certs)
+    fixed = os.environ.get(ENV_FIXED_SEEDS)
+    return launch_finetune(config, args.parties, args.timeout, args.certs or run_certificates(config.out, args.parties),
+                           bytes.fromhex(fixed) if fixed else None)
 
 
 def cmd_dp_sweep(args):
     return run_sweep(args, launch_finetune)
+
+
+def cmd_predict(args):
+    quiet_transformers()
+    return run_predict(args)
 
 
 def cmd_launch(args):
@@ -187,6 +214,11 @@ def main(argv=None):
                                           "inference and canary exposure", formatter_class=HelpFormatter)
     add_audit_arguments(p)
     p.set_defaults(run=run_audit)
+
+    p = commands.add_parser("predict", help="classify texts with a model that mpcft finetune wrote",
+                            formatter_class=HelpFormatter)
+    add_predict_arguments(p)
+    p.set_defaults(run=cmd_predict)
 
     p = commands.add_parser("share-data", help="a data owner seals shares of its data to the parties")
     add_owner_arguments(p)

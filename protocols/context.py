@@ -25,6 +25,7 @@ class MPCContext:
         self.fp = FixedPoint(frac_bits)
         self.correlations = correlations if correlations is not None else DealerCorrelations(session)
         self._pair_prgs: dict[tuple[int, int], PRG] = {}
+        self.epoch = 0
 
     @property
     def frac_bits(self) -> int:
@@ -44,14 +45,15 @@ class MPCContext:
     def input_prg(self, owner: int, holder: int) -> PRG:
         """The PRG from which `holder` draws its share of `owner`'s inputs (one of them is us).
 
-        Seeded from the pair's secret seed, so owner and holder draw the same stream.
+        Seeded from the pair's secret seed and the key epoch, so owner and holder draw the same stream.
         """
         if self.rank not in (owner, holder) or owner == holder:
             raise ValueError(f"party {self.rank} holds no input stream for pair ({owner}, {holder})")
         key = (owner, holder)
         if key not in self._pair_prgs:
             peer = holder if self.rank == owner else owner
-            self._pair_prgs[key] = PRG(derive_seed(self.session.pair_seed(peer), "input", owner, holder))
+            self._pair_prgs[key] = PRG(derive_seed(self.session.pair_seed(peer), "input", owner, holder,
+                                                            self.epoch))
         return self._pair_prgs[key]
 
     def step(self, name: str = "step"):
@@ -59,6 +61,15 @@ class MPCContext:
         batch): the correlation source may prepare it, e.g. ask the dealer ahead for the
         requests of the last step of that name (protocols/sources.py)."""
         return self.correlations.step(name)
+
+    def new_epoch(self, epoch: int) -> None:
+        """Move every stream of this party to key epoch `epoch`, between steps and at every party
+        at the same point (a checkpoint): input and correlation streams restart from keys bound
+        to the epoch, so a run resumed there draws what an uninterrupted one draws, and the
+        dealer, which refuses earlier epochs, never answers a correlation twice."""
+        self.correlations.new_epoch(epoch)
+        self.epoch = epoch
+        self._pair_prgs.clear()
 
     def correlation(self, kind: str, **params):
         """This party's shares of the next correlation of `kind` (a correlations.Correlation)."""

@@ -4,8 +4,10 @@ Where a party gets them from (online from the dealer, or a pre-generated file) i
 protocols/sources.py. The dealer shares a secret seed s_i with every party i. A correlation is identified by its
 layout L (kind and parameters, e.g. "trunc" of shape [4, 8] with 20 bits) and its number k,
 which counts the earlier correlations of the same layout; party i's pads for it come from
-the stream PRG(HKDF(s_i, "corr", H(L), k)), so pads drawn for one layout never reappear in
-another. A correlation has random inputs (e.g. the triple's a and b) and derived values
+the stream PRG(HKDF(s_i, "corr", H(L), e, k)), so pads drawn for one layout never reappear in
+another. e is the key epoch: a run moves to a new one at each checkpoint (MPCContext.new_epoch),
+where every count restarts, and the dealer refuses requests of an earlier epoch, so that a
+resumed run draws the same streams as an uninterrupted one and none is answered twice. A correlation has random inputs (e.g. the triple's a and b) and derived values
 (c = a*b): every party draws its shares of the random inputs from its stream, so a = sum_i a_i
 is uniform and nobody sends anything for it; parties 1..n-1 also draw their shares of the
 derived values, and party 0 alone receives a correction, c_0 = c - sum_{i>=1} c_i, from the
@@ -31,6 +33,7 @@ Kinds (params -> values, all as additive shares):
 import collections
 import hashlib
 import json
+import math
 import threading
 from fractions import Fraction
 
@@ -53,6 +56,8 @@ def _broadcast(a, b) -> tuple:
 
 
 def _matmul_shape(a, b) -> tuple:
+    if len(a) < 2 or len(b) < 2 or a[-1] != b[-2]:     # a request's shapes, checked before use
+        raise ValueError(f"shapes {list(a)} @ {list(b)} do not multiply as matrices")
     return tuple(torch.broadcast_shapes(a[:-2], b[:-2])) + (a[-2], b[-1])
 
 
@@ -88,7 +93,7 @@ def _and_triple(p):
 def _sign(p):
     """Comparison material (protocols/comparison.py) for |x| < 2^bits, digits of digit_bits."""
     shape, bits, digit_bits = _shape(p["shape"]), int(p["bits"]), int(p["digit_bits"])
-    digits, words = -(-bits // digit_bits), words_for(int(np.prod(shape, dtype=np.int64)))
+    digits, words = -(-bits // digit_bits), words_for(math.prod(shape))
 
     def derive(r, a, s):
         beta = s & 1
@@ -150,6 +155,7 @@ KINDS = {"triple": _triple, "matmul_triple": _matmul_triple, "square": _square, 
          "dp_laplace": _dp_laplace}
 
 MAX_DIMS = 16
+MAX_EXTENT = 1 << 48     # elements a shape may span, counting only its non-zero sizes
 # kind -> {parameter: "shape" or (least, greatest) integer}: every request is checked against it
 PARAMETERS = {"triple": {"shape_a": "shape", "shape_b": "shape"},
               "matmul_triple": {"shape_a": "shape", "shape_b": "shape"},
@@ -170,6 +176,8 @@ def _check_parameter(kind: str, name: str, value, rule) -> None:
         if (not isinstance(value, (list, tuple)) or len(value) > MAX_DIMS
                 or not all(is_int(d) and 0 <= d < 1 << 40 for d in value)):
             raise ValueError(f"{kind!r}: {name} must be a list of at most {MAX_DIMS} sizes, got {value!r}")
+        if math.prod(d for d in value if d) > MAX_EXTENT:   # even when empty: torch's strides
+            raise ValueError(f"{kind!r}: {name} {value!r} spans more than {MAX_EXTENT} elements")
     elif not is_int(value) or not rule[0] <= value <= rule[1]:
         raise ValueError(f"{kind!r}: {name} must be an integer in [{rule[0]}, {rule[1]}], got {value!r}")
 
@@ -199,11 +207,13 @@ def layout_id(kind: str, params: dict) -> str:
 
 def _elements(spec) -> int:
     random, derived, _ = spec
-    return sum(int(np.prod(shape, dtype=np.int64)) for shape, _ in random + derived)
+    # exact (no int64 wrap-around); an empty tensor counts what its other sizes span, which
+    # torch's strides must hold all the same
+    return sum(math.prod(d for d in shape if d) for shape, _ in random + derived)
 
 
-def _stream(seed: bytes, layout: str, number: int) -> PRG:
-    return PRG(derive_seed(seed, "corr", layout, number))
+def _stream(seed: bytes, layout: str, number: int, epoch: int) -> PRG:
+    return PRG(derive_seed(seed, "corr", layout, epoch, number))
 
 
 class Correlation:
@@ -229,14 +239,14 @@ class Correlation:
 
 
 def party_correlation(kind: str, params: dict, number: int, seed: bytes, rank: int,
-                      corrections=None) -> Correlation:
-    """This party's shares of correlation `number` of the layout (kind, params).
+                      corrections=None, epoch: int = 0) -> Correlation:
+    """This party's shares of correlation `number` of the layout (kind, params) in key `epoch`.
 
     Parties >= 1 compute everything from their seed; party 0 passes the dealer's corrections
     for the derived values (a list, or a callable returning it once they arrive).
     """
     random, derived, _ = _spec(kind, params)
-    prg = _stream(seed, layout_id(kind, params), number)
+    prg = _stream(seed, layout_id(kind, params), number, epoch)
     shares = [prg.ring(shape) for shape, _ in random]
     if rank != 0:
         return Correlation(shares, lambda: [prg.ring(shape) for shape, _ in derived])
@@ -254,17 +264,17 @@ def party_correlation(kind: str, params: dict, number: int, seed: bytes, rank: i
 
 
 def party_shares(kind: str, params: dict, number: int, seed: bytes, rank: int,
-                 corrections=None) -> list:
+                 corrections=None, epoch: int = 0) -> list:
     """All of this party's shares of correlation `number` at once (random parts, then derived)."""
-    correlation = party_correlation(kind, params, number, seed, rank, corrections)
+    correlation = party_correlation(kind, params, number, seed, rank, corrections, epoch)
     return correlation.random + correlation.derived()
 
 
-def dealer_corrections(kind: str, params: dict, number: int, seeds) -> list:
+def dealer_corrections(kind: str, params: dict, number: int, seeds, epoch: int = 0) -> list:
     """The dealer's answer to party 0: c_0 = c - sum_{i>=1} c_i (XOR for binary values)."""
     random, derived, derive = _spec(kind, params)
     layout = layout_id(kind, params)
-    streams = [_stream(seeds[i], layout, number) for i in range(len(seeds))]
+    streams = [_stream(seeds[i], layout, number, epoch) for i in range(len(seeds))]
     values = []
     for shape, binary in random:
         value = torch.zeros(shape, dtype=torch.int64)
@@ -282,9 +292,10 @@ def dealer_corrections(kind: str, params: dict, number: int, seeds) -> list:
 class CorrelationDealer:
     """The dealer process's request handler: party 0's corrections, each answered once.
 
-    A request names a layout (kind, params) and the number k of the correlation of that
-    layout; the dealer counts every layout's answers itself and refuses any k but the next
-    one, so no correlation is answered twice, and pads are bound to their layout, so answers
+    A request names a layout (kind, params), the key epoch e and the number k of the
+    correlation of that layout; the dealer counts every layout's answers in the current epoch
+    itself and refuses any k but the next one and any earlier epoch (a later one starts its
+    counts afresh), so no correlation is answered twice, and pads are bound to their layout, so answers
     for different layouts share none. A party that deviates (asks for other layouts, ahead
     of time, or out of order) learns only its own shares of fresh correlations: never
     another party's pads, masks or shares; it can waste the dealer's work (each request is
@@ -294,7 +305,8 @@ class CorrelationDealer:
 
     def __init__(self, max_elements: int = 1 << 28):
         self.max_elements = max_elements
-        self._answered = collections.Counter()     # layout -> correlations answered
+        self._answered = collections.Counter()     # layout -> correlations answered in this epoch
+        self._epoch = 0
         self._lock = threading.Lock()
 
     def __call__(self, rank: int, kind: str, params: dict, seq: int, seeds) -> list:
@@ -302,20 +314,28 @@ class CorrelationDealer:
             raise ValueError(f"only party 0 receives correlation corrections, not party {rank}")
         if not isinstance(params, dict) or "number" not in params:
             raise ValueError(f"a correlation request names its layout and number, got {params!r}")
-        layout, number = dict(params), params["number"]
+        layout, number, epoch = dict(params), params["number"], params.get("epoch", 0)
         del layout["number"]
+        layout.pop("epoch", None)
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise ValueError(f"a key epoch is an integer >= 0, got {epoch!r}")
         spec = _spec(kind, layout)
         if _elements(spec) > self.max_elements:
             raise ValueError(f"{kind!r} {layout} asks for {_elements(spec)} ring elements, "
                              f"more than this dealer's limit of {self.max_elements}")
         key = layout_id(kind, layout)
         with self._lock:
+            if epoch < self._epoch:
+                raise ValueError(f"{kind!r} {layout}: asked for key epoch {epoch}, but epoch {self._epoch} "
+                                 f"has begun (an epoch is never served again)")
+            if epoch > self._epoch:
+                self._epoch, self._answered = epoch, collections.Counter()
             expected = self._answered[key]
             if number != expected:
                 raise ValueError(f"{kind!r} {layout}: asked for correlation #{number!r} of this "
                                  f"layout, but the next one is #{expected} (each is answered once, in order)")
             self._answered[key] += 1
-        return dealer_corrections(kind, layout, number, seeds)
+        return dealer_corrections(kind, layout, number, seeds, epoch)
 
 
 def correction_bytes(kind: str, params: dict) -> int:

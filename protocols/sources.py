@@ -3,7 +3,7 @@
 `CorrelationSource.get(kind, **params)` returns this party's shares of the next correlation
 of that layout (protocols/correlations.py); `with source.step(name):` brackets one unit of
 work that repeats (a training step, an evaluation batch), so that a source may prepare the
-next one. A plan, the requests of a run or a step, is one format everywhere: a list of
+next one; `source.new_epoch(e)` moves to key epoch e (a checkpoint), where counts restart. A plan, the requests of a run or a step, is one format everywhere: a list of
 {"kind": kind, "params": params} (JSON as it is).
 
 - `DealerCorrelations`: online; party 0 asks the dealer, the others expand their seeds; a
@@ -44,6 +44,12 @@ class CorrelationSource(abc.ABC):
         """One unit of repeating work named `name`; a source may prepare for it (default: nothing)."""
         yield
 
+    def new_epoch(self, epoch: int) -> None:
+        """Move to key epoch `epoch` (later than the current one): correlation k of a layout is
+        then the k-th of that layout since the move (protocols/correlations.py)."""
+        raise NotImplementedError(f"{type(self).__name__} has no key epochs: checkpoints need "
+                                  f"online correlations (DealerCorrelations)")
+
 
 class DealerCorrelations(CorrelationSource):
     """Correlations fetched online: party 0 asks the dealer, the others expand their seeds.
@@ -66,6 +72,7 @@ class DealerCorrelations(CorrelationSource):
         self._ahead_bytes = 0
         self._plans = {}                       # step name -> plan of its last run
         self._recording = None                 # the plan of the step in progress
+        self.epoch = 0
 
     def get(self, kind: str, **params) -> Correlation:
         layout = layout_id(kind, params)
@@ -83,7 +90,18 @@ class DealerCorrelations(CorrelationSource):
                 self._ahead_bytes -= nbytes
             corrections = reply.result
         return party_correlation(kind, params, number, self.session.dealer_seed, self.session.rank,
-                                 corrections)
+                                 corrections, self.epoch)
+
+    def new_epoch(self, epoch: int) -> None:
+        if self._recording is not None:
+            raise RuntimeError("a key epoch begins between steps, not inside one")
+        if not epoch > self.epoch:
+            raise ValueError(f"key epoch {epoch} is not after the current one, {self.epoch}")
+        self.epoch = epoch
+        self._used.clear()
+        self._asked.clear()
+        self._ahead.clear()            # answers of the old epoch: never used (their replies are
+        self._ahead_bytes = 0          # still received in order, by the next request's result)
 
     @contextlib.contextmanager
     def step(self, name: str = "step"):
@@ -100,7 +118,7 @@ class DealerCorrelations(CorrelationSource):
     def _ask(self, kind: str, params: dict, layout: str):
         number = self._asked[layout]
         self._asked[layout] += 1
-        return self.session.dealer_request_async(kind, number=number, **params)
+        return self.session.dealer_request_async(kind, number=number, epoch=self.epoch, **params)
 
     def last_plan(self, name: str) -> list:
         """The plan of the last completed step called `name` ([] if none)."""
@@ -146,6 +164,9 @@ class RecordingCorrelations(CorrelationSource):
 
     def step(self, name: str = "step"):
         return self.inner.step(name)
+
+    def new_epoch(self, epoch: int) -> None:
+        self.inner.new_epoch(epoch)
 
     def save_plan(self, path) -> None:
         pathlib.Path(path).write_text(json.dumps(self.plan))

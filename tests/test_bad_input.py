@@ -1,6 +1,7 @@
 """A user's data mistakes: one line and exit status 2 from `mpcft finetune`, before any party
 starts; a user's own file trains on all of its rows."""
 import argparse
+import re
 import subprocess
 import sys
 import time
@@ -10,6 +11,7 @@ import pytest
 from mpcft.data import DataError, load_data, read_labelled
 from mpcft.finetune import FinetuneConfig
 from mpcft.finetune.config import add_arguments
+from tests.refusals import assert_refused_in_one_line
 
 BAD_FILES = {
     "missing.csv": (None, "cannot read it: No such file or directory"),
@@ -39,6 +41,32 @@ def test_a_bad_training_file_gets_one_line_before_any_party_starts(tmp_path, nam
     assert "Traceback" not in done.stdout + done.stderr
     assert not (tmp_path / "runs").exists()          # nothing started, nothing written
     assert time.monotonic() - start < 60
+
+
+BAD_OPTIONS = {
+    ("--seq-len", "1000"): "--seq-len 1000 is beyond the model's 512 positions",
+    ("--layers", "9"): "--layers 9 is more than the model's 6 layers",
+    ("--lr", "0"): "--lr must be > 0",
+    ("--batch-size", "0"): "--batch-size must be at least 1",
+    ("--epochs", "0"): "--epochs must be at least 1",
+    ("--test-fraction", "1.5"): "--test-fraction must be in [0, 1)",
+    ("--momentum", "1"): "--momentum must be in [0, 1)",
+    ("--max-train", "-3"): "--max-train must be >= 0",
+    ("--model", "."): "not a BERT-family model folder",
+}
+
+
+def test_options_out_of_range_are_refused_in_one_line(tmp_path):
+    from mpcft.finetune.config import ConfigError
+    for argv, message in BAD_OPTIONS.items():
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            options(*argv).check(2)
+    with pytest.raises(ConfigError, match="--parties must be at least 2"):
+        options().check(1)
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "mpcft.cli", "finetune", "--seq-len", "1000"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=100)
+    assert_refused_in_one_line(done, "finetune", BAD_OPTIONS[("--seq-len", "1000")], tmp_path, start)
 
 
 def options(*argv):

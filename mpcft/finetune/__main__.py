@@ -22,6 +22,7 @@ from mpcft.runtime import init
 from mpcft.runtime.errors import MPCRuntimeError, failure_report
 from mpcft.runtime.session import ENV_RANK
 
+from .checkpoint import resumed_config
 from .config import ConfigError, FinetuneConfig, HelpFormatter, add_arguments
 from .outputs import print_summary
 from .trainer import TrainingDiverged, train
@@ -60,6 +61,8 @@ def main(argv=None) -> int:
     set_threads(config.threads)
     quiet_transformers()
     try:
+        if config.resume:
+            config = resumed_config(config, config.resume)
         with init() as session:
             config.check(session.world_size)
             summary = train(session, config)

@@ -7,6 +7,7 @@ as JSON (`python -m mpcft.finetune --config-json JSON`); a worker started by han
 import argparse
 import dataclasses
 import json
+import pathlib
 import typing
 
 from mpcft.data import BUILTIN_MAX_TRAIN
@@ -66,6 +67,10 @@ class FinetuneConfig:
     split_train: bool = _option(True, "parties read the same file and each keeps every n-th row (local runs)")
     seed: int = _option(0, "public seed: split, schedule, initialisation")
     out: str = _option("runs/finetune", "output folder")
+    checkpoint_every: int = _option(50, "every party saves its shares and the optimizer's state every this many "
+                                        "steps into OUT/checkpoints/ (0: never)")
+    resume: str | None = _option(None, "resume the run in folder RUN from the latest checkpoint all parties hold "
+                                       "(its options are the run's own; output goes to RUN)", metavar="RUN")
     threads: int = _option(1, "torch threads per party")
     device: str = _option("cpu", "where each party keeps its shares (cpu, cuda)")
     no_loss: bool = _option(False, "do not reveal the training loss")
@@ -95,7 +100,20 @@ class FinetuneConfig:
                                           "(not covered by the privacy guarantee)")
 
     def check(self, parties: int) -> None:
-        """ConfigError, in one line, for options that contradict each other or are out of range."""
+        """ConfigError, in one line, for options that contradict each other or are out of range
+        (the model's limits read from its config.json)."""
+        if parties < 2:
+            raise ConfigError(f"--parties must be at least 2 (MPC needs two parties), got {parties}")
+        for rule, flags in _RANGES:
+            for flag in flags:
+                value = getattr(self, flag)
+                if value is not None and not rule[0](value):
+                    raise ConfigError(f"--{flag.replace('_', '-')} must be {rule[1]}, got {value}")
+        layers, positions = model_limits(self.model)
+        if self.seq_len > positions:
+            raise ConfigError(f"--seq-len {self.seq_len} is beyond the model's {positions} positions")
+        if self.mode in ("top", "lora") and self.layers > layers:
+            raise ConfigError(f"--layers {self.layers} is more than the model's {layers} layers")
         if not self.dp:
             given = [f for f in ("target_epsilon", "noise_multiplier", "dp_colluders") if getattr(self, f) is not None]
             given += ["dp_reveal_loss"] * self.dp_reveal_loss
@@ -132,6 +150,28 @@ class FinetuneConfig:
             unknown = sorted(set(values) - names) if isinstance(values, dict) else values
             raise ValueError(f"not a FinetuneConfig: {unknown!r}")
         return cls(**values)
+
+
+_RANGES = (
+    ((lambda v: v >= 1, "at least 1"), ("epochs", "batch_size", "layers", "lora_rank", "eval_batch_size",
+                                        "threads")),
+    ((lambda v: v >= 2, "at least 2 (a [CLS] and one token)"), ("seq_len",)),
+    ((lambda v: 0 < v < float("inf"), "> 0"), ("lr", "lora_alpha", "adam_eps", "clip")),
+    ((lambda v: v >= 0, ">= 0"), ("weight_decay", "max_train", "checkpoint_every")),
+    ((lambda v: 0 <= v < 1, "in [0, 1)"), ("momentum", "test_fraction")),
+)
+
+
+def model_limits(model: str | None) -> tuple[int, int]:
+    """(layers, positions) of the model folder `model` (default: all-MiniLM-L6-v2) from its
+    config.json; ConfigError if it has none."""
+    from mpcft.encoder import default_model_path
+    folder = pathlib.Path(model or default_model_path())
+    try:
+        values = json.loads((folder / "config.json").read_text())
+        return int(values["num_hidden_layers"]), int(values["max_position_embeddings"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"--model {folder}: not a BERT-family model folder ({exc})") from None
 
 
 def _number_type(annotation):

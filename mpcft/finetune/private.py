@@ -14,7 +14,10 @@ from .config import ConfigError, FinetuneConfig
 
 
 class PrivateTraining:
-    def __init__(self, ctx, config: FinetuneConfig, counts: list[int], optimizer, loss_scale: int):
+    def __init__(self, ctx, config: FinetuneConfig, counts: list[int], optimizer, loss_scale: int,
+                 seed: bytes | None = None):
+        """seed: the joint seed of the schedule (a resumed run's, from its checkpoint); by
+        default the parties draw a fresh one."""
         total = sum(counts)
         self.config = config
         self.sample_rate, steps = poisson_plan(total, config.batch_size, config.epochs)
@@ -32,7 +35,8 @@ class PrivateTraining:
                               f"{config.max_grad_norm:g} over an expected batch of {self.expected_batch_size:.1f} "
                               f"is beyond the exact noise sampler's range in fixed point: lower "
                               f"--max-grad-norm or raise --batch-size") from None
-        self.batches = poisson_schedule(counts, self.sample_rate, steps, joint_seed(ctx))
+        self.seed = seed if seed is not None else joint_seed(ctx)
+        self.batches = poisson_schedule(counts, self.sample_rate, steps, self.seed)
         self.accountant = PrivacyAccountant(self.noise_multiplier, self.sample_rate, config.delta,
                                             config.accountant)
 

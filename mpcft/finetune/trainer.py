@@ -25,6 +25,8 @@ from mpcft.nn import SGD, AdamW, Classifier, count_correct, mpc_layer_count, no_
 from mpcft.nn.functional import cross_entropy
 from mpcft.protocols.context import MPCContext
 
+from .checkpoint import (Checkpoints, agree_on_step, certificate_fingerprint, computation, model_fingerprint,
+                         restore_training, saved_joint_seed, training_state)
 from .config import FinetuneConfig
 from .outputs import revealed_model, save_outputs
 from .plaintext import train_plaintext
@@ -99,22 +101,35 @@ def train(session, config: FinetuneConfig) -> dict | None:
     names, test, counts = data.names, data.test, data.counts
     model = prepare(Classifier(ctx, encoder, len(names), mpc_layers=count, seed=config.seed), config.mode,
                     lora_rank=config.lora_rank, lora_alpha=config.lora_alpha, seed=config.seed)
+    checkpoints = Checkpoints(config.out, rank, {
+        "config": computation(config), "model": model_fingerprint(config.model or default_model_path()),
+        "certificate": certificate_fingerprint(session), "parties": n, "rank": rank})
+    start = agree_on_step(session, checkpoints) if config.resume else 0
+    state = checkpoints.load(start) if start else None
     private = None
     if config.dp:      # DP-SGD: Poisson batches, per-example clipping and noise on shares
-        private = PrivateTraining(ctx, config, counts, make_optimizer(config, model, 1), model.grad_scale)
+        private = PrivateTraining(ctx, config, counts, make_optimizer(config, model, 1), model.grad_scale,
+                                  saved_joint_seed(state))
         model.track_per_example()
         optimizer, batches = private.optimizer, private.batches
     else:
         optimizer = make_optimizer(config, model, model.grad_scale)
         batches = schedule(counts, config.batch_size, config.epochs, config.seed)
+    losses = []
+    if state:
+        losses = restore_training(state, model, optimizer)
+        if private is not None:
+            private.accountant.step(start)
+        ctx.new_epoch(start)
+        if rank == 0:
+            print(f"mpcft: resuming {config.out} at step {start} of {len(batches)}", flush=True)
     reveal_loss = not config.no_loss and (not config.dp or config.dp_reveal_loss)
     if rank == 0 and config.dp and reveal_loss:
         print("mpcft: warning: --dp-reveal-loss opens each step's training loss to party 0; "
               "the privacy guarantee does not cover it", file=sys.stderr, flush=True)
-    losses = []
-    bar = tqdm(batches, desc=f"MPC {config.mode} x{n}" + " DP" * config.dp, unit="step", disable=rank != 0,
-               file=sys.stdout, dynamic_ncols=True)
-    for batch in bar:
+    bar = tqdm(batches[start:], desc=f"MPC {config.mode} x{n}" + " DP" * config.dp, unit="step",
+               disable=rank != 0, file=sys.stdout, dynamic_ncols=True, initial=start, total=len(batches))
+    for number, batch in enumerate(batches[start:], start + 1):
         step_start = time.perf_counter()
         with ctx.step("train"):              # the dealer prepares the last step's requests
             loss = None
@@ -127,15 +142,21 @@ def train(session, config: FinetuneConfig) -> dict | None:
             if reveal_loss and loss is not None:
                 value = loss.reveal_to(0)
                 if rank == 0:
-                    losses.append(check_loss(value.item(), len(losses) + 1, config.lr))
+                    losses.append(check_loss(value.item(), number, config.lr))
         if private is not None:
             private.accountant.step()
+        if config.checkpoint_every and number % config.checkpoint_every == 0 and number < len(batches):
+            checkpoints.save(number, training_state(number, model, optimizer, losses,
+                                                    private.seed if private else None))
+            ctx.new_epoch(number)            # the streams a resumed run starts from
         if rank == 0:
             progress = dict(loss=f"{losses[-1]:.3f}" if losses else "hidden")
             if private is not None:
                 progress.update(eps=f"{private.accountant.epsilon:.2f}", batch=len(batch))
             bar.set_postfix(**progress, step_s=f"{time.perf_counter() - step_start:.1f}",
                             MB=f"{session.comm.bytes_sent / 1e6:.0f}")
+            bar.update()
+    bar.close()
     train_seconds = time.perf_counter() - started
     comm = session.comm.snapshot()
     out = pathlib.Path(config.out)
@@ -172,5 +193,5 @@ def train(session, config: FinetuneConfig) -> dict | None:
         summary["opacus_accuracy" if config.dp else "plaintext_accuracy"] = base_acc
         if base_losses:
             history["plaintext torch"] = base_losses
-    save_outputs(out, encoder, tokenizer, head_w, head_b, names, history, summary)
+    save_outputs(out, encoder, tokenizer, head_w, head_b, names, history, summary, config.seq_len)
     return summary

@@ -45,12 +45,34 @@ class _Optimizer:
         for p in self.params:
             p.grad = p.grad_sample = None
 
+    _buffers: tuple = ()     # names of the shared state tensors (None before the first step)
+
+    def state_dict(self) -> dict:
+        """{"steps": t, buffer name: this party's shares (or None)}: what a checkpoint keeps."""
+        return {"steps": self.steps, **{name: getattr(self, name) for name in self._buffers}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict returned (checked: the same buffers, each int64 of the
+        flattened parameters' size, or None)."""
+        numel = sum(p.data.numel() for p in self.params)
+        if set(state) != {"steps", *self._buffers} or not isinstance(state["steps"], int):
+            raise ValueError(f"{type(self).__name__} state holds {sorted(state)}, expected steps and "
+                             f"{list(self._buffers)}")
+        for name in self._buffers:
+            value = state[name]
+            if value is not None and (value.dtype != torch.int64 or tuple(value.shape) != (numel,)):
+                raise ValueError(f"{type(self).__name__} {name}: expected int64 of shape ({numel},), got "
+                                 f"{value.dtype} {tuple(value.shape)}")
+            setattr(self, name, None if value is None else value.to(self.ctx.device))
+        self.steps = state["steps"]
+
 
 class SGD(_Optimizer):
     """v <- mu v + g, w <- w - lr v, with g including weight decay wd w (as torch.optim.SGD).
 
     Cost per step: 2 truncation rounds (3 with weight decay) over all N parameters, 8 N (n-1)
     bytes per party each (sgd_cost)."""
+    _buffers = ("velocity",)
 
     def __init__(self, parameters, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
                  grad_scale: int = 1):
@@ -89,6 +111,7 @@ class AdamW(_Optimizer):
     (one comparison per factor of 4 in v's range), so AdamW suits head and LoRA training,
     where N is small; for whole layers SGD is much cheaper.
     """
+    _buffers = ("m", "v")
 
     def __init__(self, parameters, lr: float, betas=(0.9, 0.999), eps: float = 1e-4,
                  weight_decay: float = 0.0, clip: float = 1.0, grad_scale: int = 1):

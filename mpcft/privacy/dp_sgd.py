@@ -62,6 +62,12 @@ class DPOptimizer:
         if self.noise_multiplier:
             variance_fraction(self.noise_variance)       # ValueError beyond the exact sampler's range
 
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)
+
     def zero_grad(self) -> None:
         self.optimizer.zero_grad()
 

@@ -31,12 +31,12 @@ import traceback
 import numpy as np
 import torch
 
-from .config import DEFAULT_DEALER_IDLE_TIMEOUT, DEFAULT_TIMEOUT
+from .config import DEFAULT_DEALER_IDLE_TIMEOUT, DEFAULT_TIMEOUT, fixed_seed
 from .errors import (PEER_FAILED_STATUS, ConfigError, FrameError, MPCRuntimeError,
                      MPCTimeoutError, PeerError)
 from .frames import Expected, FrameType, as_wire_array, json_tensor, tensor_json
 from .memory import keep_freed_memory
-from .transport import Acceptor, SendWatchdog, TcpChannel, contexts, warn_plaintext
+from .transport import Acceptor, SendWatchdog, TcpChannel, contexts, warn_fixed_seeds, warn_plaintext
 
 DEFAULT_HANDLER = "mpcft.protocols.correlations:CorrelationDealer"  # the real correlations
 MAX_REQUEST_BYTES = 1 << 20         # a party's request frames (JSON) are at most this large
@@ -78,13 +78,15 @@ class DealerService:
     """Seeds and request loop, independent of the transport (TCP server or in-memory)."""
 
     def __init__(self, handler, world_size, timeout=DEFAULT_TIMEOUT,
-                 idle_timeout=DEFAULT_DEALER_IDLE_TIMEOUT, log=None):
+                 idle_timeout=DEFAULT_DEALER_IDLE_TIMEOUT, log=None, fixed_seeds=None):
         """A class as `handler` is instantiated once per dealer: handlers may keep state.
         A wait for a request lasts `timeout` s and is renewed while the party's connection is
         healthy, for at most `idle_timeout` s in all; `log` (default: sys.stderr) gets the
-        details of internal errors."""
+        details of internal errors; `fixed_seeds` (tests only) derives the parties' seeds
+        from that public value (ClusterConfig.insecure_fixed_seeds)."""
         self.handler = handler() if isinstance(handler, type) else handler
-        self.seeds = {rank: secrets.token_bytes(32) for rank in range(world_size)}
+        self.seeds = {rank: secrets.token_bytes(32) if fixed_seeds is None else
+                      fixed_seed(fixed_seeds, "dealer", rank) for rank in range(world_size)}
         self.timeout, self.idle_timeout, self._log = timeout, idle_timeout, log
 
     def serve(self, rank, channel):
@@ -162,7 +164,8 @@ class DealerServer:
             handler = load_handler(handler)
         self.config = cluster_config
         self.service = DealerService(handler, cluster_config.world_size, cluster_config.timeout,
-                                     cluster_config.dealer_idle_timeout, log)
+                                     cluster_config.dealer_idle_timeout, log,
+                                     cluster_config.insecure_fixed_seeds)
         self._log = log
         self._lock = threading.Lock()
         self._channels = {}
@@ -201,6 +204,8 @@ class DealerServer:
         me = self.config.dealer
         if not self.config.tls:
             warn_plaintext("dealer")
+        if self.config.insecure_fixed_seeds is not None:
+            warn_fixed_seeds("dealer")
         server_ctx, _ = contexts(self.config, me)
         self._watchdog = SendWatchdog(self.config.timeout)
         world = range(self.config.world_size)

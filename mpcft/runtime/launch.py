@@ -52,17 +52,19 @@ def _stop_all(procs, grace):
 
 
 def launch(world_size, program, dealer=False, handler=None, tls=True, timeout=60.0,
-           connect_timeout=60.0, certs=None, grace=5.0, out=None, passthrough_rank=None):
+           connect_timeout=60.0, certs=None, grace=5.0, out=None, passthrough_rank=None, fixed_seeds=None):
     """Run `program` (["script.py", args...] or ["-m", "module", args...]) as `world_size`
     parties; returns the exit status (0 when every process succeeded).
 
     passthrough_rank: that rank writes straight to this terminal (progress bars), unprefixed.
+    fixed_seeds: 32 bytes every seed of the run is derived from (tests of reproducibility
+    only: INSECURE, see ClusterConfig.insecure_fixed_seeds).
     """
     out = out or sys.stdout
     lock = threading.Lock()
     with tempfile.TemporaryDirectory(prefix="mpcft-launch-") as tmp:
         _, path = local_cluster(tmp, world_size, dealer=dealer, tls_enabled=tls, timeout=timeout,
-                                connect_timeout=connect_timeout, certs=certs)
+                                connect_timeout=connect_timeout, certs=certs, fixed_seeds=fixed_seeds)
         base = dict(os.environ, PYTHONUNBUFFERED="1", WORLD_SIZE=str(world_size))
         base.setdefault(*PASSIVE_OPENMP)
         base[ENV_CLUSTER], base[ENV_WORLD_SIZE] = str(path), str(world_size)

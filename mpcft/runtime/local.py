@@ -47,12 +47,13 @@ def free_ports(count, host="127.0.0.1"):
 
 
 def local_cluster(directory, world_size, dealer=False, tls_enabled=True, timeout=60.0,
-                  connect_timeout=60.0, hosts=None, ports=None, certs=None):
+                  connect_timeout=60.0, hosts=None, ports=None, certs=None, fixed_seeds=None):
     """Write a cluster file (and, with TLS, throw-away certificates) into `directory`.
 
     `hosts`: one address per party (plus one for the dealer last), default 127.0.0.1 for all;
     `ports`: likewise, default free loopback ports; `certs`: an existing certificate folder
-    (`mpcft certs` layout) instead of new certificates. Returns (ClusterConfig, file path).
+    (`mpcft certs` layout) instead of new certificates; `fixed_seeds`: 32 bytes every seed is
+    derived from (tests only: insecure_fixed_seeds). Returns (ClusterConfig, file path).
     """
     directory = pathlib.Path(directory)
     count = world_size + (1 if dealer else 0)
@@ -75,7 +76,7 @@ def local_cluster(directory, world_size, dealer=False, tls_enabled=True, timeout
         tuple(endpoint(r, r) for r in range(world_size)),
         endpoint(None, world_size) if dealer else None,
         cert_dir / "ca.pem" if cert_dir is not None else None, tls_enabled, float(timeout),
-        float(connect_timeout))
+        float(connect_timeout), insecure_fixed_seeds=fixed_seeds)
     path = config_module.dump(config, directory / "cluster.toml")
     return config_module.load(path), path
 

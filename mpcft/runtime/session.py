@@ -11,7 +11,9 @@ default `exchange`/`gather` expect what this party sent): a mismatch raises `Fra
 
 Seeds: for each pair of parties the lower rank draws a 32-byte seed with `secrets` and sends it
 over their (authenticated, encrypted) channel; the dealer draws one seed per party and sends
-it likewise. A seed is known to exactly the two ends of its channel.
+it likewise. A seed is known to exactly the two ends of its channel. A cluster file with
+`insecure_fixed_seeds` (tests of reproducibility only) derives every seed from that public
+value instead: anyone who reads the file knows them all.
 """
 import collections
 import functools
@@ -23,10 +25,11 @@ import torch
 
 from . import config as config_module
 from .comm import CommStats
+from .config import fixed_seed
 from .errors import ConfigError, DealerError, FrameError, MPCRuntimeError, MPCTimeoutError, PeerError
 from .frames import Expected, FrameType, as_wire_array, json_tensor, tensor_json
 from .memory import keep_freed_memory
-from .transport import connect_party
+from .transport import connect_party, warn_fixed_seeds
 
 ENV_CLUSTER = "MPCFT_CLUSTER"
 ENV_RANK = "RANK"
@@ -82,7 +85,7 @@ def _as_tensor(value):
 class Session:
     """A party in an MPC run. `transport` carries `peers` {rank: channel} and `dealer`."""
 
-    def __init__(self, rank, world_size, transport, timeout=60.0):
+    def __init__(self, rank, world_size, transport, timeout=60.0, fixed_seeds=None):
         if set(transport.peers) != set(range(world_size)) - {rank}:
             raise ConfigError(f"party {rank}: transport connects {sorted(transport.peers)}, "
                               f"expected every other rank of {world_size}")
@@ -95,7 +98,7 @@ class Session:
         self._pending_replies = collections.deque()
         self._closed = False
         self._config = None
-        self._agree_seeds()
+        self._agree_seeds(fixed_seeds)
 
     @classmethod
     def connect(cls, config, rank):
@@ -103,7 +106,10 @@ class Session:
         if not isinstance(config, config_module.ClusterConfig):
             config = config_module.load(config)
         keep_freed_memory()  # a party process: reuse freed share buffers (runtime/memory.py)
-        session = cls(rank, config.world_size, connect_party(config, rank), config.timeout)
+        if config.insecure_fixed_seeds is not None:
+            warn_fixed_seeds(f"party {rank}")
+        session = cls(rank, config.world_size, connect_party(config, rank), config.timeout,
+                      config.insecure_fixed_seeds)
         session._config = config
         return session
 
@@ -146,10 +152,11 @@ class Session:
     # --- set-up ---------------------------------------------------------------------------
 
     @_fails_session
-    def _agree_seeds(self):
+    def _agree_seeds(self, fixed_seeds):
         for peer in self.peers:
             if peer > self.rank:
-                seed = secrets.token_bytes(SEED_BYTES)
+                seed = (secrets.token_bytes(SEED_BYTES) if fixed_seeds is None else
+                        fixed_seed(fixed_seeds, "pair", self.rank, peer))
                 self._channel(peer).send(FrameType.SEED, np.frombuffer(seed, np.uint8),
                                          "seed agreement")
                 self._pair_seeds[peer] = seed

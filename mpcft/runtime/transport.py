@@ -473,6 +473,13 @@ def warn_plaintext(who):
     sys.stderr.flush()
 
 
+def warn_fixed_seeds(who):
+    sys.stderr.write(
+        f"mpcft: WARNING ({who}): insecure_fixed_seeds: every seed of this run is derived from a "
+        f"public value (reproducibility tests only; no secret is safe)\n")
+    sys.stderr.flush()
+
+
 def _hello(role, rank, world_size):
     return frames.json_tensor({"role": role, "rank": rank, "world_size": world_size})
 
