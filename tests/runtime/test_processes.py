@@ -144,15 +144,15 @@ def test_launch_with_dealer_prefixes_output_and_sets_rank(tmp_path):
     assert helpers.processes_mentioning(str(script)) == []
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 def test_launch_stops_everybody_when_one_rank_dies(tmp_path):
     script = tmp_path / "prog.py"
     script.write_text(pathlib.Path(PROGRAM).read_text())
     start = time.monotonic()
-    done = run_cli("launch", "-n", "3", "--timeout", "30", "--insecure-plaintext", str(script),
+    done = run_cli("launch", "-n", "3", "--timeout", "120", "--insecure-plaintext", str(script),
                    "kill", "1")
     assert done.returncode != 0
-    assert time.monotonic() - start < 25
+    assert time.monotonic() - start < 90        # well before the survivors' 120 s timeout (start-up included)
     assert "stopping the others" in done.stdout
     assert "WITHOUT TLS" in done.stdout
     assert "Traceback" not in done.stdout + done.stderr     # the survivors stop with one line
