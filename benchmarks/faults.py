@@ -8,7 +8,6 @@ the same (test-only, insecure_fixed_seeds) seeds.
     python -m benchmarks.faults --trials 50          # the table in RESULTS.md
 """
 import argparse
-import json
 import os
 import pathlib
 import random
@@ -79,15 +78,11 @@ def reference(folder: pathlib.Path, parties: int):
 
 
 def whole_checkpoints(run: pathlib.Path, parties: int) -> bool:
-    """Every checkpoint folder on disk loads (manifest and digest agree); partial ones are hidden."""
+    """Every checkpoint folder on disk is whole (Checkpoints.verify: manifest and digest agree);
+    partial ones are hidden."""
     from mpcft.finetune.checkpoint import Checkpoints
-    for rank in range(parties):
-        folder = run / "checkpoints" / f"party-{rank}"
-        for step in Checkpoints(run, rank, {}).steps():
-            manifest = json.loads((folder / f"step-{step}" / "manifest.json").read_text())
-            identity = {k: manifest[k] for k in ("config", "model", "certificate", "parties", "rank")}
-            Checkpoints(run, rank, identity).load(step)
-    return True
+    stores = [Checkpoints(run, rank, {}) for rank in range(parties)]
+    return all(store.verify(step) for store in stores for step in store.steps())
 
 
 def names_the_failure(output: str, victim: str) -> bool:

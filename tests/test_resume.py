@@ -49,14 +49,20 @@ IDENTITY = {"config": {"lr": 0.05}, "model": "m", "certificate": "c", "parties":
 
 
 def test_checkpoints_are_whole_or_ignored_and_checked(tmp_path):
-    store = Checkpoints(tmp_path, 0, IDENTITY)
+    fingerprinted = []
+    store = Checkpoints(tmp_path, 0, dict(IDENTITY, model=lambda: fingerprinted.append(1) or "m"))
+    assert store.steps() == [] and not fingerprinted            # the model's fingerprint: only when needed
     for step in (2, 4, 6):
         store.save(step, {"step": step, "x": torch.arange(step)})
+    assert fingerprinted == [1]                                 # once
     assert store.steps() == [4, 6]                              # the last KEEP
     (store.folder / ".step-8.partial").mkdir()                  # a write that a crash cut short
     (store.folder / "step-10").mkdir()                          # no manifest: not whole
     assert store.steps() == [4, 6]
+    assert store.verify(6) and not store.verify(10) and not store.verify(8)
     assert torch.equal(store.load(6)["x"], torch.arange(6))
+    with pytest.raises(CheckpointError, match="another model"):
+        Checkpoints(tmp_path, 0, dict(IDENTITY, model=lambda: "other")).load(6)
     with pytest.raises(CheckpointError, match="another configuration .*--lr"):
         Checkpoints(tmp_path, 0, dict(IDENTITY, config={"lr": 0.1})).load(6)
     with pytest.raises(CheckpointError, match="certificate"):
@@ -65,6 +71,7 @@ def test_checkpoints_are_whole_or_ignored_and_checked(tmp_path):
     data = bytearray(state.read_bytes())
     data[len(data) // 2] ^= 1                                   # one bit flipped on disk
     state.write_bytes(bytes(data))
+    assert not store.verify(6) and store.verify(4)
     with pytest.raises(CheckpointError, match="damaged"):
         store.load(6)
 

@@ -2,8 +2,9 @@
 
 Every `checkpoint_every` steps each party writes RUN/checkpoints/party-R/step-K/: `state.pt`
 (its shares of the trained parameters and of the optimizer's state, the step, the DP joint
-seed and accountant steps, party 0's losses) and `manifest.json` (the configuration, a
-fingerprint of the model folder and of the party's certificate, the SHA-256 of state.pt). A
+seed and accountant steps, party 0's losses) and `manifest.json` (the configuration, the
+model's fingerprint (mpcft.data.owners.model_fingerprint: its weights; computed at the first
+checkpoint or resume), the party's certificate's, the SHA-256 of state.pt). A
 checkpoint is written into a temporary folder, fsynced and renamed, so one that exists is
 whole; the last KEEP of them are kept. The run then moves every stream to key epoch K
 (MPCContext.new_epoch), so a run resumed at step K draws what the uninterrupted run draws:
@@ -85,11 +86,6 @@ def file_digest(paths) -> str:
     return digest.hexdigest()
 
 
-def model_fingerprint(model_dir) -> str:
-    """SHA-256 of the model folder's files (weights, configuration, tokenizer)."""
-    return file_digest(p for p in pathlib.Path(model_dir).iterdir() if p.is_file())
-
-
 def certificate_fingerprint(session) -> str | None:
     """SHA-256 of this party's TLS certificate; None without TLS."""
     cluster = session.config
@@ -115,11 +111,21 @@ def _write_synced(path: pathlib.Path, data: bytes) -> None:
 
 class Checkpoints:
     """One party's checkpoints of the run in `out`, made under `identity` ({"config",
-    "model", "certificate", "parties", "rank"}: what a resume must match)."""
+    "model", "certificate", "parties", "rank"}: what a resume must match). A value of
+    `identity` may be a function of no arguments (the model's fingerprint, which costs a pass
+    over its weights): it is called once, when a checkpoint is first written or checked."""
 
     def __init__(self, out, rank: int, identity: dict):
         self.folder = pathlib.Path(out) / "checkpoints" / f"party-{rank}"
-        self.identity = identity
+        self._identity = dict(identity)
+
+    @property
+    def identity(self) -> dict:
+        """The identity, its deferred values computed (once)."""
+        for key, value in self._identity.items():
+            if callable(value):
+                self._identity[key] = value()
+        return self._identity
 
     def save(self, step: int, state: dict) -> pathlib.Path:
         """Write checkpoint `step` atomically (temporary folder, fsync, rename); keep the last KEEP."""
@@ -148,24 +154,44 @@ class Checkpoints:
         return sorted(step for p in self.folder.iterdir() if (step := _step_of(p)) >= 0
                       and (p / "manifest.json").is_file() and (p / "state.pt").is_file())
 
+    def _read(self, step: int) -> tuple[dict, bytes]:
+        """(manifest, state.pt's bytes) of stored step `step` (OSError, ValueError otherwise)."""
+        where = self.folder / f"step-{step}"
+        manifest = json.loads((where / "manifest.json").read_text())
+        if not isinstance(manifest, dict):
+            raise ValueError("its manifest is not a JSON object")
+        return manifest, (where / "state.pt").read_bytes()
+
+    def verify(self, step: int) -> bool:
+        """Whether stored step `step` is whole: its manifest reads and state.pt matches the
+        manifest's digest (whose run it is, load checks)."""
+        try:
+            manifest, payload = self._read(step)
+        except (OSError, ValueError):
+            return False
+        return _state_matches(manifest, payload)
+
     def load(self, step: int) -> dict:
         """Checkpoint `step`'s state, after checking its manifest against this run's identity
         and its state against the manifest's digest (CheckpointError, one line, otherwise)."""
         where = self.folder / f"step-{step}"
         try:
-            manifest = json.loads((where / "manifest.json").read_text())
-            payload = (where / "state.pt").read_bytes()
+            manifest, payload = self._read(step)
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {where} cannot be read: {exc}") from None
         for key, what in (("parties", "number of parties"), ("rank", "rank"), ("config", "configuration"),
-                          ("model", "model (its files changed)"), ("certificate", "certificate")):
+                          ("model", "model (its weights changed)"), ("certificate", "certificate")):
             if manifest.get(key) != self.identity[key]:
                 detail = _difference(manifest.get(key), self.identity[key]) if key == "config" else ""
                 raise CheckpointError(f"checkpoint {where} was made with another {what}{detail}: "
                                       f"refusing to resume from it")
-        if hashlib.sha256(payload).hexdigest() != manifest.get("state_sha256"):
+        if not _state_matches(manifest, payload):
             raise CheckpointError(f"checkpoint {where}: state.pt does not match its manifest (damaged)")
         return torch.load(io.BytesIO(payload), weights_only=True)
+
+
+def _state_matches(manifest: dict, payload: bytes) -> bool:
+    return hashlib.sha256(payload).hexdigest() == manifest.get("state_sha256")
 
 
 def _difference(saved, current) -> str:

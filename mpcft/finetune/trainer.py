@@ -20,13 +20,14 @@ import time
 import torch
 
 from mpcft.data import OwnersData, PartiesData, schedule
+from mpcft.data.owners import model_fingerprint
 from mpcft.encoder import accuracy, default_model_path, load_encoder
 from mpcft.nn import SGD, AdamW, Classifier, count_correct, mpc_layer_count, no_grad, prepare
 from mpcft.nn.functional import cross_entropy
 from mpcft.protocols.context import MPCContext
 
-from .checkpoint import (Checkpoints, agree_on_step, certificate_fingerprint, computation, model_fingerprint,
-                         restore_training, saved_joint_seed, training_state)
+from .checkpoint import (Checkpoints, agree_on_step, certificate_fingerprint, computation, restore_training,
+                         saved_joint_seed, training_state)
 from .config import FinetuneConfig
 from .outputs import revealed_model, save_outputs
 from .plaintext import train_plaintext
@@ -102,7 +103,7 @@ def train(session, config: FinetuneConfig) -> dict | None:
     model = prepare(Classifier(ctx, encoder, len(names), mpc_layers=count, seed=config.seed), config.mode,
                     lora_rank=config.lora_rank, lora_alpha=config.lora_alpha, seed=config.seed)
     checkpoints = Checkpoints(config.out, rank, {
-        "config": computation(config), "model": model_fingerprint(config.model or default_model_path()),
+        "config": computation(config), "model": lambda: model_fingerprint(encoder),
         "certificate": certificate_fingerprint(session), "parties": n, "rank": rank})
     start = agree_on_step(session, checkpoints) if config.resume else 0
     state = checkpoints.load(start) if start else None
@@ -129,34 +130,36 @@ def train(session, config: FinetuneConfig) -> dict | None:
               "the privacy guarantee does not cover it", file=sys.stderr, flush=True)
     bar = tqdm(batches[start:], desc=f"MPC {config.mode} x{n}" + " DP" * config.dp, unit="step",
                disable=rank != 0, file=sys.stdout, dynamic_ncols=True, initial=start, total=len(batches))
-    for number, batch in enumerate(batches[start:], start + 1):
-        step_start = time.perf_counter()
-        with ctx.step("train"):              # the dealer prepares the last step's requests
-            loss = None
-            if batch:                        # a Poisson batch may be empty: noise only
-                x, m, y = data.train_batch(batch)
-                loss = cross_entropy(model(x, m), y, value=reveal_loss)
-                loss.backward(model.grad_scale)          # loss scaling: the optimizer divides it out
-            optimizer.step()
-            optimizer.zero_grad()
-            if reveal_loss and loss is not None:
-                value = loss.reveal_to(0)
-                if rank == 0:
-                    losses.append(check_loss(value.item(), number, config.lr))
-        if private is not None:
-            private.accountant.step()
-        if config.checkpoint_every and number % config.checkpoint_every == 0 and number < len(batches):
-            checkpoints.save(number, training_state(number, model, optimizer, losses,
-                                                    private.seed if private else None))
-            ctx.new_epoch(number)            # the streams a resumed run starts from
-        if rank == 0:
-            progress = dict(loss=f"{losses[-1]:.3f}" if losses else "hidden")
+    try:
+        for number, batch in enumerate(batches[start:], start + 1):
+            step_start = time.perf_counter()
+            with ctx.step("train"):              # the dealer prepares the last step's requests
+                loss = None
+                if batch:                        # a Poisson batch may be empty: noise only
+                    x, m, y = data.train_batch(batch)
+                    loss = cross_entropy(model(x, m), y, value=reveal_loss)
+                    loss.backward(model.grad_scale)          # loss scaling: the optimizer divides it out
+                optimizer.step()
+                optimizer.zero_grad()
+                if reveal_loss and loss is not None:
+                    value = loss.reveal_to(0)
+                    if rank == 0:
+                        losses.append(check_loss(value.item(), number, config.lr))
             if private is not None:
-                progress.update(eps=f"{private.accountant.epsilon:.2f}", batch=len(batch))
-            bar.set_postfix(**progress, step_s=f"{time.perf_counter() - step_start:.1f}",
-                            MB=f"{session.comm.bytes_sent / 1e6:.0f}")
-            bar.update()
-    bar.close()
+                private.accountant.step()
+            if config.checkpoint_every and number % config.checkpoint_every == 0 and number < len(batches):
+                checkpoints.save(number, training_state(number, model, optimizer, losses,
+                                                        private.seed if private else None))
+                ctx.new_epoch(number)            # the streams a resumed run starts from
+            if rank == 0:
+                progress = dict(loss=f"{losses[-1]:.3f}" if losses else "hidden")
+                if private is not None:
+                    progress.update(eps=f"{private.accountant.epsilon:.2f}", batch=len(batch))
+                bar.set_postfix(**progress, step_s=f"{time.perf_counter() - step_start:.1f}",
+                                MB=f"{session.comm.bytes_sent / 1e6:.0f}")
+                bar.update()
+    finally:                                 # the bar's line ends before an error's line
+        bar.close()
     train_seconds = time.perf_counter() - started
     comm = session.comm.snapshot()
     out = pathlib.Path(config.out)

@@ -29,6 +29,28 @@ def _stream(proc, label, lock, out):
     proc.stdout.close()
 
 
+def _is_terminal(out) -> bool:
+    try:
+        return out.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class _FreshLines:
+    """A terminal that another process may have left mid-line (a progress bar redrawn with
+    "\\r"): each line written (the launcher writes whole lines) first clears that line, as
+    tqdm.write does; the bar redraws itself below."""
+
+    def __init__(self, out):
+        self.out = out
+
+    def write(self, line: str) -> None:
+        self.out.write("\r\x1b[K" + line)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
 def _stop_all(procs, grace):
     for proc in procs.values():
         if proc.poll() is None:
@@ -61,6 +83,8 @@ def launch(world_size, program, dealer=False, handler=None, tls=True, timeout=60
     only: INSECURE, see ClusterConfig.insecure_fixed_seeds).
     """
     out = out or sys.stdout
+    if passthrough_rank is not None and _is_terminal(out):
+        out = _FreshLines(out)             # not onto that rank's progress bar line
     lock = threading.Lock()
     with tempfile.TemporaryDirectory(prefix="mpcft-launch-") as tmp:
         _, path = local_cluster(tmp, world_size, dealer=dealer, tls_enabled=tls, timeout=timeout,
