@@ -37,6 +37,8 @@ setup(
         "dp-accounting>=0.4",   # Google's accountants (PLD), cross-checked against Opacus's
         "scipy>=1.11",          # the analytic Gaussian's normal CDF
         "scikit-learn>=1.3",    # ROC metrics of the membership audit
+        "flwr[simulation]>=1.22,<2",   # federated learning: Flower's Message API strategies, Ray simulation
+        "peft>=0.11",           # LoRA in the plaintext federated clients
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6.100", "pytest-timeout>=2.3"],

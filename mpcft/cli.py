@@ -10,6 +10,7 @@
   mpcft audit [--canaries K] [--canary-repeats R] [--parties N] [fine-tuning options]
   mpcft share-data --certs DIR --name NAME --train my.csv --parties N --out shares/
   mpcft predict [--model DIR] --text TEXT [--text ...] | --input my.csv [--output out.csv]
+  mpcft federated [--clients K] [--rounds R] [--train my.csv] [--partition iid|dirichlet] [--dp ...]
 """
 import os
 
@@ -34,6 +35,7 @@ from mpcft.finetune.checkpoint import resumed_config
 from mpcft.finetune.config import ConfigError, FinetuneConfig, HelpFormatter, add_arguments
 from mpcft.finetune.predict import add_predict_arguments, run_predict
 from mpcft.finetune.sweep import add_sweep_arguments, run_sweep
+from mpcft.federated.simulation import add_arguments as add_federated_arguments
 from mpcft.runtime import config as cluster_config
 from mpcft.runtime.dealer import DEFAULT_HANDLER, DealerServer
 from mpcft.runtime.errors import MPCRuntimeError, failure_report
@@ -115,6 +117,19 @@ def cmd_finetune(args):
 
 def cmd_dp_sweep(args):
     return run_sweep(args, launch_finetune)
+
+
+def cmd_federated(args):
+    from mpcft.federated.simulation import check_options, run
+    try:
+        check_options(args)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    os.environ.setdefault("OMP_NUM_THREADS", "1")     # one compute thread per client process
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    quiet_transformers()
+    return run(args)
 
 
 def cmd_predict(args):
@@ -219,6 +234,11 @@ def main(argv=None):
                             formatter_class=HelpFormatter)
     add_predict_arguments(p)
     p.set_defaults(run=cmd_predict)
+
+    p = commands.add_parser("federated", help="federated fine-tuning on Flower: K local clients, mpcft "
+                                              "parties as the secure aggregator", formatter_class=HelpFormatter)
+    add_federated_arguments(p)
+    p.set_defaults(run=cmd_federated)
 
     p = commands.add_parser("share-data", help="a data owner seals shares of its data to the parties")
     add_owner_arguments(p)

@@ -104,19 +104,7 @@ class DPOptimizer:
         if grads is None:
             return torch.zeros(self.numel, dtype=torch.int64, device=ctx.device)
         batch = grads.shape[0]
-        threshold = self.max_grad_norm * self.loss_scale / batch       # C in units of g_i's values
-        shift = norm_shift(threshold, self.numel, f)
-        low = grads if shift == 0 else truncate(ctx, grads, shift)     # g_i / 2^k
-        scaled = threshold / 2.0 ** shift                               # C in units of g_i / 2^k
-        # squared norms times 2^j, j even, bring the threshold's square near [1, 4): full precision
-        j = min(max(0, 2 * math.ceil(-math.log2(scaled))), 2 * ((f - 1) // 2))
-        squares = truncate(ctx, beaver.square(ctx, low).sum(-1), f - j) + ctx.public(_LOW, (batch,))
-        hi = 2.0 ** (62 - 2 * f + j) + _LOW
-        bits = min(62, f + math.ceil(math.log2(hi)) + 2)
-        ratio = reciprocal.inv_sqrt(ctx, squares, _LOW, hi, bits=bits,
-                                    multiplier=scaled * 2.0 ** (j / 2))     # C / ||g_i||
-        below_one, _ = comparison.select_negative(ctx, ratio - ctx.public(1.0, ratio.shape), bits)
-        factor = ctx.public(1.0, ratio.shape) + below_one                    # min(1, C / ||g_i||)
+        factor = clip_factors(ctx, grads, self.max_grad_norm * self.loss_scale / batch)
         # weight_i = rho factor_i, rho = S_out B / (s B_exp), kept with f + e fractional bits
         rho = self.optimizer.grad_scale * batch / (self.loss_scale * self.expected_batch_size)
         e = max(0, math.ceil(-math.log2(rho)))
@@ -128,6 +116,31 @@ class DPOptimizer:
         threshold = self.max_grad_norm * self.loss_scale / batch
         shift = norm_shift(threshold, self.numel, self.ctx.frac_bits)
         return 2.0 ** (31 - self.ctx.frac_bits + shift) / threshold
+
+
+def clip_factors(ctx, rows: torch.Tensor, threshold: float, max_norm: float | None = None) -> torch.Tensor:
+    """Shares [B] of min(1, threshold / ||row_i||) for shares `rows` [B, N], nothing opened.
+
+    ||row_i||^2 by Beaver squares of row_i / 2^k (k = norm_shift, or more so that norms up to
+    `max_norm` fit), 1/sqrt by reciprocal.inv_sqrt (relative error ~1e-4), the minimum by a
+    comparison. Norms up to 2^(31 - f + k) (DPOptimizer.norm_range) are within the contract.
+    Reveals nothing."""
+    f = ctx.frac_bits
+    batch, numel = rows.shape
+    shift = norm_shift(threshold, numel, f)
+    if max_norm is not None:
+        shift = max(shift, math.ceil(math.log2(max_norm)) - 30 + f)
+    low = rows if shift == 0 else truncate(ctx, rows, shift)        # row_i / 2^k
+    scaled = threshold / 2.0 ** shift                               # the threshold in units of row_i / 2^k
+    # squared norms times 2^j, j even, bring the threshold's square near [1, 4): full precision
+    j = min(max(0, 2 * math.ceil(-math.log2(scaled))), 2 * ((f - 1) // 2))
+    squares = truncate(ctx, beaver.square(ctx, low).sum(-1), f - j) + ctx.public(_LOW, (batch,))
+    hi = 2.0 ** (62 - 2 * f + j) + _LOW
+    bits = min(62, f + math.ceil(math.log2(hi)) + 2)
+    ratio = reciprocal.inv_sqrt(ctx, squares, _LOW, hi, bits=bits,
+                                multiplier=scaled * 2.0 ** (j / 2))     # threshold / ||row_i||
+    below_one, _ = comparison.select_negative(ctx, ratio - ctx.public(1.0, ratio.shape), bits)
+    return ctx.public(1.0, ratio.shape) + below_one                    # min(1, threshold / ||row_i||)
 
 
 def norm_shift(threshold: float, numel: int, frac_bits: int) -> int:

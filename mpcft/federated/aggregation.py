@@ -1,0 +1,113 @@
+"""Weighted FedAvg of secret-shared client updates, with clipping and noise, nothing opened.
+
+Client k contributes shares of its update U_k (d values, fixed point) and, with secret
+weights, of its example count n_k (an integer). The parties compute shares of
+  A = sum_k w_k c_k U_k + z / K,     c_k = min(1, C / ||U_k||) (1 without a clipping norm),
+with the weights
+  "examples" public:  w_k = n_k / sum_j n_j, public (Flower's FedAvg weighting);
+  "examples" secret:  w_k = n_k / N, N = sum_j n_j, by one reciprocal of N (n_k never opened);
+  "uniform":          w_k = 1 / K for the round's planned number of clients K (DP-FedAvg's
+                      fixed denominator, McMahan et al. 2018: one client moves A by at most C'/K),
+and z ~ N_Z(0, (sigma C')^2) in ring units from protocols.noise (no party knows it).
+Reveals nothing: the caller hands each party's share of A to the Flower server, which sums.
+
+Contract: values with |u| < 2^(62 - f) (updates.seal_update refuses larger ones); with a
+clipping norm each value is first clamped to [-C, C], so every norm is within the clip
+factor's range and no update escapes the clip (secret n_k are clamped to [1, MAX_COUNT]).
+Accuracy: the clip factor's relative error is below 1e-4 (reciprocal.inv_sqrt), the
+reciprocal of N's below 1e-4 for N in [1, K MAX_COUNT]; each truncation adds at most 2^-f
+per value.
+"""
+import math
+from fractions import Fraction
+
+import torch
+
+from mpcft.kernels.discrete_noise import variance_fraction
+from mpcft.privacy.dp_sgd import CLIP_SLACK, clip_factors, norm_shift
+from mpcft.protocols import beaver, comparison, fixed, noise, reciprocal
+from mpcft.protocols.truncation import truncate
+
+from .updates import MAX_COUNT
+
+WEIGHTINGS = ("examples", "uniform")
+
+
+def norm_range(clipping_norm: float, numel: int, frac_bits: int) -> float:
+    """Update norms up to this are within the clip factor's contract (see clip_factors)."""
+    return 2.0 ** (31 - frac_bits + norm_shift(clipping_norm, numel, frac_bits))
+
+
+def sensitivity(clipping_norm: float, numel: int, frac_bits: int) -> float:
+    """C': a bound on ||c_k U_k|| as computed (the clip factor's slack and the rounding of
+    each of the numel values by 2^-f), to which the noise is calibrated."""
+    return clipping_norm * (1 + CLIP_SLACK) + 2 * math.sqrt(numel) * 2.0 ** -frac_bits
+
+
+def noise_variance(noise_multiplier: float, clipping_norm: float, numel: int, frac_bits: int) -> Fraction:
+    """Variance in ring units^2 of the noise z added to the sum, (sigma C' 2^f)^2, as the
+    exact sampler takes it (ValueError outside its range)."""
+    return variance_fraction((noise_multiplier * sensitivity(clipping_norm, numel, frac_bits)
+                              * 2.0 ** frac_bits) ** 2)
+
+
+def secure_fedavg(ctx, updates: torch.Tensor, *, counts: list[int] | None = None,
+                  weighting: str = "examples", planned_clients: int | None = None,
+                  clipping_norm: float | None = None, noise_multiplier: float = 0.0,
+                  noise_source: str = "dealer") -> torch.Tensor:
+    """This party's shares [d] of A (see the module docstring).
+
+    updates: shares [K, d] (fixed point), or [K, d + 1] with the integer n_k in the last column
+    when the weights are secret (counts None, weighting "examples"). counts: the public n_k.
+    planned_clients: K of the uniform weighting (default: the clients present).
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if noise_multiplier and (weighting != "uniform" or not clipping_norm):
+        raise ValueError("noise needs a clipping norm and uniform weights (the sensitivity C'/K)")
+    f = ctx.frac_bits
+    secret = weighting == "examples" and counts is None
+    values = updates[:, :-1] if secret else updates
+    clients, numel = values.shape
+    factor = None
+    if clipping_norm:
+        # each value clamped to [-C, C] first (exact for |u| < 2^(62 - f)): an update with a value
+        # beyond C has a norm beyond C and is clipped anyway, and then every norm is at most
+        # C sqrt(d), within clip_factors' range, so no update can wrap the norm and escape the clip
+        values = comparison.clamp(ctx, values, -clipping_norm, clipping_norm)
+        factor = clip_factors(ctx, values, clipping_norm, max_norm=clipping_norm * math.sqrt(numel))  # [K]
+    if secret:
+        # n_k (scale 1: the bounds read as fixed point are 2^-f and MAX_COUNT 2^-f) clamped to
+        # [1, MAX_COUNT], so the reciprocal's range holds whatever a client shared
+        n = comparison.clamp(ctx, updates[:, -1], 2.0 ** -f, MAX_COUNT * 2.0 ** -f)
+        weight = n if factor is None else beaver.mul(ctx, n, factor)  # n_k c_k: scale 1 or f
+        total = beaver.matmul(ctx, weight.reshape(1, clients), values).reshape(numel)
+        if factor is not None:
+            total = truncate(ctx, total, f)                          # sum_k n_k c_k U_k, scale f
+        # N read as a fixed-point value is N 2^-f; its reciprocal 2^f / N has full precision
+        inverse = reciprocal.reciprocal(ctx, n.sum().reshape(1), lo=2.0 ** -f, hi=clients * MAX_COUNT * 2.0 ** -f,
+                                        bits=min(62, f + 26))
+        return truncate(ctx, beaver.mul(ctx, total, inverse), 2 * f)
+    if weighting == "uniform":
+        planned = planned_clients or clients
+        weights = torch.full((clients,), 1.0 / planned, dtype=torch.float64)
+    else:
+        if counts is None or len(counts) != clients:
+            raise ValueError("public weights need one count per update")
+        weights = torch.tensor(counts, dtype=torch.float64) / sum(counts)
+    if factor is None:
+        out = fixed.mul_public(ctx, values.T, weights.to(values.device), extra_bits=8).sum(-1)
+    else:
+        # sum_k c_k U_k (scale f), plus noise of the sum, then the public 1/K (uniform) or the
+        # weights (examples, no noise) folded into the clip factors
+        if weighting == "uniform":
+            out = truncate(ctx, beaver.matmul(ctx, factor.reshape(1, clients), values), f).reshape(numel)
+        else:
+            weight = fixed.mul_public(ctx, factor, weights.to(factor.device), extra_bits=8)
+            out = truncate(ctx, beaver.matmul(ctx, weight.reshape(1, clients), values), f).reshape(numel)
+        if noise_multiplier:
+            out = out + noise.gaussian_noise(ctx, (numel,), noise_variance(noise_multiplier, clipping_norm,
+                                                                           numel, f), noise_source)
+        if weighting == "uniform":
+            out = fixed.mul_public(ctx, out, 1.0 / (planned_clients or clients), extra_bits=8)
+    return out
