@@ -175,4 +175,4 @@ class SecureFedAvg(FedAvg):
         self.history.append(info)
         if self.on_round:
             self.on_round(info)
-        return ArrayRecord({n: v.to(torch.float32) for n, v in new.items()}), metrics
+        return ArrayRecord({n: v.to(torch.from_numpy(np.asarray(state[n])).dtype) for n, v in new.items()}), metrics
