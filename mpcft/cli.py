@@ -35,13 +35,14 @@ from mpcft.finetune.checkpoint import resumed_config
 from mpcft.finetune.config import ConfigError, FinetuneConfig, HelpFormatter, add_arguments
 from mpcft.finetune.predict import add_predict_arguments, run_predict
 from mpcft.finetune.sweep import add_sweep_arguments, run_sweep
+from mpcft.federated.handoff import SERVER_IDENTITY
 from mpcft.federated.simulation import add_arguments as add_federated_arguments
 from mpcft.runtime import config as cluster_config
 from mpcft.runtime.dealer import DEFAULT_HANDLER, DealerServer
 from mpcft.runtime.errors import MPCRuntimeError, failure_report
 from mpcft.runtime.launch import launch
 from mpcft.runtime.session import ENV_CLUSTER, ENV_RANK, ENV_WORLD_SIZE
-from mpcft.runtime.tls import default_ca_dir, make_certs
+from mpcft.runtime.tls import default_ca_dir, load_ca, make_cert, make_certs
 
 
 def _program(args):
@@ -67,7 +68,10 @@ def cmd_certs(args):
     ca_dir = args.ca_dir or default_ca_dir(args.out)
     make_certs(args.out, args.n, dealer=args.dealer, hosts=args.host, days=args.days, owners=args.owner,
                ca_dir=ca_dir)
+    if args.flower_server:
+        make_cert(load_ca(ca_dir), SERVER_IDENTITY, args.out, args.host, args.days)
     made = [f"{args.n} parties"] * bool(args.n) + ["the dealer"] * args.dealer
+    made += ["the Flower server"] * args.flower_server
     made += [f"owner {name}" for name in args.owner]
     print(f"mpcft certs: certificates for {', '.join(made) or 'nobody'} in {args.out}; "
           f"the CA's private key stays in {ca_dir} (copy it to no host)")
@@ -186,6 +190,8 @@ def main(argv=None):
     p.add_argument("--owner", action="append", default=[],
                    help="also a certificate owner-NAME for a data owner (repeatable)")
     p.add_argument("--dealer", action="store_true", help="also a certificate for the dealer")
+    p.add_argument("--flower-server", action="store_true",
+                   help="also a certificate for the Flower server that talks to federated aggregators")
     p.add_argument("--host", action="append", default=[],
                    help="host name or address to put in every certificate (repeatable)")
     p.add_argument("--days", type=int, default=365, help="validity in days")
