@@ -35,6 +35,7 @@ from mpcft.finetune.checkpoint import resumed_config
 from mpcft.finetune.config import ConfigError, FinetuneConfig, HelpFormatter, add_arguments
 from mpcft.finetune.predict import add_predict_arguments, run_predict
 from mpcft.finetune.sweep import add_sweep_arguments, run_sweep
+from mpcft.federated.flower_app import DEFAULTS as FLOWER_APP_DEFAULTS
 from mpcft.federated.handoff import SERVER_IDENTITY
 from mpcft.federated.simulation import add_arguments as add_federated_arguments
 from mpcft.runtime import config as cluster_config
@@ -134,6 +135,27 @@ def cmd_federated(args):
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     quiet_transformers()
     return run(args)
+
+
+def cmd_flower_app(args):
+    import tomllib
+
+    from mpcft.federated.flower_app import write_flower_app
+    settings = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: give KEY=VALUE")
+        try:
+            settings[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            settings[key.strip()] = value.strip()          # a bare word: a string
+    try:
+        path = write_flower_app(args.out, **settings)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    print(f"mpcft flower-app: wrote {path}; run it with `flwr run {args.out} --stream`")
+    return 0
 
 
 def cmd_predict(args):
@@ -245,6 +267,13 @@ def main(argv=None):
                                               "parties as the secure aggregator", formatter_class=HelpFormatter)
     add_federated_arguments(p)
     p.set_defaults(run=cmd_federated)
+
+    p = commands.add_parser("flower-app", help="write a Flower App (pyproject.toml) that runs SecureFedAvg "
+                                               "with mpcft aggregators under Flower's SuperLink", formatter_class=HelpFormatter)
+    p.add_argument("--out", required=True, help="folder of the Flower App")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a run-config value (repeatable): " + ", ".join(f"{k}={v}" for k, v in FLOWER_APP_DEFAULTS.items()))
+    p.set_defaults(run=cmd_flower_app)
 
     p = commands.add_parser("share-data", help="a data owner seals shares of its data to the parties")
     add_owner_arguments(p)

@@ -15,18 +15,24 @@ import sys
 
 import torch
 
+from mpcft.kernels import FixedPoint
 from mpcft.protocols.context import MPCContext
 from mpcft.runtime import init
 from mpcft.runtime.envelope import SealedFileError
 
 from . import aggregation, handoff
-from .updates import RING_BYTES, Round, UpdateSpec, open_update
+from .updates import MAX_VALUE, RING_BYTES, Round, UpdateSpec, open_update
 
 MAX_CLIENTS = 1 << 16
+MAX_DIMS = 64                 # extents of one array in a layout (numpy's limit)
 
 
 class RequestError(ValueError):
     """The server's round request is malformed (a one-line reason)."""
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _field(header: dict, name: str, kind, check=lambda v: True):
@@ -39,33 +45,43 @@ def _field(header: dict, name: str, kind, check=lambda v: True):
 def parse_request(header: dict, max_body: int) -> dict:
     """The checked fields of a round request (RequestError on anything malformed)."""
     layout = _field(header, "layout", list, lambda v: len(v) <= 1 << 12)
-    try:
-        names = tuple(str(n) for n, _ in layout)
-        shapes = tuple(tuple(int(s) for s in shape) for _, shape in layout)
+    try:                  # strict types: JSON may hold Infinity, floats, strings as extents
+        names = tuple(n for n, _ in layout)
+        shapes = tuple(tuple(shape) for _, shape in layout)
     except (TypeError, ValueError):
         raise RequestError("the round request's layout is not a list of [name, shape]") from None
+    if not all(isinstance(n, str) for n in names) or \
+            not all(isinstance(shape, tuple) and len(shape) <= MAX_DIMS and all(map(_is_int, shape))
+                    for shape in shapes):
+        raise RequestError("the round request's layout is not a list of [name, [integer extents]]")
     if any(s < 0 for shape in shapes for s in shape) or len(set(names)) != len(names):
         raise RequestError("the round request's layout has negative extents or repeated names")
     spec = UpdateSpec(names, shapes)
-    if spec.numel * RING_BYTES > max_body:
-        raise RequestError(f"the layout's {spec.numel} values exceed the hand-off bound")
+    if any(s > max_body for shape in shapes for s in shape) or spec.numel * RING_BYTES > max_body:
+        raise RequestError(f"the round request's layout has more values than the hand-off bound "
+                           f"({max_body} bytes) allows")
     parts = _field(header, "parts", list, lambda v: len(v) <= MAX_CLIENTS)
     try:
-        parts = [(str(c), int(n)) for c, n in parts]
+        parts = [(c, n) for c, n in parts]
     except (TypeError, ValueError):
         raise RequestError("the round request's parts are not a list of [client, bytes]") from None
+    if not all(isinstance(c, str) and _is_int(n) and 0 <= n <= max_body for c, n in parts):
+        raise RequestError("the round request's parts are not a list of [client, bytes]")
     if len({c for c, _ in parts}) != len(parts):
         raise RequestError("the round request lists a client twice")
     weighting = _field(header, "weighting", str, lambda v: v in aggregation.WEIGHTINGS)
     secret = _field(header, "secret_counts", bool)
-    return {"round": Round(_field(header, "federation", str), _field(header, "round", int, lambda v: v >= 1),
-                           spec, secret, _field(header, "frac_bits", int, lambda v: 8 <= v <= 24)),
-            "parts": parts, "weighting": weighting,
-            "planned_clients": _field(header, "planned_clients", int, lambda v: 1 <= v <= MAX_CLIENTS),
-            "min_clients": _field(header, "min_clients", int, lambda v: 1 <= v <= MAX_CLIENTS),
-            "clipping_norm": _field(header, "clipping_norm", (int, float), lambda v: v >= 0) or None,
-            "noise_multiplier": float(_field(header, "noise_multiplier", (int, float), lambda v: 0 <= v < 1e6)),
-            "noise_source": _field(header, "noise_source", str, lambda v: v in ("dealer", "parties"))}
+    request = {"round": Round(_field(header, "federation", str), _field(header, "round", int, lambda v: v >= 1),
+                              spec, secret, _field(header, "frac_bits", int, lambda v: 8 <= v <= 24)),
+               "parts": parts, "weighting": weighting,
+               "planned_clients": _field(header, "planned_clients", int, lambda v: 1 <= v <= MAX_CLIENTS),
+               "min_clients": _field(header, "min_clients", int, lambda v: 1 <= v <= MAX_CLIENTS),
+               "clipping_norm": _field(header, "clipping_norm", (int, float), lambda v: 0 <= v < MAX_VALUE) or None,
+               "noise_multiplier": float(_field(header, "noise_multiplier", (int, float), lambda v: 0 <= v < 1e6)),
+               "noise_source": _field(header, "noise_source", str, lambda v: v in ("dealer", "parties"))}
+    if request["noise_multiplier"] and (weighting != "uniform" or not request["clipping_norm"]):
+        raise RequestError("the round request asks for noise without a clipping norm and uniform weights")
+    return request
 
 
 def _agreed(session, value: bytes) -> bool:
@@ -76,6 +92,8 @@ def _agreed(session, value: bytes) -> bool:
 def aggregate_round(ctx, request: dict, body: bytes, key, ca) -> tuple[torch.Tensor, list, dict]:
     """(this party's share of the aggregate, clients used, {client: why left out})."""
     round_, parts = request["round"], request["parts"]
+    if ctx.frac_bits != round_.frac_bits:     # the clients' encoding: clip bounds, noise, weights in its scale
+        ctx.fp = FixedPoint(round_.frac_bits)
     if sum(n for _, n in parts) != len(body):
         raise RequestError("the round request's part lengths do not add up to its body")
     opened, rejected, start = [], {}, 0
@@ -160,7 +178,7 @@ def main(argv=None) -> int:
             sock = handoff.accept_server(host, port, config.ca, me.cert, me.key, args.server_timeout)
             with sock:
                 rounds = serve(ctx, sock, me.key, config.ca, args.max_body_bytes)
-            print(f"aggregator {session.rank}: served {rounds} rounds", flush=True)
+            print(f"aggregator {session.rank}: served {rounds} round{'s' * (rounds != 1)}", flush=True)
     except (OSError, ValueError) as exc:      # MPCRuntimeError: reported by `mpcft party`
         print(f"mpcft aggregator: error: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -142,17 +142,40 @@ def local_update(settings: LocalSettings, global_state: dict, texts, labels) -> 
     return trained, update, loss
 
 
-def client_app(settings: LocalSettings, partitions, certs, secure: bool = True, send_loss: bool = True,
-               fail: frozenset = frozenset()):
-    """A Flower ClientApp: node with partition-id p trains on partitions[p] as client-p.
-
-    secure: reply with the update sealed to the aggregators (mpcft.federated.strategy.SecureFedAvg);
-    else with the trained arrays and num-examples (Flower's FedAvg). fail: partition ids that
-    raise instead of answering (fault tests)."""
+def train_reply(msg, settings: LocalSettings, texts, labels, name: str, certs, secure: bool = True,
+                send_loss: bool = True):
+    """The reply of client `name` to a Flower train message: local training on (texts, labels)
+    from the message's arrays, then the update sealed to the aggregators (secure: for
+    mpcft.federated.strategy.SecureFedAvg) or the trained arrays and num-examples (Flower's FedAvg)."""
     from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-    from flwr.clientapp import ClientApp
 
     from .strategy import REPLY_KEY
+
+    arrays = msg.content["arrays"]
+    global_state = {key: arrays[key].numpy() for key in arrays}
+    trained, update, loss = local_update(settings, global_state, texts, labels)
+    metrics = {"num-examples": len(texts)}
+    if send_loss:
+        metrics["train_loss"] = loss
+    content = {"metrics": MetricRecord(metrics)}
+    if secure:
+        config = msg.content["config"]
+        round_ = Round(str(config["mpcft-federation"]), int(config["server-round"]), UpdateSpec.of(global_state),
+                       bool(config["mpcft-secret-counts"]), int(config["mpcft-frac-bits"]))
+        sealed = seal_update(update, len(texts), round_, name, certs, int(config["mpcft-aggregators"]))
+        content[REPLY_KEY] = ConfigRecord({"client": name, "sealed": sealed})
+        if round_.secret_counts:
+            content["metrics"] = MetricRecord({k: v for k, v in metrics.items() if k != "num-examples"})
+    else:
+        content["arrays"] = ArrayRecord({key: v.float() for key, v in trained.items()})
+    return Message(content=RecordDict(content), reply_to=msg)
+
+
+def client_app(settings: LocalSettings, partitions, certs, secure: bool = True, send_loss: bool = True,
+               fail: frozenset = frozenset()):
+    """The simulation's Flower ClientApp: node with partition-id p trains on partitions[p] as
+    client-p (train_reply). fail: partition ids that raise instead of answering (fault tests)."""
+    from flwr.clientapp import ClientApp
 
     app = ClientApp()
 
@@ -162,24 +185,6 @@ def client_app(settings: LocalSettings, partitions, certs, secure: bool = True, 
         if pid in fail:
             raise RuntimeError(f"client-{pid} fails (as the fault test asked)")
         texts, labels = read_partition(partitions[pid])
-        arrays = msg.content["arrays"]
-        global_state = {name: arrays[name].numpy() for name in arrays}
-        trained, update, loss = local_update(settings, global_state, texts, labels)
-        metrics = {"num-examples": len(texts)}
-        if send_loss:
-            metrics["train_loss"] = loss
-        content = {"metrics": MetricRecord(metrics)}
-        if secure:
-            config = msg.content["config"]
-            round_ = Round(str(config["mpcft-federation"]), int(config["server-round"]), UpdateSpec.of(global_state),
-                           bool(config["mpcft-secret-counts"]), int(config["mpcft-frac-bits"]))
-            name = f"client-{pid}"
-            sealed = seal_update(update, len(texts), round_, name, certs, int(config["mpcft-aggregators"]))
-            content[REPLY_KEY] = ConfigRecord({"client": name, "sealed": sealed})
-            if round_.secret_counts:
-                content["metrics"] = MetricRecord({k: v for k, v in metrics.items() if k != "num-examples"})
-        else:
-            content["arrays"] = ArrayRecord({n: v.float() for n, v in trained.items()})
-        return Message(content=RecordDict(content), reply_to=msg)
+        return train_reply(msg, settings, texts, labels, f"client-{pid}", certs, secure, send_loss)
 
     return app

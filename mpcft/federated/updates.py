@@ -132,11 +132,11 @@ def open_update(blob: bytes, round_: Round, rank: int, key, ca, name: str) -> Cl
     """This aggregator's share of a client's update, after every check (SealedFileError)."""
     header, payload, owner = open_sealed(blob, key, ca, f"party-{rank}", name)
     client = owner[len(OWNER_PREFIX):]
-    expected = dict(round_.header(client, header.get("num_examples", 0)), rank=rank, recipient=f"party-{rank}")
     if not round_.secret_counts:
         count = header.get("num_examples")
         if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_COUNT:
             raise SealedFileError(f"{name}: num_examples {count!r} is not an integer in [1, {MAX_COUNT}]")
+    expected = dict(round_.header(client, header.get("num_examples", 0)), rank=rank, recipient=f"party-{rank}")
     wrong = sorted(k for k in set(expected) | set(header) if header.get(k) != expected.get(k))
     if wrong:
         raise SealedFileError(f"{name}: from {client}, not an update of this round "
