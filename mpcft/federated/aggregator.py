@@ -15,13 +15,12 @@ import sys
 
 import torch
 
-from mpcft.kernels import FixedPoint
 from mpcft.protocols.context import MPCContext
 from mpcft.runtime import init
 from mpcft.runtime.envelope import SealedFileError
 
 from . import aggregation, handoff
-from .updates import MAX_VALUE, RING_BYTES, Round, UpdateSpec, open_update
+from .updates import FRAC_BITS, MAX_VALUE, RING_BYTES, Round, UpdateSpec, open_update
 
 MAX_CLIENTS = 1 << 16
 MAX_DIMS = 64                 # extents of one array in a layout (numpy's limit)
@@ -92,8 +91,9 @@ def _agreed(session, value: bytes) -> bool:
 def aggregate_round(ctx, request: dict, body: bytes, key, ca) -> tuple[torch.Tensor, list, dict]:
     """(this party's share of the aggregate, clients used, {client: why left out})."""
     round_, parts = request["round"], request["parts"]
-    if ctx.frac_bits != round_.frac_bits:     # the clients' encoding: clip bounds, noise, weights in its scale
-        ctx.fp = FixedPoint(round_.frac_bits)
+    if ctx.frac_bits != round_.frac_bits:     # clip bounds and noise are encoded in the session's scale
+        raise RequestError(f"the round's updates have {round_.frac_bits} fractional bits, this aggregator "
+                           f"{ctx.frac_bits} (start it with --frac-bits {round_.frac_bits})")
     if sum(n for _, n in parts) != len(body):
         raise RequestError("the round request's part lengths do not add up to its body")
     opened, rejected, start = [], {}, 0
@@ -166,13 +166,15 @@ def main(argv=None) -> int:
                              "list indexed by rank for local runs)")
     parser.add_argument("--server-timeout", type=float, default=600.0,
                         help="seconds to wait for the Flower server's connection and each request")
+    parser.add_argument("--frac-bits", type=int, default=FRAC_BITS,
+                        help="fractional bits of the fixed point, as the clients and SecureFedAvg encode")
     parser.add_argument("--max-body-bytes", type=int, default=handoff.DEFAULT_MAX_BODY_BYTES,
                         help="largest request body (the sealed parts of one round) accepted")
     args = parser.parse_args(argv)
     try:
         with init() as session:
             config = session.config
-            ctx = MPCContext(session)
+            ctx = MPCContext(session, frac_bits=args.frac_bits)
             me = config.party(session.rank)
             host, port = _endpoint(args.listen, session.rank)
             sock = handoff.accept_server(host, port, config.ca, me.cert, me.key, args.server_timeout)

@@ -22,7 +22,7 @@ from mpcft.kernels import FixedPoint
 from mpcft.runtime.errors import PeerError
 
 from . import handoff
-from .updates import RING_BYTES, Round, UpdateSpec
+from .updates import FRAC_BITS, RING_BYTES, Round, UpdateSpec
 
 REPLY_KEY = "mpcft"          # the reply's ConfigRecord: {"client": name, "sealed": [part 0, ..., part m-1]}
 
@@ -112,7 +112,7 @@ class SecureFedAvg(FedAvg):
 
     def __init__(self, aggregators: Aggregators, *, weighting: str = "examples", secret_counts: bool = False,
                  clipping_norm: float | None = None, noise_multiplier: float = 0.0, noise_source: str = "dealer",
-                 frac_bits: int = 16, min_clients: int = 1, on_round=None, **fedavg):
+                 frac_bits: int = FRAC_BITS, min_clients: int = 1, on_round=None, **fedavg):
         super().__init__(**fedavg)
         self.aggregators, self.weighting, self.secret_counts = aggregators, weighting, secret_counts
         self.clipping_norm, self.noise_multiplier, self.noise_source = clipping_norm, noise_multiplier, noise_source

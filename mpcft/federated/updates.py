@@ -26,6 +26,7 @@ from mpcft.runtime.envelope import OWNER_PREFIX, SealedFileError, open_sealed, s
 
 KIND = "mpcft-fedavg-update-v1"
 RING_BYTES = 8
+FRAC_BITS = 16                # the federation's fixed point (updates are small: 16 bits suffice)
 MAX_COUNT = 1 << 24           # examples a client may claim (bounds sum_k n_k, see aggregation)
 MAX_VALUE = 2.0 ** 40         # |update value| within aggregation's contract (2^(62 - f)) with room
 

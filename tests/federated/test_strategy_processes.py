@@ -68,6 +68,7 @@ def replies(strategy, messages, certs, arrays, counts, broken=()):
     round_ = Round(config["mpcft-federation"], config["server-round"], spec, config["mpcft-secret-counts"],
                    config["mpcft-frac-bits"])
     out, plain = [], []
+    strategy.updates = {}
     for k, msg in enumerate(messages):
         if k in broken and broken[k] == "error":
             out.append(Message(Error(code=0, reason="client crashed"), reply_to=msg))
@@ -81,6 +82,7 @@ def replies(strategy, messages, certs, arrays, counts, broken=()):
                                        "metrics": MetricRecord({"num-examples": counts[k], "train_loss": 1.0})}),
                            reply_to=msg))
         if k not in broken:
+            strategy.updates[k] = update
             trained = {n: arrays[n] + update[n] for n in SHAPES}
             plain.append(RecordDict({"arrays": ArrayRecord(trained), "metrics": MetricRecord({"num-examples": counts[k]})}))
     return out, aggregate_arrayrecords(plain, "num-examples")
@@ -111,6 +113,19 @@ def test_secure_fedavg_equals_flower_fedavg_and_survives_client_faults(cluster):
     new, fedavg, _ = round_trip(secret, certs, 1, counts)
     for name in SHAPES:
         assert np.abs(new[name].numpy() - fedavg[name].numpy()).max() < 1e-3
+
+    # clipped in MPC (values clamped to [-C, C], then norms): as the same clipping in plaintext
+    clip = 1.0
+    clipped = SecureFedAvg(links, clipping_norm=clip, min_clients=2, fraction_evaluate=0.0,
+                           min_train_nodes=CLIENTS, min_available_nodes=CLIENTS)
+    new, _, _ = round_trip(clipped, certs, 1, counts)
+    flat = {k: torch.cat([u[n].clamp(-clip, clip).reshape(-1) for n in sorted(SHAPES)]) for k, u in clipped.updates.items()}
+    factors = {k: min(1.0, clip / float(v.norm())) for k, v in flat.items()}
+    assert min(factors.values()) < 0.5 and max(factors.values()) == 1.0
+    for name in SHAPES:
+        want = global_arrays(1)[name] + sum(counts[k] / sum(counts) * factors[k] * clipped.updates[k][name].clamp(-clip, clip)
+                                            for k in range(CLIENTS))
+        assert np.abs(new[name].numpy() - want.numpy()).max() < 1e-3
 
     # a crashed client and a corrupted part: the round completes with the other three
     new, fedavg, metrics = round_trip(public, certs, 2, counts, {1: "error", 3: "corrupt"})
