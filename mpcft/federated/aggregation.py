@@ -31,6 +31,7 @@ from mpcft.protocols.truncation import truncate
 from .updates import MAX_COUNT
 
 WEIGHTINGS = ("examples", "uniform")
+WEIGHT_BITS = 8              # public weights carry f + 8 fractional bits: |A| < 2^(62 - 2f - 8) = 2^22
 
 
 def norm_range(clipping_norm: float, numel: int, frac_bits: int) -> float:
@@ -96,7 +97,9 @@ def secure_fedavg(ctx, updates: torch.Tensor, *, counts: list[int] | None = None
             raise ValueError("public weights need one count per update")
         weights = torch.tensor(counts, dtype=torch.float64) / sum(counts)
     if factor is None:
-        out = fixed.mul_public(ctx, values.T, weights.to(values.device), extra_bits=8).sum(-1)
+        # sum_k w_k U_k with the weights encoded at f + 8 bits, summed locally, truncated once
+        encoded = torch.round(weights * 2.0 ** (f + WEIGHT_BITS)).to(torch.int64).to(values.device)
+        out = truncate(ctx, (values * encoded[:, None]).sum(0), f + WEIGHT_BITS)
     else:
         # sum_k c_k U_k (scale f), plus noise of the sum, then the public 1/K (uniform) or the
         # weights (examples, no noise) folded into the clip factors
