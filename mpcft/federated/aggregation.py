@@ -24,7 +24,7 @@ from fractions import Fraction
 import torch
 
 from mpcft.kernels.discrete_noise import variance_fraction
-from mpcft.privacy.dp_sgd import CLIP_SLACK, clip_factors, norm_shift
+from mpcft.privacy.dp_sgd import CLIP_SLACK, clip_factors
 from mpcft.protocols import beaver, comparison, fixed, noise, reciprocal
 from mpcft.protocols.truncation import truncate
 
@@ -32,11 +32,6 @@ from .updates import MAX_COUNT
 
 WEIGHTINGS = ("examples", "uniform")
 WEIGHT_BITS = 8              # public weights carry f + 8 fractional bits: |A| < 2^(62 - 2f - 8) = 2^22
-
-
-def norm_range(clipping_norm: float, numel: int, frac_bits: int) -> float:
-    """Update norms up to this are within the clip factor's contract (see clip_factors)."""
-    return 2.0 ** (31 - frac_bits + norm_shift(clipping_norm, numel, frac_bits))
 
 
 def sensitivity(clipping_norm: float, numel: int, frac_bits: int) -> float:

@@ -11,7 +11,6 @@ its own data and certificates in its node config:
 import json
 import pathlib
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
@@ -66,11 +65,9 @@ def _main(grid, context):
     if run["test"]:
         test_texts, test_labels, _ = read_labelled(str(run["test"]), str(run["text-column"]),
                                                    str(run["label-column"]), names)
-        truth = np.array(test_labels)
 
         def evaluate(server_round, arrays):
-            model.load_trainable_state({n: arrays[n].numpy() for n in arrays})
-            accuracies.append(float((model.predict(test_texts).numpy() == truth).mean()))
+            accuracies.append(model.accuracy({n: arrays[n].numpy() for n in arrays}, test_texts, test_labels))
             print(f"round {server_round}: test accuracy {accuracies[-1]:.3f}", flush=True)
             return MetricRecord({"accuracy": accuracies[-1]})
         evaluate_fn = evaluate

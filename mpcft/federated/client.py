@@ -8,6 +8,7 @@ or, with plain aggregation, with the arrays themselves (Flower's own FedAvg, for
 import dataclasses
 import functools
 import json
+import math
 import pathlib
 
 import numpy as np
@@ -56,16 +57,22 @@ class LocalModel(torch.nn.Module):
             import copy
 
             from peft import LoraConfig, get_peft_model
-            torch.manual_seed(settings.seed)        # peft draws A from torch's generator: public, fixed
             config = LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha,
                                 target_modules=["query", "value"], lora_dropout=0.0, bias="none")
-            self.encoder = get_peft_model(copy.deepcopy(encoder), config)
+            with torch.random.fork_rng():           # peft's own draw leaves the process's generator as it was
+                self.encoder = get_peft_model(copy.deepcopy(encoder), config)
+            with torch.no_grad():                   # A as peft draws it (kaiming uniform), from our public seed
+                for name, p in self.encoder.named_parameters():
+                    if "lora_A" in name:
+                        bound = 1.0 / math.sqrt(p.shape[1])
+                        p.copy_(torch.rand(p.shape, generator=generator) * 2 * bound - bound)  # noqa: csprng
         else:
             self.encoder = encoder
             for p in self.encoder.parameters():
                 p.requires_grad_(False)
         hidden = encoder.config.hidden_size
-        self.head = torch.nn.Linear(hidden, settings.labels)
+        with torch.random.fork_rng():           # its default draw is replaced below
+            self.head = torch.nn.Linear(hidden, settings.labels)
         with torch.no_grad():
             self.head.weight.copy_(torch.randn(settings.labels, hidden, generator=generator) * 0.02)  # noqa: csprng
             self.head.bias.zero_()
@@ -118,6 +125,11 @@ class LocalModel(torch.nn.Module):
                 losses.append(loss.item())
         self.eval()
         return float(np.mean(losses)) if losses else 0.0
+
+    def accuracy(self, state: dict, texts, labels) -> float:
+        """Test accuracy of this model with the trainable arrays `state` (the global model)."""
+        self.load_trainable_state(state)
+        return float((self.predict(texts).numpy() == np.asarray(labels)).mean())
 
     @torch.no_grad()
     def predict(self, texts) -> torch.Tensor:

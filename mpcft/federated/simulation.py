@@ -215,8 +215,7 @@ def run(args, out=sys.stdout) -> int:
     bar = tqdm(total=args.rounds, desc="federated rounds", unit="round", file=out, dynamic_ncols=True)
 
     def evaluate(server_round, arrays):
-        evaluator.load_trainable_state({n: arrays[n].numpy() for n in arrays})
-        accuracy = float((evaluator.predict(test_texts).numpy() == test_labels).mean())
+        accuracy = evaluator.accuracy({n: arrays[n].numpy() for n in arrays}, test_texts, test_labels)
         state["accuracy"].append(accuracy)
         if server_round:
             bar.update(1)

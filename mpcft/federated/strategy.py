@@ -10,6 +10,7 @@ round's deadline are simply not in it (their contributions are complete on their
 nothing needs recovering); fewer than min_clients usable updates skips the round with an
 error line, and a failed aggregator ends the run.
 """
+import pathlib
 import secrets
 import time
 
@@ -41,7 +42,6 @@ class Aggregators:
     def connect(cls, endpoints, certs, timeout: float = 600.0, connect_timeout: float = 60.0) -> "Aggregators":
         """endpoints [(host, port)] of aggregators 0..m-1; certs: a folder with ca.pem and
         flower-server(-key).pem issued by the cluster CA. Retries until connect_timeout."""
-        import pathlib
         certs = pathlib.Path(certs)
         ca, cert, key = certs / "ca.pem", certs / f"{handoff.SERVER_IDENTITY}.pem", certs / f"{handoff.SERVER_IDENTITY}-key.pem"
         deadline, sockets = time.monotonic() + connect_timeout, []
