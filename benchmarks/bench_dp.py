@@ -2,6 +2,7 @@
 and beside Opacus on the same step in plaintext.
 
     python -m benchmarks.bench_dp [--parties 2 3] [--repeat 3]
+    python -m benchmarks.bench_dp --routes [--parties 2] [--repeat 3]
 
 MiniLM classifier, LoRA (rank 4) on the top layer plus the head, batch 8, seq 64: one step of
 forward, cross-entropy, backward, optimizer. The DP step also keeps per-example gradients,
@@ -10,6 +11,10 @@ dealer noise and divides by the expected batch size (mpcft.privacy.DPOptimizer, 
 Plaintext: torch float64, one thread; its DP step is Opacus's DPOptimizer on per-example
 gradients from torch.func. One compute thread per party and for the dealer, mutual TLS,
 median of `repeat` runs after a warm-up run with the dealer's correlations prefetched.
+
+--routes: one Linear layer's clipping alone (norms and clipped sum) by the ghost route and by
+forming its per-example gradients (mpcft.privacy.ghost), for MiniLM's dense shape and LoRA's,
+beside the declared costs.
 """
 import argparse
 import copy
@@ -21,13 +26,19 @@ import torch
 from benchmarks.bench_block import _share
 from benchmarks.timing import markdown_table, measure_protocol, one_compute_thread
 from mpcft.nn import SGD, Classifier, prepare
+from mpcft.nn.classifier import GRAD_SCALE
 from mpcft.nn.functional import cross_entropy
-from mpcft.privacy import DPOptimizer
+from mpcft.nn.grad_sample import LinearFactors
+from mpcft.privacy import DPOptimizer, ghost
+from mpcft.privacy.dp_sgd import norm_shift, row_squares, weighted_rows
 from mpcft.protocols.context import MPCContext
 from mpcft.protocols.correlations import CorrelationDealer
 from mpcft.runtime import spawn
 
 BATCH, SEQ = 8, 64
+# (name, (B, T, in_features, out_features)) of one Linear layer's per-example gradients
+LAYER_SHAPES = [("MiniLM dense 384 -> 384", (BATCH, SEQ, 384, 384)),
+                ("LoRA A 384 -> 8", (BATCH, SEQ, 384, 8)), ("LoRA B 8 -> 384", (BATCH, SEQ, 8, 384))]
 
 
 def _batch(hidden):
@@ -61,6 +72,57 @@ def party_step(session, encoder, dp, repeat):
     seconds, sent, rounds, _ = measure_protocol(session, step, repeat)
     dealer = (session.comm.snapshot() - before).dealer_bytes_received / repeat
     return seconds, sent, rounds, dealer
+
+
+def party_routes(session, shape, repeat):
+    """{route: (median s, bytes sent, rounds, dealer bytes received)} of one layer's clipping."""
+    one_compute_thread()
+    ctx = MPCContext(session)
+    batch, positions, in_features, out_features = shape
+    gen = torch.Generator().manual_seed(3)
+    x = _share(ctx, torch.randn(batch, positions, in_features, generator=gen, dtype=torch.float64)).share
+    g = _share(ctx, torch.randn(batch, positions, out_features, generator=gen, dtype=torch.float64)).share
+    weight = _share(ctx, torch.rand(batch, generator=gen, dtype=torch.float64)).share
+    factors = LinearFactors(x, g)
+    threshold = 1.0 * GRAD_SCALE / batch
+    shift = norm_shift(threshold, in_features * out_features, ctx.frac_bits)
+
+    def ghost_route():
+        ghost.ghost_squared_norms(ctx, [factors], threshold, shift)
+        ghost.ghost_weighted_sums(ctx, [factors], weight, 0)
+
+    def formed_route():
+        rows = factors.materialise(ctx).reshape(batch, -1)
+        row_squares(ctx, rows, shift)
+        weighted_rows(ctx, weight, rows, 0)
+    out = {}
+    for name, route in (("ghost", ghost_route), ("formed", formed_route)):
+        route()
+        before = session.comm.snapshot()
+        seconds, sent, rounds, _ = measure_protocol(session, route, repeat)
+        out[name] = (seconds, sent, rounds, (session.comm.snapshot() - before).dealer_bytes_received / repeat,
+                     shift > 0)
+    return out
+
+
+def routes_table(parties, repeat):
+    rows = []
+    for n in parties:
+        for name, shape in LAYER_SHAPES:
+            measured = max(spawn(party_routes, n, shape, repeat, dealer_handler=CorrelationDealer,
+                                 dealer_threads=1, timeout=3600), key=lambda r: r["ghost"][0])
+            shifted = measured["formed"][4]
+            declared = {"ghost": ghost.ghost_cost(n, *shape), "formed": ghost.formed_cost(n, *shape, shifted)}
+            chosen = "ghost" if ghost.prefer_ghost(n, *shape, shifted) else "formed"
+            for route, (s, sent, rounds, dealer, _) in measured.items():
+                cost, dealer_declared = declared[route]
+                rows.append([name, route + (" (chosen)" if route == chosen else ""), n, f"{s:.3f}",
+                             f"{sent / 1e6:.2f}", f"{cost.bytes_sent / 1e6:.2f}", rounds, cost.rounds,
+                             f"{dealer / 1e6:.2f}", f"{dealer_declared / 1e6:.2f}"])
+                print(rows[-1], flush=True)
+    print()
+    print(markdown_table(["layer (B 8, T 64)", "route", "parties", "s", "MB sent/party", "declared MB",
+                          "rounds", "declared rounds", "dealer MB to party 0", "declared dealer MB"], rows))
 
 
 def plaintext_step_seconds(encoder, dp, repeat):
@@ -99,9 +161,14 @@ def plaintext_step_seconds(encoder, dp, repeat):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parties", type=int, nargs="+", default=[2, 3])
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--parties", type=int, nargs="+", default=[2, 3], help="party counts (default: 2 3)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per workload (default: 3)")
+    parser.add_argument("--routes", action="store_true",
+                        help="measure one Linear layer's ghost and formed clipping instead (default: off)")
     args = parser.parse_args()
+    if args.routes:
+        routes_table(args.parties, args.repeat)
+        return
     from mpcft.encoder import default_model_path, load_encoder, quiet_transformers
     quiet_transformers()
     _, encoder = load_encoder(default_model_path())
@@ -110,8 +177,10 @@ def main():
     for n in args.parties:
         measured = {}
         for dp in (False, True):
-            measured[dp] = max(spawn(party_step, n, encoder, dp, args.repeat, dealer_handler=CorrelationDealer,
-                                     dealer_threads=1, timeout=3600))
+            results = spawn(party_step, n, encoder, dp, args.repeat, dealer_handler=CorrelationDealer,
+                            dealer_threads=1, timeout=3600)
+            # the slowest party's time and most bytes; the dealer's corrections go to party 0 alone
+            measured[dp] = (max(r[0] for r in results), max(r[1] for r in results), results[0][2], results[0][3])
             s, sent, rounds, dealer = measured[dp]
             rows.append([f"LoRA step, batch {BATCH}, seq {SEQ}" + (", DP-SGD" if dp else ""), n, f"{s:.2f}",
                          f"{sent / 1e6:.0f}", rounds, f"{dealer / 1e6:.0f}",

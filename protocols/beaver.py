@@ -53,12 +53,23 @@ def matmul(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
     Cost: matmul_cost(n, x.numel(), y.numel()).
     """
-    correlation = ctx.correlation("matmul_triple", shape_a=list(x.shape), shape_b=list(y.shape))
-    a, b = correlation.random
-    d, e = open_many(ctx, [x - a, y - b])
-    z = ring_matmul(d, b + e if ctx.rank == 0 else b) + ring_matmul(a, e)
-    (c,) = correlation.derived()
-    return z + c
+    return matmuls(ctx, [(x, y)])[0]
+
+
+def matmuls(ctx, pairs) -> list:
+    """[x @ y for (x, y) in pairs], independent products opened together: one round, the
+    bytes of the products' matmul_cost summed."""
+    correlations = [ctx.correlation("matmul_triple", shape_a=list(x.shape), shape_b=list(y.shape))
+                    for x, y in pairs]
+    masked = [t for (x, y), c in zip(pairs, correlations) for t in (x - c.random[0], y - c.random[1])]
+    opened = open_many(ctx, masked)
+    out = []
+    for i, correlation in enumerate(correlations):
+        (a, b), d, e = correlation.random, opened[2 * i], opened[2 * i + 1]
+        z = ring_matmul(d, b + e if ctx.rank == 0 else b) + ring_matmul(a, e)
+        (c,) = correlation.derived()
+        out.append(z + c)
+    return out
 
 
 def matmul_cost(n: int, numel_x: int, numel_y: int) -> Cost:

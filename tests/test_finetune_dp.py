@@ -63,6 +63,9 @@ BAD = [
     (["--dp", "--noise-multiplier", "1", "--max-grad-norm", "0"], "--max-grad-norm must be > 0, got 0.0"),
     (["--dp", "--noise-multiplier", "1", "--dp-colluders", "1"], "--dp-colluders needs --dp-noise parties"),
     (["--dp", "--noise-multiplier", "1", "--dp-noise", "parties", "--dp-colluders", "2"], "must be in [1, 1] for 2"),
+    # sigma 1e4 over the built-in set's expected batch of 8: beyond the exact sampler's range,
+    # known from the examples counted before the parties start
+    (["--dp", "--noise-multiplier", "10000"], "--dp: noise std 1e+04 x --max-grad-norm 1 over an expected batch"),
 ]
 
 

@@ -147,11 +147,12 @@ def load_data(config, rank: int, world_size: int):
     return train, (test_texts, test_labels) if rank == 0 else None, names
 
 
-def check_data(config, world_size: int) -> None:
-    """Every party's data as load_data reads it, before any party starts (DataError)."""
-    if not config.owner_shares:
-        for rank in range(world_size):
-            load_data(config, rank, world_size)
+def check_data(config, world_size: int) -> list[int]:
+    """Every party's data as load_data reads it, before any party starts (DataError); the
+    parties' training-example counts ([] when data owners' share files hold the data)."""
+    if config.owner_shares:
+        return []
+    return [len(load_data(config, rank, world_size)[0][0]) for rank in range(world_size)]
 
 
 def schedule(counts: list[int], batch_size: int, epochs: int, seed: int):

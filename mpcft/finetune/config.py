@@ -98,6 +98,11 @@ class FinetuneConfig:
                                              "withstands (default: n-1)")
     dp_reveal_loss: bool = _option(False, "with --dp: reveal the per-step training loss to the output party "
                                           "(not covered by the privacy guarantee)")
+    dp_ghost_clipping: bool = _option(False, "with --dp: norms and clipped sums of Linear layers by ghost clipping "
+                                             "where its cost is lower (full layers, the head: fewer bytes); its "
+                                             "rounding stays within the noise's calibration only for unit-scale "
+                                             "layer inputs (LayerNorm outputs), while the default formed gradients' "
+                                             "bound holds for any input")
 
     def check(self, parties: int) -> None:
         """ConfigError, in one line, for options that contradict each other or are out of range
@@ -116,7 +121,7 @@ class FinetuneConfig:
             raise ConfigError(f"--layers {self.layers} is more than the model's {layers} layers")
         if not self.dp:
             given = [f for f in ("target_epsilon", "noise_multiplier", "dp_colluders") if getattr(self, f) is not None]
-            given += ["dp_reveal_loss"] * self.dp_reveal_loss
+            given += ["dp_reveal_loss"] * self.dp_reveal_loss + ["dp_ghost_clipping"] * self.dp_ghost_clipping
             if given:
                 raise ConfigError(f"--{given[0].replace('_', '-')} needs --dp")
             return

@@ -20,7 +20,7 @@ class Parameter:
         self.secret, self.requires_grad = False, False
         self.data = ctx.fp.encode(value.detach().to(torch.float64)).to(ctx.device)
         self.grad = self.grad_sample = None
-        self.grad_sample_enabled = False
+        self.grad_sample_enabled = self.grad_sample_factors = False
         if secret:
             self.make_secret_(owner)
         self.requires_grad_(requires_grad)
@@ -54,7 +54,12 @@ class Parameter:
     def accumulate_grad(self, grad: torch.Tensor) -> None:
         self.grad = SharedTensor(self.ctx, grad if self.grad is None else self.grad.share + grad)
 
-    def accumulate_grad_sample(self, sample: torch.Tensor) -> None:
+    def accumulate_grad_sample(self, sample) -> None:
+        """Shares [batch, *shape] (also summed into grad), or factors (grad_sample.LinearFactors,
+        asked for by grad_sample_factors) that are joined and left to their consumer: no grad."""
+        if not isinstance(sample, torch.Tensor):
+            self.grad_sample = sample if self.grad_sample is None else self.grad_sample.join(sample)
+            return
         self.grad_sample = SharedTensor(self.ctx, sample if self.grad_sample is None
                                         else self.grad_sample.share + sample)
         self.accumulate_grad(sample.sum(0))

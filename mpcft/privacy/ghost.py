@@ -1,0 +1,124 @@
+"""Ghost clipping of Linear layers on shares, and the per-layer choice between it and forming
+the per-example gradients, by their declared costs.
+
+For a Linear weight with per-example inputs x_b [T, d] and output gradients g_b [T, p] (shares,
+nn.grad_sample.LinearFactors), G_b = g_b^T x_b, and without forming G_b (Goodfellow 2015; Li
+et al. 2022):
+  ||G_b||_F^2 = sum_{t,s} X_b[t,s] Y_b[t,s],  X_b = x_b x_b^T,  Y_b = g_b g_b^T   (Grams [T, T])
+  sum_b w_b G_b = (w * g)^T x         (or g^T (w * x), scaling the narrower of x and g).
+Formed instead: G_b by one batched Beaver matmul, Beaver squares of its B p d values and the
+rows of the weighted-sum matmul. Ghost costs O(B T (d + p) + B T^2) ring elements, formed
+O(B T (d + p) + 3 B p d): ghost wins for full layers (T = 64, d = p = 384), formed for LoRA
+adapters (p or d = r); `prefer_ghost` compares the formulas' bytes per party.
+Reveals nothing: Beaver products and truncations only.
+
+Fixed point (f fractional bits): X_b is kept as X_b / 2^h and Y_b as Y_b 2^(h - 2k), each at f
+bits, so that their product summed is ||G_b / 2^k||^2 at 2f bits, the units of the formed
+rows' squares (dp_sgd.norm_shift's k). h balances the Grams' magnitudes for unit-scale inputs
+(X[t,t] ~ d) and norms near the clip threshold. Each Gram entry is rounded by < 2^-f, so
+  | error of ||G_b / 2^k||^2 | < 2^-f sum_{t,s} (|X_b[t,s]| / 2^h + |Y_b[t,s]| 2^(h - 2k)) + T^2 2^-2f;
+with stochastic rounding the errors are unbiased and the typical error is ~T times smaller.
+"""
+import math
+
+import torch
+
+from mpcft.protocols import beaver
+from mpcft.protocols.cost import RING_BYTES, Cost
+from mpcft.protocols.truncation import truncate, truncate_many
+
+
+def gram_balance(threshold: float, shift: int, positions: int, in_features: int) -> int:
+    """h with X / 2^h and Y 2^(h - 2k) of about the same size when X[t,t] ~ d and
+    ||G||^2 ~ T d Y[t,t] ~ threshold^2 (public quantities only)."""
+    scaled = threshold / 2.0 ** shift
+    return round(math.log2(in_features) + 0.5 * math.log2(positions) - math.log2(scaled))
+
+
+def ghost_squared_norms(ctx, factors: list, threshold: float, shift: int) -> torch.Tensor:
+    """Shares [B] of sum over the layers of ||G_b / 2^shift||^2 at 2f fractional bits.
+
+    One round of Beaver matmuls for every layer's two Grams, one of truncations, one Beaver
+    product of all Grams. Cost: ghost_norm_cost per layer (rounds shared)."""
+    f = ctx.frac_bits
+    pairs, bits = [], []
+    for lf in factors:
+        h = gram_balance(threshold, shift, lf.positions, lf.x.shape[-1])
+        pairs += [(lf.x, lf.x.mT.contiguous()), (lf.grad, lf.grad.mT.contiguous())]
+        bits += [f + h, f - h + 2 * shift]
+    if not all(0 < b < 62 for b in bits):
+        raise ValueError(f"ghost norms: Gram truncations {bits} outside (0, 62): threshold out of range")
+    grams = truncate_many(ctx, list(zip(beaver.matmuls(ctx, pairs), bits)))
+    batch = grams[0].shape[0]
+    xs = torch.cat([g.reshape(batch, -1) for g in grams[0::2]], 1)
+    ys = torch.cat([g.reshape(batch, -1) for g in grams[1::2]], 1)
+    return beaver.mul(ctx, xs, ys).sum(-1)
+
+
+def ghost_weighted_sums(ctx, factors: list, weight: torch.Tensor, extra_bits: int) -> list:
+    """Shares [p, d] of sum_b w_b G_b for each layer, weight: shares [B] of w_b 2^extra_bits at
+    f bits. The narrower factor of each layer is scaled by w 2^extra_bits (one Beaver product
+    for all layers, one truncation: the extra bits keep small weights' precision), then one
+    round of Beaver matmuls and one of truncations by f + extra_bits; the same range as
+    dp_sgd.weighted_rows. Cost: ghost_sum_cost per layer (rounds shared)."""
+    f = ctx.frac_bits
+    batch = weight.shape[0]
+    narrow = [lf.x if lf.x.shape[-1] < lf.grad.shape[-1] else lf.grad for lf in factors]
+    flat = torch.cat([t.reshape(batch, -1) for t in narrow], 1)
+    scaled = truncate(ctx, beaver.mul(ctx, flat, weight.reshape(batch, 1)), f)
+    pairs, start = [], 0
+    for lf, t in zip(factors, narrow):
+        part = scaled[:, start:start + t[0].numel()].reshape(t.shape)
+        start += t[0].numel()
+        x, g = (part, lf.grad) if t is lf.x else (lf.x, part)
+        pairs.append((g.reshape(-1, g.shape[-1]).mT.contiguous(), x.reshape(-1, x.shape[-1])))
+    return truncate_many(ctx, [(z, f + extra_bits) for z in beaver.matmuls(ctx, pairs)])
+
+
+def _cost(n: int, rounds: int, opened: int) -> Cost:
+    return Cost(rounds, opened * RING_BYTES * (n - 1))
+
+
+def ghost_norm_cost(n: int, batch: int, positions: int, in_features: int, out_features: int) -> tuple:
+    """(Cost, dealer bytes to party 0) of ghost_squared_norms for one layer."""
+    b, t = batch, positions
+    grams = b * t * t
+    opened = 2 * b * t * (in_features + out_features) + 2 * grams + 2 * grams
+    return _cost(n, 3, opened), RING_BYTES * (2 * grams + 2 * 2 * grams + grams)
+
+
+def ghost_sum_cost(n: int, batch: int, positions: int, in_features: int, out_features: int) -> tuple:
+    """(Cost, dealer bytes to party 0) of ghost_weighted_sums for one layer."""
+    b, t, d, p = batch, positions, in_features, out_features
+    narrow = b * t * min(d, p)
+    opened = (narrow + b) + narrow + b * t * (d + p) + p * d
+    return _cost(n, 4, opened), RING_BYTES * (narrow + 2 * narrow + p * d + 2 * p * d)
+
+
+def formed_cost(n: int, batch: int, positions: int, in_features: int, out_features: int,
+                shifted: bool) -> tuple:
+    """(Cost, dealer bytes to party 0) of forming one layer's G_b (LinearFactors.materialise),
+    its rows' squares (dp_sgd.row_squares, with the shift's truncation if `shifted`) and its
+    weighted sum (dp_sgd.weighted_rows), alone."""
+    b, t, d, p = batch, positions, in_features, out_features
+    size = b * p * d
+    rounds, opened, dealer = 2, b * t * (d + p) + size, size + 2 * size        # form: matmul, truncate
+    if shifted:
+        rounds, opened, dealer = rounds + 1, opened + size, dealer + 2 * size
+    rounds, opened, dealer = rounds + 1, opened + size, dealer + size         # squares
+    rounds, opened, dealer = rounds + 2, opened + b + size + p * d, dealer + p * d + 2 * p * d   # sum
+    return _cost(n, rounds, opened), RING_BYTES * dealer
+
+
+def ghost_cost(n: int, batch: int, positions: int, in_features: int, out_features: int) -> tuple:
+    """(Cost, dealer bytes to party 0) of one layer's ghost norms and weighted sum, alone."""
+    (norm, norm_dealer), (total, total_dealer) = (ghost_norm_cost(n, batch, positions, in_features, out_features),
+                                                   ghost_sum_cost(n, batch, positions, in_features, out_features))
+    return norm + total, norm_dealer + total_dealer
+
+
+def prefer_ghost(n: int, batch: int, positions: int, in_features: int, out_features: int, shifted: bool) -> bool:
+    """Whether the ghost route sends fewer bytes per party than forming G_b for this layer."""
+    ghost, _ = ghost_cost(n, batch, positions, in_features, out_features)
+    formed, _ = formed_cost(n, batch, positions, in_features, out_features, shifted)
+    return ghost.bytes_sent < formed.bytes_sent
