@@ -1,8 +1,8 @@
-"""Federated learning with the MPC parties as secure aggregator: the home of what is to come,
-nothing yet.
+"""Federated fine-tuning on Flower with the MPC parties as secure aggregator.
 
-It will hold FedAvg on Flower, in which clients train on their own data and the compute
-parties sum their secret-shared updates, so no single server sees a client's update; with
-client-level differential privacy, noise from mpcft.privacy's mechanisms added to the
-aggregate, and data owners' envelopes (mpcft.data.owners) for the clients' shares.
+Clients train locally (client.py, optionally with local DP-SGD: local_dp.py) and seal shares of
+their update to the aggregators (updates.py); SecureFedAvg (strategy.py) relays them through
+the hand-off (handoff.py) to the aggregator parties (aggregator.py), which compute the weighted,
+clipped and optionally noised FedAvg in MPC (aggregation.py). `mpcft federated` runs it all on
+one machine (simulation.py); app.py and flower_app.py are the Flower App for deployments.
 """

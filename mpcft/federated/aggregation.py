@@ -8,7 +8,12 @@ with the weights
   "examples" secret:  w_k = n_k / N, N = sum_j n_j, by one reciprocal of N (n_k never opened);
   "uniform":          w_k = 1 / K for the round's planned number of clients K (DP-FedAvg's
                       fixed denominator, McMahan et al. 2018: one client moves A by at most C'/K),
-and z ~ N_Z(0, (sigma C')^2) in ring units from protocols.noise (no party knows it).
+  "capped":           w_k = min(n_k, cap) / (cap D), n_k public or secret (clamped in MPC), D the
+                      public expected capped weight of a round, q W (McMahan et al.'s fixed-
+                      denominator estimator; default K): one client moves A by at most C'/D,
+and z ~ N_Z(0, (sigma C')^2) in ring units from protocols.noise (no party knows it), C' the bound
+on one client's term of the noised sum (`sensitivity`; capped terms carry min(n_k, cap) / 2^g,
+2^g the power of two at or above cap, at most r = cap / 2^g, so C' = sensitivity(C, d, f, r)).
 Reveals nothing: the caller hands each party's share of A to the Flower server, which sums.
 
 Contract: values with |u| < 2^(62 - f) (updates.seal_update refuses larger ones); with a
@@ -30,39 +35,75 @@ from mpcft.protocols.truncation import truncate
 
 from .updates import MAX_COUNT
 
-WEIGHTINGS = ("examples", "uniform")
+WEIGHTINGS = ("examples", "uniform", "capped")
 WEIGHT_BITS = 8              # public weights carry f + 8 fractional bits: |A| < 2^(62 - 2f - 8) = 2^22
 
 
-def sensitivity(clipping_norm: float, numel: int, frac_bits: int) -> float:
-    """C': a bound on ||c_k U_k|| as computed (the clip factor's slack and the rounding of
-    each of the numel values by 2^-f), to which the noise is calibrated."""
-    return clipping_norm * (1 + CLIP_SLACK) + 2 * math.sqrt(numel) * 2.0 ** -frac_bits
+def sensitivity(clipping_norm: float, numel: int, frac_bits: int, max_weight: float = 1.0) -> float:
+    """C': a bound on how far one client moves the noised sum as computed, ||w c_k U_k|| for a
+    weight w <= max_weight (the clip factor's slack) plus the rounding of each of the numel
+    values by 2^-f in either sum; the noise is calibrated to it."""
+    return max_weight * clipping_norm * (1 + CLIP_SLACK) + 2 * math.sqrt(numel) * 2.0 ** -frac_bits
 
 
-def noise_variance(noise_multiplier: float, clipping_norm: float, numel: int, frac_bits: int) -> Fraction:
+def noise_variance(noise_multiplier: float, clipping_norm: float, numel: int, frac_bits: int,
+                   max_weight: float = 1.0) -> Fraction:
     """Variance in ring units^2 of the noise z added to the sum, (sigma C' 2^f)^2, as the
     exact sampler takes it (ValueError outside its range)."""
-    return variance_fraction((noise_multiplier * sensitivity(clipping_norm, numel, frac_bits)
+    return variance_fraction((noise_multiplier * sensitivity(clipping_norm, numel, frac_bits, max_weight)
                               * 2.0 ** frac_bits) ** 2)
+
+
+def aggregate_sensitivity(clipping_norm: float, numel: int, frac_bits: int, denominator: float,
+                          weight_cap: int | None = None) -> float:
+    """How far one client moves the noiseless aggregate A: C' / K (uniform, denominator K) or
+    C'(r) / (r D) (capped, denominator D); the noise's deviation in A is sigma times this."""
+    largest = capped_scale(weight_cap)[1] if weight_cap else 1.0
+    return sensitivity(clipping_norm, numel, frac_bits, largest) / (largest * denominator)
+
+
+def capped_scale(weight_cap: int) -> tuple[int, float]:
+    """(g, r): capped terms are weighted min(n_k, cap) / 2^g, g = ceil(log2 cap), so the
+    weighted sum needs one truncation; the largest weight is r = cap / 2^g, in (1/2, 1]."""
+    shift = (weight_cap - 1).bit_length()
+    return shift, weight_cap / 2.0 ** shift
+
+
+def check_capped(weight_cap, clipping_norm, clients: int, frac_bits: int) -> None:
+    """ValueError (one line) unless capped weights can be computed: an integer cap in
+    [1, MAX_COUNT], a clipping norm, and the weighted sum within the ring's contract."""
+    if isinstance(weight_cap, bool) or not isinstance(weight_cap, int) or not 1 <= weight_cap <= MAX_COUNT:
+        raise ValueError(f"the weight cap must be an integer in [1, {MAX_COUNT}], got {weight_cap!r}")
+    if not clipping_norm:
+        raise ValueError("capped weights need a clipping norm")
+    if clients * weight_cap * clipping_norm * 2 >= 2.0 ** (62 - 2 * frac_bits):
+        raise ValueError(f"{clients} clients x weight cap {weight_cap} x clipping norm {clipping_norm:g} is "
+                         f"beyond the fixed point's range (2^{61 - 2 * frac_bits}): lower the cap")
 
 
 def secure_fedavg(ctx, updates: torch.Tensor, *, counts: list[int] | None = None,
                   weighting: str = "examples", planned_clients: int | None = None,
                   clipping_norm: float | None = None, noise_multiplier: float = 0.0,
-                  noise_source: str = "dealer") -> torch.Tensor:
+                  noise_source: str = "dealer", weight_cap: int | None = None,
+                  expected_weight: float | None = None) -> torch.Tensor:
     """This party's shares [d] of A (see the module docstring).
 
     updates: shares [K, d] (fixed point), or [K, d + 1] with the integer n_k in the last column
-    when the weights are secret (counts None, weighting "examples"). counts: the public n_k.
-    planned_clients: K of the uniform weighting (default: the clients present).
+    when the weights are secret (counts None, weighting "examples" or "capped"). counts: the
+    public n_k. planned_clients: K of the uniform weighting (default: the clients present).
+    weight_cap, expected_weight: cap and D of the capped weighting (D default: planned_clients).
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    if noise_multiplier and (weighting != "uniform" or not clipping_norm):
-        raise ValueError("noise needs a clipping norm and uniform weights (the sensitivity C'/K)")
+    if noise_multiplier and (weighting == "examples" or not clipping_norm):
+        raise ValueError("noise needs a clipping norm and uniform weights or capped ones (the sensitivity C'/K "
+                         "or C'/D)")
+    if weighting == "capped":
+        check_capped(weight_cap, clipping_norm, updates.shape[0], ctx.frac_bits)
+        if expected_weight is not None and not expected_weight > 0:
+            raise ValueError(f"the expected weight of a round must be > 0, got {expected_weight!r}")
     f = ctx.frac_bits
-    secret = weighting == "examples" and counts is None
+    secret = weighting in ("examples", "capped") and counts is None
     values = updates[:, :-1] if secret else updates
     clients, numel = values.shape
     factor = None
@@ -72,6 +113,9 @@ def secure_fedavg(ctx, updates: torch.Tensor, *, counts: list[int] | None = None
         # C sqrt(d), within clip_factors' range, so no update can wrap the norm and escape the clip
         values = comparison.clamp(ctx, values, -clipping_norm, clipping_norm)
         factor = clip_factors(ctx, values, clipping_norm, max_norm=clipping_norm * math.sqrt(numel))  # [K]
+    if weighting == "capped":
+        return _capped_fedavg(ctx, updates, values, factor, counts, weight_cap, clipping_norm, noise_multiplier,
+                              noise_source, expected_weight or planned_clients or clients)
     if secret:
         # n_k (scale 1: the bounds read as fixed point are 2^-f and MAX_COUNT 2^-f) clamped to
         # [1, MAX_COUNT], so the reciprocal's range holds whatever a client shared
@@ -109,3 +153,27 @@ def secure_fedavg(ctx, updates: torch.Tensor, *, counts: list[int] | None = None
         if weighting == "uniform":
             out = fixed.mul_public(ctx, out, 1.0 / (planned_clients or clients), extra_bits=8)
     return out
+
+
+def _capped_fedavg(ctx, updates, values, factor, counts, weight_cap, clipping_norm, noise_multiplier,
+                   noise_source, expected_weight) -> torch.Tensor:
+    """A of the capped weighting: sum_k (m_k / 2^g) c_k U_k, m_k = min(n_k, cap) exact integers
+    (clamped in MPC when secret), one truncation by f + g, plus noise for the largest weight
+    r = cap / 2^g, times the public 1 / (r D)."""
+    f = ctx.frac_bits
+    clients, numel = values.shape
+    shift, largest = capped_scale(weight_cap)
+    if counts is None:       # n_k (scale 1) clamped to [1, cap]: the bounds read as fixed point
+        capped = comparison.clamp(ctx, updates[:, -1], 2.0 ** -f, weight_cap * 2.0 ** -f)
+        weight = beaver.mul(ctx, capped, factor)                                  # m_k c_k, scale f
+    else:
+        if len(counts) != clients:
+            raise ValueError("public weights need one count per update")
+        weight = factor * torch.tensor([min(n, weight_cap) for n in counts], dtype=torch.int64,
+                                       device=factor.device)
+    out = truncate(ctx, beaver.matmul(ctx, weight.reshape(1, clients), values), f + shift).reshape(numel)
+    if noise_multiplier:
+        out = out + noise.gaussian_noise(ctx, (numel,), noise_variance(noise_multiplier, clipping_norm, numel, f,
+                                                                       largest), noise_source)
+    denominator = largest * expected_weight
+    return fixed.mul_public(ctx, out, 1.0 / denominator, extra_bits=8 + max(0, math.ceil(math.log2(denominator))))

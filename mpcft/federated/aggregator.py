@@ -11,6 +11,7 @@ peer ends the run on every side within the session's timeout.
 import argparse
 import hashlib
 import json
+import os
 import sys
 
 import torch
@@ -20,7 +21,7 @@ from mpcft.runtime import init
 from mpcft.runtime.envelope import SealedFileError
 
 from . import aggregation, handoff
-from .updates import FRAC_BITS, MAX_VALUE, RING_BYTES, Round, UpdateSpec, open_update
+from .updates import FRAC_BITS, MAX_COUNT, MAX_VALUE, RING_BYTES, Round, UpdateSpec, open_update
 
 MAX_CLIENTS = 1 << 16
 MAX_DIMS = 64                 # extents of one array in a layout (numpy's limit)
@@ -77,9 +78,18 @@ def parse_request(header: dict, max_body: int) -> dict:
                "min_clients": _field(header, "min_clients", int, lambda v: 1 <= v <= MAX_CLIENTS),
                "clipping_norm": _field(header, "clipping_norm", (int, float), lambda v: 0 <= v < MAX_VALUE) or None,
                "noise_multiplier": float(_field(header, "noise_multiplier", (int, float), lambda v: 0 <= v < 1e6)),
-               "noise_source": _field(header, "noise_source", str, lambda v: v in ("dealer", "parties"))}
-    if request["noise_multiplier"] and (weighting != "uniform" or not request["clipping_norm"]):
-        raise RequestError("the round request asks for noise without a clipping norm and uniform weights")
+               "noise_source": _field(header, "noise_source", str, lambda v: v in ("dealer", "parties")),
+               "weight_cap": _field(header, "weight_cap", int, lambda v: 0 <= v <= MAX_COUNT) or None,
+               "expected_weight": _field(header, "expected_weight", (int, float),
+                                         lambda v: 0 <= v <= MAX_CLIENTS) or None}
+    if request["noise_multiplier"] and (weighting == "examples" or not request["clipping_norm"]):
+        raise RequestError("the round request asks for noise without a clipping norm and uniform or capped weights")
+    if weighting == "capped":
+        try:
+            aggregation.check_capped(request["weight_cap"], request["clipping_norm"], len(parts),
+                                     request["round"].frac_bits)
+        except ValueError as exc:
+            raise RequestError(f"the round request's capped weights cannot be computed: {exc}") from None
     return request
 
 
@@ -120,7 +130,8 @@ def aggregate_round(ctx, request: dict, body: bytes, key, ca) -> tuple[torch.Ten
     share = aggregation.secure_fedavg(
         ctx, torch.stack([s.share for s in used]), counts=counts, weighting=request["weighting"],
         planned_clients=request["planned_clients"], clipping_norm=request["clipping_norm"],
-        noise_multiplier=request["noise_multiplier"], noise_source=request["noise_source"])
+        noise_multiplier=request["noise_multiplier"], noise_source=request["noise_source"],
+        weight_cap=request["weight_cap"], expected_weight=request["expected_weight"])
     return share, [s.client for s in used], rejected
 
 
@@ -178,6 +189,7 @@ def main(argv=None) -> int:
             me = config.party(session.rank)
             host, port = _endpoint(args.listen, session.rank)
             sock = handoff.accept_server(host, port, config.ca, me.cert, me.key, args.server_timeout)
+            print(f"aggregator {session.rank} (pid {os.getpid()}): the Flower server connected", flush=True)
             with sock:
                 rounds = serve(ctx, sock, me.key, config.ca, args.max_body_bytes)
             print(f"aggregator {session.rank}: served {rounds} round{'s' * (rounds != 1)}", flush=True)

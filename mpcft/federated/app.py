@@ -28,7 +28,8 @@ def _settings(run_config) -> LocalSettings:
     return LocalSettings(labels=len(str(run_config["labels"]).split(",")), mode=mode,
                          seq_len=int(run_config["seq-len"]), local_epochs=int(run_config["local-epochs"]),
                          batch_size=int(run_config["batch-size"]), lr=float(run_config["lr"]),
-                         seed=int(run_config["seed"]))
+                         seed=int(run_config["seed"]), noise_multiplier=float(run_config["local-noise-multiplier"]),
+                         max_grad_norm=float(run_config["local-max-grad-norm"]), delta=float(run_config["delta"]))
 
 
 def _endpoints(text: str) -> list:
@@ -47,8 +48,12 @@ def _train(msg, context):
     node, run = context.node_config, context.run_config
     texts, labels, _ = read_labelled(str(node["train"]), str(run["text-column"]), str(run["label-column"]),
                                      str(run["labels"]).split(","))
-    return train_reply(msg, _settings(run), texts, labels, str(node["client"]), str(node["certs"]),
-                       secure=True, send_loss=not float(run["noise-multiplier"]))
+    print(f"{node['client']}: round {msg.content['config']['server-round']}: training on {len(texts)} rows",
+          flush=True)
+    settings = _settings(run)
+    return train_reply(msg, settings, texts, labels, str(node["client"]), str(node["certs"]),
+                       secure=True, send_loss=not (float(run["noise-multiplier"]) or settings.noise_multiplier),
+                       state=context.state)
 
 
 server_app = ServerApp()
@@ -72,21 +77,29 @@ def _main(grid, context):
             return MetricRecord({"accuracy": accuracies[-1]})
         evaluate_fn = evaluate
 
-    links = Aggregators.connect(_endpoints(str(run["aggregators"])), str(run["certs"]), timeout=float(run["timeout"]))
+    def link():              # the aggregators; again after one failed (their supervisor restarts them)
+        return Aggregators.connect(_endpoints(str(run["aggregators"])), str(run["certs"]),
+                                   timeout=float(run["timeout"]), connect_timeout=float(run["timeout"]))
+
+    strategy = SecureFedAvg(link(), weighting=str(run["weighting"]), secret_counts=bool(run["secret-counts"]),
+                            clipping_norm=float(run["clipping-norm"]) or None,
+                            noise_multiplier=float(run["noise-multiplier"]), noise_source=str(run["dp-noise"]),
+                            weight_cap=int(run["weight-cap"]) or None,
+                            expected_weight=float(run["expected-weight"]) or None,
+                            min_clients=int(run["min-clients"]), fraction_train=float(run["fraction-train"]),
+                            fraction_evaluate=0.0, min_train_nodes=int(run["min-clients"]),
+                            min_available_nodes=int(run["min-available-clients"]), restart_aggregators=link,
+                            on_round=lambda info: print(f"round {info['round']}: {info.get('used', 0)} clients "
+                                                        f"aggregated, {info['failed']} failed"
+                                                        + (f" ({info['skipped']})" if "skipped" in info else ""),
+                                                        flush=True))
     try:
-        strategy = SecureFedAvg(links, weighting=str(run["weighting"]), secret_counts=bool(run["secret-counts"]),
-                                clipping_norm=float(run["clipping-norm"]) or None,
-                                noise_multiplier=float(run["noise-multiplier"]), noise_source=str(run["dp-noise"]),
-                                min_clients=int(run["min-clients"]), fraction_train=float(run["fraction-train"]),
-                                fraction_evaluate=0.0, min_train_nodes=int(run["min-clients"]),
-                                min_available_nodes=int(run["min-available-clients"]),
-                                on_round=lambda info: print(f"round {info['round']}: {info.get('used', 0)} clients "
-                                                            f"aggregated, {info['failed']} failed", flush=True))
         result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.trainable_state()),
                                 num_rounds=int(run["num-server-rounds"]), timeout=float(run["timeout"]),
                                 train_config=ConfigRecord({}), evaluate_fn=evaluate_fn)
     finally:
-        links.close()
+        if not strategy.aggregators_failed:
+            strategy.aggregators.close()
     out = pathlib.Path(str(run["out"]))
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps({"accuracy": accuracies, "rounds_detail": strategy.history,

@@ -19,6 +19,7 @@ from mpcft.encoder import default_model_path, load_encoder
 from .updates import Round, UpdateSpec, seal_update
 
 MODES = ("head", "lora")
+LOCAL_DP_KEY = "mpcft-local-dp"      # the client's context.state record of its local DP-SGD steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,9 @@ class LocalSettings:
     lora_rank: int = 8
     lora_alpha: float = 16.0
     seed: int = 0
+    noise_multiplier: float = 0.0          # local DP-SGD (Opacus, local_dp) when > 0
+    max_grad_norm: float = 1.0
+    delta: float = 1e-5                    # of the local (example-level) epsilon
 
 
 @functools.lru_cache(maxsize=2)
@@ -94,6 +98,14 @@ class LocalModel(torch.nn.Module):
         return self.tokenizer(list(texts), padding="max_length", truncation=True,
                               max_length=self.settings.seq_len, return_tensors="pt")
 
+    def forward(self, batch):
+        """Logits of a tokenised batch."""
+        return self.head(self._pooled(batch))
+
+    def _features(self, texts) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([self._pooled(self._tokens(texts[i:i + 64])) for i in range(0, len(texts), 64)])
+
     def _pooled(self, batch):
         out = self.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            token_type_ids=batch.get("token_type_ids"))
@@ -107,10 +119,7 @@ class LocalModel(torch.nn.Module):
         optimizer = torch.optim.AdamW(params, lr=s.lr)
         order = torch.Generator().manual_seed(s.seed)
         y = torch.tensor(labels, dtype=torch.int64)
-        frozen = None
-        if s.mode == "head":
-            with torch.no_grad():
-                frozen = torch.cat([self._pooled(self._tokens(texts[i:i + 64])) for i in range(0, len(texts), 64)])
+        frozen = self._features(texts) if s.mode == "head" else None
         losses = []
         self.train()
         for _ in range(s.local_epochs):
@@ -125,6 +134,21 @@ class LocalModel(torch.nn.Module):
                 losses.append(loss.item())
         self.eval()
         return float(np.mean(losses)) if losses else 0.0
+
+    def fit_private(self, texts, labels) -> tuple[float, list]:
+        """Local epochs of DP-SGD (local_dp.private_fit) on (texts, labels); returns the mean
+        training loss and the Opacus accountant's history [(noise_multiplier, sample_rate, steps)]."""
+        from .local_dp import private_fit
+        s = self.settings
+        if s.mode == "head":
+            frozen = self._features(texts)
+            module, logits_of = self.head, lambda model, idx: model(frozen[idx])
+        else:
+            tokens = self._tokens(texts)
+            module, logits_of = self, lambda model, idx: model({k: v[idx] for k, v in tokens.items()})
+        return private_fit(module, logits_of, torch.tensor(labels, dtype=torch.int64),
+                           noise_multiplier=s.noise_multiplier, max_grad_norm=s.max_grad_norm,
+                           batch_size=s.batch_size, epochs=s.local_epochs, lr=s.lr)
 
     def accuracy(self, state: dict, texts, labels) -> float:
         """Test accuracy of this model with the trainable arrays `state` (the global model)."""
@@ -144,31 +168,54 @@ def read_partition(path) -> tuple[list, list]:
     return data["texts"], data["labels"]
 
 
-def local_update(settings: LocalSettings, global_state: dict, texts, labels) -> tuple[dict, dict, float]:
-    """(trained arrays, update = trained - global, mean loss) of one client's local training."""
+def local_update(settings: LocalSettings, global_state: dict, texts, labels) -> tuple[dict, dict, float, list]:
+    """(trained arrays, update = trained - global, mean loss, local DP-SGD's accountant history,
+    empty without it) of one client's local training."""
     model = LocalModel(settings)
     model.load_trainable_state(global_state)
-    loss = model.fit(texts, labels)
+    loss, history = model.fit_private(texts, labels) if settings.noise_multiplier else (model.fit(texts, labels), [])
     trained = {n: v.double() for n, v in model.trainable_state().items()}
     update = {n: trained[n] - torch.as_tensor(np.asarray(global_state[n]), dtype=torch.float64) for n in trained}
-    return trained, update, loss
+    return trained, update, loss, history
+
+
+def local_privacy(settings: LocalSettings, history: list, state=None) -> dict:
+    """The reply's metrics of local DP-SGD: local-epsilon (RDP accountant at settings.delta)
+    over every step this client has taken, local-steps; `state` (the client's Flower
+    context.state) keeps the steps of earlier rounds."""
+    from flwr.app import ConfigRecord
+
+    from mpcft.privacy.accountant import epsilon
+    if {(sigma, rate) for sigma, rate, _ in history} != {(settings.noise_multiplier, history[0][1])}:
+        raise ValueError("local DP-SGD's steps differ in noise or sample rate")     # one (sigma, q) per client
+    steps = sum(count for _, _, count in history)
+    if state is not None:
+        if LOCAL_DP_KEY in state:
+            steps += int(state[LOCAL_DP_KEY]["steps"])
+        state[LOCAL_DP_KEY] = ConfigRecord({"steps": steps})
+    return {"local-epsilon": epsilon(settings.noise_multiplier, history[0][1], steps, settings.delta),
+            "local-steps": steps}
 
 
 def train_reply(msg, settings: LocalSettings, texts, labels, name: str, certs, secure: bool = True,
-                send_loss: bool = True):
+                send_loss: bool = True, state=None):
     """The reply of client `name` to a Flower train message: local training on (texts, labels)
     from the message's arrays, then the update sealed to the aggregators (secure: for
-    mpcft.federated.strategy.SecureFedAvg) or the trained arrays and num-examples (Flower's FedAvg)."""
+    mpcft.federated.strategy.SecureFedAvg) or the trained arrays and num-examples (Flower's FedAvg).
+    With local DP-SGD it reports its local epsilon (local_privacy; not with secret counts,
+    whose sample rate B / n_k would tell n_k)."""
     from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
     from .strategy import REPLY_KEY
 
     arrays = msg.content["arrays"]
     global_state = {key: arrays[key].numpy() for key in arrays}
-    trained, update, loss = local_update(settings, global_state, texts, labels)
+    trained, update, loss, history = local_update(settings, global_state, texts, labels)
     metrics = {"num-examples": len(texts)}
     if send_loss:
         metrics["train_loss"] = loss
+    if history:
+        metrics.update(local_privacy(settings, history, state))
     content = {"metrics": MetricRecord(metrics)}
     if secure:
         config = msg.content["config"]
@@ -177,7 +224,8 @@ def train_reply(msg, settings: LocalSettings, texts, labels, name: str, certs, s
         sealed = seal_update(update, len(texts), round_, name, certs, int(config["mpcft-aggregators"]))
         content[REPLY_KEY] = ConfigRecord({"client": name, "sealed": sealed})
         if round_.secret_counts:
-            content["metrics"] = MetricRecord({k: v for k, v in metrics.items() if k != "num-examples"})
+            content["metrics"] = MetricRecord({k: v for k, v in metrics.items()
+                                               if k not in ("num-examples", "local-epsilon", "local-steps")})
     else:
         content["arrays"] = ArrayRecord({key: v.float() for key, v in trained.items()})
     return Message(content=RecordDict(content), reply_to=msg)
@@ -197,6 +245,6 @@ def client_app(settings: LocalSettings, partitions, certs, secure: bool = True, 
         if pid in fail:
             raise RuntimeError(f"client-{pid} fails (as the fault test asked)")
         texts, labels = read_partition(partitions[pid])
-        return train_reply(msg, settings, texts, labels, f"client-{pid}", certs, secure, send_loss)
+        return train_reply(msg, settings, texts, labels, f"client-{pid}", certs, secure, send_loss, context.state)
 
     return app

@@ -22,6 +22,8 @@ from mpcft.runtime.local import free_ports
 
 from . import aggregation, handoff
 from .client import MODES, LocalSettings
+from .local_dp import check_local_dp
+from .updates import FRAC_BITS, MAX_COUNT
 
 PARTITIONS = ("iid", "dirichlet")
 AGGREGATIONS = ("mpc", "plain")
@@ -40,9 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--aggregators", type=int, default=2, help="mpcft aggregator parties (m)")
     add("--aggregation", choices=AGGREGATIONS, default="mpc",
         help="mpc: SecureFedAvg through the aggregators; plain: Flower's own FedAvg (for comparison)")
-    add("--weighting", choices=aggregation.WEIGHTINGS, default="examples",
-        help="FedAvg weights n_k/n (examples) or 1/K (uniform; forced by --dp)")
-    add("--secret-counts", action="store_true", help="keep each n_k secret (one reciprocal in MPC)")
+    add("--weighting", choices=aggregation.WEIGHTINGS, default=None,
+        help="FedAvg weights n_k/n (examples), 1/K (uniform) or min(n_k, cap)/(cap D) (capped, McMahan et al. "
+             "2018; D the expected capped weight of a round); default examples, uniform under --dp")
+    add("--weight-cap", type=int, default=None, help="the cap of --weighting capped (examples)")
+    add("--secret-counts", action="store_true",
+        help="keep each n_k secret (examples: one reciprocal in MPC; capped: clamped in MPC, D = the sampled clients)")
     add("--clipping-norm", type=float, default=None, help="clip each update to this L2 norm in MPC")
     add("--fraction-train", type=float, default=1.0, help="fraction of clients sampled each round (q)")
     add("--min-clients", type=int, default=2, help="fewest usable updates for a round to count")
@@ -51,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--target-epsilon", type=float, default=None, help="calibrate sigma to this epsilon under --dp")
     add("--delta", type=float, default=1e-5, help="delta under --dp")
     add("--dp-noise", choices=("dealer", "parties"), default="dealer", help="who samples the noise shares")
+    add("--local-noise-multiplier", type=float, default=None,
+        help="local DP-SGD in every client (Opacus): noise multiplier sigma (example-level epsilon at --delta)")
+    add("--local-max-grad-norm", type=float, default=None, help="local DP-SGD: per-example gradient clip C")
     add("--mode", choices=MODES, default="lora", help="what the clients train: the head, or LoRA and the head")
     add("--local-epochs", type=int, default=1, help="local epochs per round")
     add("--batch-size", type=int, default=16, help="local batch size")
@@ -87,6 +95,16 @@ def check_options(args) -> None:
         raise ValueError("--lr must be > 0")
     if args.clipping_norm is not None and not args.clipping_norm > 0:
         raise ValueError("--clipping-norm must be > 0")
+    if (args.weighting == "capped") != (args.weight_cap is not None):
+        raise ValueError("--weighting capped and --weight-cap go together")
+    if args.weighting == "capped":
+        if not 1 <= args.weight_cap <= MAX_COUNT:
+            raise ValueError(f"--weight-cap must be between 1 and {MAX_COUNT}")
+        if args.aggregation != "mpc":
+            raise ValueError("--weighting capped needs --aggregation mpc")
+        if not (args.dp or args.clipping_norm):
+            raise ValueError("--weighting capped needs --clipping-norm (or --dp)")
+        aggregation.check_capped(args.weight_cap, args.clipping_norm or 1.0, args.clients, FRAC_BITS)
     if args.dp:
         if args.aggregation != "mpc":
             raise ValueError("--dp needs --aggregation mpc (the noise is added by the aggregators)")
@@ -98,10 +116,34 @@ def check_options(args) -> None:
             raise ValueError("--target-epsilon must be > 0")
         if not 0 < args.delta < 1:
             raise ValueError("--delta must be in (0, 1)")
-        if args.secret_counts:
-            raise ValueError("--secret-counts does not apply under --dp (the weights are uniform)")
+        if args.weighting == "examples":
+            raise ValueError("--dp needs --weighting uniform or capped (with n_k/n one client moves the average "
+                             "by up to max n_k/n C, not C/K)")
+        if args.secret_counts and args.weighting != "capped":
+            raise ValueError("--secret-counts under --dp needs --weighting capped (uniform weights use no n_k)")
     elif args.noise_multiplier is not None or args.target_epsilon is not None:
         raise ValueError("--noise-multiplier and --target-epsilon need --dp")
+    if (args.local_noise_multiplier is None) != (args.local_max_grad_norm is None):
+        raise ValueError("--local-noise-multiplier and --local-max-grad-norm go together")
+    if args.local_noise_multiplier is not None:
+        check_local_dp(args.local_noise_multiplier, args.local_max_grad_norm)
+        if not 0 < args.delta < 1:
+            raise ValueError("--delta must be in (0, 1)")
+
+
+def weighting(args) -> str:
+    """The weighting the run uses: as given, else uniform under --dp and examples otherwise."""
+    return args.weighting or ("uniform" if args.dp else "examples")
+
+
+def expected_weight(args, rows: list, sampled: int) -> float | None:
+    """D of the capped weighting, q W = (sampled / K) sum_k min(n_k / cap, 1) from the public
+    partition sizes; with secret counts the sampled clients (each taken at the cap)."""
+    if weighting(args) != "capped":
+        return None
+    if args.secret_counts:
+        return float(sampled)
+    return sampled / len(rows) * sum(min(n / args.weight_cap, 1.0) for n in rows)
 
 
 def partition(labels: list, clients: int, scheme: str, alpha: float, seed: int) -> list:
@@ -148,6 +190,16 @@ def _privacy(args, sample_rate: float):
             "sampling_rate": sample_rate, "rounds": args.rounds, "accountant": "rdp",
             "epsilon": epsilon(sigma, sample_rate, args.rounds, args.delta),
             "epsilon_without_amplification": epsilon(sigma, 1.0, args.rounds, args.delta)}
+
+
+def _local_privacy(args, rounds: list) -> dict:
+    """The clients' local DP-SGD settings and each one's last reported epsilon (example level;
+    reported with --aggregation mpc and public counts, see client.train_reply)."""
+    latest = {}
+    for info in rounds:
+        latest.update(info.get("local_epsilon", {}))
+    return {"noise_multiplier": args.local_noise_multiplier, "max_grad_norm": args.local_max_grad_norm,
+            "delta": args.delta, "accountant": "rdp", "epsilon": dict(sorted(latest.items()))}
 
 
 def _plot(path, rounds, accuracies, title):
@@ -199,18 +251,28 @@ def run(args, out=sys.stdout) -> int:
         paths.append(str(path.absolute()))
     sampled = max(math.ceil(args.clients * args.fraction_train), args.min_clients)
     privacy = _privacy(args, sampled / args.clients)
+    denominator = expected_weight(args, [len(p) for p in parts], sampled)
+    local_dp = args.local_noise_multiplier is not None
     settings = LocalSettings(labels=len(names), mode=args.mode, seq_len=args.seq_len, local_epochs=args.local_epochs,
-                             batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+                             batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                             noise_multiplier=args.local_noise_multiplier or 0.0,
+                             max_grad_norm=args.local_max_grad_norm or 1.0, delta=args.delta)
     certs = outdir / "certs"
     secure = args.aggregation == "mpc"
     if secure:
         tls.make_certs(certs, args.aggregators, dealer=True, owners=[f"client-{k}" for k in range(args.clients)])
         tls.make_cert(tls.load_ca(tls.default_ca_dir(certs)), handoff.SERVER_IDENTITY, certs)
     fail = frozenset(int(p) for p in args.fail_clients.split(",") if p)
-    clients = client_app(settings, paths, str(certs.absolute()), secure=secure, send_loss=not args.dp, fail=fail)
+    clients = client_app(settings, paths, str(certs.absolute()), secure=secure, send_loss=not (args.dp or local_dp),
+                         fail=fail)
     test_texts, test_labels = [texts[i] for i in test_idx], np.array([labels[i] for i in test_idx])
     evaluator = LocalModel(settings)
     initial = ArrayRecord({n: v for n, v in evaluator.trainable_state().items()})
+    if privacy:           # one client's reach into the aggregate, to which the noise is calibrated
+        privacy.update(weighting=weighting(args), weight_cap=args.weight_cap, expected_weight=denominator,
+                       sensitivity=aggregation.aggregate_sensitivity(
+                           privacy["clipping_norm"], sum(a.numel() for a in evaluator.trainable_state().values()),
+                           FRAC_BITS, denominator or sampled, args.weight_cap))
     state = {"error": None, "accuracy": [], "rounds": []}
     bar = tqdm(total=args.rounds, desc="federated rounds", unit="round", file=out, dynamic_ncols=True)
 
@@ -226,29 +288,44 @@ def run(args, out=sys.stdout) -> int:
             bar.set_postfix(postfix)
         return MetricRecord({"accuracy": accuracy})
 
-    aggregators = None
-    if secure:
+    launches = []             # each `mpcft launch` of the aggregators (a new one after a failure), with its ports
+
+    def launch():
         ports = free_ports(args.aggregators)
         listen = ",".join(f"127.0.0.1:{p}" for p in ports)
-        logs = open(outdir / "aggregators.log", "w", encoding="utf-8")
-        aggregators = subprocess.Popen(
+        logs = open(outdir / "aggregators.log", "a", encoding="utf-8")     # appends, whichever launch writes
+        launches.append((subprocess.Popen(
             [sys.executable, "-m", "mpcft.cli", "launch", "-n", str(args.aggregators), "--dealer",
              "--certs", str(certs), "--timeout", str(args.timeout), "-m", "mpcft.federated.aggregator",
              "--listen", listen, "--server-timeout", str(args.timeout)],
-            stdout=logs, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=logs, stderr=subprocess.STDOUT, start_new_session=True), ports))
+
+    def link():
+        return Aggregators.connect([("127.0.0.1", p) for p in launches[-1][1]], certs, timeout=args.timeout,
+                                   connect_timeout=args.timeout)
+
+    def relaunch():
+        """A fresh aggregator session after one failed: the broken one stopped, a new one linked."""
+        _stop(launches[-1][0], 0)
+        launch()
+        return link()
+
+    if secure:
+        (outdir / "aggregators.log").write_text("", "utf-8")
+        launch()
 
     server = ServerApp()
 
     @server.main()
     def main(grid, context):
-        links = None
+        strategy = None
         try:
             common = dict(fraction_train=args.fraction_train, fraction_evaluate=0.0, min_train_nodes=sampled,
                           min_available_nodes=args.clients)
             if secure:
-                links = Aggregators.connect([("127.0.0.1", p) for p in ports], certs, timeout=args.timeout)
-                weighting = "uniform" if args.dp else args.weighting
-                strategy = SecureFedAvg(links, weighting=weighting, secret_counts=args.secret_counts,
+                strategy = SecureFedAvg(link(), weighting=weighting(args), secret_counts=args.secret_counts,
+                                        restart_aggregators=relaunch,
+                                        weight_cap=args.weight_cap, expected_weight=denominator,
                                         clipping_norm=privacy["clipping_norm"] if privacy else args.clipping_norm,
                                         noise_multiplier=privacy["noise_multiplier"] if privacy else 0.0,
                                         noise_source=args.dp_noise, min_clients=args.min_clients,
@@ -260,8 +337,8 @@ def run(args, out=sys.stdout) -> int:
         except Exception as exc:     # noqa: BLE001 - reported as one line after the simulation
             state["error"] = exc
         finally:
-            if links is not None:
-                links.close()
+            if isinstance(strategy, SecureFedAvg) and not strategy.aggregators_failed:
+                strategy.aggregators.close()
 
     for name in ("flwr", "ray"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -271,7 +348,7 @@ def run(args, out=sys.stdout) -> int:
                                                                                      "log_to_driver": False}})
     bar.close()
     elapsed = time.perf_counter() - started
-    status = _stop(aggregators, args.timeout if state["error"] is None else 0) if secure else 0
+    status = _stop(launches[-1][0], args.timeout if state["error"] is None else 0) if secure else 0
     if state["error"] is not None:
         print(f"mpcft federated: error: {state['error']}", file=sys.stderr)
         return 1
@@ -280,10 +357,11 @@ def run(args, out=sys.stdout) -> int:
         return 1
     summary = {"clients": args.clients, "rounds": args.rounds, "partition": args.partition,
                "alpha": args.alpha if args.partition == "dirichlet" else None, "aggregation": args.aggregation,
-               "aggregators": args.aggregators if secure else 0, "weighting": "uniform" if args.dp else args.weighting,
+               "aggregators": args.aggregators if secure else 0, "weighting": weighting(args),
                "secret_counts": args.secret_counts, "mode": args.mode, "accuracy": state["accuracy"],
                "final_accuracy": state["accuracy"][-1], "seconds": elapsed, "rounds_detail": state["rounds"],
-               "client_rows": [len(p) for p in parts], "privacy": privacy}
+               "client_rows": [len(p) for p in parts], "aggregator_sessions": len(launches), "privacy": privacy,
+               "local_privacy": _local_privacy(args, state["rounds"]) if local_dp else None}
     (outdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), "utf-8")
     _plot(outdir / "accuracy.png", list(range(len(state["accuracy"]))), state["accuracy"],
           f"{args.aggregation} FedAvg, {args.clients} clients, {args.partition}")
@@ -292,5 +370,9 @@ def run(args, out=sys.stdout) -> int:
         print(f"epsilon {privacy['epsilon']:.3f} at delta {args.delta:g} (client level, sigma "
               f"{privacy['noise_multiplier']:.3f}, q {privacy['sampling_rate']:.2f}, {args.rounds} rounds; "
               f"{privacy['epsilon_without_amplification']:.3f} without amplification by sampling)", file=out)
+    if local_dp and summary["local_privacy"]["epsilon"]:
+        print(f"local DP-SGD: epsilon up to {max(summary['local_privacy']['epsilon'].values()):.3f} at delta "
+              f"{args.delta:g} (example level, sigma {args.local_noise_multiplier:g}, per client in the summary)",
+              file=out)
     print(f"wrote {outdir / 'summary.json'} and {outdir / 'accuracy.png'} in {elapsed:.0f} s", file=out)
     return 0

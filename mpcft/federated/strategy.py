@@ -8,7 +8,9 @@ update instead of arrays; the strategy relays part r of every reply to aggregato
 The Flower server sees ciphertexts and the aggregate only. Clients that fail or miss the
 round's deadline are simply not in it (their contributions are complete on their own, so
 nothing needs recovering); fewer than min_clients usable updates skips the round with an
-error line, and a failed aggregator ends the run.
+error line. A failed aggregator ends the round (its session is gone on every side): with
+restart_aggregators the strategy links to a fresh aggregator session before the next round,
+without it the run ends.
 """
 import pathlib
 import secrets
@@ -66,8 +68,11 @@ class Aggregators:
         round; parts[r] = [(client, sealed part for aggregator r)]."""
         for rank, sock in enumerate(self.sockets):
             body = b"".join(blob for _, blob in parts[rank])
-            handoff.send_message(sock, dict(header, parts=[[c, len(b)] for c, b in parts[rank]]), body,
-                                 f"aggregator {rank}")
+            try:
+                handoff.send_message(sock, dict(header, parts=[[c, len(b)] for c, b in parts[rank]]), body,
+                                     f"aggregator {rank}")
+            except handoff.HandoffError as exc:
+                raise AggregatorError(f"aggregator {rank} failed in round {header['round']}: {exc}") from None
         total, used, rejected, errors = np.zeros(numel, dtype=np.int64), None, {}, []
         for rank, sock in enumerate(self.sockets):
             try:
@@ -89,10 +94,13 @@ class Aggregators:
             raise RoundSkipped("; ".join(errors))
         return total, used, rejected
 
-    def close(self) -> None:
+    def close(self, done: bool = True) -> None:
+        """Close the links, first telling every aggregator the run is done (done) or not (a
+        broken session: the survivors see the link close and end)."""
         for rank, sock in enumerate(self.sockets):
             try:
-                handoff.send_message(sock, {"type": "done"}, b"", f"aggregator {rank}")
+                if done:
+                    handoff.send_message(sock, {"type": "done"}, b"", f"aggregator {rank}")
             except handoff.HandoffError:
                 pass
             sock.close()
@@ -105,16 +113,24 @@ class RoundSkipped(RuntimeError):
 class SecureFedAvg(FedAvg):
     """FedAvg whose aggregation runs in MPC (mpcft.federated.aggregation.secure_fedavg).
 
-    weighting "examples" (n_k / n, as FedAvg; secret_counts keeps n_k from everyone) or
-    "uniform" (1/K, K the clients sampled: DP-FedAvg); clipping_norm C clips each update in
-    MPC; noise_multiplier sigma adds N(0, (sigma C')^2) to the sum, no party knowing it.
+    weighting "examples" (n_k / n, as FedAvg; secret_counts keeps n_k from everyone), "uniform"
+    (1/K, K the clients sampled: DP-FedAvg) or "capped" (min(n_k, weight_cap) / (weight_cap D),
+    D = expected_weight, the public expected sum of min(n_k / weight_cap, 1) over a round's
+    clients, q W in McMahan et al. 2018; default K; n_k public or secret); clipping_norm C clips
+    each update in MPC; noise_multiplier sigma adds N(0, (sigma C')^2) to the sum, no party knowing it.
+    restart_aggregators: a callable returning new Aggregators (a fresh aggregator session), called
+    before the round after one in which an aggregator failed; None: such a failure ends the run.
     """
 
     def __init__(self, aggregators: Aggregators, *, weighting: str = "examples", secret_counts: bool = False,
                  clipping_norm: float | None = None, noise_multiplier: float = 0.0, noise_source: str = "dealer",
-                 frac_bits: int = FRAC_BITS, min_clients: int = 1, on_round=None, **fedavg):
+                 weight_cap: int | None = None, expected_weight: float | None = None,
+                 frac_bits: int = FRAC_BITS, min_clients: int = 1, on_round=None, restart_aggregators=None,
+                 **fedavg):
         super().__init__(**fedavg)
         self.aggregators, self.weighting, self.secret_counts = aggregators, weighting, secret_counts
+        self.weight_cap, self.expected_weight = weight_cap, expected_weight
+        self.restart_aggregators, self.aggregators_failed = restart_aggregators, False
         self.clipping_norm, self.noise_multiplier, self.noise_source = clipping_norm, noise_multiplier, noise_source
         self.frac_bits, self.min_clients, self.on_round = frac_bits, min_clients, on_round
         self.federation = secrets.token_hex(16)
@@ -122,6 +138,8 @@ class SecureFedAvg(FedAvg):
         self.history: list = []
 
     def configure_train(self, server_round, arrays, config, grid):
+        if self.aggregators_failed:           # the last round lost an aggregator: a fresh session
+            self.aggregators, self.aggregators_failed = self.restart_aggregators(), False
         config = ConfigRecord(dict(config, **{"mpcft-federation": self.federation,
                                              "mpcft-secret-counts": self.secret_counts,
                                              "mpcft-frac-bits": self.frac_bits,
@@ -129,6 +147,14 @@ class SecureFedAvg(FedAvg):
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self._sent[server_round] = (arrays, len(messages))
         return messages
+
+    def _skip(self, info: dict, reason: str, **extra):
+        """A round that leaves the global model as it was (FedAvg's (None, None))."""
+        info.update(skipped=reason, **extra)
+        self.history.append(info)
+        if self.on_round:
+            self.on_round(info)
+        return None, None
 
     def aggregate_train(self, server_round, replies):
         arrays, planned = self._sent.pop(server_round)
@@ -151,23 +177,30 @@ class SecureFedAvg(FedAvg):
                   "weighting": self.weighting, "planned_clients": max(planned, 1),
                   "min_clients": self.min_clients,
                   "clipping_norm": self.clipping_norm or 0.0, "noise_multiplier": self.noise_multiplier,
-                  "noise_source": self.noise_source}
+                  "noise_source": self.noise_source, "weight_cap": self.weight_cap or 0,
+                  "expected_weight": self.expected_weight or 0.0}
         started = time.perf_counter()
         info = {"round": server_round, "sampled": planned, "replied": len(valid),
                 "failed": len(replies) - len(valid)}
         try:
             total, used, rejected = self.aggregators.aggregate(header, parts, spec.numel)
+        except AggregatorError as exc:
+            if self.restart_aggregators is None:
+                raise
+            self.aggregators.close(done=False)
+            self.aggregators_failed = True
+            return self._skip(info, str(exc), aggregator_failed=True)
         except RoundSkipped as exc:
-            info.update(skipped=str(exc))
-            self.history.append(info)
-            if self.on_round:
-                self.on_round(info)
-            return None, None
+            return self._skip(info, str(exc))
         delta = FixedPoint(self.frac_bits).decode(torch.from_numpy(total))
         new = {name: torch.from_numpy(np.asarray(state[name], dtype=np.float64)) + d
                for name, d in spec.unflatten(delta).items()}
-        info.update(used=len(used), rejected=rejected, aggregation_s=time.perf_counter() - started,
+        info.update(used=len(used), clients=used, rejected=rejected, aggregation_s=time.perf_counter() - started,
                     parts_bytes=sum(len(b) for rank_parts in parts for _, b in rank_parts))
+        local = {str(m.content[REPLY_KEY]["client"]): float(m.content["metrics"]["local-epsilon"]) for m in valid
+                 if "metrics" in m.content and "local-epsilon" in m.content["metrics"]}
+        if local:                 # the clients' own local DP-SGD epsilon (example level)
+            info.update(local_epsilon=local)
         losses = [float(m.content["metrics"]["train_loss"]) for m in valid
                   if "metrics" in m.content and "train_loss" in m.content["metrics"]]
         metrics = MetricRecord({"train_loss": float(np.mean(losses)) if losses else 0.0,

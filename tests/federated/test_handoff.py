@@ -302,6 +302,7 @@ def request():
             "layout": [["layer.bias", [7]], ["layer.weight", [5, 7]], ["scalar", []]],
             "frac_bits": 16, "secret_counts": False, "weighting": "examples", "planned_clients": 4,
             "min_clients": 2, "clipping_norm": 0.0, "noise_multiplier": 0.0, "noise_source": "dealer",
+            "weight_cap": 0, "expected_weight": 0.0,
             "parts": [["client-0", 700], ["client-1", 702], ["client-2", 0]]}
 
 
@@ -321,6 +322,8 @@ def test_a_valid_request_parses():
     parsed = parse_request(dp, MAX_BODY)
     assert parsed["clipping_norm"] == 1.5 and parsed["noise_multiplier"] == 1.1 and parsed["round"].secret_counts
     assert parse_request(dict(request(), clipping_norm=2), MAX_BODY)["clipping_norm"] == 2
+    capped = parse_request(dict(dp, weighting="capped", weight_cap=100, expected_weight=3.5), MAX_BODY)
+    assert (capped["weight_cap"], capped["expected_weight"], parsed["weight_cap"]) == (100, 3.5, None)
 
 
 @pytest.mark.parametrize("change", [
@@ -338,6 +341,11 @@ def test_a_valid_request_parses():
     {"noise_source": "server"},
     {"noise_multiplier": 1.0, "weighting": "examples", "clipping_norm": 1.0},   # noise needs uniform weights
     {"noise_multiplier": 1.0, "weighting": "uniform", "clipping_norm": 0.0},    # ... and a clipping norm
+    {"weight_cap": -1}, {"weight_cap": 2.0}, {"weight_cap": (1 << 24) + 1}, {"weight_cap": True},
+    {"expected_weight": -1.0}, {"expected_weight": math.nan}, {"expected_weight": math.inf}, {"expected_weight": "2"},
+    {"weighting": "capped", "weight_cap": 0, "clipping_norm": 1.0},              # capped weights need a cap
+    {"weighting": "capped", "weight_cap": 10, "clipping_norm": 0.0},             # ... and a clipping norm
+    {"weighting": "capped", "weight_cap": 1 << 24, "clipping_norm": 1e3},        # ... within the ring
     {"layout": None}, {"layout": {}}, {"layout": "layer"}, {"layout": [["a"]]}, {"layout": [["a", [1], 2]]},
     {"layout": [["a", [-1]]]}, {"layout": [["a", [1]], ["a", [2]]]}, {"layout": [["a", 5]]},
     {"layout": [["a", [math.inf]]]}, {"layout": [["a", [1.5]]]}, {"layout": [["a", [True]]]},

@@ -127,6 +127,16 @@ def test_secure_fedavg_equals_flower_fedavg_and_survives_client_faults(cluster):
                                             for k in range(CLIENTS))
         assert np.abs(new[name].numpy() - want.numpy()).max() < 1e-3
 
+    # capped weights (McMahan et al. 2018) with secret n_k: min(n_k, cap) / (cap D), the same clipping
+    capped = SecureFedAvg(links, weighting="capped", weight_cap=50, expected_weight=3.5, secret_counts=True,
+                          clipping_norm=clip, min_clients=2, fraction_evaluate=0.0, min_train_nodes=CLIENTS,
+                          min_available_nodes=CLIENTS)
+    new, _, _ = round_trip(capped, certs, 1, counts)
+    for name in SHAPES:
+        want = global_arrays(1)[name] + sum(min(counts[k], 50) / (50 * 3.5) * factors[k]
+                                            * capped.updates[k][name].clamp(-clip, clip) for k in range(CLIENTS))
+        assert np.abs(new[name].numpy() - want.numpy()).max() < 1e-3
+
     # a crashed client and a corrupted part: the round completes with the other three
     new, fedavg, metrics = round_trip(public, certs, 2, counts, {1: "error", 3: "corrupt"})
     assert metrics["clients"] == 3
