@@ -4,7 +4,8 @@
 part of a run: train), `outputs` (the revealed model, saved files, the summary), `plaintext`
 (the same run in plain torch, the baseline), `__main__` (the worker process), `predict` (the
 model folder that transformers.pipeline loads, and `mpcft predict`), `modeling_mpcft` (that
-folder's model classes, copied into it).
+folder's model classes, copied into it), `shares` (each party's trained shares and their
+manifest), `predict_shared` (`mpcft predict --shares`: prediction under MPC from them).
 
     from mpcft.finetune import FinetuneConfig, train
     with mpcft.init() as session:

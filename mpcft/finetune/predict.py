@@ -11,7 +11,9 @@ last hidden state over the attention mask, then the linear head; texts cut to th
 --seq-len).
 
 `mpcft predict` loads such a folder with the classes of this package (the folder's own
-modeling_mpcft.py is not run) and prints the label and its probability for each text.
+modeling_mpcft.py is not run) and prints the label and its probability for each text;
+`mpcft predict --shares RUN` predicts under MPC from a --no-reveal run's shares instead
+(mpcft.finetune.predict_shared), printing the same.
 """
 import csv
 import json
@@ -31,6 +33,7 @@ AUTO_MAP = {"AutoConfig": "modeling_mpcft.MpcftBertConfig",
             "AutoModel": "modeling_mpcft.MpcftBertModel",
             "AutoModelForSequenceClassification": "modeling_mpcft.MpcftBertForSequenceClassification"}
 DEFAULT_MODEL = "runs/finetune/model"
+DEFAULT_TIMEOUT = 600.0            # seconds per protocol step of a prediction under MPC
 
 
 def closing_special_tokens(tokenizer) -> int:
@@ -81,7 +84,9 @@ def load_classifier(model_dir):
     from transformers import AutoTokenizer
     model_dir = pathlib.Path(model_dir)
     if not model_dir.is_dir():
-        raise DataError(f"{model_dir}: no such model folder (mpcft finetune writes OUT/model/)")
+        hint = (f"; {model_dir.parent} kept its parameters shared (--no-reveal): predict from them with "
+                f"--shares {model_dir.parent}" if (model_dir.parent / "shares" / "party-0.json").is_file() else "")
+        raise DataError(f"{model_dir}: no such model folder (mpcft finetune writes OUT/model/){hint}")
     config_file = model_dir / "config.json"
     try:
         model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
@@ -134,40 +139,68 @@ def read_texts(path, text_column: str) -> list[str]:
     return [text for (text,) in read_columns(path, [text_column], "--text-column")]
 
 
-def add_predict_arguments(parser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="model folder written by mpcft finetune")
+def add_text_arguments(parser) -> None:
+    """Which texts to classify and where their predictions go (`mpcft predict`, and the
+    asking party of a prediction under MPC)."""
     parser.add_argument("--text", action="append", default=None, help="a text to classify (repeatable)")
     parser.add_argument("--input", default=None, help="CSV or TSV file of texts to classify")
     parser.add_argument("--text-column", default="sentence", help="column of --input holding the texts")
     parser.add_argument("--output", default=None,
-                        help="write text,label,score and each label's probability to this CSV "
-                             "instead of printing")
+                        help="write text,label,score (and with --model each label's probability) to "
+                             "this CSV instead of printing")
     parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass")
 
 
-def run_predict(args) -> int:
-    """`mpcft predict`: one line per text, label TAB probability TAB text (or --output CSV)."""
+def add_predict_arguments(parser) -> None:
+    parser.add_argument("--model", default=None,
+                        help=f"model folder written by mpcft finetune (default: {DEFAULT_MODEL})")
+    parser.add_argument("--shares", default=None, metavar="RUN",
+                        help="folder of a run trained with --no-reveal: predict under MPC from its parties' "
+                             "shares (only each text's label and probability are opened, to party 0)")
+    parser.add_argument("--parties", type=int, default=None,
+                        help="with --shares: the number of parties (default: the run's)")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help=f"with --shares: seconds per protocol step (default: {DEFAULT_TIMEOUT:g})")
+    add_text_arguments(parser)
+
+
+def requested_texts(args) -> list[str]:
+    """The texts of --text or --input; DataError (one line) for a request that cannot run."""
     if args.text is not None and args.input is not None:
         raise DataError("give the texts with --text or with --input FILE, not both")
     if args.text is None and args.input is None:
         raise DataError("no texts: give --text TEXT (repeatable) or --input FILE")
     if args.batch_size < 1:
         raise DataError(f"--batch-size must be at least 1, got {args.batch_size}")
-    texts = args.text if args.text is not None else read_texts(args.input, args.text_column)
-    tokenizer, model = load_classifier(args.model)
-    results = predict(tokenizer, model, texts, args.batch_size)
-    if args.output is None:
+    return args.text if args.text is not None else read_texts(args.input, args.text_column)
+
+
+def write_predictions(texts, results, output=None, names=None) -> None:
+    """One line per text, label TAB probability TAB text, or the CSV `output`: text, label,
+    score and, when `names` is given, each label's probability (results: [(label, score,
+    probabilities)])."""
+    if output is None:
         for text, (label, score, _) in zip(texts, results):
             print(f"{label}\t{score:.4f}\t{' '.join(text.split())}")
-        return 0
-    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        return
     try:
-        with open(args.output, "w", newline="", encoding="utf-8") as f:
+        with open(output, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
-            writer.writerow(["text", "label", "score"] + [f"p_{name}" for name in names])
+            writer.writerow(["text", "label", "score"] + [f"p_{name}" for name in names or []])
             for text, (label, score, probabilities) in zip(texts, results):
-                writer.writerow([text, label, f"{score:.6f}"] + [f"{p:.6f}" for p in probabilities])
+                writer.writerow([text, label, f"{score:.6f}"] + [f"{p:.6f}" for p in (probabilities if names else [])])
     except OSError as exc:
-        raise DataError(f"{args.output}: cannot write it: {exc.strerror or exc}") from None
-    print(f"mpcft predict: wrote {len(texts)} predictions to {args.output}")
+        raise DataError(f"{output}: cannot write it: {exc.strerror or exc}") from None
+    print(f"mpcft predict: wrote {len(texts)} predictions to {output}")
+
+
+def run_predict(args) -> int:
+    """`mpcft predict --model DIR`: one line per text, label TAB probability TAB text (or --output CSV)."""
+    for flag, value in (("--parties", args.parties), ("--timeout", args.timeout)):
+        if value is not None:
+            raise DataError(f"{flag} goes with --shares RUN (a prediction under MPC)")
+    texts = requested_texts(args)
+    tokenizer, model = load_classifier(args.model or DEFAULT_MODEL)
+    results = predict(tokenizer, model, texts, args.batch_size)
+    write_predictions(texts, results, args.output, [model.config.id2label[i] for i in range(model.config.num_labels)])
     return 0

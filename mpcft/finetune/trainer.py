@@ -11,7 +11,8 @@ output party (rank 0; --no-loss turns it off), and at the end the trained parame
 output party, which evaluates on its held-out split and saves a model that transformers loads
 back. With --no-reveal the parameters stay shared and the held-out split is evaluated under
 MPC, opening only the number of correct predictions to the output party (--eval-mpc does this
-beside the reveal). Trained shares are saved by every party.
+beside the reveal). Every party saves its trained shares with their manifest (shares.py), from
+which `mpcft predict --shares` predicts under MPC.
 """
 import pathlib
 import sys
@@ -32,6 +33,7 @@ from .config import FinetuneConfig
 from .outputs import revealed_model, save_outputs
 from .plaintext import train_plaintext
 from .private import PrivateTraining
+from .shares import save_trained_shares
 
 LOSS_LIMIT = 30.0   # cross-entropy of a run that has not diverged (chance level is log(labels))
 
@@ -163,8 +165,7 @@ def train(session, config: FinetuneConfig) -> dict | None:
     train_seconds = time.perf_counter() - started
     comm = session.comm.snapshot()
     out = pathlib.Path(config.out)
-    (out / "shares").mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out / "shares" / f"party-{rank}.pt")
+    save_trained_shares(ctx, out, model, config, names, encoder, count)
     mpc_acc = None
     if config.eval_mpc or not config.reveal or config.owner_shares:
         eval_start = time.perf_counter()
