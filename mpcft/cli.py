@@ -9,7 +9,7 @@
   mpcft dp-sweep --epsilons E [E ...] [--parties N] [fine-tuning options]
   mpcft audit [--canaries K] [--canary-repeats R] [--parties N] [fine-tuning options]
   mpcft share-data --certs DIR --name NAME --train my.csv --parties N --out shares/
-  mpcft predict [--model DIR] --text TEXT [--text ...] | --input my.csv [--output out.csv]
+  mpcft predict [--model DIR | --shares RUN] --text TEXT [--text ...] | --input my.csv [--output out.csv]
   mpcft federated [--clients K] [--rounds R] [--train my.csv] [--partition iid|dirichlet] [--dp ...]
 """
 import os
@@ -33,7 +33,8 @@ from mpcft.encoder import quiet_transformers
 from mpcft.finetune.audit import add_audit_arguments, run_audit
 from mpcft.finetune.checkpoint import resumed_config
 from mpcft.finetune.config import ConfigError, FinetuneConfig, HelpFormatter, add_arguments
-from mpcft.finetune.predict import add_predict_arguments, run_predict
+from mpcft.finetune.predict import DEFAULT_TIMEOUT, add_predict_arguments, run_predict
+from mpcft.finetune.private import check_noise_range
 from mpcft.finetune.sweep import add_sweep_arguments, run_sweep
 from mpcft.federated.flower_app import DEFAULTS as FLOWER_APP_DEFAULTS
 from mpcft.federated.handoff import SERVER_IDENTITY
@@ -114,7 +115,9 @@ def cmd_finetune(args):
     if config.resume:
         config = resumed_config(config, config.resume)
     config.check(args.parties)
-    check_data(config, args.parties)
+    counts = check_data(config, args.parties)
+    if config.dp and counts:
+        check_noise_range(config, sum(counts))
     fixed = os.environ.get(ENV_FIXED_SEEDS)
     return launch_finetune(config, args.parties, args.timeout, args.certs or run_certificates(config.out, args.parties),
                            bytes.fromhex(fixed) if fixed else None)
@@ -160,7 +163,13 @@ def cmd_flower_app(args):
 
 def cmd_predict(args):
     quiet_transformers()
-    return run_predict(args)
+    if args.shares is None:
+        return run_predict(args)
+    from mpcft.finetune import predict_shared      # imported here: `mpcft party -m` runs it as __main__
+    parties = predict_shared.check_request(args)
+    return launch(parties, ["-m", predict_shared.MODULE] + predict_shared.worker_arguments(args), dealer=True,
+                  timeout=args.timeout or DEFAULT_TIMEOUT, certs=run_certificates(args.shares, parties),
+                  passthrough_rank=0)
 
 
 def cmd_launch(args):
@@ -187,15 +196,34 @@ def cmd_party(args):
     except MPCRuntimeError as exc:
         status, line = failure_report(exc)
         print(f"mpcft party {args.rank}: {line}", file=sys.stderr, flush=True)
-        return status
+        exit_at_once(status)
+    except SystemExit as exc:                   # the program's own sys.exit(status)
+        if exc.code not in (0, None):
+            if not isinstance(exc.code, int):
+                print(exc.code, file=sys.stderr)
+            exit_at_once(exc.code if isinstance(exc.code, int) else 1)
+        raise
     return 0
+
+
+def exit_at_once(status: int):
+    """Ends a failed party or dealer process now (stdio flushed, os._exit): its peers and the
+    launcher see it go within the step timeout, not after the interpreter's teardown, whose
+    collection of a heap that holds a model takes seconds on a loaded host. Everything a run
+    keeps is already on disk (checkpoints are written atomically)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def cmd_dealer(args):
     server = DealerServer(cluster_config.load(args.config), args.handler, threads=args.threads)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     signal.signal(signal.SIGINT, lambda *_: server.stop())
-    return server.run()
+    status = server.run()
+    if status:
+        exit_at_once(status)
+    return status
 
 
 def main(argv=None):

@@ -7,54 +7,26 @@ The same program runs through `mpcft party` / `mpcft dealer` with the usual clus
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 
 import pytest
 
+from benchmarks.netns import Hosts, HostsUnavailable
 from mpcft.runtime import local_cluster
 
 PROGRAM = str(pathlib.Path(__file__).with_name("party_program.py"))
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(pathlib.Path(__file__).parent)] + sys.path))
 
 
-def ip(*args):
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=20)
-
-
 @pytest.fixture
 def namespaces():
     """Names of three namespaces (party 0, party 1, dealer) with addresses 10.231.0.1-3."""
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root")
-    if shutil.which("ip") is None:
-        pytest.skip("iproute2 (`ip`) is not installed")
-    tag = f"mpcft{os.getpid() % 100000}"
-    switch, hosts = f"{tag}-sw", [f"{tag}-h{i}" for i in range(3)]
-    created = []
     try:
-        try:
-            ip("netns", "add", switch)
-        except subprocess.CalledProcessError as exc:
-            pytest.skip(f"`ip netns add` failed: {exc.stderr.decode().strip()}")
-        created.append(switch)
-        ip("-n", switch, "link", "add", "br0", "type", "bridge")
-        ip("-n", switch, "link", "set", "br0", "up")
-        for i, host in enumerate(hosts):
-            ip("netns", "add", host)
-            created.append(host)
-            ip("-n", host, "link", "add", "eth0", "type", "veth", "peer", "name", f"port{i}",
-               "netns", switch)
-            ip("-n", host, "addr", "add", f"10.231.0.{i + 1}/24", "dev", "eth0")
-            ip("-n", host, "link", "set", "eth0", "up")
-            ip("-n", host, "link", "set", "lo", "up")
-            ip("-n", switch, "link", "set", f"port{i}", "master", "br0")
-            ip("-n", switch, "link", "set", f"port{i}", "up")
-        yield hosts
-    finally:
-        for name in reversed(created):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20)
+        with Hosts(3) as hosts:
+            yield hosts.names
+    except HostsUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.mark.timeout(120)
