@@ -167,7 +167,8 @@ def cmd_predict(args):
         return run_predict(args)
     from mpcft.finetune import predict_shared      # imported here: `mpcft party -m` runs it as __main__
     parties = predict_shared.check_request(args)
-    return launch(parties, ["-m", predict_shared.MODULE] + predict_shared.worker_arguments(args), dealer=True,
+    common, asker = predict_shared.worker_arguments(args)
+    return launch(parties, ["-m", predict_shared.MODULE] + common, rank_arguments={0: asker}, dealer=True,
                   timeout=args.timeout or DEFAULT_TIMEOUT, certs=run_certificates(args.shares, parties),
                   passthrough_rank=0)
 

@@ -3,6 +3,7 @@ processes, mutual TLS, the dealer) what the plaintext classifier made from the s
 parties' shares predicts, opening each text's label and probability to party 0 only; the
 several-hosts form (`mpcft party ... -m mpcft.finetune.predict_shared`); refusals in one line
 before any party starts."""
+import argparse
 import csv
 import json
 import os
@@ -19,6 +20,7 @@ import torch
 from mpcft.cli import main
 from mpcft.encoder import default_model_path, load_encoder
 from mpcft.finetune.predict import export_classifier, load_classifier, predict
+from mpcft.finetune import predict_shared
 from mpcft.finetune.predict_shared import MODULE, predict_under_mpc
 from mpcft.finetune.shares import SharesError
 from mpcft.kernels import FixedPoint
@@ -98,6 +100,16 @@ def assert_nothing_opened_to(output: str, texts, names):
     """A non-asking party's (or the dealer's) output: no text, no label, no score."""
     for word in [t.split()[0] for t in texts] + list(names) + ["0."]:
         assert word not in output, (word, output)
+
+
+def test_only_the_asking_party_is_given_the_texts():
+    """`mpcft predict --shares` puts the texts and the output file on rank 0's command line only
+    (launch's rank_arguments): the other parties' commands carry the run and sizes alone."""
+    request = argparse.Namespace(shares="run", text_column="sentence", batch_size=8, text=["a secret text"],
+                                 input="mine.csv", output="predictions.csv")
+    common, asker = predict_shared.worker_arguments(request)
+    assert not any(word in option for option in common for word in ("secret", "mine.csv", "predictions"))
+    assert "--text=a secret text" in asker and "--input=mine.csv" in asker
 
 
 @pytest.mark.timeout(600)

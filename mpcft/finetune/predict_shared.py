@@ -128,12 +128,13 @@ def check_request(args) -> int:
     return check_run(args.shares, args.parties)["parties"]
 
 
-def worker_arguments(args) -> list[str]:
-    """The worker's options for a `mpcft predict --shares` request `args`."""
+def worker_arguments(args) -> tuple[list[str], list[str]]:
+    """The worker's options for a `mpcft predict --shares` request `args`: (every party's,
+    rank 0's own: the texts, which no other party's command line carries)."""
     options = [f"--shares={args.shares}", f"--text-column={args.text_column}", f"--batch-size={args.batch_size}"]
-    options += [f"--text={text}" for text in args.text or []]
-    return options + [f"--{flag}={value}" for flag, value in (("input", args.input), ("output", args.output))
-                      if value is not None]
+    texts = [f"--text={text}" for text in args.text or []]
+    return options, texts + [f"--{flag}={value}" for flag, value in (("input", args.input), ("output", args.output))
+                             if value is not None]
 
 
 def parse(argv=None):

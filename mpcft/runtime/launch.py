@@ -74,11 +74,13 @@ def _stop_all(procs, grace):
 
 
 def launch(world_size, program, dealer=False, handler=None, tls=True, timeout=60.0,
-           connect_timeout=60.0, certs=None, grace=5.0, out=None, passthrough_rank=None, fixed_seeds=None):
+           connect_timeout=60.0, certs=None, grace=5.0, out=None, passthrough_rank=None, fixed_seeds=None,
+           rank_arguments=None):
     """Run `program` (["script.py", args...] or ["-m", "module", args...]) as `world_size`
     parties; returns the exit status (0 when every process succeeded).
 
     passthrough_rank: that rank writes straight to this terminal (progress bars), unprefixed.
+    rank_arguments: {rank: [args]} appended to that rank's program only (a party's own inputs).
     fixed_seeds: 32 bytes every seed of the run is derived from (tests of reproducibility
     only: INSECURE, see ClusterConfig.insecure_fixed_seeds).
     """
@@ -100,7 +102,8 @@ def launch(world_size, program, dealer=False, handler=None, tls=True, timeout=60
             env = dict(base, LOCAL_RANK=str(rank))
             env[ENV_RANK] = str(rank)
             commands[f"rank {rank}"] = ([sys.executable, "-m", "mpcft.cli", "party", "--config", str(path),
-                                         "--rank", str(rank)] + list(program), env)
+                                         "--rank", str(rank)] + list(program)
+                                        + list((rank_arguments or {}).get(rank, [])), env)
         procs, streams = {}, []
         stop = threading.Event()
         previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
