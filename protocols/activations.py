@@ -9,7 +9,9 @@ Steps: one comparison of x (bits = 32: |x| < 4096) gives ReLU(x), |x| and [x < 0
 (comparison.select_negative); one truncation round gives u = |x| / 4 and a coarse
 |x| at resolution 1/4; a short comparison (14 bits) of the coarse value gives [|x| < T]
 (exact except for |x| within 1/4 of T, where the correction is below 2e-4 either way);
-3 levels of powers of u; a product with a bit, which needs no truncation.
+2 more rounds of truncations give the powers of u (fixed.powers: products of truncated
+values are local); one truncation of the combination; a product with a bit, which needs
+no truncation.
 Saturation is exact: beyond +-T the outputs are ReLU(x) and +-1 (up to 2^-f).
 Reveals nothing but the output shares.
 """
@@ -21,7 +23,7 @@ import torch
 from . import beaver, fixed
 from .comparison import select_negative, sign_bit, sign_cost
 from .cost import Cost  # noqa: F401  (cost formulas below return Cost)
-from .truncation import truncate_cost, truncate_many
+from .truncation import truncate, truncate_cost, truncate_many
 
 DEGREE = 8
 T = 4.0
@@ -47,13 +49,14 @@ TANH_COEFFS = _fit(lambda t: 1 / (1 + np.exp(2 * t)), T)
 
 
 def _pieces(ctx, x: torch.Tensor, bits: int):
-    """ReLU(x), [x < 0], u = |x| / T and [|x| < T] (the bits arithmetic, scale 1)."""
+    """ReLU(x), [x < 0], the powers of u = |x| / T (fixed.powers) and [|x| < T] (bits: arithmetic, scale 1)."""
     neg_part, negative = select_negative(ctx, x, bits)
     relu = x - neg_part
     absolute = relu - neg_part
-    u, coarse = truncate_many(ctx, [(absolute, _U_SHIFT), (absolute, ctx.frac_bits - _COARSE_BITS)])
+    powers, (coarse,) = fixed.powers(ctx, absolute, _U_SHIFT, DEGREE,
+                                     extra=[(absolute, ctx.frac_bits - _COARSE_BITS)])
     inside = sign_bit(ctx, coarse - ctx.public(T * 2 ** _COARSE_BITS, frac_bits=0), _INSIDE_BITS)
-    return relu, negative, u, inside
+    return relu, negative, powers, inside
 
 
 def gelu(ctx, x: torch.Tensor, bits: int = 32, with_grad: bool = False):
@@ -61,13 +64,11 @@ def gelu(ctx, x: torch.Tensor, bits: int = 32, with_grad: bool = False):
 
     Max error about 3e-4 on the whole line. Cost: gelu_cost().
     """
-    relu, negative, u, inside = _pieces(ctx, x, bits)
-    powers = fixed.powers(ctx, u, DEGREE)
-    g = fixed.combine(ctx, powers, GELU_COEFFS[1:], GELU_COEFFS[0])
-    outputs = [g]
+    relu, negative, powers, inside = _pieces(ctx, x, bits)
+    combined = [fixed.combine_powers(ctx, powers, GELU_COEFFS[1:], GELU_COEFFS[0])]
     if with_grad:  # d/dx g(|x|) = sgn(x) g'(|x|), g' fitted on its own in the same powers
-        outputs.append(fixed.combine(ctx, powers, GELU_GRAD_COEFFS[1:], GELU_GRAD_COEFFS[0]))
-    gated = _mul_bits(ctx, outputs, inside)
+        combined.append(fixed.combine_powers(ctx, powers, GELU_GRAD_COEFFS[1:], GELU_GRAD_COEFFS[0]))
+    gated = _mul_bits(ctx, truncate_many(ctx, combined), inside)
     out = relu - gated[0]
     if not with_grad:
         return out
@@ -80,8 +81,8 @@ def gelu(ctx, x: torch.Tensor, bits: int = 32, with_grad: bool = False):
 
 def tanh(ctx, x: torch.Tensor, bits: int = 32) -> torch.Tensor:
     """tanh(x), max error about 7e-4. Cost: tanh_cost()."""
-    _, negative, u, inside = _pieces(ctx, x, bits)
-    r = fixed.polynomial(ctx, u, TANH_COEFFS)
+    _, negative, powers, inside = _pieces(ctx, x, bits)
+    r = truncate(ctx, *fixed.combine_powers(ctx, powers, TANH_COEFFS[1:], TANH_COEFFS[0]))
     (r_inside,) = _mul_bits(ctx, [r], inside)
     magnitude = ctx.public(1.0, x.shape) - 2 * r_inside
     sgn = ctx.public(1, x.shape, frac_bits=0) - 2 * negative
@@ -106,21 +107,20 @@ def _encode_bits(ctx, bits):
 
 
 def _pieces_cost(n: int, numel: int, bits: int) -> Cost:
-    return (sign_cost(n, numel, bits, with_product=True) + truncate_cost(n, 2 * numel)
+    return (sign_cost(n, numel, bits, with_product=True) + fixed.powers_cost(n, numel, DEGREE, extra=1)
             + sign_cost(n, numel, _INSIDE_BITS))
 
 
 def gelu_cost(n: int, numel: int, bits: int = 32, with_grad: bool = False) -> Cost:
-    total = (_pieces_cost(n, numel, bits) + fixed.powers_cost(n, numel, DEGREE)
-             + truncate_cost(n, numel))
+    total = _pieces_cost(n, numel, bits)
     if not with_grad:
-        return total + beaver.mul_cost(n, numel, numel)
-    return (total + truncate_cost(n, numel) + beaver.mul_cost(n, 2 * numel, numel)
+        return total + truncate_cost(n, numel) + beaver.mul_cost(n, numel, numel)
+    return (total + truncate_cost(n, 2 * numel) + beaver.mul_cost(n, 2 * numel, numel)
             + beaver.mul_cost(n, numel, numel))
 
 
 def tanh_cost(n: int, numel: int, bits: int = 32) -> Cost:
-    return (_pieces_cost(n, numel, bits) + fixed.polynomial_cost(n, numel, DEGREE)
+    return (_pieces_cost(n, numel, bits) + truncate_cost(n, numel)
             + beaver.mul_cost(n, numel, numel) + beaver.mul_cost(n, numel, numel))
 
 

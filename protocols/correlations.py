@@ -21,8 +21,12 @@ Kinds (params -> values, all as additive shares):
 - "trunc"(shape, bits): r uniform; r_top = msb(r); r_mid = (r mod 2^63) >> bits.
 - "and_triple"(words): binary (XOR-shared) packed words a, b uniform; c = a AND b.
 - "sign"(shape, bits, digit_bits): see protocols/comparison.py.
-- "powers"(shape, degree): a mask a_k for every power x^k used as a factor by
-  fixed.powers; a_i * a_j for every product x^i x^j of its schedule (power_levels).
+- "trunc_products"(shape, bits, pairs): a truncation mask r_i per entry m_i of `bits`, its
+  r_top_i and r_mid_i as for "trunc"; per pair (i, j) the cross products of the masks that
+  protocols/truncation.FusedTruncations needs to multiply the truncated outputs locally:
+  r_mid_i r_mid_j, r_mid_i r_top_j, r_top_i r_mid_j, and r_top_i r_top_j unless
+  m_i + m_j <= 62 (its coefficient 2^(126 - m_i - m_j) then vanishes mod 2^64); for i == j
+  only r_mid_i^2 and r_mid_i r_top_i (r_top_i^2 = r_top_i).
 - "dp_noise"(shape, variance_num, variance_den): a 256-bit key k uniform; noise z drawn from
   the discrete Gaussian of variance variance_num / variance_den (ring units) by the exact
   sampler (kernels/discrete_noise.py) on PRG(k). k = sum_i k_i is known to the dealer alone
@@ -104,28 +108,42 @@ def _sign(p):
             derive)
 
 
-def power_levels(degree: int) -> list:
-    """The product schedule of x, x^2, ..., x^degree: per level (newly opened factor exponents,
-    [(i, j) products giving x^(i+j)]); level L multiplies x^(2^L) by x^1, x^2, ..."""
-    levels, have, opened = [], 1, set()
-    while have < degree:
-        pairs = [(have, k) for k in range(1, min(have, degree - have) + 1)]
-        factors = sorted({e for pair in pairs for e in pair} - opened)
-        opened |= set(factors)
-        levels.append((factors, pairs))
-        have += len(pairs)
-    return levels
+MAX_FUSED_TRUNCATIONS = 64
 
 
-def _powers(p):
-    shape, levels = _shape(p["shape"]), power_levels(int(p["degree"]))
-    factors = sorted({f for new, _ in levels for f in new})
-    pairs = [pair for _, level in levels for pair in level]
+def cross_terms(bits_i: int, bits_j: int, same: bool) -> int:
+    """How many mask products a "trunc_products" pair (i, j) carries (see the module docstring)."""
+    return 2 if same else 3 + (bits_i + bits_j > RING_BITS - 2)
+
+
+def _trunc_products(p):
+    shape, bits, pairs = _shape(p["shape"]), p["bits"], p["pairs"]
+    if not 1 <= len(bits) <= MAX_FUSED_TRUNCATIONS or not all(
+            isinstance(m, int) and not isinstance(m, bool) and 0 < m < RING_BITS - 2 for m in bits):
+        raise ValueError(f"'trunc_products': bits must list 1 to {MAX_FUSED_TRUNCATIONS} shifts in "
+                         f"(0, {RING_BITS - 2}), got {bits!r}")
+    if (not isinstance(pairs, list) or len(pairs) > MAX_FUSED_TRUNCATIONS ** 2
+            or not all(isinstance(q, list) and len(q) == 2 and all(isinstance(i, int) and not isinstance(i, bool)
+                                                                for i in q) and 0 <= q[0] <= q[1] < len(bits)
+                       for q in pairs)
+            or len({tuple(q) for q in pairs}) != len(pairs)):
+        raise ValueError(f"'trunc_products': pairs must be distinct [i, j] with 0 <= i <= j < {len(bits)}, "
+                         f"got {pairs!r}")
 
     def derive(*masks):
-        by_exponent = dict(zip(factors, masks))
-        return [by_exponent[i] * by_exponent[j] for i, j in pairs]
-    return [(shape, ARITH)] * len(factors), [(shape, ARITH)] * len(pairs), derive
+        tops = [msb(r) for r in masks]
+        mids = [rshift_logical(low_bits(r, RING_BITS - 1), m) for r, m in zip(masks, bits)]
+        out = [v for top, mid in zip(tops, mids) for v in (top, mid)]
+        for i, j in pairs:
+            terms = [mids[i] * mids[j], mids[i] * tops[j]]
+            if i != j:
+                terms.append(tops[i] * mids[j])
+                if cross_terms(bits[i], bits[j], False) == 4:
+                    terms.append(tops[i] * tops[j])
+            out += terms
+        return out
+    derived = 2 * len(bits) + sum(cross_terms(bits[i], bits[j], i == j) for i, j in pairs)
+    return [(shape, ARITH)] * len(bits), [(shape, ARITH)] * derived, derive
 
 
 NOISE_KEY_WORDS = 4     # the dp_noise key: 4 ring elements, 256 bits
@@ -151,7 +169,7 @@ def _dp_laplace(p):
 
 # kind -> params -> ([(shape, binary)] random inputs, [(shape, binary)] derived values, derive)
 KINDS = {"triple": _triple, "matmul_triple": _matmul_triple, "square": _square, "trunc": _trunc,
-         "and_triple": _and_triple, "sign": _sign, "powers": _powers, "dp_noise": _dp_noise,
+         "and_triple": _and_triple, "sign": _sign, "trunc_products": _trunc_products, "dp_noise": _dp_noise,
          "dp_laplace": _dp_laplace}
 
 MAX_DIMS = 16
@@ -163,7 +181,7 @@ PARAMETERS = {"triple": {"shape_a": "shape", "shape_b": "shape"},
               "trunc": {"shape": "shape", "bits": (0, RING_BITS - 1)},
               "and_triple": {"words": (0, 1 << 40)},
               "sign": {"shape": "shape", "bits": (1, RING_BITS - 2), "digit_bits": (1, 8)},
-              "powers": {"shape": "shape", "degree": (1, 64)},
+              "trunc_products": {"shape": "shape", "bits": "list", "pairs": "list"},
               "dp_noise": {"shape": "shape", "variance_num": (1, (1 << 62) - 1),
                            "variance_den": (1, 1 << 55)},
               "dp_laplace": {"shape": "shape", "scale_num": (1, (1 << 62) - 1), "scale_den": (1, (1 << 62) - 1)}}
@@ -172,7 +190,10 @@ PARAMETERS = {"triple": {"shape_a": "shape", "shape_b": "shape"},
 def _check_parameter(kind: str, name: str, value, rule) -> None:
     def is_int(v):
         return isinstance(v, int) and not isinstance(v, bool)
-    if rule == "shape":
+    if rule == "list":       # checked by the kind itself
+        if not isinstance(value, list):
+            raise ValueError(f"{kind!r}: {name} must be a list, got {value!r}")
+    elif rule == "shape":
         if (not isinstance(value, (list, tuple)) or len(value) > MAX_DIMS
                 or not all(is_int(d) and 0 <= d < 1 << 40 for d in value)):
             raise ValueError(f"{kind!r}: {name} must be a list of at most {MAX_DIMS} sizes, got {value!r}")

@@ -1,18 +1,20 @@
 """Exponential of shared fixed-point values.
 
 exp(x) = p(x / 2^k)^(2^k) with p the degree-4 Taylor polynomial of e^y and k = 6 squarings.
+Every squaring multiplies the output of a truncation by itself, which is local
+(truncation.FusedTruncations): the polynomial takes 2 rounds and each squaring 1.
 For x in [-EXP_MIN_INPUT, EXP_MAX_INPUT] the absolute error is about 1e-4 near x = 0
 (fixed-point rounding, doubled by each squaring) and far smaller below; the approximation
 error e^x * |x|^5 / (120 * 64^4) is < 1e-8. Outside that range p(y)^64 is meaningless:
 softmax subtracts the row maximum first (inputs <= 0), and can clamp with clamp=True.
-Reveals nothing (products and truncations only). Cost: exp_cost() (18 rounds).
+Reveals nothing (truncations only). Cost: exp_cost() (9 rounds).
 """
 import torch
 
 from . import fixed
 from .comparison import relu, sign_cost
 from .cost import FREE, Cost
-from .truncation import truncate, truncate_cost
+from .truncation import FusedTruncations, truncate, truncate_cost
 
 SQUARINGS = 6
 EXP_MIN_INPUT = 150.0
@@ -25,16 +27,19 @@ def exp(ctx, x: torch.Tensor, clamp: bool = False, bits: int = 32) -> torch.Tens
     if clamp:  # max(x, -m) = -m + relu(x + m)
         m = EXP_MIN_INPUT
         x = relu(ctx, x + ctx.public(m), bits) + ctx.public(-m)
-    y = truncate(ctx, x, SQUARINGS)               # x / 64, stochastic rounding
-    z = fixed.polynomial(ctx, y, _TAYLOR)
-    for _ in range(SQUARINGS):
-        z = fixed.square(ctx, z)
-    return z
+    terms, _ = fixed.powers(ctx, x, SQUARINGS, len(_TAYLOR) - 1)     # y = x / 64 and its powers
+    acc, shift = fixed.combine_powers(ctx, terms, _TAYLOR[1:], _TAYLOR[0])
+    shifts = [shift] + [ctx.frac_bits] * (SQUARINGS - 1)
+    squarings = FusedTruncations(ctx, x.shape, shifts, [(i, i) for i in range(SQUARINGS)])
+    for i in range(SQUARINGS):                    # acc: p(y)^(2^i), untruncated
+        squarings.truncate({i: acc})
+        acc = squarings.product(i, i)
+    return truncate(ctx, acc)
 
 
 def exp_cost(n: int, numel: int, clamp: bool = False, bits: int = 32) -> Cost:
     total = sign_cost(n, numel, bits, with_product=True) if clamp else FREE
-    total = total + truncate_cost(n, numel) + fixed.polynomial_cost(n, numel, len(_TAYLOR) - 1)
-    for _ in range(SQUARINGS):
-        total = total + fixed.square_cost(n, numel)
+    total = total + fixed.powers_cost(n, numel, len(_TAYLOR) - 1)
+    for _ in range(SQUARINGS + 1):
+        total = total + truncate_cost(n, numel)
     return total

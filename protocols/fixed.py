@@ -2,15 +2,14 @@
 
 Shares encode x * 2^f. A product of two such values has 2f fractional bits and is brought
 back with one truncation (stochastic rounding, error < 2^-f). Independent products are
-batched so that a whole level costs one Beaver round and one truncation round.
+batched so that a whole level costs one Beaver round and one truncation round; powers of a
+value that comes out of a truncation need no Beaver round at all (truncation.FusedTruncations).
 """
 import torch
 
 from . import beaver
-from .correlations import power_levels
-from .cost import FREE, Cost, open_cost
-from .sharing import open_many
-from .truncation import truncate, truncate_cost, truncate_many
+from .cost import FREE, Cost
+from .truncation import FusedTruncations, truncate, truncate_cost
 
 
 def mul_public(ctx, x: torch.Tensor, value, extra_bits: int = 0) -> torch.Tensor:
@@ -45,33 +44,61 @@ def square(ctx, x) -> torch.Tensor:
     return truncate(ctx, beaver.square(ctx, x))
 
 
-def powers(ctx, x: torch.Tensor, degree: int) -> list:
-    """[x, x^2, ..., x^degree] in ceil(log2(degree)) levels of 2 rounds, each power opened once.
+def power_levels(degree: int) -> list:
+    """The product schedule of x, x^2, ..., x^degree: per level (exponents truncated in that
+    level's round, [(i, j) products giving x^(i+j)]); level L multiplies x^(2^L) by x^1, x^2, ..."""
+    levels, have, truncated = [], 1, set()
+    while have < degree:
+        pairs = [(have, k) for k in range(1, min(have, degree - have) + 1)]
+        factors = sorted({e for pair in pairs for e in pair} - truncated)
+        truncated |= set(factors)
+        levels.append((factors, pairs))
+        have += len(pairs)
+    return levels
 
-    Every power x^k that is a factor is opened masked, e_k = x^k - a_k, once, in the level
-    where it is first used; then x^i x^j = e_i e_j + e_i a_j + e_j a_i + a_i a_j is local,
-    with the dealer's shares of a_i a_j ("powers" correlation), and one truncation round per
-    level. Every opened e_k has its own uniform mask, so only the output shares result.
-    A degree-8 evaluation opens 4 factors instead of 13 with separate Beaver products.
+
+def powers(ctx, raw: torch.Tensor, bits: int, degree: int, extra=()) -> tuple:
+    """x = raw / 2^bits and x^2, ..., x^degree in len(power_levels(degree)) rounds (1 if degree is 1).
+
+    Level by level, the factors a level multiplies are truncated (one round), and their products
+    are local (truncation.FusedTruncations): x^k for k >= 2 comes back untruncated, at 2f
+    fractional bits. `extra`: (tensor, bits) truncations of raw's shape in the first round.
+    Returns ([x (f bits), x^2, ..., x^degree (2f bits)], [the extra truncations]). Reveals
+    only uniform openings. Cost: powers_cost(n, numel, degree, len(extra)).
     """
-    levels = power_levels(degree)
-    if not levels:
-        return [x]
-    correlation = ctx.correlation("powers", shape=list(x.shape), degree=degree)
-    factors = sorted({f for new, _ in levels for f in new})
-    masks = dict(zip(factors, correlation.random))
-    pair_number = {pair: i for i, pair in enumerate(p for _, level in levels for p in level)}
-    out, opened, cross = {1: x}, {}, None
-    for new, pairs in levels:
-        opened.update(zip(new, open_many(ctx, [out[k] - masks[k] for k in new])))
-        cross = cross if cross is not None else correlation.derived()
-        products = []
+    levels = power_levels(degree) or [([1], [])]
+    factors = [e for new, _ in levels for e in new]
+    index = {e: k for k, e in enumerate(factors)}
+    shifts = [bits if e == 1 else ctx.frac_bits for e in factors] + [m for _, m in extra]
+    fused = FusedTruncations(ctx, raw.shape, shifts, [(index[i], index[j]) for _, level in levels for i, j in level])
+    out = {}
+    for level, (new, pairs) in enumerate(levels):
+        parts = {index[e]: raw if e == 1 else out[e] for e in new}
+        if level == 0:
+            parts.update({len(factors) + k: x for k, (x, _) in enumerate(extra)})
+        truncated = fused.truncate(parts)
+        if level == 0:
+            out[1], extra_out = truncated[0], truncated[1:]
         for i, j in pairs:
-            product = opened[i] * masks[j] + opened[j] * masks[i] + cross[pair_number[(i, j)]]
-            products.append(product + opened[i] * opened[j] if ctx.rank == 0 else product)
-        for (i, j), value in zip(pairs, truncate_many(ctx, [(p, ctx.frac_bits) for p in products])):
-            out[i + j] = value
-    return [out[k] for k in range(1, degree + 1)]
+            out[i + j] = fused.product(index[i], index[j])
+    return [out[k] for k in range(1, degree + 1)], extra_out
+
+
+def combine_powers(ctx, terms, coeffs, constant: float = 0.0) -> tuple:
+    """(acc, shift): constant + sum_k coeffs[k] x^(k+1) for powers' terms, untruncated at
+    S = 2f + e fractional bits, e = 60 - 2f (coefficients rounded at 2^-e), and the shift
+    S - f that truncation takes it back to f bits with. Valid while the result is below
+    2^(62 - S) = 4 in absolute value; the terms themselves may wrap (ring sums are exact)."""
+    f = ctx.frac_bits
+    extra = 60 - 2 * f
+    if extra < 0:
+        raise ValueError(f"combine_powers needs f <= 30 fractional bits, got {f}")
+    acc = terms[0] * round(float(coeffs[0]) * 2.0 ** (f + extra))
+    for term, c in zip(terms[1:], coeffs[1:]):
+        acc = acc + term * round(float(c) * 2.0 ** extra)
+    if constant and ctx.rank == 0:
+        acc = acc + round(float(constant) * 2.0 ** (2 * f + extra))
+    return acc, f + extra
 
 
 def combine(ctx, terms, coeffs, constant=0.0, extra_bits: int = 0) -> torch.Tensor:
@@ -85,9 +112,11 @@ def combine(ctx, terms, coeffs, constant=0.0, extra_bits: int = 0) -> torch.Tens
     return acc + ctx.public(constant) if constant else acc
 
 
-def polynomial(ctx, x: torch.Tensor, coeffs) -> torch.Tensor:
-    """sum_k coeffs[k] x^k (coeffs[0] is the constant): powers + one truncation."""
-    return combine(ctx, powers(ctx, x, len(coeffs) - 1), coeffs[1:], coeffs[0])
+def polynomial(ctx, raw: torch.Tensor, bits: int, coeffs) -> torch.Tensor:
+    """sum_k coeffs[k] x^k for x = raw / 2^bits (coeffs[0] is the constant; |result| < 4):
+    powers + one truncation. Cost: polynomial_cost(n, numel, len(coeffs) - 1)."""
+    terms, _ = powers(ctx, raw, bits, len(coeffs) - 1)
+    return truncate(ctx, *combine_powers(ctx, terms, coeffs[1:], coeffs[0]))
 
 
 # ----- declared costs (per party; n parties; sizes in elements) -------------------------------
@@ -103,10 +132,10 @@ def square_cost(n: int, numel: int) -> Cost:
     return beaver.square_cost(n, numel) + truncate_cost(n, numel)
 
 
-def powers_cost(n: int, numel: int, degree: int) -> Cost:
+def powers_cost(n: int, numel: int, degree: int, extra: int = 0) -> Cost:
     total = FREE
-    for new, pairs in power_levels(degree):
-        total = total + open_cost(n, len(new) * numel) + truncate_cost(n, len(pairs) * numel)
+    for level, (new, _) in enumerate(power_levels(degree) or [([1], [])]):
+        total = total + truncate_cost(n, (len(new) + (extra if level == 0 else 0)) * numel)
     return total
 
 

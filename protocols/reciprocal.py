@@ -9,6 +9,8 @@ Range reduction with comparisons against public powers of two, then Newton itera
 reciprocal: thresholds every 2 binary orders, m in [1/4, 1); 1/m by y <- y (2 - m y) from
   the minimax line (relative error 0.22), 3 iterations: 0.22 -> 0.048 -> 2.3e-3 -> 5.3e-6.
 inv_sqrt: with even exponents, m = x * 4^-e' in [1/4, 1), 1/sqrt(m) by y <- y (3 - m y^2) / 2.
+Every iterate, m and every intermediate come out of a truncation, so their products are
+local (truncation.FusedTruncations): an iteration costs 2 truncation rounds and no Beaver one.
 log: log(x) = log(m) + (e+1) ln 2, log(m) by a degree-8 polynomial on [1/2, 1).
 Accuracy contract: relative error below 1e-4 for x in [lo, hi] given by the caller (the
 comparisons need |x - 2^j| < 2^(bits - f)); results outside [lo, hi] are clamped to the
@@ -19,10 +21,10 @@ import math
 import numpy as np
 import torch
 
-from . import fixed
+from . import beaver, fixed
 from .comparison import sign_bit, sign_cost
 from .cost import Cost
-from .truncation import truncate_cost
+from .truncation import FusedTruncations, truncate_cost
 
 
 def _exponent_onehot(ctx, x: torch.Tensor, thresholds: list, bits: int):
@@ -55,12 +57,45 @@ def reciprocal(ctx, x: torch.Tensor, lo: float = 1e-2, hi: float = 1e4, bits: in
     # interval k holds x in [2^(exps[k-1]), 2^(exps[k])): scale by 2^-exps[k] into [1/4, 1)
     tops = [exps[0]] + [j + _RECIPROCAL_STEP for j in exps]
     scale = _scale_sum(ctx, onehot, [2.0 ** -t for t in tops])
-    m = fixed.mul(ctx, x, scale)
-    y = fixed.mul_public(ctx, m, -_RECIPROCAL_SLOPE) + ctx.public(_RECIPROCAL_INTERCEPT)
-    for _ in range(3):
-        my = fixed.mul(ctx, m, y)
-        y = fixed.mul(ctx, y, ctx.public(2.0) - my)
-    return fixed.mul(ctx, y, scale)
+    pairs = [p for y in range(1, 2 * _ITERATIONS, 2) for p in ((0, y), (y, y + 1))]
+    newton = _Newton(ctx, beaver.mul(ctx, x, scale), -_RECIPROCAL_SLOPE, _RECIPROCAL_INTERCEPT,
+                     [ctx.frac_bits] * 2 * _ITERATIONS, pairs)
+    for y in range(1, 2 * _ITERATIONS, 2):       # y <- 2y - (m y) y
+        (m_y,) = newton.truncate(newton.product(0, y))
+        newton.truncate(newton.lifted(y, 2) - newton.product(y, m_y))
+    return fixed.mul(ctx, newton.outputs[-1], scale)
+
+
+class _Newton:
+    """Newton iterations on m = raw / 2^f from the linear guess y0 = slope m + intercept, each
+    value a truncation output (truncation.FusedTruncations), so that every product of two of
+    them is local and an iteration costs only its truncation rounds. Truncation 0 is m, 1 is
+    y0, then `shifts` in order; `pairs` are the products the iterations take."""
+
+    def __init__(self, ctx, raw, slope: float, intercept: float, shifts: list, pairs: list):
+        self.ctx, self.f = ctx, ctx.frac_bits
+        self.fused = FusedTruncations(ctx, raw.shape, [self.f, self.f] + shifts, pairs)
+        (m,) = self.fused.truncate({0: raw})
+        self.outputs = [m]
+        self.truncate(m * round(slope * 2.0 ** self.f) + _ring_constant(ctx, intercept, 2 * self.f))
+
+    def truncate(self, *raws) -> list:
+        """Truncate the next values together (one round); their indices."""
+        first = len(self.outputs)
+        self.outputs += self.fused.truncate({first + k: raw for k, raw in enumerate(raws)})
+        return list(range(first, len(self.outputs)))
+
+    def product(self, i: int, j: int):
+        return self.fused.product(i, j)
+
+    def lifted(self, i: int, factor: int):
+        """factor * output i at 2f fractional bits, to add to products of two outputs."""
+        return self.outputs[i] * (factor << self.f)
+
+
+def _ring_constant(ctx, value: float, frac_bits: int):
+    """Party 0's share of a public constant at frac_bits fractional bits (a Python int, broadcast)."""
+    return round(value * 2.0 ** frac_bits) if ctx.rank == 0 else 0
 
 
 def _minimax_reciprocal_line(a: float, b: float):
@@ -70,6 +105,7 @@ def _minimax_reciprocal_line(a: float, b: float):
     return beta, beta * (a + b)
 
 
+_ITERATIONS = 3
 _RECIPROCAL_STEP = 2       # thresholds every 2 binary orders: m in [1/4, 1), initial error 0.22
 _RECIPROCAL_SLOPE, _RECIPROCAL_INTERCEPT = _minimax_reciprocal_line(0.25, 1.0)
 
@@ -82,13 +118,14 @@ def inv_sqrt(ctx, x: torch.Tensor, lo: float = 1e-4, hi: float = 1e4, bits: int 
     tops = [exps[0]] + [j + 2 for j in exps]            # x * 2^-top in [1/4, 1)
     scale = _scale_sum(ctx, onehot, [2.0 ** -t for t in tops])
     root_scale = _scale_sum(ctx, onehot, [multiplier * 2.0 ** (-t / 2) for t in tops])
-    m = fixed.mul(ctx, x, scale)
-    y = fixed.mul_public(ctx, m, _RSQRT_SLOPE) + ctx.public(_RSQRT_INTERCEPT)
-    for _ in range(3):
-        y2 = fixed.square(ctx, y)
-        my2 = fixed.mul(ctx, m, y2)
-        y = fixed.mul(ctx, y, ctx.public(3.0) - my2, shift=1)
-    return fixed.mul(ctx, y, root_scale)
+    f = ctx.frac_bits
+    pairs = [p for y in range(1, 3 * _ITERATIONS, 3) for p in ((y, y), (0, y), (y + 1, y + 2))]
+    newton = _Newton(ctx, beaver.mul(ctx, x, scale), _RSQRT_SLOPE, _RSQRT_INTERCEPT, [f, f, f + 1] * _ITERATIONS,
+                     pairs)
+    for y in range(1, 3 * _ITERATIONS, 3):       # y <- (3y - (m y) y^2) / 2, in two rounds
+        y_squared, m_y = newton.truncate(newton.product(y, y), newton.product(0, y))
+        newton.truncate(newton.lifted(y, 3) - newton.product(y_squared, m_y))
+    return fixed.mul(ctx, newton.outputs[-1], root_scale)
 
 
 def _linear_fit(f, a: float, b: float):
@@ -110,27 +147,32 @@ def log(ctx, x: torch.Tensor, lo: float = 1e-4, hi: float = 1e4, bits: int = 40)
     tops = [exps[0]] + [j + 1 for j in exps]
     scale = _scale_sum(ctx, onehot, [2.0 ** -t for t in tops])
     offset = _scale_sum(ctx, onehot, [t * math.log(2.0) for t in tops])
-    m = fixed.mul(ctx, x, scale) + ctx.public(-0.75)                 # m - 3/4 in [-1/4, 1/4)
-    return fixed.polynomial(ctx, m, list(_LOG_COEFFS)) + offset
+    m = beaver.mul(ctx, x, scale) + ctx.public(-0.75, frac_bits=2 * ctx.frac_bits)  # (m - 3/4) 2^2f
+    return fixed.polynomial(ctx, m, ctx.frac_bits, list(_LOG_COEFFS)) + offset
 
 
 def _thresholds(lo: float, hi: float, step: int) -> int:
     return len(_range_exponents(lo, hi, step))
 
 
+def _newton_cost(n: int, numel: int, rounds: list) -> Cost:
+    """beaver product m * scale, truncations of m and y0, `rounds` (values truncated per round),
+    the final product with the scale."""
+    total = beaver.mul_cost(n, numel, numel) + truncate_cost(n, numel) + truncate_cost(n, numel)
+    for values in rounds:
+        total = total + truncate_cost(n, values * numel)
+    return total + fixed.mul_cost(n, numel, numel)
+
+
 def reciprocal_cost(n: int, numel: int, lo: float = 1e-2, hi: float = 1e4, bits: int = 40) -> Cost:
-    mul = fixed.mul_cost(n, numel, numel)
-    return (sign_cost(n, _thresholds(lo, hi, _RECIPROCAL_STEP) * numel, bits) + mul
-            + truncate_cost(n, numel) + Cost(6 * mul.rounds, 6 * mul.bytes_sent) + mul)
+    return (sign_cost(n, _thresholds(lo, hi, _RECIPROCAL_STEP) * numel, bits)
+            + _newton_cost(n, numel, [1, 1] * _ITERATIONS))
 
 
 def inv_sqrt_cost(n: int, numel: int, lo: float = 1e-4, hi: float = 1e4, bits: int = 40) -> Cost:
-    mul = fixed.mul_cost(n, numel, numel)
-    step = fixed.square_cost(n, numel) + mul + mul
-    return (sign_cost(n, _thresholds(lo, hi, 2) * numel, bits) + mul + truncate_cost(n, numel)
-            + Cost(3 * step.rounds, 3 * step.bytes_sent) + mul)
+    return sign_cost(n, _thresholds(lo, hi, 2) * numel, bits) + _newton_cost(n, numel, [2, 1] * _ITERATIONS)
 
 
 def log_cost(n: int, numel: int, lo: float = 1e-4, hi: float = 1e4, bits: int = 40) -> Cost:
-    return (sign_cost(n, _thresholds(lo, hi, 1) * numel, bits) + fixed.mul_cost(n, numel, numel)
+    return (sign_cost(n, _thresholds(lo, hi, 1) * numel, bits) + beaver.mul_cost(n, numel, numel)
             + fixed.polynomial_cost(n, numel, _LOG_DEGREE))

@@ -14,8 +14,9 @@ Reveals only c, which is uniform whatever x is.
 import torch
 
 from mpcft.kernels.fused import trunc_reconstruct
-from mpcft.kernels.ring import RING_BITS
+from mpcft.kernels.ring import RING_BITS, low_bits, msb, rshift_logical
 
+from .correlations import cross_terms
 from .cost import Cost, open_cost
 from .sharing import open_, open_many
 
@@ -57,3 +58,74 @@ def truncate_many(ctx, parts) -> list:
 
 def truncate_cost(n: int, numel: int) -> Cost:
     return open_cost(n, numel)
+
+
+class FusedTruncations:
+    """Truncations whose outputs multiply locally: one dealer correlation for a fixed schedule.
+
+    truncate gives y = P + M: P = (c_low >> m) + t c_top - 2^(62-m) is public once c is open,
+    M = -r_mid + t s r_top (t = 2^(63-m), s = 1 - 2 c_top, public) is linear in the dealer's
+    r_mid and r_top. So y_i y_j = P_i P_j + P_i M_j + P_j M_i + M_i M_j is local, given shares
+    of r_mid_i r_mid_j, r_mid_i r_top_j, r_top_i r_mid_j and r_top_i r_top_j ("trunc_products"):
+    a product of two truncated values needs no Beaver opening. Reveals only each uniform c,
+    as truncate does. Cost: truncate_cost(n, numel) per truncation; products are free.
+
+        fused = FusedTruncations(ctx, shape, bits=[6, 20], pairs=[(0, 0), (0, 1)])
+        (u,) = fused.truncate({0: x})        # one round: u = x / 2^6
+        uu = fused.product(0, 0)             # u * u exactly (2f fractional bits), no round
+    """
+
+    def __init__(self, ctx, shape, bits: list, pairs: list):
+        self.ctx, self.bits = ctx, [int(m) for m in bits]
+        self.pairs = [(min(i, j), max(i, j)) for i, j in pairs]
+        self.correlation = ctx.correlation("trunc_products", shape=list(shape), bits=self.bits,
+                                           pairs=[list(pair) for pair in self.pairs])
+        self._opened = {}     # index -> (P, s, M share)
+
+    def truncate(self, parts: dict) -> list:
+        """Shares of x / 2^bits[i] for every {i: x} (each index once), opened together: one round."""
+        if any(i in self._opened or not 0 <= i < len(self.bits) for i in parts):
+            raise ValueError(f"truncations {sorted(parts)}: each index of {len(self.bits)} is truncated once")
+        ctx, first = self.ctx, self.ctx.rank == 0
+        masks = self.correlation.random
+        opened = open_many(ctx, [x + masks[i] + ((1 << VALID_BITS) if first else 0) for i, x in parts.items()])
+        derived = self.correlation.derived()
+        out = []
+        for i, c in zip(parts, opened):
+            m, t = self.bits[i], 1 << (RING_BITS - 1 - self.bits[i])
+            r_top, r_mid = derived[2 * i], derived[2 * i + 1]
+            c_top = msb(c)
+            public = rshift_logical(low_bits(c, RING_BITS - 1), m) + c_top * t - (1 << (VALID_BITS - m))
+            sign = 1 - 2 * c_top
+            mask = sign * t * r_top - r_mid
+            self._opened[i] = (public, sign, mask)
+            out.append(mask + public if first else mask)
+        return out
+
+    def product(self, i: int, j: int) -> torch.Tensor:
+        """Shares of y_i * y_j mod 2^64 (fractional bits add up), for a declared pair."""
+        (i, j) = (min(i, j), max(i, j))
+        if (i, j) not in self.pairs or i not in self._opened or j not in self._opened:
+            raise ValueError(f"product ({i}, {j}) is not a declared pair of two truncated values")
+        derived = self.correlation.derived()
+        offset = 2 * len(self.bits) + sum(cross_terms(self.bits[a], self.bits[b], a == b)
+                                          for a, b in self.pairs[:self.pairs.index((i, j))])
+        (p_i, s_i, m_i), (p_j, s_j, m_j) = self._opened[i], self._opened[j]
+        t_i, t_j = (1 << (RING_BITS - 1 - self.bits[k]) for k in (i, j))
+        if i == j:
+            mid_mid, mid_top = derived[offset:offset + 2]
+            top_mid, top_top = mid_top, derived[2 * i]
+        else:
+            terms = derived[offset:offset + cross_terms(self.bits[i], self.bits[j], False)]
+            mid_mid, mid_top, top_mid = terms[:3]
+            top_top = terms[3] if len(terms) == 4 else None
+        # M_i M_j = r_mid_i r_mid_j - t_j s_j r_mid_i r_top_j - t_i s_i r_top_i r_mid_j + t_i t_j s_i s_j r_top_i r_top_j
+        z = p_i * m_j + p_j * m_i + mid_mid - (s_j * t_j) * mid_top - (s_i * t_i) * top_mid
+        if top_top is not None:
+            z += (s_i * s_j) * _signed((t_i * t_j) % (1 << RING_BITS)) * top_top
+        return z + p_i * p_j if self.ctx.rank == 0 else z
+
+
+def _signed(value: int) -> int:
+    """A ring element in [0, 2^64) as the int64 with the same bits."""
+    return value - (1 << RING_BITS) if value >= 1 << (RING_BITS - 1) else value

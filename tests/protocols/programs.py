@@ -142,7 +142,7 @@ def transcript(session, x, y):
     X * Y
     X @ Y.T
     X.square()
-    fixed.powers(ctx, X.share, 5)
+    fixed.powers(ctx, X.share, 4, 5)
     return [t.reshape(-1) for t in recording.received]
 
 
@@ -236,12 +236,28 @@ def tensor_nonlinear(session, x, device=None):
 
 
 def powers_program(session, x, degree, device=None):
-    """fixed.powers on party 0's x: decoded powers and the measured cost."""
+    """fixed.powers of party 0's x (given at 2f bits, truncated by f): decoded powers and the
+    measured cost."""
+    from mpcft.kernels import FixedPoint
     from mpcft.protocols import fixed
     ctx = MPCContext(session, device=device)
     X = owned(ctx, x, 0)
-    out, cost = measured(session, lambda: fixed.powers(ctx, X.share, degree))
-    return [ctx.fp.decode(sharing.open_(ctx, p)) for p in out], cost
+    (out, _), cost = measured(session, lambda: fixed.powers(ctx, X.share << ctx.frac_bits, ctx.frac_bits, degree))
+    scales = [ctx.fp] + [FixedPoint(2 * ctx.frac_bits)] * (degree - 1)
+    return [fp.decode(sharing.open_(ctx, p)) for fp, p in zip(scales, out)], cost
+
+
+def fused_truncations(session, xs, bits, pairs, device=None):
+    """FusedTruncations on party 0's ring values xs[i] (one round each, in index order): the
+    opened truncations, the opened products of every pair and the measured cost."""
+    from mpcft.protocols.truncation import FusedTruncations
+    ctx = MPCContext(session, device=device)
+    shares = [sharing.share(ctx, x if ctx.rank == 0 else None, 0, x.shape) for x in xs]
+    def run():
+        fused = FusedTruncations(ctx, xs[0].shape, bits, pairs)
+        return [fused.truncate({i: s})[0] for i, s in enumerate(shares)], [fused.product(i, j) for i, j in pairs]
+    (ys, prods), cost = measured(session, run)
+    return [sharing.open_(ctx, y) for y in ys], [sharing.open_(ctx, p) for p in prods], cost
 
 
 def prefetching(session, x, y, device=None):

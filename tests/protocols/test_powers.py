@@ -1,15 +1,15 @@
-"""fixed.powers (each factor opened once, dealer cross products) against float64."""
+"""fixed.powers (factors truncated level by level, their products local) against float64."""
 import pytest
 import torch
 
-from mpcft.protocols.correlations import CorrelationDealer, power_levels
-from mpcft.protocols.fixed import powers_cost
+from mpcft.protocols.correlations import CorrelationDealer
+from mpcft.protocols.fixed import power_levels, powers_cost
 from mpcft.runtime import run_threads
 
 from . import programs
 
 
-def test_schedule_opens_every_factor_once():
+def test_schedule_truncates_every_factor_once():
     levels = power_levels(8)
     assert levels == [([1], [(1, 1)]), ([2], [(2, 1), (2, 2)]), ([3, 4], [(4, 1), (4, 2), (4, 3), (4, 4)])]
     for degree in range(1, 20):
