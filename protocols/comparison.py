@@ -3,7 +3,8 @@
 sign_bit(x) gives arithmetic shares of s = [x < 0] for |x| < 2^L (L = `bits`, default 62).
 With dealer material r (uniform), one-hot digit planes of r mod 2^L, the masked bit
 bit_L(r) XOR beta and a random bit beta in arithmetic form:
-  1. open c = x + 2^L + r; x' = x + 2^L lies in [0, 2^(L+1)) and x >= 0 iff bit_L(x') = 1,
+  1. open c = x + 2^L + r mod 2^(L+1) (only the low bits of each share travel); x' = x + 2^L
+     lies in [0, 2^(L+1)) and x >= 0 iff bit_L(x') = 1,
      where bit_L(x') = bit_L(c) XOR bit_L(r) XOR borrow, borrow = [c mod 2^L < r mod 2^L];
   2. compare digit by digit (base 2^digit_bits): for each digit the one-hot planes give XOR
      shares of [c_g < r_g] and [c_g == r_g] locally, since c is public; combine the digits
@@ -18,11 +19,11 @@ Rounds: 2 + ceil(log2(ceil(L / digit_bits))). Bytes: sign_cost().
 import torch
 
 from mpcft.kernels.bits import compare_leaves, unpack_bits, words_for
-from mpcft.kernels.ring import bit, low_bits
+from mpcft.kernels.ring import RING_BITS, bit, low_bits
 
 from .binary import and_, open_bits
 from .cost import RING_BYTES, Cost
-from .sharing import open_, open_many
+from .sharing import open_low, open_low_cost
 
 FULL_BITS = 62   # any |x| < 2^62, the range of truncation
 DIGIT_BITS = 4
@@ -45,8 +46,8 @@ def sign_cost(n: int, numel: int, bits: int = FULL_BITS, digit_bits: int = DIGIT
     words = words_for(numel)
     levels = _tree_levels(-(-bits // digit_bits))
     opened_words = sum(2 * (lt + eq) * words for lt, eq in levels) + words
-    opened_ring = numel * (2 if with_product else 1)
-    return Cost(2 + len(levels), (opened_ring + opened_words) * RING_BYTES * (n - 1))
+    first = open_low_cost(n, [(numel, bits + 1)] + ([(numel, 64)] if with_product else []))
+    return Cost(2 + len(levels), first.bytes_sent + opened_words * RING_BYTES * (n - 1))
 
 
 def _sign(ctx, x: torch.Tensor, bits: int, digit_bits: int, with_product: bool):
@@ -58,10 +59,9 @@ def _sign(ctx, x: torch.Tensor, bits: int, digit_bits: int, with_product: bool):
     r, a, _ = correlation.random
     first = ctx.rank == 0
     c_share = x + r + (1 << bits) if first else x + r
-    if with_product:
-        c, d = open_many(ctx, [c_share, x - a])
-    else:
-        c, d = open_(ctx, c_share), None
+    # only c mod 2^(bits+1) is used: each party sends ceil((bits + 1) / 8) bytes of its share
+    opened = open_low(ctx, [(c_share, bits + 1)] + ([(x - a, RING_BITS)] if with_product else []))
+    c, d = opened[0], (opened[1] if with_product else None)
     onehot, masked_rbit, beta, a_beta = correlation.derived()
     # leaves: XOR shares of [c_g < r_g] and [c_g == r_g] for every digit g (local: c is public)
     lt, eq = compare_leaves(low_bits(c, bits), onehot, digit_bits)

@@ -5,7 +5,7 @@ x is shared as x = sum_i x_i mod 2^64. Any n-1 shares are uniform and independen
 import torch
 
 from mpcft.kernels.prg import PRG, derive_seed
-from mpcft.kernels.ring import check_ring
+from mpcft.kernels.ring import RING_BITS, check_ring, low_bits, rshift_logical
 
 from .cost import FREE, RING_BYTES, Cost, open_cost
 
@@ -74,6 +74,44 @@ def open_many(ctx, shares) -> list:
     return out
 
 
+def open_low(ctx, parts) -> list:
+    """[x mod 2^bits for (x, bits) in parts] in one round, each party sending only the low
+    ceil(bits / 8) bytes of each share (a sum mod 2^bits needs no more), so x mod 2^bits is
+    all that is revealed; bits = 64 opens x whole. Values in [0, 2^bits) (any int64 for 64).
+    Cost: open_low_cost(n, [(numel, bits), ...])."""
+    widths = [-(-int(bits) // 8) for _, bits in parts]
+    if any(not 1 <= int(bits) <= RING_BITS for _, bits in parts):
+        raise ValueError(f"open_low opens 1 to {RING_BITS} low bits, got {[bits for _, bits in parts]}")
+    packed = torch.cat([_low_bytes(x.reshape(-1), w) for (x, _), w in zip(parts, widths)])
+    gathered = ctx.session.all_gather(packed)
+    out, start = [], 0
+    for (x, bits), width in zip(parts, widths):
+        end = start + x.numel() * width
+        value = _sum([_join_bytes(g[start:end], width) for g in gathered])
+        out.append((value if bits == RING_BITS else low_bits(value, bits)).reshape(x.shape))
+        start = end
+    return out
+
+
+def _low_bytes(x: torch.Tensor, width: int) -> torch.Tensor:
+    """The low `width` bytes of each int64, least significant first, as a flat uint8 tensor."""
+    return torch.stack([rshift_logical(x, 8 * k) & 0xFF for k in range(width)], 1).to(torch.uint8).reshape(-1)
+
+
+def _join_bytes(data: torch.Tensor, width: int) -> torch.Tensor:
+    """Inverse of _low_bytes: int64 values from their low `width` bytes (higher bytes zero)."""
+    data = data.reshape(-1, width).to(torch.int64)
+    value = data[:, 0].clone()
+    for k in range(1, width):
+        value |= data[:, k] << (8 * k)
+    return value
+
+
+def open_low_cost(n: int, parts) -> Cost:
+    """parts: (numel, bits) pairs opened together by open_low."""
+    return Cost(1, sum(numel * -(-bits // 8) for numel, bits in parts) * (n - 1))
+
+
 def open_to(ctx, share_: torch.Tensor, receiver: int):
     """Reveal x to `receiver` only (others get None); nobody else learns anything.
 
@@ -94,5 +132,5 @@ def open_to_cost(n: int, numel: int, rank: int, receiver: int) -> Cost:
     return Cost(1, 0 if rank == receiver else numel * RING_BYTES)
 
 
-__all__ = ["share", "share_cost", "split_seeded", "seeded_share", "open_", "open_cost", "open_many", "open_to",
-           "open_to_cost"]
+__all__ = ["share", "share_cost", "split_seeded", "seeded_share", "open_", "open_cost", "open_many", "open_low",
+           "open_low_cost", "open_to", "open_to_cost"]
