@@ -47,3 +47,58 @@ def trunc_reconstruct_torch(c, r_top, r_mid, bits: int, first: bool):
     u = r_top * (1 - 2 * c_top) + (c_top if first else 0)
     y = (u << (RING_BITS - 1 - bits)) - r_mid
     return y + (rshift_logical(c_low, bits) - (1 << (RING_BITS - 2 - bits)) if first else 0)
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _truncated_product(c_i, c_j, y_i, y_j, mid_mid, mid_top, top_mid, top_top, bits_i, bits_j, top_top_coeff,
+                       first, out):
+    t_i, t_j = np.int64(1) << (RING_BITS - 1 - bits_i), np.int64(1) << (RING_BITS - 1 - bits_j)
+    off_i, off_j = np.int64(1) << (RING_BITS - 2 - bits_i), np.int64(1) << (RING_BITS - 2 - bits_j)
+    for k in numba.prange(out.size):
+        top_i, top_j = (c_i[k] >> 63) & 1, (c_j[k] >> 63) & 1
+        p_i = ((c_i[k] & _MASK63) >> bits_i) + top_i * t_i - off_i
+        p_j = ((c_j[k] & _MASK63) >> bits_j) + top_j * t_j - off_j
+        s_i, s_j = 1 - 2 * top_i, 1 - 2 * top_j
+        m_i, m_j = y_i[k], y_j[k]
+        if first:
+            m_i -= p_i
+            m_j -= p_j
+        z = p_i * m_j + p_j * m_i + mid_mid[k] - s_j * t_j * mid_top[k] - s_i * t_i * top_mid[k]
+        z += s_i * s_j * top_top_coeff * top_top[k]
+        if first:
+            z += p_i * p_j
+        out[k] = z
+
+
+def truncated_product(c_i, c_j, y_i, y_j, mask_products, bits_i: int, bits_j: int, first: bool):
+    """Shares of y_i * y_j for two truncation outputs (protocols/truncation.FusedTruncations).
+
+    c: the opened values, y: the output shares, bits: the shifts; mask_products: shares of
+    (r_mid_i r_mid_j, r_mid_i r_top_j, r_top_i r_mid_j, r_top_i r_top_j; any tensor for the
+    last where t_i t_j vanishes mod 2^64). With P = (c_low >>
+    bits) + t c_top - 2^(62-bits), t = 2^(63-bits), s = 1 - 2 c_top and M = y - P (P at the
+    first party only): z = P_i M_j + P_j M_i + M_i M_j (+ P_i P_j at the first party), where
+    M_i M_j = mm - t_j s_j mt - t_i s_i tm + t_i t_j s_i s_j tt. All tensors of one shape.
+    """
+    t_i, t_j = 1 << (RING_BITS - 1 - bits_i), 1 << (RING_BITS - 1 - bits_j)
+    top_top_coeff = (t_i * t_j) % (1 << RING_BITS)
+    top_top_coeff -= (1 << RING_BITS) if top_top_coeff >= 1 << (RING_BITS - 1) else 0
+    if c_i.device.type != "cpu":
+        return _truncated_product_torch(c_i, c_j, y_i, y_j, mask_products, bits_i, bits_j, first)
+    out = torch.empty(c_i.shape, dtype=torch.int64)
+    _truncated_product(*(t.contiguous().numpy().reshape(-1) for t in (c_i, c_j, y_i, y_j, *mask_products)),
+                       bits_i, bits_j, top_top_coeff, first, out.numpy().reshape(-1))
+    return out
+
+
+def _truncated_product_torch(c_i, c_j, y_i, y_j, mask_products, bits_i, bits_j, first):
+    mid_mid, mid_top, top_mid, top_top = mask_products
+    terms = []
+    for c, y, bits in ((c_i, y_i, bits_i), (c_j, y_j, bits_j)):
+        t, top = 1 << (RING_BITS - 1 - bits), msb(c)
+        public = rshift_logical(low_bits(c, RING_BITS - 1), bits) + top * t - (1 << (RING_BITS - 2 - bits))
+        terms.append((public, (1 - 2 * top) * t, y - public if first else y))
+    (p_i, st_i, m_i), (p_j, st_j, m_j) = terms
+    z = p_i * m_j + p_j * m_i + mid_mid - st_j * mid_top - st_i * top_mid
+    z = z + st_i * st_j * top_top              # t_i t_j wraps mod 2^64, as it should
+    return z + p_i * p_j if first else z

@@ -13,8 +13,8 @@ Reveals only c, which is uniform whatever x is.
 """
 import torch
 
-from mpcft.kernels.fused import trunc_reconstruct
-from mpcft.kernels.ring import RING_BITS, low_bits, msb, rshift_logical
+from mpcft.kernels.fused import trunc_reconstruct, truncated_product
+from mpcft.kernels.ring import RING_BITS
 
 from .correlations import cross_terms
 from .cost import Cost, open_cost
@@ -80,7 +80,7 @@ class FusedTruncations:
         self.pairs = [(min(i, j), max(i, j)) for i, j in pairs]
         self.correlation = ctx.correlation("trunc_products", shape=list(shape), bits=self.bits,
                                            pairs=[list(pair) for pair in self.pairs])
-        self._opened = {}     # index -> (P, s, M share)
+        self._opened = {}     # index -> (opened c, output share)
 
     def truncate(self, parts: dict) -> list:
         """Shares of x / 2^bits[i] for every {i: x} (each index once), opened together: one round."""
@@ -92,14 +92,8 @@ class FusedTruncations:
         derived = self.correlation.derived()
         out = []
         for i, c in zip(parts, opened):
-            m, t = self.bits[i], 1 << (RING_BITS - 1 - self.bits[i])
-            r_top, r_mid = derived[2 * i], derived[2 * i + 1]
-            c_top = msb(c)
-            public = rshift_logical(low_bits(c, RING_BITS - 1), m) + c_top * t - (1 << (VALID_BITS - m))
-            sign = 1 - 2 * c_top
-            mask = sign * t * r_top - r_mid
-            self._opened[i] = (public, sign, mask)
-            out.append(mask + public if first else mask)
+            out.append(trunc_reconstruct(c, derived[2 * i], derived[2 * i + 1], self.bits[i], first))
+            self._opened[i] = (c, out[-1])
         return out
 
     def product(self, i: int, j: int) -> torch.Tensor:
@@ -110,22 +104,11 @@ class FusedTruncations:
         derived = self.correlation.derived()
         offset = 2 * len(self.bits) + sum(cross_terms(self.bits[a], self.bits[b], a == b)
                                           for a, b in self.pairs[:self.pairs.index((i, j))])
-        (p_i, s_i, m_i), (p_j, s_j, m_j) = self._opened[i], self._opened[j]
-        t_i, t_j = (1 << (RING_BITS - 1 - self.bits[k]) for k in (i, j))
-        if i == j:
+        if i == j:      # r_mid^2, r_mid r_top; r_top r_mid is the same and r_top^2 = r_top
             mid_mid, mid_top = derived[offset:offset + 2]
-            top_mid, top_top = mid_top, derived[2 * i]
-        else:
+            terms = [mid_mid, mid_top, mid_top, derived[2 * i]]
+        else:           # the fourth only where t_i t_j does not vanish mod 2^64
             terms = derived[offset:offset + cross_terms(self.bits[i], self.bits[j], False)]
-            mid_mid, mid_top, top_mid = terms[:3]
-            top_top = terms[3] if len(terms) == 4 else None
-        # M_i M_j = r_mid_i r_mid_j - t_j s_j r_mid_i r_top_j - t_i s_i r_top_i r_mid_j + t_i t_j s_i s_j r_top_i r_top_j
-        z = p_i * m_j + p_j * m_i + mid_mid - (s_j * t_j) * mid_top - (s_i * t_i) * top_mid
-        if top_top is not None:
-            z += (s_i * s_j) * _signed((t_i * t_j) % (1 << RING_BITS)) * top_top
-        return z + p_i * p_j if self.ctx.rank == 0 else z
-
-
-def _signed(value: int) -> int:
-    """A ring element in [0, 2^64) as the int64 with the same bits."""
-    return value - (1 << RING_BITS) if value >= 1 << (RING_BITS - 1) else value
+            terms = terms + terms[:1] * (4 - len(terms))
+        (c_i, y_i), (c_j, y_j) = self._opened[i], self._opened[j]
+        return truncated_product(c_i, c_j, y_i, y_j, terms, self.bits[i], self.bits[j], self.ctx.rank == 0)

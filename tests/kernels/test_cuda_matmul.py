@@ -8,7 +8,7 @@ from hypothesis.extra import numpy as hnp
 
 from mpcft import kernels as K
 from mpcft.kernels import cuda_matmul as C
-from mpcft.kernels.fused import trunc_reconstruct
+from mpcft.kernels.fused import trunc_reconstruct, truncated_product
 
 from .refs import MOD, as_ints, signed, to_int64
 
@@ -200,3 +200,13 @@ def test_cuda_trunc_reconstruct_matches_the_cpu_kernel(bits, first):
     out = trunc_reconstruct(c.cuda(), r_top.cuda(), r_mid.cuda(), bits, first)
     assert out.device.type == "cuda"
     assert torch.equal(out.cpu(), trunc_reconstruct(c, r_top, r_mid, bits, first))
+
+
+@cuda
+@pytest.mark.parametrize("bits_i, bits_j", [(20, 20), (40, 30), (1, 61)])
+@pytest.mark.parametrize("first", [False, True])
+def test_cuda_truncated_product_matches_the_cpu_kernel(bits_i, bits_j, first):
+    tensors = [uniform((3, 1000), 30 + k, True) for k in range(8)]
+    out = truncated_product(*(t.cuda() for t in tensors[:4]), [t.cuda() for t in tensors[4:]], bits_i, bits_j, first)
+    assert out.device.type == "cuda"
+    assert torch.equal(out.cpu(), truncated_product(*tensors[:4], tensors[4:], bits_i, bits_j, first))

@@ -4,7 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mpcft.kernels import PRG
-from mpcft.kernels.fused import trunc_reconstruct, trunc_reconstruct_torch
+from mpcft.kernels.fused import (_truncated_product_torch, trunc_reconstruct, trunc_reconstruct_torch,
+                                 truncated_product)
 
 from .refs import MOD, signed
 
@@ -40,3 +41,32 @@ def test_trunc_reconstruct_keeps_shape_and_accepts_views():
     out = trunc_reconstruct(c, r_top, r_mid, 20, True)
     assert out.shape == (6, 4)
     assert torch.equal(out, trunc_reconstruct_torch(c, r_top, r_mid, 20, True))
+
+
+def product_reference(c_i, c_j, y_i, y_j, terms, bits_i, bits_j, first):
+    """truncated_product with Python ints: z = P_i M_j + P_j M_i + M_i M_j (+ P_i P_j)."""
+    out = []
+    for k, (ci, cj, yi, yj) in enumerate(zip(c_i.tolist(), c_j.tolist(), y_i.tolist(), y_j.tolist())):
+        mm, mt, tm, tt = (t[k].item() for t in terms)
+        p, s, t, m = [], [], [], []
+        for c, y, bits in ((ci % MOD, yi, bits_i), (cj % MOD, yj, bits_j)):
+            top = c >> 63
+            p.append(((c % 2**63) >> bits) + top * 2 ** (63 - bits) - 2 ** (62 - bits))
+            s.append(1 - 2 * top)
+            t.append(2 ** (63 - bits))
+            m.append(y - p[-1] if first else y)
+        z = p[0] * m[1] + p[1] * m[0] + mm - s[1] * t[1] * mt - s[0] * t[0] * tm + s[0] * s[1] * t[0] * t[1] * tt
+        out.append(signed(z + (p[0] * p[1] if first else 0)))
+    return out
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.integers(1, 61), st.integers(1, 61), st.booleans(),
+       st.integers(1, 200))
+def test_truncated_product_bit_exact(seed, bits_i, bits_j, first, size):
+    prg = PRG(seed)
+    c_i, c_j, y_i, y_j = (prg.ring(size) for _ in range(4))
+    terms = [prg.ring(size) for _ in range(4)]
+    want = product_reference(c_i, c_j, y_i, y_j, terms, bits_i, bits_j, first)
+    assert truncated_product(c_i, c_j, y_i, y_j, terms, bits_i, bits_j, first).tolist() == want
+    assert _truncated_product_torch(c_i, c_j, y_i, y_j, terms, bits_i, bits_j, first).tolist() == want
