@@ -17,7 +17,7 @@ import threading
 import time
 
 from .errors import PEER_FAILED_STATUS
-from .local import PASSIVE_OPENMP, local_cluster
+from .local import PARTY_ENVIRONMENT, local_cluster
 from .session import ENV_CLUSTER, ENV_RANK, ENV_WORLD_SIZE
 
 
@@ -92,7 +92,8 @@ def launch(world_size, program, dealer=False, handler=None, tls=True, timeout=60
         _, path = local_cluster(tmp, world_size, dealer=dealer, tls_enabled=tls, timeout=timeout,
                                 connect_timeout=connect_timeout, certs=certs, fixed_seeds=fixed_seeds)
         base = dict(os.environ, PYTHONUNBUFFERED="1", WORLD_SIZE=str(world_size))
-        base.setdefault(*PASSIVE_OPENMP)
+        for name, value in PARTY_ENVIRONMENT:
+            base.setdefault(name, value)
         base[ENV_CLUSTER], base[ENV_WORLD_SIZE] = str(path), str(world_size)
         commands = {}
         if dealer:
