@@ -12,7 +12,7 @@ import torch
 
 from mpcft.kernels import ring_matmul
 
-from .cost import RING_BYTES, Cost
+from .cost import Cost, open_cost
 from .sharing import open_, open_many
 
 
@@ -26,7 +26,7 @@ def mul(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def mul_cost(n: int, numel_x: int, numel_y: int) -> Cost:
-    return Cost(1, (numel_x + numel_y) * RING_BYTES * (n - 1))
+    return open_cost(n, numel_x + numel_y)
 
 
 def square(ctx, x: torch.Tensor) -> torch.Tensor:
@@ -45,7 +45,7 @@ def square(ctx, x: torch.Tensor) -> torch.Tensor:
 
 
 def square_cost(n: int, numel: int) -> Cost:
-    return Cost(1, numel * RING_BYTES * (n - 1))
+    return open_cost(n, numel)
 
 
 def matmul(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -73,5 +73,5 @@ def matmuls(ctx, pairs) -> list:
 
 
 def matmul_cost(n: int, numel_x: int, numel_y: int) -> Cost:
-    return Cost(1, (numel_x + numel_y) * RING_BYTES * (n - 1))
+    return open_cost(n, numel_x + numel_y)
 

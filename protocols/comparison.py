@@ -21,8 +21,8 @@ import torch
 from mpcft.kernels.bits import compare_leaves, unpack_bits, words_for
 from mpcft.kernels.ring import RING_BITS, bit, low_bits
 
-from .binary import and_, open_bits
-from .cost import RING_BYTES, Cost
+from .binary import and_, and_cost, open_bits
+from .cost import FREE, Cost, open_cost
 from .sharing import open_low, open_low_cost
 
 FULL_BITS = 62   # any |x| < 2^62, the range of truncation
@@ -45,9 +45,10 @@ def sign_cost(n: int, numel: int, bits: int = FULL_BITS, digit_bits: int = DIGIT
     """Cost of sign_bit (with_product: relu/select, which also open x - a)."""
     words = words_for(numel)
     levels = _tree_levels(-(-bits // digit_bits))
-    opened_words = sum(2 * (lt + eq) * words for lt, eq in levels) + words
-    first = open_low_cost(n, [(numel, bits + 1)] + ([(numel, 64)] if with_product else []))
-    return Cost(2 + len(levels), first.bytes_sent + opened_words * RING_BYTES * (n - 1))
+    total = open_low_cost(n, [(numel, bits + 1)] + ([(numel, 64)] if with_product else []))
+    for lt, eq in levels:
+        total = total + and_cost(n, (lt + eq) * words)
+    return total + open_cost(n, words)      # the opening of p
 
 
 def _sign(ctx, x: torch.Tensor, bits: int, digit_bits: int, with_product: bool):
@@ -137,7 +138,7 @@ def max_along(ctx, x: torch.Tensor, dim: int = -1, bits: int = FULL_BITS) -> tor
 
 def max_along_cost(n: int, numel: int, size: int, bits: int = FULL_BITS) -> Cost:
     """numel: elements of x; size: length of the reduced dimension."""
-    rows, total = numel // size, Cost(0, 0)
+    rows, total = numel // size, FREE
     while size > 1:
         total = total + sign_cost(n, rows * (size // 2), bits, with_product=True)
         size = size // 2 + size % 2

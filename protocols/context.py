@@ -8,16 +8,27 @@ import torch
 
 from mpcft.kernels import DEFAULT_FRACTIONAL_BITS, PRG, FixedPoint, derive_seed
 
+from .cost import check_opening
 from .sources import CorrelationSource, DealerCorrelations
 
 
 class MPCContext:
     """device: where shares live (default CPU). With "cuda", correlations and input shares
     are drawn on the CPU (the same AES streams) and moved there; the session moves opened
-    values through pinned host memory; ring products run on the GPU (kernels.cuda_matmul)."""
+    values through pinned host memory; ring products run on the GPU (kernels.cuda_matmul).
+
+    opening: how shares are opened to all (sharing.open_, open_many, open_low, binary.open_bits),
+    the same at every party. "all" (default): each party sends its share to the n-1 others, 1
+    round, (n-1) N elements sent per party. "king": reduce-scatter then all-gather: party j
+    receives chunk j (of n) of every share, sums and returns it, 2 rounds, 2 (n-1) ceil(N / n)
+    elements; fewer bytes from 3 parties on, one more round per opening. Both reveal exactly
+    the opened values, bit for bit the same in both. A cost formula `c` of "all" mode
+    becomes c.with_opening("king") (protocols/cost.py)."""
 
     def __init__(self, session, *, frac_bits: int = DEFAULT_FRACTIONAL_BITS,
-                 correlations: CorrelationSource | None = None, device=None):
+                 correlations: CorrelationSource | None = None, device=None, opening: str = "all"):
+        check_opening(opening)
+        self.opening = opening
         self.session = session
         self.device = torch.device(device or "cpu")
         self.rank = session.rank

@@ -4,24 +4,72 @@ Every protocol states its cost as a formula in the number of parties n and the t
 tests compare these against the session's communication counter. Bytes are payload bytes
 a party sends to the other parties (8 per ring element); rounds are sequential exchanges.
 Traffic with the dealer is accounted separately and is not part of these formulas.
+
+Formulas are stated for the all-to-all opening (MPCContext(opening="all")). Each one built with
++ from opening_cost (open_cost, open_low_cost, ...) keeps the list of its openings, each a tuple
+of segments (numel, bytes per element), so `cost.with_opening("king")` restates it exactly for
+MPCContext(opening="king"): an opening's 1 round and (n-1) sum(numel * width) bytes become
+2 rounds and sum 2 (n-1) ceil(numel / n) width bytes (king_open_cost per segment).
+Cost(rounds, bytes) written as bare numbers has unknown openings and with_opening("king")
+refuses it; Cost(rounds, bytes, ()) declares traffic that is no opening (open_to's gather),
+the same in both modes.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 RING_BYTES = 8
+OPENINGS = ("all", "king")
 
 
 @dataclass(frozen=True)
 class Cost:
     rounds: int
     bytes_sent: int
+    # ((n, ((numel, width), ...)), ...): one entry per opening; None: not known
+    openings: tuple | None = field(default=None, compare=False, repr=False)
 
     def __add__(self, other: "Cost") -> "Cost":
-        return Cost(self.rounds + other.rounds, self.bytes_sent + other.bytes_sent)
+        known = self.openings is not None and other.openings is not None
+        return Cost(self.rounds + other.rounds, self.bytes_sent + other.bytes_sent,
+                    self.openings + other.openings if known else None)
+
+    def with_opening(self, opening: str) -> "Cost":
+        """This (all-to-all) cost restated for MPCContext(opening=opening)."""
+        check_opening(opening)
+        if opening == "all":
+            return self
+        if self.openings is None:
+            raise ValueError(f"{self} is written as bare numbers, without its openings: build it "
+                             f"with + from opening costs to restate it for opening 'king'")
+        rounds, sent = self.rounds, self.bytes_sent
+        for n, segments in self.openings:
+            rounds += 1
+            sent += sum(king_open_cost(n, numel, width).bytes_sent - numel * width * (n - 1)
+                        for numel, width in segments)
+        return Cost(rounds, sent)
 
 
-FREE = Cost(0, 0)
+FREE = Cost(0, 0, ())
+
+
+def check_opening(opening: str) -> None:
+    if opening not in OPENINGS:
+        raise ValueError(f"opening must be one of {OPENINGS}, got {opening!r}")
+
+
+def opening_cost(n: int, segments) -> Cost:
+    """One all-to-all opening of `segments`, (numel, bytes per element) pairs sent together:
+    1 round, each party sends its share to the n-1 others."""
+    segments = tuple((int(numel), int(width)) for numel, width in segments)
+    return Cost(1, sum(numel * width for numel, width in segments) * (n - 1), ((n, segments),))
 
 
 def open_cost(n: int, numel: int) -> Cost:
     """Opening N ring elements to everybody: each party sends its share to the n-1 others."""
-    return Cost(1, numel * RING_BYTES * (n - 1))
+    return opening_cost(n, [(numel, RING_BYTES)])
+
+
+def king_open_cost(n: int, numel: int, width: int = RING_BYTES) -> Cost:
+    """Opening N elements of `width` bytes through kings (MPCContext(opening="king")): padded
+    to n chunks of ceil(N / n), each party sends the other n-1 kings their chunk, then its
+    own chunk's sum to the n-1 others: 2 rounds."""
+    return Cost(2, 2 * (n - 1) * -(-numel // n) * width)

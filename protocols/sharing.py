@@ -1,13 +1,22 @@
 """Additive secret sharing over Z_2^64: input, open to all, open to one.
 
 x is shared as x = sum_i x_i mod 2^64. Any n-1 shares are uniform and independent of x.
+
+Opening to all follows the context's `opening`: "all" (all-to-all: each party sends its share
+to the n-1 others, 1 round, (n-1) N elements sent per party) or "king" (reduce-scatter then
+all-gather through the parties as kings, open_at_kings: 2 rounds, 2 (n-1) ceil(N / n)
+elements). Both reveal the same: the opened value.
 """
+import sys
+
 import torch
 
 from mpcft.kernels.prg import PRG, derive_seed
-from mpcft.kernels.ring import RING_BITS, check_ring, low_bits, rshift_logical
+from mpcft.kernels.ring import RING_BITS, check_ring, low_bits
 
-from .cost import FREE, RING_BYTES, Cost, open_cost
+from .cost import FREE, RING_BYTES, Cost, open_cost, opening_cost
+
+_LITTLE_ENDIAN = sys.byteorder == "little"     # how an int64's bytes lie in memory
 
 
 def share(ctx, value, owner: int, shape) -> torch.Tensor:
@@ -55,16 +64,45 @@ def share_cost() -> Cost:
 
 
 def open_(ctx, share_: torch.Tensor) -> torch.Tensor:
-    """Reveal x to every party by all-gathering the shares. Reveals x (the declared output).
+    """Reveal x to every party. Reveals x (the declared output).
 
-    Cost: open_cost(n, numel): 1 round, 8 * numel * (n-1) bytes sent by each party.
+    Cost: open_cost(n, numel): 1 round, 8 * numel * (n-1) bytes sent by each party; with
+    opening "king", king_open_cost(n, numel): 2 rounds, 16 * ceil(numel / n) * (n-1) bytes.
     """
+    if ctx.opening == "king":
+        return open_at_kings(ctx, share_.reshape(-1), _sum).reshape(share_.shape)
     return _sum(ctx.session.all_gather(share_.contiguous()))
+
+
+def open_at_kings(ctx, flat: torch.Tensor, combine) -> torch.Tensor:
+    """combine(everybody's `flat`) (a sum of shares, or their XOR) at every party, through kings.
+
+    `flat` is padded with zeros to n chunks of m = ceil(N / n) elements (every party sends the
+    same bytes); party j, king of chunk j, gets every other party's chunk j (round 1), combines
+    the n of them and sends the result to the n-1 others (round 2): 2 (n-1) m elements sent
+    per party. Reveals nothing more than the all-to-all opening: king j sees the n shares of
+    chunk j, which there every party sees, and the others see only the opened chunk j.
+    """
+    n, numel = ctx.world_size, flat.numel()
+    padded = torch.cat([flat, flat.new_zeros(n * -(-numel // n) - numel)]).reshape(n, -1)
+    return torch.cat(reduce_at_kings(ctx, list(padded), combine))[:numel]
+
+
+def reduce_at_kings(ctx, chunks: list, combine) -> list:
+    """Two rounds: chunks[j] (equal shapes and dtypes) goes to party j, which returns
+    combine([chunk j of party 0, ..., of party n-1]) to all; the n results, by king."""
+    session, rank = ctx.session, ctx.rank
+    received = session.exchange({peer: chunks[peer] for peer in session.peers})
+    received[rank] = chunks[rank]
+    mine = combine([received[r] for r in range(ctx.world_size)])
+    results = session.exchange({peer: mine for peer in session.peers})
+    results[rank] = mine
+    return [results[r] for r in range(ctx.world_size)]
 
 
 def open_many(ctx, shares) -> list:
     """[open_(x) for x in shares] in one round: flattened, concatenated, opened, split back.
-    Reveals exactly the listed values. Cost: open_cost(n, total numel)."""
+    Reveals exactly the listed values. Cost: open_cost(n, total numel) (king: king_open_cost)."""
     shares = list(shares)
     opened = open_(ctx, torch.cat([s.reshape(-1) for s in shares]))
     out, start = [], 0
@@ -76,12 +114,15 @@ def open_many(ctx, shares) -> list:
 
 def open_low(ctx, parts) -> list:
     """[x mod 2^bits for (x, bits) in parts] in one round, each party sending only the low
-    ceil(bits / 8) bytes of each share (a sum mod 2^bits needs no more), so x mod 2^bits is
-    all that is revealed; bits = 64 opens x whole. Values in [0, 2^bits) (any int64 for 64).
-    Cost: open_low_cost(n, [(numel, bits), ...])."""
+    w = ceil(bits / 8) bytes of each share (a sum mod 2^bits needs no more). Reveals x mod 2^(8w)
+    (the sum of those bytes), x itself for bits = 64. Values in [0, 2^bits) (any int64 for 64).
+    With opening "king", each part is chunked on element boundaries and king j returns its
+    chunks' x mod 2^bits, in w bytes: 2 rounds. Cost: open_low_cost(n, [(numel, bits), ...])."""
     widths = [-(-int(bits) // 8) for _, bits in parts]
     if any(not 1 <= int(bits) <= RING_BITS for _, bits in parts):
         raise ValueError(f"open_low opens 1 to {RING_BITS} low bits, got {[bits for _, bits in parts]}")
+    if ctx.opening == "king":
+        return _open_low_at_kings(ctx, parts, widths)
     packed = torch.cat([_low_bytes(x.reshape(-1), w) for (x, _), w in zip(parts, widths)])
     gathered = ctx.session.all_gather(packed)
     out, start = [], 0
@@ -93,23 +134,43 @@ def open_low(ctx, parts) -> list:
     return out
 
 
+def _open_low_at_kings(ctx, parts, widths) -> list:
+    """open_low through kings: chunk j holds elements [j m, (j+1) m) of every part (m =
+    ceil(numel / n) for that part), as low bytes; king j returns x mod 2^bits of them."""
+    n = ctx.world_size
+    per_king = [-(-x.numel() // n) for x, _ in parts]
+    rows = [_low_bytes(torch.cat([x.reshape(-1), x.new_zeros(n * m - x.numel())]), w).reshape(n, m * w)
+            for (x, _), m, w in zip(parts, per_king, widths)]
+
+    def values(chunk):      # a chunk's bytes -> one int64 tensor per part
+        return [_join_bytes(b, w) for b, w in zip(chunk.split([m * w for m, w in zip(per_king, widths)]), widths)]
+
+    def combine(chunks):
+        sums = [_sum(list(shares)) for shares in zip(*map(values, chunks))]
+        return torch.cat([_low_bytes(v if bits == RING_BITS else low_bits(v, bits), w)
+                          for v, (_, bits), w in zip(sums, parts, widths)])
+
+    opened = [values(chunk) for chunk in reduce_at_kings(ctx, list(torch.cat(rows, 1)), combine)]
+    return [torch.cat(list(chunks))[:x.numel()].reshape(x.shape) for chunks, (x, _) in zip(zip(*opened), parts)]
+
+
 def _low_bytes(x: torch.Tensor, width: int) -> torch.Tensor:
     """The low `width` bytes of each int64, least significant first, as a flat uint8 tensor."""
-    return torch.stack([rshift_logical(x, 8 * k) & 0xFF for k in range(width)], 1).to(torch.uint8).reshape(-1)
+    raw = x.contiguous().view(torch.uint8).reshape(-1, 8)
+    low = raw[:, :width] if _LITTLE_ENDIAN else raw.flip(1)[:, :width]
+    return low.contiguous().reshape(-1)
 
 
 def _join_bytes(data: torch.Tensor, width: int) -> torch.Tensor:
     """Inverse of _low_bytes: int64 values from their low `width` bytes (higher bytes zero)."""
-    data = data.reshape(-1, width).to(torch.int64)
-    value = data[:, 0].clone()
-    for k in range(1, width):
-        value |= data[:, k] << (8 * k)
-    return value
+    raw = data.new_zeros(data.numel() // width, 8)
+    raw[:, :width] = data.reshape(-1, width)
+    return (raw if _LITTLE_ENDIAN else raw.flip(1)).contiguous().view(torch.int64).reshape(-1)
 
 
 def open_low_cost(n: int, parts) -> Cost:
-    """parts: (numel, bits) pairs opened together by open_low."""
-    return Cost(1, sum(numel * -(-bits // 8) for numel, bits in parts) * (n - 1))
+    """parts: (numel, bits) pairs opened together by open_low (one segment each)."""
+    return opening_cost(n, [(numel, -(-bits // 8)) for numel, bits in parts])
 
 
 def open_to(ctx, share_: torch.Tensor, receiver: int):
@@ -129,8 +190,8 @@ def _sum(shares: list) -> torch.Tensor:
 
 
 def open_to_cost(n: int, numel: int, rank: int, receiver: int) -> Cost:
-    return Cost(1, 0 if rank == receiver else numel * RING_BYTES)
+    return Cost(1, 0 if rank == receiver else numel * RING_BYTES, ())     # no opening: the same in both modes
 
 
 __all__ = ["share", "share_cost", "split_seeded", "seeded_share", "open_", "open_cost", "open_many", "open_low",
-           "open_low_cost", "open_to", "open_to_cost"]
+           "open_low_cost", "open_at_kings", "reduce_at_kings", "open_to", "open_to_cost"]

@@ -132,11 +132,11 @@ class RecordingSession:
         return out
 
 
-def transcript(session, x, y):
+def transcript(session, x, y, opening="all"):
     """Party 0 inputs x, party 1 inputs y; multiply, matmul, truncate, powers; every party's view."""
     from mpcft.protocols import fixed
     recording = RecordingSession(session)
-    ctx = MPCContext(recording)
+    ctx = MPCContext(recording, opening=opening)
     X = owned(ctx, x, 0)
     Y = owned(ctx, y, 1)
     X * Y

@@ -45,15 +45,18 @@ def test_every_share_of_a_fixed_secret_is_uniform(n):
     assert FixedPoint().decode(sum(shares)).eq(3.25).all()
 
 
+OPENINGS = [(2, "all"), (3, "all"), (3, "king")]     # king: chunks of 4096 / 3, zero-padded
+
+
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("n", [2, 3])
-def test_views_are_distributed_alike_for_different_secrets(n):
+@pytest.mark.parametrize("n, opening", OPENINGS)
+def test_views_are_distributed_alike_for_different_secrets(n, opening):
     shape = (64, 64)
     zeros = torch.zeros(shape, dtype=torch.float64)
     big = torch.full(shape, 1000.0, dtype=torch.float64)
     small = torch.full(shape, -0.001, dtype=torch.float64)
-    view_a = run_threads(programs.transcript, n, zeros, zeros, dealer_handler=CorrelationDealer)
-    view_b = run_threads(programs.transcript, n, big, small, dealer_handler=CorrelationDealer)
+    view_a = run_threads(programs.transcript, n, zeros, zeros, opening, dealer_handler=CorrelationDealer)
+    view_b = run_threads(programs.transcript, n, big, small, opening, dealer_handler=CorrelationDealer)
     for rank in range(n):
         ha, hb = byte_histogram(view_a[rank]), byte_histogram(view_b[rank])
         assert chi_square_uniform(ha) < 350 and chi_square_uniform(hb) < 350, rank
@@ -62,12 +65,12 @@ def test_views_are_distributed_alike_for_different_secrets(n):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("n", [2, 3])
-def test_no_message_carries_a_plaintext_input(n):
+@pytest.mark.parametrize("n, opening", OPENINGS)
+def test_no_message_carries_a_plaintext_input(n, opening):
     x = torch.full((32, 16), SENTINEL, dtype=torch.float64)
     y = torch.full((32, 16), -SENTINEL, dtype=torch.float64)
     marks = FixedPoint().encode(torch.tensor([SENTINEL, -SENTINEL]))
-    for view in run_threads(programs.transcript, n, x, y, dealer_handler=CorrelationDealer):
+    for view in run_threads(programs.transcript, n, x, y, opening, dealer_handler=CorrelationDealer):
         everything = torch.cat(view)
         assert everything.numel() > 0
         assert not torch.isin(everything, marks).any()
