@@ -73,6 +73,9 @@ class FinetuneConfig:
                                        "(its options are the run's own; output goes to RUN)", metavar="RUN")
     threads: int = _option(1, "torch threads per party")
     device: str = _option("cpu", "where each party keeps its shares (cpu, cuda)")
+    opening: str = _option("all", "how shares are opened: all (each party sends its share to every other, 1 round) "
+                                  "or king (through every party in turn for a part: 2 rounds, 2/n of the bytes of all "
+                                  "together; for 4 or more parties on a slow link)", choices=("all", "king"))
     no_loss: bool = _option(False, "do not reveal the training loss")
     reveal: bool = _option(True, "reveal the trained parameters to the output party (rank 0) at the end; "
                                  "with --no-reveal they stay shared and the evaluation runs in MPC")

@@ -95,7 +95,7 @@ def train(session, config: FinetuneConfig) -> dict | None:
     from tqdm import tqdm
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {config.device}: torch sees no CUDA device on this host")
-    ctx, rank, n = MPCContext(session, device=config.device), session.rank, session.world_size
+    ctx, rank, n = MPCContext(session, device=config.device, opening=config.opening), session.rank, session.world_size
     started = time.perf_counter()
     tokenizer, encoder = load_encoder(config.model or default_model_path())
     count = mpc_layer_count(config.mode, encoder.config.num_hidden_layers, config.layers)
