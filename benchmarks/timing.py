@@ -21,16 +21,18 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 
 def one_compute_thread() -> None:
-    """One torch and one Numba thread per party, as in the CrypTen reference figures."""
+    """One torch and one Numba thread per party, as in the CrypTen reference figures. Numba
+    first: starting its OpenMP threading layer resets OpenMP's thread count, which torch (and
+    mpcft's kernels, through torch.get_num_threads()) would then use instead of one."""
     import numba
     import torch
-    torch.set_num_threads(1)
     numba.set_num_threads(1)
+    torch.set_num_threads(1)
 
 
-def measure_protocol(session, fn, repeat: int):
-    """Run fn() `repeat` times at one party: (median seconds, payload bytes sent and rounds of
-    the last run, fn's last result)."""
+def measure_counts(session, fn, repeat: int):
+    """Run fn() `repeat` times at one party: (median seconds, the last run's
+    mpcft.runtime.Counts (payload and wire bytes, rounds, dealer traffic), fn's last result)."""
     times = []
     for _ in range(repeat):
         before = session.comm.snapshot()
@@ -38,4 +40,11 @@ def measure_protocol(session, fn, repeat: int):
         result = fn()
         times.append(time.perf_counter() - start)
         delta = session.comm.snapshot() - before
-    return statistics.median(times), delta.bytes_sent, delta.rounds, result
+    return statistics.median(times), delta.total, result
+
+
+def measure_protocol(session, fn, repeat: int):
+    """Run fn() `repeat` times at one party: (median seconds, payload bytes sent and rounds of
+    the last run, fn's last result)."""
+    seconds, counts, result = measure_counts(session, fn, repeat)
+    return seconds, counts.bytes_sent, counts.rounds, result

@@ -6,6 +6,7 @@ its forward saved, and the inputs that need gradients. backward() visits the Nod
 from the root in reverse order of creation, a topological order (a Node's inputs were made
 before it) that is the same at every party, so all parties run the same protocol sequence.
 Each Node is released once visited; under `no_grad()` nothing is recorded or kept alive.
+A Node's backward (and grad sampler) runs in the session's comm region "<Function>.backward".
 
 Per-example gradients: a grad sampler registered for a Function type computes, from the
 Node's saved tensors and its output gradient, one gradient per example for the parameters
@@ -59,6 +60,10 @@ class Node:
         """The inputs' gradients (raw shares or None), per-example ones handed to their parameters."""
         if self.fctx is None:
             raise RuntimeError("backward through this graph a second time: its saved tensors are freed")
+        with self.fctx.mpc.session.comm.region(f"{self.function.__name__}.backward"):
+            return self._gradients(grad)
+
+    def _gradients(self, grad):
         sampled = [i for i, x in enumerate(self.inputs) if getattr(x, "grad_sample_enabled", False)]
         if sampled:
             sampler = GRAD_SAMPLERS.get(self.function)

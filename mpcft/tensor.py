@@ -296,7 +296,9 @@ class Function:
     gets raw int64 shares for SharedTensor arguments (Parameters and options as they are) and
     returns the output's share; `backward(fctx, grad)` gets the output gradient's share and
     returns one gradient share (or None) per argument. Forward and backward are each fused
-    as the protocols fuse rounds. `public_grad`: backward accepts a public number as grad."""
+    as the protocols fuse rounds. `public_grad`: backward accepts a public number as grad.
+    Each forward runs in the session's comm region "<Name>.forward", each backward in
+    "<Name>.backward" (mpcft.autograd), so traffic and time are counted per operation."""
 
     public_grad = False
 
@@ -308,7 +310,8 @@ class Function:
         needs = tuple(enabled and bool(getattr(a, "requires_grad", False)) for a in args)
         fctx = FunctionContext(ctx, needs)
         fctx.input_bits = tuple(a.frac_bits if isinstance(a, SharedTensor) else None for a in args)
-        share = cls.forward(fctx, *(a.share if isinstance(a, SharedTensor) else a for a in args))
+        with ctx.session.comm.region(f"{cls.__name__}.forward"):
+            share = cls.forward(fctx, *(a.share if isinstance(a, SharedTensor) else a for a in args))
         out = SharedTensor(ctx, share, fctx.frac_bits)
         if any(needs):
             out.requires_grad = True

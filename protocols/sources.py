@@ -7,7 +7,8 @@ next one; `source.new_epoch(e)` moves to key epoch e (a checkpoint), where count
 {"kind": kind, "params": params} (JSON as it is).
 
 - `DealerCorrelations`: online; party 0 asks the dealer, the others expand their seeds; a
-  step prefetches the last plan of the same name.
+  step prefetches the last plan of the same name. The seconds spent expanding PRG streams
+  count in the session's `comm.count_prg` (mpcft.runtime.comm).
 - `FileCorrelations`: offline, from a file `write_offline` made from a recorded plan.
 - `RecordingCorrelations`: wraps another source and records its plan.
 """
@@ -17,6 +18,7 @@ import contextlib
 import json
 import pathlib
 import struct
+import time
 
 import numpy as np
 import torch
@@ -89,8 +91,23 @@ class DealerCorrelations(CorrelationSource):
                 reply, nbytes = ahead
                 self._ahead_bytes -= nbytes
             corrections = reply.result
-        return party_correlation(kind, params, number, self.session.dealer_seed, self.session.rank,
-                                 corrections, self.epoch)
+        start = time.perf_counter()
+        correlation = party_correlation(kind, params, number, self.session.dealer_seed,
+                                        self.session.rank, corrections, self.epoch)
+        self.session.comm.count_prg(time.perf_counter() - start)
+        if self.session.rank == 0:
+            return correlation     # derived(): the dealer's reply, timed by the session as its wait
+        return Correlation(correlation.random, self._timed_expansion(correlation.derived))
+
+    def _timed_expansion(self, expand):
+        """`expand` (a party >= 1's derived values, drawn from its PRG), its seconds counted as
+        the session's PRG time (session.comm.count_prg)."""
+        def timed():
+            start = time.perf_counter()
+            values = expand()
+            self.session.comm.count_prg(time.perf_counter() - start)
+            return values
+        return timed
 
     def new_epoch(self, epoch: int) -> None:
         if self._recording is not None:

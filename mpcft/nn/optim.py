@@ -5,7 +5,9 @@ divide it out in their public coefficients, with log2(S) extra fractional bits s
 nothing of the scaling's precision is lost. All parameters are updated together: their
 flattened shares are concatenated, so each step's rounds do not grow with the number of
 parameter tensors. Nothing is opened: parameters, moments and updates stay shared.
+Each step runs in the session's comm region "<Optimizer>.step" (SGD.step, AdamW.step).
 """
+import functools
 import math
 
 import torch
@@ -13,6 +15,15 @@ import torch
 from mpcft.protocols import beaver, comparison, fixed, reciprocal
 from mpcft.protocols.cost import Cost
 from mpcft.protocols.truncation import truncate_cost, truncate_many
+
+
+def _step_region(step):
+    """Run an optimizer's step in the comm region "<class name>.step"."""
+    @functools.wraps(step)
+    def wrapper(self):
+        with self.ctx.session.comm.region(f"{type(self).__name__}.step"):
+            step(self)
+    return wrapper
 
 
 class _Optimizer:
@@ -80,6 +91,7 @@ class SGD(_Optimizer):
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.velocity = None
 
+    @_step_region
     def step(self) -> None:
         ctx = self.ctx
         grad, weights = self._gradients_and_weights()
@@ -124,6 +136,7 @@ class AdamW(_Optimizer):
         self.lo, self.hi = adamw_range(clip, eps)
         self.m = self.v = None
 
+    @_step_region
     def step(self) -> None:
         ctx, f, S = self.ctx, self.ctx.frac_bits, self.grad_scale
         grad, weights = self._gradients_and_weights()

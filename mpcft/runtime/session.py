@@ -19,6 +19,7 @@ import collections
 import functools
 import os
 import secrets
+import time
 
 import numpy as np
 import torch
@@ -191,14 +192,16 @@ class Session:
         return step + (f" in region '{region}'" if region else "")
 
     def _send(self, peer, tensor, op):
-        payload, wire = self._channel(peer).send(FrameType.TENSOR, _to_host(tensor),
-                                                 self._step("send to", peer, op))
-        self.comm.count_sent(payload, wire)
+        channel, host, step = self._channel(peer), _to_host(tensor), self._step("send to", peer, op)
+        start = time.perf_counter()
+        payload, wire = channel.send(FrameType.TENSOR, host, step)
+        self.comm.count_sent(payload, wire, time.perf_counter() - start)
 
     def _recv(self, peer, op, expected):
-        step = self._step("recv from", peer, op)
-        _, tensor, wire = self._channel(peer).recv(step, self.timeout, expected)
-        self.comm.count_received(tensor.nbytes, wire)
+        channel, step = self._channel(peer), self._step("recv from", peer, op)
+        start = time.perf_counter()
+        _, tensor, wire = channel.recv(step, self.timeout, expected)
+        self.comm.count_received(tensor.nbytes, wire, time.perf_counter() - start)
         return tensor
 
     # --- communication --------------------------------------------------------------------
@@ -352,8 +355,14 @@ class DealerReply:
         self._tensors = None
 
     def result(self):
-        pending = self._session._pending_replies
-        while self._tensors is None:
-            head = pending.popleft()
-            head._tensors = self._session._receive_reply(head._step, head._sent)
+        """The answer's tensors; the time spent waiting counts as the session's dealer wait."""
+        if self._tensors is None:
+            pending = self._session._pending_replies
+            start = time.perf_counter()
+            try:
+                while self._tensors is None:
+                    head = pending.popleft()
+                    head._tensors = self._session._receive_reply(head._step, head._sent)
+            finally:
+                self._session.comm.count_dealer_wait(time.perf_counter() - start)
         return self._tensors
