@@ -50,10 +50,11 @@ def parse(argv=None) -> FinetuneConfig:
 
 
 def set_threads(threads: int) -> None:
-    """This process's torch and Numba threads (the parties of one host share its cores)."""
+    """This process's torch and Numba threads (the parties of one host share its cores). Numba
+    first: starting its OpenMP threading layer can reset the count torch then uses."""
     import numba
-    torch.set_num_threads(threads)
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    torch.set_num_threads(threads)
 
 
 def main(argv=None) -> int:
