@@ -10,7 +10,7 @@ plaintext float64 torch time in the same run.
 import argparse
 import torch
 
-from benchmarks.timing import markdown_table, measure_protocol, median_seconds, one_compute_thread
+from benchmarks.timing import markdown_table, measure_counts, median_seconds, one_compute_thread
 from mpcft.protocols.context import MPCContext
 from mpcft.protocols.correlations import CorrelationDealer
 from mpcft.runtime import spawn
@@ -44,8 +44,9 @@ def party(session, name, repeat):
     Y = SharedTensor.from_plain(ctx, y if ctx.rank == session.world_size - 1 else None,
                                 session.world_size - 1, shape=y.shape)
     op(X, Y)  # warm-up: JIT, buffers, connections
-    seconds, sent, rounds, Z = measure_protocol(session, lambda: op(X, Y), repeat)
-    return seconds, sent, rounds, (Z.reveal() - op(x, y)).abs().max().item()
+    seconds, counts, Z = measure_counts(session, lambda: op(X, Y), repeat)
+    error = (Z.reveal() - op(x, y)).abs().max().item()
+    return seconds, counts.bytes_sent, counts.rounds, error, counts
 
 
 def main():

@@ -17,7 +17,7 @@ import time
 import torch
 from transformers import BertConfig, BertModel
 
-from benchmarks.timing import markdown_table, measure_protocol, one_compute_thread
+from benchmarks.timing import markdown_table, measure_counts, one_compute_thread
 from mpcft.nn import SGD, Classifier, prepare, train_module
 from mpcft.nn.bert import BertLayer
 from mpcft.nn.functional import cross_entropy
@@ -58,7 +58,8 @@ def party_block(session, model, repeat):
         with ctx.step("block"):
             layer(xs, ms[:, None, None, :]).backward(gs)
     forward_backward()                     # warm-up: compiles kernels, logs the dealer plan
-    return measure_protocol(session, forward_backward, repeat)[:3]
+    seconds, counts, _ = measure_counts(session, forward_backward, repeat)
+    return seconds, counts.bytes_sent, counts.rounds, counts
 
 
 def party_step(session, encoder, mode, layers, repeat):
@@ -78,7 +79,8 @@ def party_step(session, encoder, mode, layers, repeat):
             optimizer.step()
             optimizer.zero_grad()
     step()                                 # warm-up, as in party_block
-    return measure_protocol(session, step, repeat)[:3]
+    seconds, counts, _ = measure_counts(session, step, repeat)
+    return seconds, counts.bytes_sent, counts.rounds, counts
 
 
 def plaintext_step_seconds(encoder, mode, layers, repeat):
@@ -137,8 +139,8 @@ def main():
     plain = plaintext_block_seconds(model)
     rows = []
     for n in args.parties:
-        s, sent, rounds = max(spawn(party_block, n, model, args.repeat, dealer_handler=CorrelationDealer,
-                                    dealer_threads=1, timeout=1800))
+        s, sent, rounds, _ = max(spawn(party_block, n, model, args.repeat, dealer_handler=CorrelationDealer,
+                                       dealer_threads=1, timeout=1800), key=lambda r: r[0])
         crypten = "3.7 s, 330 MB" if n == 2 else "12.1 s, 660 MB"
         rows.append(["block 256/4 heads, seq 64, batch 4 (fwd+bwd)", n, f"{s:.2f}", f"{sent / 1e6:.0f}",
                      rounds, f"{plain:.3f}", crypten])
@@ -150,8 +152,9 @@ def main():
         for mode, layers in (("head", 0), ("lora", 1), ("top", 1), ("top", 2), ("all", 6)):
             plain_step = plaintext_step_seconds(encoder, mode, layers, args.repeat)
             for n in args.parties:
-                s, sent, rounds = max(spawn(party_step, n, encoder, mode, layers, args.repeat,
-                                            dealer_handler=CorrelationDealer, dealer_threads=1, timeout=3600))
+                s, sent, rounds, _ = max(spawn(party_step, n, encoder, mode, layers, args.repeat,
+                                               dealer_handler=CorrelationDealer, dealer_threads=1, timeout=3600),
+                                         key=lambda r: r[0])
                 rows.append([f"MiniLM step, mode {mode}, {layers} MPC layer(s), batch 8, seq 64", n,
                              f"{s:.2f}", f"{sent / 1e6:.0f}", rounds, f"{plain_step:.3f}", ""])
                 print(rows[-1], flush=True)

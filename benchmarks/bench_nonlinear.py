@@ -9,7 +9,7 @@ float64 torch, the plaintext torch time, and CrypTen 0.4.1's figures as quoted i
 import argparse
 import torch
 
-from benchmarks.timing import markdown_table, measure_protocol, median_seconds, one_compute_thread
+from benchmarks.timing import markdown_table, measure_counts, median_seconds, one_compute_thread
 from mpcft.protocols import activations, comparison, exponential, layernorm, reciprocal, sharing, softmax
 from mpcft.protocols.context import MPCContext
 from mpcft.protocols.correlations import CorrelationDealer
@@ -48,9 +48,9 @@ def party(session, name, repeat):
     x = _inputs(name)
     share = sharing.share(ctx, ctx.fp.encode(x) if ctx.rank == 0 else None, 0, x.shape)
     fn = FUNCTIONS[name][0]
-    seconds, sent, rounds, y = measure_protocol(session, lambda: fn(ctx, share), repeat)
+    seconds, counts, y = measure_counts(session, lambda: fn(ctx, share), repeat)
     error = (ctx.fp.decode(sharing.open_(ctx, y)) - FUNCTIONS[name][1](x)).abs().max().item()
-    return seconds, sent, rounds, error
+    return seconds, counts.bytes_sent, counts.rounds, error, counts
 
 
 def main():
