@@ -1,12 +1,13 @@
 """Hosts on one machine: one Linux network namespace per process, each with one veth link
 (10.231.0.i/24) into a bridge that lives in a further namespace, so a test or benchmark can
-run parties as on separate hosts and break one host's link without touching the machine's
-own network. Needs root and iproute2 (`ip`, `ss`).
+run parties as on separate hosts, and break or slow one host's link, without touching the
+machine's own network. Needs root and iproute2 (`ip`, `ss`; `tc` to shape links).
 
     with Hosts(3) as hosts:                      # addresses 10.231.0.1 .. 10.231.0.3
         proc = hosts.popen(0, ["mpcft", "party", ...])
         hosts.close_links(0, hosts.addresses[1])  # ss -K: host 0's sockets to host 1 are destroyed
         hosts.set_link(2, up=False)               # host 2's link goes silent (a stalled link)
+        hosts.shape(1, 100)                       # host 1's link: 100 Mbit/s each way
 """
 import os
 import shutil
@@ -98,3 +99,21 @@ class Hosts:
         subprocess.run(self.command(host, ["ss", "-K", "state", "established", "dst", peer_address]),
                        capture_output=True, timeout=20)
         return len(listing.splitlines())
+
+    def shape(self, host: int, rate_mbit: float) -> None:
+        """Host `host`'s link limited to `rate_mbit` Mbit/s each way, as a host on an access
+        link of that rate: a token bucket (tc tbf) on its eth0 (what it sends) and on its switch
+        port (what it receives). Burst: 1 ms at the rate, at least 16 KiB (ten full frames), so
+        a link that was idle passes little at full speed before the rate holds; queue: 8 MiB,
+        more than a host's TCP sockets queue (tcp_limit_output_bytes, 4 MiB here), so the
+        shaper delays and does not drop."""
+        if shutil.which("tc") is None:
+            raise HostsUnavailable("iproute2's `tc` is not installed")
+        burst = max(int(rate_mbit * 1e6 / 8 * 1e-3), 16 * 1024)
+        for namespace, device in ((self.names[host], "eth0"), (self.switch, f"port{host}")):
+            try:
+                subprocess.run(["tc", "-n", namespace, "qdisc", "replace", "dev", device, "root", "tbf",
+                                "rate", f"{rate_mbit}mbit", "burst", str(burst), "limit", str(8 << 20)],
+                               check=True, capture_output=True, text=True, timeout=20)
+            except subprocess.CalledProcessError as exc:
+                raise HostsUnavailable(f"`tc qdisc ... tbf` failed: {exc.stderr.strip()}") from None
