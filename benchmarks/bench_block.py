@@ -46,25 +46,30 @@ def _share(ctx, value, bits=False):
                                    frac_bits=0 if bits else None)
 
 
-def party_block(session, model, repeat):
-    one_compute_thread()
-    ctx = MPCContext(session)
+def block_step(ctx, model):
+    """The block's forward and backward on party 0's shared inputs, as one step."""
     layer = BertLayer(ctx, model.encoder.layer[0], 4)
     train_module(layer)
     x, mask, grad = _inputs(4, 64, 256)
     xs, ms, gs = _share(ctx, x), _share(ctx, mask, bits=True), _share(ctx, grad)
     xs.requires_grad_()
+
     def forward_backward():
         with ctx.step("block"):
             layer(xs, ms[:, None, None, :]).backward(gs)
+    return forward_backward
+
+
+def party_block(session, model, repeat, opening="all"):
+    one_compute_thread()
+    forward_backward = block_step(MPCContext(session, opening=opening), model)
     forward_backward()                     # warm-up: compiles kernels, logs the dealer plan
     seconds, counts, _ = measure_counts(session, forward_backward, repeat)
     return seconds, counts.bytes_sent, counts.rounds, counts
 
 
-def party_step(session, encoder, mode, layers, repeat):
-    one_compute_thread()
-    ctx = MPCContext(session)
+def training_step(ctx, encoder, mode, layers):
+    """One fine-tuning step of the MiniLM classifier (batch 8, seq 64) on shared inputs."""
     model = prepare(Classifier(ctx, encoder, 3, mpc_layers=layers), mode)
     optimizer = SGD(model.trainable_parameters(), lr=0.01, grad_scale=model.grad_scale)
     hidden, seq, batch = encoder.config.hidden_size, 64, 8
@@ -73,11 +78,18 @@ def party_step(session, encoder, mode, layers, repeat):
     y = torch.nn.functional.one_hot(torch.arange(batch) % 3, 3).double()
     xs, ys = _share(ctx, x), _share(ctx, y)
     ms = _share(ctx, torch.ones(batch, seq), bits=True) if mode != "head" else None
+
     def step():
         with ctx.step("train"):
             cross_entropy(model(xs, ms), ys, value=False).backward(model.grad_scale)
             optimizer.step()
             optimizer.zero_grad()
+    return step
+
+
+def party_step(session, encoder, mode, layers, repeat):
+    one_compute_thread()
+    step = training_step(MPCContext(session), encoder, mode, layers)
     step()                                 # warm-up, as in party_block
     seconds, counts, _ = measure_counts(session, step, repeat)
     return seconds, counts.bytes_sent, counts.rounds, counts

@@ -11,11 +11,9 @@ parties grows as n (n-1) against 2 (n-1): king / all -> 2 / n.
 """
 import argparse
 
-from benchmarks.bench_block import _inputs, _share, block_model
-from benchmarks.timing import markdown_table, measure_counts, one_compute_thread
-from mpcft.nn import train_module
-from mpcft.nn.bert import BertLayer
-from mpcft.protocols.context import MPCContext
+from benchmarks import bench_block
+from benchmarks.bench_block import block_model
+from benchmarks.timing import markdown_table
 from mpcft.protocols.correlations import CorrelationDealer
 from mpcft.protocols.cost import OPENINGS
 from mpcft.runtime import spawn
@@ -23,20 +21,7 @@ from mpcft.runtime import spawn
 
 def party_block(session, model, opening, repeat):
     """bench_block's party_block with the context's opening mode: (median s, bytes sent, rounds)."""
-    one_compute_thread()
-    ctx = MPCContext(session, opening=opening)
-    layer = BertLayer(ctx, model.encoder.layer[0], 4)
-    train_module(layer)
-    x, mask, grad = _inputs(4, 64, 256)
-    xs, ms, gs = _share(ctx, x), _share(ctx, mask, bits=True), _share(ctx, grad)
-    xs.requires_grad_()
-
-    def forward_backward():
-        with ctx.step("block"):
-            layer(xs, ms[:, None, None, :]).backward(gs)
-    forward_backward()                     # warm-up: compiles kernels, logs the dealer plan
-    seconds, counts, _ = measure_counts(session, forward_backward, repeat)
-    return seconds, counts.bytes_sent, counts.rounds
+    return bench_block.party_block(session, model, repeat, opening)[:3]
 
 
 def main():

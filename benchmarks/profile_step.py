@@ -23,13 +23,8 @@ walk, dealer prefetch requests. One line per party splits its whole step the sam
 import argparse
 import sys
 
-import torch
-
-from benchmarks.bench_block import _inputs, _share, block_model
+from benchmarks.bench_block import block_model, block_step, training_step
 from benchmarks.timing import markdown_table, one_compute_thread
-from mpcft.nn import SGD, Classifier, prepare, train_module
-from mpcft.nn.bert import BertLayer
-from mpcft.nn.functional import cross_entropy
 from mpcft.protocols.context import MPCContext
 from mpcft.protocols.correlations import CorrelationDealer
 from mpcft.runtime import Counts, spawn
@@ -40,45 +35,12 @@ WORKLOADS = {"block": "BERT block 256/4 heads, seq 64, batch 4, fwd+bwd",
              "lora": "MiniLM LoRA step, 1 MPC layer, batch 8, seq 64"}
 
 
-def block_step(session):
-    """The step of bench_block.party_block: the block's forward and backward."""
-    ctx = MPCContext(session)
-    layer = BertLayer(ctx, block_model().encoder.layer[0], 4)
-    train_module(layer)
-    x, mask, grad = _inputs(4, 64, 256)
-    xs, ms, gs = _share(ctx, x), _share(ctx, mask, bits=True), _share(ctx, grad)
-    xs.requires_grad_()
-
-    def step():
-        with ctx.step("block"):
-            layer(xs, ms[:, None, None, :]).backward(gs)
-    return step
-
-
-def lora_step(session, encoder):
-    """The step of bench_block.party_step in mode lora with 1 MPC layer."""
-    ctx = MPCContext(session)
-    model = prepare(Classifier(ctx, encoder, 3, mpc_layers=1), "lora")
-    optimizer = SGD(model.trainable_parameters(), lr=0.01, grad_scale=model.grad_scale)
-    hidden, seq, batch = encoder.config.hidden_size, 64, 8
-    gen = torch.Generator().manual_seed(2)
-    x = torch.randn((batch, seq, hidden), generator=gen, dtype=torch.float64)
-    y = torch.nn.functional.one_hot(torch.arange(batch) % 3, 3).double()
-    xs, ys, ms = _share(ctx, x), _share(ctx, y), _share(ctx, torch.ones(batch, seq), bits=True)
-
-    def step():
-        with ctx.step("train"):
-            cross_entropy(model(xs, ms), ys, value=False).backward(model.grad_scale)
-            optimizer.step()
-            optimizer.zero_grad()
-    return step
-
-
 def party_profile(session, workload, repeat, encoder):
     """A warm-up step, then `repeat` steps in region "step": the median step's counts (a
     CommSnapshot difference)."""
     one_compute_thread()
-    step = block_step(session) if workload == "block" else lora_step(session, encoder)
+    ctx = MPCContext(session)
+    step = block_step(ctx, block_model()) if workload == "block" else training_step(ctx, encoder, "lora", 1)
     step()                       # warm-up: compiles kernels, records the dealer plan to prefetch
     runs = []
     for _ in range(repeat):
