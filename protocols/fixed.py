@@ -46,7 +46,8 @@ def square(ctx, x) -> torch.Tensor:
 
 def power_levels(degree: int) -> list:
     """The product schedule of x, x^2, ..., x^degree: per level (exponents truncated in that
-    level's round, [(i, j) products giving x^(i+j)]); level L multiplies x^(2^L) by x^1, x^2, ..."""
+    level's round, [(i, j) products giving x^(i+j)]); level L multiplies x^(2^L) by x^1, x^2, ...
+    Degree 1: one level that truncates x."""
     levels, have, truncated = [], 1, set()
     while have < degree:
         pairs = [(have, k) for k in range(1, min(have, degree - have) + 1)]
@@ -54,7 +55,7 @@ def power_levels(degree: int) -> list:
         truncated |= set(factors)
         levels.append((factors, pairs))
         have += len(pairs)
-    return levels
+    return levels or [([1], [])]
 
 
 def powers(ctx, raw: torch.Tensor, bits: int, degree: int, extra=()) -> tuple:
@@ -66,7 +67,7 @@ def powers(ctx, raw: torch.Tensor, bits: int, degree: int, extra=()) -> tuple:
     Returns ([x (f bits), x^2, ..., x^degree (2f bits)], [the extra truncations]). Reveals
     only uniform openings. Cost: powers_cost(n, numel, degree, len(extra)).
     """
-    levels = power_levels(degree) or [([1], [])]
+    levels = power_levels(degree)
     factors = [e for new, _ in levels for e in new]
     index = {e: k for k, e in enumerate(factors)}
     shifts = [bits if e == 1 else ctx.frac_bits for e in factors] + [m for _, m in extra]
@@ -96,9 +97,13 @@ def combine_powers(ctx, terms, coeffs, constant: float = 0.0) -> tuple:
     acc = terms[0] * round(float(coeffs[0]) * 2.0 ** (f + extra))
     for term, c in zip(terms[1:], coeffs[1:]):
         acc = acc + term * round(float(c) * 2.0 ** extra)
-    if constant and ctx.rank == 0:
-        acc = acc + round(float(constant) * 2.0 ** (2 * f + extra))
-    return acc, f + extra
+    return acc + ring_constant(ctx, constant, 2 * f + extra), f + extra
+
+
+def ring_constant(ctx, value: float, frac_bits: int) -> int:
+    """Party 0's share of a public constant with `frac_bits` fractional bits, as a Python int that
+    broadcasts (any frac_bits below 62, where ctx.public stops at 40); 0 elsewhere."""
+    return round(float(value) * 2.0 ** frac_bits) if ctx.rank == 0 else 0
 
 
 def combine(ctx, terms, coeffs, constant=0.0, extra_bits: int = 0) -> torch.Tensor:
@@ -134,7 +139,7 @@ def square_cost(n: int, numel: int) -> Cost:
 
 def powers_cost(n: int, numel: int, degree: int, extra: int = 0) -> Cost:
     total = FREE
-    for level, (new, _) in enumerate(power_levels(degree) or [([1], [])]):
+    for level, (new, _) in enumerate(power_levels(degree)):
         total = total + truncate_cost(n, (len(new) + (extra if level == 0 else 0)) * numel)
     return total
 

@@ -77,7 +77,7 @@ class _Newton:
         self.fused = FusedTruncations(ctx, raw.shape, [self.f, self.f] + shifts, pairs)
         (m,) = self.fused.truncate({0: raw})
         self.outputs = [m]
-        self.truncate(m * round(slope * 2.0 ** self.f) + _ring_constant(ctx, intercept, 2 * self.f))
+        self.truncate(m * round(slope * 2.0 ** self.f) + fixed.ring_constant(ctx, intercept, 2 * self.f))
 
     def truncate(self, *raws) -> list:
         """Truncate the next values together (one round); their indices."""
@@ -91,11 +91,6 @@ class _Newton:
     def lifted(self, i: int, factor: int):
         """factor * output i at 2f fractional bits, to add to products of two outputs."""
         return self.outputs[i] * (factor << self.f)
-
-
-def _ring_constant(ctx, value: float, frac_bits: int):
-    """Party 0's share of a public constant at frac_bits fractional bits (a Python int, broadcast)."""
-    return round(value * 2.0 ** frac_bits) if ctx.rank == 0 else 0
 
 
 def _minimax_reciprocal_line(a: float, b: float):
@@ -147,7 +142,7 @@ def log(ctx, x: torch.Tensor, lo: float = 1e-4, hi: float = 1e4, bits: int = 40)
     tops = [exps[0]] + [j + 1 for j in exps]
     scale = _scale_sum(ctx, onehot, [2.0 ** -t for t in tops])
     offset = _scale_sum(ctx, onehot, [t * math.log(2.0) for t in tops])
-    m = beaver.mul(ctx, x, scale) + ctx.public(-0.75, frac_bits=2 * ctx.frac_bits)  # (m - 3/4) 2^2f
+    m = beaver.mul(ctx, x, scale) + fixed.ring_constant(ctx, -0.75, 2 * ctx.frac_bits)  # (m - 3/4) 2^2f
     return fixed.polynomial(ctx, m, ctx.frac_bits, list(_LOG_COEFFS)) + offset
 
 

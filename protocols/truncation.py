@@ -81,6 +81,10 @@ class FusedTruncations:
         self.correlation = ctx.correlation("trunc_products", shape=list(shape), bits=self.bits,
                                            pairs=[list(pair) for pair in self.pairs])
         self._opened = {}     # index -> (opened c, output share)
+        offset, self._offsets = 2 * len(self.bits), {}   # where each pair's mask products start
+        for i, j in self.pairs:
+            self._offsets[(i, j)] = offset
+            offset += cross_terms(self.bits[i], self.bits[j], i == j)
 
     def truncate(self, parts: dict) -> list:
         """Shares of x / 2^bits[i] for every {i: x} (each index once), opened together: one round."""
@@ -99,11 +103,10 @@ class FusedTruncations:
     def product(self, i: int, j: int) -> torch.Tensor:
         """Shares of y_i * y_j mod 2^64 (fractional bits add up), for a declared pair."""
         (i, j) = (min(i, j), max(i, j))
-        if (i, j) not in self.pairs or i not in self._opened or j not in self._opened:
+        if (i, j) not in self._offsets or i not in self._opened or j not in self._opened:
             raise ValueError(f"product ({i}, {j}) is not a declared pair of two truncated values")
         derived = self.correlation.derived()
-        offset = 2 * len(self.bits) + sum(cross_terms(self.bits[a], self.bits[b], a == b)
-                                          for a, b in self.pairs[:self.pairs.index((i, j))])
+        offset = self._offsets[(i, j)]
         if i == j:      # r_mid^2, r_mid r_top; r_top r_mid is the same and r_top^2 = r_top
             mid_mid, mid_top = derived[offset:offset + 2]
             terms = [mid_mid, mid_top, mid_top, derived[2 * i]]
