@@ -10,8 +10,8 @@ Steps: one comparison of x (bits = 32: |x| < 4096) gives ReLU(x), |x| and [x < 0
 |x| at resolution 1/4; a short comparison (14 bits) of the coarse value gives [|x| < T]
 (exact except for |x| within 1/4 of T, where the correction is below 2e-4 either way);
 2 more rounds of truncations give the powers of u (fixed.powers: products of truncated
-values are local); one truncation of the combination; a product with a bit, which needs
-no truncation.
+values are local); one truncation of the combination, which the short comparison's bit
+multiplies locally as it is truncated (comparison.SignGate: no Beaver product).
 Saturation is exact: beyond +-T the outputs are ReLU(x) and +-1 (up to 2^-f).
 Reveals nothing but the output shares.
 """
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from . import beaver, fixed
-from .comparison import select_negative, sign_bit, sign_cost
+from .comparison import SignGate, select_negative, sign_cost, sign_gate_cost
 from .cost import Cost  # noqa: F401  (cost formulas below return Cost)
-from .truncation import truncate, truncate_cost, truncate_many
+from .truncation import truncate_cost
 
 DEGREE = 8
 T = 4.0
@@ -48,15 +48,20 @@ GELU_GRAD_COEFFS = _fit(lambda t: _std_normal_cdf(-t) - t * np.exp(-t * t / 2) /
 TANH_COEFFS = _fit(lambda t: 1 / (1 + np.exp(2 * t)), T)
 
 
-def _pieces(ctx, x: torch.Tensor, bits: int):
-    """ReLU(x), [x < 0], the powers of u = |x| / T (fixed.powers) and [|x| < T] (bits: arithmetic, scale 1)."""
+def _pieces(ctx, x: torch.Tensor, bits: int, polynomials: list):
+    """ReLU(x), [x < 0] (arithmetic, scale 1) and [|x| < T] * p(u) for each coefficient list p
+    of `polynomials`, u = |x| / T: the powers of u (fixed.powers), their combinations, and a
+    comparison whose bit gates the combinations as they are truncated (comparison.SignGate)."""
     neg_part, negative = select_negative(ctx, x, bits)
     relu = x - neg_part
     absolute = relu - neg_part
     powers, (coarse,) = fixed.powers(ctx, absolute, _U_SHIFT, DEGREE,
                                      extra=[(absolute, ctx.frac_bits - _COARSE_BITS)])
-    inside = sign_bit(ctx, coarse - ctx.public(T * 2 ** _COARSE_BITS, frac_bits=0), _INSIDE_BITS)
-    return relu, negative, powers, inside
+    combined = [fixed.combine_powers(ctx, powers, p[1:], p[0]) for p in polynomials]
+    # [|x| < T] = [coarse - 4T < 0]
+    inside = SignGate(ctx, coarse - ctx.public(T * 2 ** _COARSE_BITS, frac_bits=0), _INSIDE_BITS,
+                      gates=[shift for _, shift in combined])
+    return relu, negative, inside.truncate([value for value, _ in combined])
 
 
 def gelu(ctx, x: torch.Tensor, bits: int = 32, with_grad: bool = False):
@@ -64,11 +69,8 @@ def gelu(ctx, x: torch.Tensor, bits: int = 32, with_grad: bool = False):
 
     Max error about 3e-4 on the whole line. Cost: gelu_cost().
     """
-    relu, negative, powers, inside = _pieces(ctx, x, bits)
-    combined = [fixed.combine_powers(ctx, powers, GELU_COEFFS[1:], GELU_COEFFS[0])]
-    if with_grad:  # d/dx g(|x|) = sgn(x) g'(|x|), g' fitted on its own in the same powers
-        combined.append(fixed.combine_powers(ctx, powers, GELU_GRAD_COEFFS[1:], GELU_GRAD_COEFFS[0]))
-    gated = _mul_bits(ctx, truncate_many(ctx, combined), inside)
+    # d/dx g(|x|) = sgn(x) g'(|x|), g' fitted on its own in the same powers
+    relu, negative, gated = _pieces(ctx, x, bits, [GELU_COEFFS] + ([GELU_GRAD_COEFFS] if with_grad else []))
     out = relu - gated[0]
     if not with_grad:
         return out
@@ -81,9 +83,7 @@ def gelu(ctx, x: torch.Tensor, bits: int = 32, with_grad: bool = False):
 
 def tanh(ctx, x: torch.Tensor, bits: int = 32) -> torch.Tensor:
     """tanh(x), max error about 7e-4. Cost: tanh_cost()."""
-    _, negative, powers, inside = _pieces(ctx, x, bits)
-    r = truncate(ctx, *fixed.combine_powers(ctx, powers, TANH_COEFFS[1:], TANH_COEFFS[0]))
-    (r_inside,) = _mul_bits(ctx, [r], inside)
+    _, negative, (r_inside,) = _pieces(ctx, x, bits, [TANH_COEFFS])
     magnitude = ctx.public(1.0, x.shape) - 2 * r_inside
     sgn = ctx.public(1, x.shape, frac_bits=0) - 2 * negative
     return beaver.mul(ctx, magnitude, sgn)
@@ -95,33 +95,24 @@ def sigmoid(ctx, x: torch.Tensor, bits: int = 32) -> torch.Tensor:
     return fixed.mul_public(ctx, t + ctx.public(1.0), 0.5)
 
 
-def _mul_bits(ctx, values, bit) -> list:
-    """[v * bit for v in values] in one Beaver round, the bit opened once (broadcast);
-    bit has scale 1: no truncation."""
-    return list(beaver.mul(ctx, torch.stack(values), bit))
-
-
 def _encode_bits(ctx, bits):
     return bits << ctx.frac_bits
 
 
 
-def _pieces_cost(n: int, numel: int, bits: int) -> Cost:
+def _pieces_cost(n: int, numel: int, bits: int, polynomials: int) -> Cost:
     return (sign_cost(n, numel, bits, with_product=True) + fixed.powers_cost(n, numel, DEGREE, extra=1)
-            + sign_cost(n, numel, _INSIDE_BITS))
+            + sign_gate_cost(n, numel, _INSIDE_BITS, polynomials))
 
 
 def gelu_cost(n: int, numel: int, bits: int = 32, with_grad: bool = False) -> Cost:
-    total = _pieces_cost(n, numel, bits)
     if not with_grad:
-        return total + truncate_cost(n, numel) + beaver.mul_cost(n, numel, numel)
-    return (total + truncate_cost(n, 2 * numel) + beaver.mul_cost(n, 2 * numel, numel)
-            + beaver.mul_cost(n, numel, numel))
+        return _pieces_cost(n, numel, bits, 1)
+    return _pieces_cost(n, numel, bits, 2) + beaver.mul_cost(n, numel, numel)
 
 
 def tanh_cost(n: int, numel: int, bits: int = 32) -> Cost:
-    return (_pieces_cost(n, numel, bits) + truncate_cost(n, numel)
-            + beaver.mul_cost(n, numel, numel) + beaver.mul_cost(n, numel, numel))
+    return _pieces_cost(n, numel, bits, 1) + beaver.mul_cost(n, numel, numel)
 
 
 def sigmoid_cost(n: int, numel: int, bits: int = 32) -> Cost:

@@ -13,17 +13,20 @@ bit_L(r) XOR beta and a random bit beta in arithmetic form:
      linear in the arithmetic shares of beta.
 Everything opened is uniform (c, the AND maskings, p), so only s's shares result.
 relu/select reuse step 1's round to open x - a for a dealer pair (a, a*beta), making
-x * s local: relu(x) = x - x*s exact, with no truncation.
+x * s local: relu(x) = x - x*s exact, with no truncation. SignGate multiplies s by values
+truncated later, locally too (its docstring).
 Rounds: 2 + ceil(log2(ceil(L / digit_bits))). Bytes: sign_cost().
 """
 import torch
 
 from mpcft.kernels.bits import compare_leaves, unpack_bits, words_for
-from mpcft.kernels.ring import RING_BITS, bit, low_bits
+from mpcft.kernels.fused import trunc_reconstruct
+from mpcft.kernels.ring import RING_BITS, bit, low_bits, msb, rshift_logical
 
 from .binary import and_, and_cost, open_bits
 from .cost import FREE, Cost, open_cost
-from .sharing import open_low, open_low_cost
+from .sharing import open_low, open_low_cost, open_many
+from .truncation import VALID_BITS, truncate_cost
 
 FULL_BITS = 62   # any |x| < 2^62, the range of truncation
 DIGIT_BITS = 4
@@ -51,19 +54,24 @@ def sign_cost(n: int, numel: int, bits: int = FULL_BITS, digit_bits: int = DIGIT
     return total + open_cost(n, words)      # the opening of p
 
 
-def _sign(ctx, x: torch.Tensor, bits: int, digit_bits: int, with_product: bool):
-    """Arithmetic-share coefficients (A, B) with s = A + B*beta, plus beta, a*beta and d = x - a."""
+def _sign(ctx, x: torch.Tensor, bits: int, digit_bits: int, with_product: bool, gates: list | None = None):
+    """Arithmetic-share coefficients (A, B) with s = A + B*beta, plus beta, a*beta, d = x - a
+    and the correlation ("sign_gates" where `gates` lists truncation shifts)."""
     if not 1 <= bits <= FULL_BITS:
         raise ValueError(f"comparison bits must be in [1, {FULL_BITS}], got {bits}")
     shape, numel = x.shape, x.numel()
-    correlation = ctx.correlation("sign", shape=list(shape), bits=bits, digit_bits=digit_bits)
-    r, a, _ = correlation.random
+    if gates:
+        correlation = ctx.correlation("sign_gates", shape=list(shape), bits=bits, digit_bits=digit_bits,
+                                      gates=list(gates))
+    else:
+        correlation = ctx.correlation("sign", shape=list(shape), bits=bits, digit_bits=digit_bits)
+    r, a = correlation.random[:2]
     first = ctx.rank == 0
     c_share = x + r + (1 << bits) if first else x + r
     # only c mod 2^(bits+1) is used: each party sends ceil((bits + 1) / 8) bytes of its share
     opened = open_low(ctx, [(c_share, bits + 1)] + ([(x - a, RING_BITS)] if with_product else []))
     c, d = opened[0], (opened[1] if with_product else None)
-    onehot, masked_rbit, beta, a_beta = correlation.derived()
+    onehot, masked_rbit, beta, a_beta = correlation.derived()[:4]
     # leaves: XOR shares of [c_g < r_g] and [c_g == r_g] for every digit g (local: c is public)
     lt, eq = compare_leaves(low_bits(c, bits), onehot, digit_bits)
     borrow = _borrow_tree(ctx, list(lt.flip(0)), list(eq.flip(0)))
@@ -71,7 +79,7 @@ def _sign(ctx, x: torch.Tensor, bits: int, digit_bits: int, with_product: bool):
     q = 1 - bit(c, bits)                      # public: s = q XOR (p XOR beta)
     coeff_a = q + (1 - 2 * q) * p             # with p XOR beta = p + (1 - 2p) beta:
     coeff_b = (1 - 2 * q) * (1 - 2 * p)       # s = A + B * beta
-    return coeff_a, coeff_b, beta, a_beta, d
+    return coeff_a, coeff_b, beta, a_beta, d, correlation
 
 
 def _borrow_tree(ctx, lt: list, eq: list) -> torch.Tensor:
@@ -102,13 +110,58 @@ def _constant(ctx, value: torch.Tensor) -> torch.Tensor:
 
 def sign_bit(ctx, x: torch.Tensor, bits: int = FULL_BITS, digit_bits: int = DIGIT_BITS) -> torch.Tensor:
     """Arithmetic shares (scale 1, not fixed point) of [x < 0], for |x| < 2^bits."""
-    coeff_a, coeff_b, beta, _, _ = _sign(ctx, x, bits, digit_bits, with_product=False)
+    coeff_a, coeff_b, beta, *_ = _sign(ctx, x, bits, digit_bits, with_product=False)
     return _constant(ctx, coeff_a) + coeff_b * beta
+
+
+class SignGate:
+    """s = [x < 0] (sign_bit), and truncations of later values that s multiplies locally.
+
+    A truncated y = P + M (protocols/truncation.py: P public once its c is open,
+    M = -r_mid + t (1 - 2 c_top) r_top, t = 2^(63-m)) and s = A + B beta (A, B public) give
+      y s = A y + B (P beta + t (1 - 2 c_top) r_top beta - r_mid beta),
+    local from the dealer's r_top beta and r_mid beta ("sign_gates"): gating a truncated value
+    by a comparison costs the truncation's round and no Beaver product. Reveals what sign_bit
+    and truncate reveal: uniform openings. Cost: sign_cost, then truncate_cost per value.
+
+        gate = SignGate(ctx, z, bits=14, gates=[36])   # the comparison's rounds; gate.bit = [z < 0]
+        (w,) = gate.truncate([v])                      # one round: w = (v / 2^36) * [z < 0]
+    """
+
+    def __init__(self, ctx, x: torch.Tensor, bits: int, gates: list, digit_bits: int = DIGIT_BITS):
+        self.ctx, self.gates = ctx, [int(m) for m in gates]
+        self._a, self._b, self._beta, _, _, self._correlation = _sign(ctx, x, bits, digit_bits, False, self.gates)
+        self.bit = _constant(ctx, self._a) + self._b * self._beta
+        self._truncated = False
+
+    def truncate(self, values: list) -> list:
+        """[(values[k] / 2^gates[k]) * s]: one opening for all, once."""
+        if self._truncated or len(values) != len(self.gates):
+            raise ValueError(f"a SignGate truncates its {len(self.gates)} values once, together")
+        self._truncated = True
+        ctx, first = self.ctx, self.ctx.rank == 0
+        masks = self._correlation.random[3:]
+        opened = open_many(ctx, [v + r + ((1 << VALID_BITS) if first else 0) for v, r in zip(values, masks)])
+        derived = self._correlation.derived()[4:]
+        out = []
+        for k, (c, m) in enumerate(zip(opened, self.gates)):
+            top, mid, top_beta, mid_beta = derived[4 * k:4 * k + 4]
+            y = trunc_reconstruct(c, top, mid, m, first)
+            c_top, shift = msb(c), RING_BITS - 1 - m
+            public = rshift_logical(low_bits(c, RING_BITS - 1), m) + (c_top << shift) - (1 << (shift - 1))
+            y_beta = public * self._beta + (((1 - 2 * c_top) * top_beta) << shift) - mid_beta
+            out.append(self._a * y + self._b * y_beta)
+        return out
+
+
+def sign_gate_cost(n: int, numel: int, bits: int, gates: int, digit_bits: int = DIGIT_BITS) -> Cost:
+    """Cost of SignGate and its truncate: the comparison, then one truncation round."""
+    return sign_cost(n, numel, bits, digit_bits) + truncate_cost(n, gates * numel)
 
 
 def select_negative(ctx, x: torch.Tensor, bits: int = FULL_BITS, digit_bits: int = DIGIT_BITS):
     """Shares of x * [x < 0] and of [x < 0], in sign_bit's rounds (x*s is local)."""
-    coeff_a, coeff_b, beta, a_beta, d = _sign(ctx, x, bits, digit_bits, with_product=True)
+    coeff_a, coeff_b, beta, a_beta, d, _ = _sign(ctx, x, bits, digit_bits, with_product=True)
     s = _constant(ctx, coeff_a) + coeff_b * beta
     x_beta = d * beta + a_beta                 # x * beta = (d + a) * beta
     return coeff_a * x + coeff_b * x_beta, s

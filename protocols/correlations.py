@@ -21,6 +21,9 @@ Kinds (params -> values, all as additive shares):
 - "trunc"(shape, bits): r uniform; r_top = msb(r); r_mid = (r mod 2^63) >> bits.
 - "and_triple"(words): binary (XOR-shared) packed words a, b uniform; c = a AND b.
 - "sign"(shape, bits, digit_bits): see protocols/comparison.py.
+- "sign_gates"(shape, bits, digit_bits, gates): "sign" plus, per entry m_k of `gates`, a
+  truncation mask r_k with r_top_k and r_mid_k as for "trunc" and their products with the
+  comparison's bit beta, r_top_k beta and r_mid_k beta (comparison.SignGate).
 - "trunc_products"(shape, bits, pairs): a truncation mask r_i per entry m_i of `bits`, its
   r_top_i and r_mid_i as for "trunc"; per pair (i, j) the cross products of the masks that
   protocols/truncation.FusedTruncations needs to multiply the truncated outputs locally:
@@ -83,10 +86,14 @@ def _square(p):
     return [(shape, ARITH)], [(shape, ARITH)], lambda a: [a * a]
 
 
+def _trunc_masks(r, bits: int) -> list:
+    """[r_top, r_mid] of a truncation mask r: msb(r) and (r mod 2^63) >> bits."""
+    return [msb(r), rshift_logical(low_bits(r, RING_BITS - 1), bits)]
+
+
 def _trunc(p):
     shape, bits = _shape(p["shape"]), int(p["bits"])
-    return ([(shape, ARITH)], [(shape, ARITH)] * 2,
-            lambda r: [msb(r), rshift_logical(low_bits(r, RING_BITS - 1), bits)])
+    return [(shape, ARITH)], [(shape, ARITH)] * 2, lambda r: _trunc_masks(r, bits)
 
 
 def _and_triple(p):
@@ -111,6 +118,29 @@ def _sign(p):
 MAX_FUSED_TRUNCATIONS = 64
 
 
+def _check_shifts(kind: str, name: str, shifts) -> None:
+    if not isinstance(shifts, list) or not 1 <= len(shifts) <= MAX_FUSED_TRUNCATIONS or not all(
+            isinstance(m, int) and not isinstance(m, bool) and 0 < m < RING_BITS - 2 for m in shifts):
+        raise ValueError(f"{kind!r}: {name} must list 1 to {MAX_FUSED_TRUNCATIONS} shifts in "
+                         f"(0, {RING_BITS - 2}), got {shifts!r}")
+
+
+def _sign_gates(p):
+    gates = p["gates"]
+    _check_shifts("sign_gates", "gates", gates)
+    shape = _shape(p["shape"])
+    random, derived, derive_sign = _sign(p)
+
+    def derive(r, a, s, *masks):
+        out = derive_sign(r, a, s)
+        beta = out[2]
+        for mask, m in zip(masks, gates):
+            top, mid = _trunc_masks(mask, m)
+            out += [top, mid, top * beta, mid * beta]
+        return out
+    return random + [(shape, ARITH)] * len(gates), derived + [(shape, ARITH)] * (4 * len(gates)), derive
+
+
 def cross_terms(bits_i: int, bits_j: int, same: bool) -> int:
     """How many mask products a "trunc_products" pair (i, j) carries (see the module docstring)."""
     return 2 if same else 3 + (bits_i + bits_j > RING_BITS - 2)
@@ -118,10 +148,7 @@ def cross_terms(bits_i: int, bits_j: int, same: bool) -> int:
 
 def _trunc_products(p):
     shape, bits, pairs = _shape(p["shape"]), p["bits"], p["pairs"]
-    if not 1 <= len(bits) <= MAX_FUSED_TRUNCATIONS or not all(
-            isinstance(m, int) and not isinstance(m, bool) and 0 < m < RING_BITS - 2 for m in bits):
-        raise ValueError(f"'trunc_products': bits must list 1 to {MAX_FUSED_TRUNCATIONS} shifts in "
-                         f"(0, {RING_BITS - 2}), got {bits!r}")
+    _check_shifts("trunc_products", "bits", bits)
     if (not isinstance(pairs, list) or len(pairs) > MAX_FUSED_TRUNCATIONS ** 2
             or not all(isinstance(q, list) and len(q) == 2 and all(isinstance(i, int) and not isinstance(i, bool)
                                                                 for i in q) and 0 <= q[0] <= q[1] < len(bits)
@@ -131,8 +158,7 @@ def _trunc_products(p):
                          f"got {pairs!r}")
 
     def derive(*masks):
-        tops = [msb(r) for r in masks]
-        mids = [rshift_logical(low_bits(r, RING_BITS - 1), m) for r, m in zip(masks, bits)]
+        tops, mids = zip(*(_trunc_masks(r, m) for r, m in zip(masks, bits)))
         out = [v for top, mid in zip(tops, mids) for v in (top, mid)]
         for i, j in pairs:
             terms = [mids[i] * mids[j], mids[i] * tops[j]]
@@ -169,7 +195,7 @@ def _dp_laplace(p):
 
 # kind -> params -> ([(shape, binary)] random inputs, [(shape, binary)] derived values, derive)
 KINDS = {"triple": _triple, "matmul_triple": _matmul_triple, "square": _square, "trunc": _trunc,
-         "and_triple": _and_triple, "sign": _sign, "trunc_products": _trunc_products, "dp_noise": _dp_noise,
+         "and_triple": _and_triple, "sign": _sign, "sign_gates": _sign_gates, "trunc_products": _trunc_products, "dp_noise": _dp_noise,
          "dp_laplace": _dp_laplace}
 
 MAX_DIMS = 16
@@ -181,6 +207,7 @@ PARAMETERS = {"triple": {"shape_a": "shape", "shape_b": "shape"},
               "trunc": {"shape": "shape", "bits": (0, RING_BITS - 1)},
               "and_triple": {"words": (0, 1 << 40)},
               "sign": {"shape": "shape", "bits": (1, RING_BITS - 2), "digit_bits": (1, 8)},
+              "sign_gates": {"shape": "shape", "bits": (1, RING_BITS - 2), "digit_bits": (1, 8), "gates": "list"},
               "trunc_products": {"shape": "shape", "bits": "list", "pairs": "list"},
               "dp_noise": {"shape": "shape", "variance_num": (1, (1 << 62) - 1),
                            "variance_den": (1, 1 << 55)},

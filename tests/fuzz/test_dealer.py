@@ -44,7 +44,7 @@ def value_for(rule):
     """A strategy of valid-looking values for a PARAMETERS rule, often at or past its edges."""
     if rule == "shape":
         return st.one_of(st.lists(st.integers(0, 6), max_size=3), shapes)
-    if rule == "list":       # trunc_products' shifts and pairs
+    if rule == "list":       # trunc_products' shifts and pairs, sign_gates' shifts
         return st.one_of(st.lists(st.integers(-1, 64), max_size=4),
                          st.lists(st.lists(st.integers(-1, 4), max_size=3), max_size=4), odd)
     least, greatest = rule
@@ -144,6 +144,7 @@ WARM_UP = [{"kind": "triple", "params": {"shape_a": [2], "shape_b": [2]}},
            {"kind": "trunc", "params": {"shape": [2], "bits": 20}},
            {"kind": "and_triple", "params": {"words": 2}},
            {"kind": "sign", "params": {"shape": [2, 3], "bits": 62, "digit_bits": 1}},
+           {"kind": "sign_gates", "params": {"shape": [2, 3], "bits": 14, "digit_bits": 4, "gates": [36, 20]}},
            {"kind": "trunc_products", "params": {"shape": [2], "bits": [20, 40], "pairs": [[0, 0], [0, 1]]}},
            {"kind": "dp_noise", "params": {"shape": [2], "variance_num": 9, "variance_den": 2}},
            {"kind": "dp_laplace", "params": {"shape": [2], "scale_num": 9, "scale_den": 2}}]

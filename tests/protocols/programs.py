@@ -166,6 +166,9 @@ def run_offline(session, x, y, folder):
     return products(MPCContext(session, correlations=files), x, y)
 
 
+GATES = [10, 5]   # SignGate's shifts in `comparisons`: y << 10 comes back exactly, x / 2^5 rounds
+
+
 def comparisons(session, x, y, bits, device=None):
     """sign, relu, maximum and max_along on fixed-point inputs; raw ring results and costs."""
     from mpcft.protocols import comparison
@@ -183,6 +186,10 @@ def comparisons(session, x, y, bits, device=None):
     lo, hi = clamp_bounds(x)
     c, costs["clamp"] = measured(session, lambda: comparison.clamp(ctx, X.share, lo, hi, bits))
     out["clamp"] = ctx.fp.decode(sharing.open_(ctx, c))
+    gate, costs["gate"] = measured(session, lambda: comparison.SignGate(ctx, X.share, bits, GATES))
+    gated, costs["gate_truncate"] = measured(session, lambda: gate.truncate([Y.share << GATES[0], X.share]))
+    out["gate_bit"] = sharing.open_(ctx, gate.bit)
+    out["gated"] = [sharing.open_(ctx, g) for g in gated]
     return out, costs
 
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from mpcft.kernels import FixedPoint
-from mpcft.protocols.comparison import clamp_cost, max_along_cost, sign_cost
-from mpcft.protocols.correlations import CorrelationDealer
+from mpcft.protocols.comparison import clamp_cost, max_along_cost, sign_cost, sign_gate_cost
+from mpcft.protocols.correlations import CorrelationDealer, correction_bytes
 from mpcft.runtime import run_threads, spawn
 
 from ..devices import to_cpu
@@ -28,6 +28,11 @@ def check(results, x, y, bits, n):
     xe, ye = FP.decode(FP.encode(x)), FP.decode(FP.encode(y))   # the encoded values, compared exactly
     for out, costs in results:
         assert torch.equal(out["sign"], (xe < 0).long())
+        # SignGate: the comparison's bit times values truncated afterwards, locally
+        assert torch.equal(out["gate_bit"], out["sign"])
+        assert torch.equal(out["gated"][0], out["sign"] * FP.encode(y))
+        rounding = out["gated"][1] - out["sign"] * (FP.encode(x) >> programs.GATES[1])
+        assert ((rounding == 0) | (rounding == out["sign"])).all()
         assert torch.equal(out["relu"], xe.clamp(min=0))
         assert torch.equal(out["maximum"], torch.maximum(xe, ye))
         assert torch.equal(out["max_along"], xe.max(-1, keepdim=True).values)
@@ -38,6 +43,8 @@ def check(results, x, y, bits, n):
         assert costs["sign"] == astuple(sign_cost(n, numel, bits))
         assert costs["relu"] == astuple(sign_cost(n, numel, bits, with_product=True))
         assert costs["clamp"] == astuple(clamp_cost(n, numel, bits))
+        gate = sign_gate_cost(n, numel, bits, len(programs.GATES))
+        assert (costs["gate"][0] + costs["gate_truncate"][0], costs["gate"][1] + costs["gate_truncate"][1]) == astuple(gate)
         assert costs["max_along"] == astuple(max_along_cost(n, numel, x.shape[-1], bits))
 
 
@@ -54,6 +61,15 @@ def test_comparisons_in_threads(n, bits, scale, device):
 def test_comparisons_in_processes(n):
     x, y = inputs((16, 70), 100.0, 3), inputs((16, 70), 100.0, 4)
     check(spawn(programs.comparisons, n, x, y, 62, dealer_handler=CorrelationDealer), x, y, 62, n)
+
+
+def test_sign_gates_layout():
+    # "sign" plus, per gate, its mask's r_top and r_mid and their products with beta
+    sign = {"shape": [5, 7], "bits": 14, "digit_bits": 4}
+    assert correction_bytes("sign_gates", dict(sign, gates=[36, 5])) == correction_bytes("sign", sign) + 8 * 35 * 8
+    for gates in ([], [0], [62], [True], 36, [36] * 65):
+        with pytest.raises(ValueError):
+            correction_bytes("sign_gates", dict(sign, gates=gates))
 
 
 def test_rounds_formula():
