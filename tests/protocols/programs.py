@@ -146,6 +146,19 @@ def transcript(session, x, y, opening="all"):
     return [t.reshape(-1) for t in recording.received]
 
 
+def gate_transcript(session, x, y):
+    """A SignGate on [x < 0] truncating y << 20: every party's view of the truncation round
+    (the comparison's own openings are low bytes of uniform values, tested apart)."""
+    from mpcft.protocols.comparison import SignGate
+    recording = RecordingSession(session)
+    ctx = MPCContext(recording)
+    X, Y = owned(ctx, x, 0), owned(ctx, y, 1)
+    gate = SignGate(ctx, X.share, 32, [20])
+    start = len(recording.received)
+    gate.truncate([Y.share << 20])
+    return [t.reshape(-1) for t in recording.received[start:]]
+
+
 def products(ctx, x, y):
     X, Y = owned(ctx, x, 0), owned(ctx, y, 1)
     return [(X * Y).reveal(), (X @ Y.T).reveal(), X.square().reveal()]

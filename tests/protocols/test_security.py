@@ -65,6 +65,20 @@ def test_views_are_distributed_alike_for_different_secrets(n, opening):
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("n", [2, 3])
+def test_gated_truncation_views_are_distributed_alike(n):
+    shape = (64, 64)
+    view_a = run_threads(programs.gate_transcript, n, torch.full(shape, -3.0, dtype=torch.float64),
+                         torch.zeros(shape, dtype=torch.float64), dealer_handler=CorrelationDealer)
+    view_b = run_threads(programs.gate_transcript, n, torch.full(shape, 5.0, dtype=torch.float64),
+                         torch.full(shape, 1000.0, dtype=torch.float64), dealer_handler=CorrelationDealer)
+    for rank in range(n):
+        ha, hb = byte_histogram(view_a[rank]), byte_histogram(view_b[rank])
+        assert chi_square_uniform(ha) < 350 and chi_square_uniform(hb) < 350, rank
+        assert chi_square_two_sample(ha, hb) < 350, rank
+
+
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("n, opening", OPENINGS)
 def test_no_message_carries_a_plaintext_input(n, opening):
     x = torch.full((32, 16), SENTINEL, dtype=torch.float64)
