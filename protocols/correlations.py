@@ -325,16 +325,27 @@ def dealer_corrections(kind: str, params: dict, number: int, seeds, epoch: int =
     streams = [_stream(seeds[i], layout, number, epoch) for i in range(len(seeds))]
     values = []
     for shape, binary in random:
-        value = torch.zeros(shape, dtype=torch.int64)
-        for prg in streams:
-            value = value ^ prg.ring(shape) if binary else value + prg.ring(shape)
+        value = streams[0].ring(shape)
+        for prg in streams[1:]:
+            (value.bitwise_xor_ if binary else value.add_)(prg.ring(shape))
         values.append(value)
-    corrections = derive(*values)
+    corrections = _owned(derive(*values))
     for prg in streams[1:]:
         for j, (shape, binary) in enumerate(derived):
-            share = prg.ring(shape)
-            corrections[j] = corrections[j] ^ share if binary else corrections[j] - share
+            (corrections[j].bitwise_xor_ if binary else corrections[j].sub_)(prg.ring(shape))
     return corrections
+
+
+def _owned(tensors: list) -> list:
+    """The tensors, each copied where it shares memory with an earlier one or is not contiguous
+    (a broadcast view), so that each can be updated in place on its own."""
+    out, seen = [], set()
+    for t in tensors:
+        if not t.is_contiguous() or t.untyped_storage().data_ptr() in seen:
+            t = t.clone(memory_format=torch.contiguous_format)
+        seen.add(t.untyped_storage().data_ptr())
+        out.append(t)
+    return out
 
 
 class CorrelationDealer:
