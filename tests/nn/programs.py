@@ -53,10 +53,16 @@ def gradients(session, inputs, mask, labels, mode, layers, encoder, device=None)
                       for name, p in model.named_parameters() if p.requires_grad}}
 
 
-def per_example_gradients(session, inputs, mask, labels, mode, layers, encoder):
-    """Revealed per-example gradients (grad_sample) and summed gradients, by parameter name."""
+def per_example_gradients(session, inputs, mask, labels, mode, layers, encoder, lora_b=None):
+    """Revealed per-example gradients (grad_sample) and summed gradients, by parameter name;
+    lora_b: the value every LoRA B starts from instead of zero (mode lora)."""
+    from mpcft.nn.layers import LoRALinear
+    from mpcft.nn.module import Parameter
     ctx = MPCContext(session)
     model = _model(ctx, encoder, labels, mode, layers)
+    for m in model.modules():
+        if lora_b is not None and isinstance(m, LoRALinear):
+            m.lora_b.weight = Parameter(ctx, lora_b, secret=True, requires_grad=True)
     model.track_per_example()
     x, m, y = _inputs(session, ctx, inputs, mask, labels)
     cross_entropy(model(x, m), y, value=False).backward(model.grad_scale)

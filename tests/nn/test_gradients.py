@@ -113,3 +113,33 @@ def test_per_example_gradients_match_torch(mode, layers):
     for name, (sample, total) in got.items():
         assert sample.shape[0] == B
         assert (sample.sum(0) - total).abs().max() < 1e-4, name
+
+
+@pytest.mark.timeout(600)
+def test_lora_per_example_gradients_match_the_plaintext_baseline():
+    """LoRA on the top layer: the per-example gradients of the adapters and the head under MPC
+    equal those of the model `--plaintext-baseline` hands to Opacus (mpcft.finetune.plaintext),
+    with B started away from zero so that A's gradient does not vanish."""
+    from mpcft.finetune.plaintext import _LoRA, _Model, _per_example_gradients
+    inputs, mask, labels = case("top")
+    encoder, rank, alpha = programs.tiny_bert(), 8, 16.0      # mpcft.nn.prepare's defaults
+    hidden = encoder.config.hidden_size
+    lora_b = torch.randn(hidden, rank, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 0.3
+    got = run_threads(programs.per_example_gradients, 2, inputs, mask, labels, "lora", 1, encoder, lora_b,
+                      dealer_handler=CorrelationDealer, timeout=580)[0]
+    layer = encoder.encoder.layer[-1]
+    adapters = [_LoRA(layer.attention.self.query, rank, alpha, 0), _LoRA(layer.attention.self.value, rank, alpha, 0)]
+    for adapter in adapters:
+        adapter.b.data.copy_(lora_b)
+    head_w = torch.randn(LABELS, hidden, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.02
+    model = _Model([layer], [adapters], encoder.config.num_attention_heads, torch.nn.Parameter(head_w),
+                   torch.nn.Parameter(torch.zeros(LABELS, dtype=torch.float64)))
+    params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    want = _per_example_gradients(model, params, inputs, mask, labels.argmax(1))
+    names = {"layer0.attention.query.lora_a.weight": "adapters.0.0.a", "layer0.attention.query.lora_b.weight":
+             "adapters.0.0.b", "layer0.attention.value.lora_a.weight": "adapters.0.1.a",
+             "layer0.attention.value.lora_b.weight": "adapters.0.1.b", "head.weight": "head_w", "head.bias": "head_b"}
+    assert set(got) == set(names)
+    errors = {name: relative(got[name][0] * B, want[names[name]]) for name in names}
+    print(errors)
+    assert max(errors.values()) < 1e-2, errors
