@@ -217,7 +217,7 @@ def bench_table(shapes, repeat: int) -> str:
         auto = rate(lambda: K.ring_matmul(a, b), ops, repeat)
         af, bf = a.double(), b.double()
         f64_gemm = rate(lambda: torch.matmul(af, bf), ops, repeat)
-        del af, bf
+        af = bf = None                      # free the device memory before the next product
         col = row = ceiling = "n/a"
         if INT8 and not batched:
             a8 = (a & 127).to(torch.int8)
@@ -226,9 +226,9 @@ def bench_table(shapes, repeat: int) -> str:
             col = rate(lambda: torch._int_mm(a8, b8_col), ops, repeat)
             row = rate(lambda: torch._int_mm(a8, b8), ops, repeat)
             ceiling = f"{float(col) / 36:.2f}" if col != "error" else "error"
-            del a8, b8, b8_col
+            a8 = b8 = b8_col = None
         rows.append([name, int8_ring, f64_ring, auto, f64_gemm, col, row, ceiling])
-        del a, b
+        a = b = None
         if DEVICE.type == "cuda":
             torch.cuda.empty_cache()
     header = ["shape", "ring int8 digits", "ring f64 limbs", "ring_matmul auto", "float64 GEMM",
