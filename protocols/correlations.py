@@ -253,6 +253,35 @@ def layout_id(kind: str, params: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+# kinds whose every value has the request's shape (packed bits: its words, last): a large
+# correlation of one of them can be dealt in pieces of its elements
+ELEMENTWISE = ("square", "trunc", "sign", "sign_gates", "trunc_products")
+
+
+def split_layout(kind: str, params: dict, max_elements: int) -> list | None:
+    """The params of the pieces, each of at most max_elements ring elements, that a large
+    elementwise correlation is dealt in: its elements in order, cut at multiples of 64 so that
+    packed bits part at word boundaries. None where one request does."""
+    if kind not in ELEMENTWISE:
+        return None
+    total, numel = _elements(_spec(kind, params)), math.prod(params["shape"])
+    if total <= max_elements or numel <= 64:
+        return None
+    chunk = max(64, max_elements // -(-total // numel) // 64 * 64)
+    return [dict(params, shape=[min(chunk, numel - start)]) for start in range(0, numel, chunk)]
+
+
+def join_pieces(kind: str, params: dict, pieces: list) -> "Correlation":
+    """One correlation of layout (kind, params) from those of split_layout's pieces."""
+    random, derived, _ = _spec(kind, params)
+
+    def join(spec, parts):
+        return [torch.cat([p[k] for p in parts], -1) if binary else
+                torch.cat([p[k].reshape(-1) for p in parts]).reshape(shape)
+                for k, (shape, binary) in enumerate(spec)]
+    return Correlation(join(random, [p.random for p in pieces]), lambda: join(derived, [p.derived() for p in pieces]))
+
+
 def _elements(spec) -> int:
     random, derived, _ = spec
     # exact (no int64 wrap-around); an empty tensor counts what its other sizes span, which

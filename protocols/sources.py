@@ -3,11 +3,12 @@
 `CorrelationSource.get(kind, **params)` returns this party's shares of the next correlation
 of that layout (protocols/correlations.py); `with source.step(name):` brackets one unit of
 work that repeats (a training step, an evaluation batch), so that a source may prepare the
-next one; `source.new_epoch(e)` moves to key epoch e (a checkpoint), where counts restart. A plan, the requests of a run or a step, is one format everywhere: a list of
+next one (name the steps whose shapes differ apart, e.g. by batch size: shapes are layouts); `source.new_epoch(e)` moves to key epoch e (a checkpoint), where counts restart. A plan, the requests of a run or a step, is one format everywhere: a list of
 {"kind": kind, "params": params} (JSON as it is).
 
 - `DealerCorrelations`: online; party 0 asks the dealer, the others expand their seeds; a
-  step prefetches the last plan of the same name. The seconds spent expanding PRG streams
+  step prefetches the last plan of the same name; a large elementwise correlation is asked
+  for in pieces (correlations.split_layout), within the dealer's bound on one request. The seconds spent expanding PRG streams
   count in the session's `comm.count_prg` (mpcft.runtime.comm).
 - `FileCorrelations`: offline, from a file `write_offline` made from a recorded plan.
 - `RecordingCorrelations`: wraps another source and records its plan.
@@ -25,8 +26,8 @@ import torch
 
 from mpcft.kernels import fresh_seed
 
-from .correlations import (Correlation, correction_bytes, dealer_corrections, layout_id,
-                           party_correlation, party_shares, random_count)
+from .correlations import (Correlation, correction_bytes, dealer_corrections, join_pieces, layout_id,
+                           party_correlation, party_shares, random_count, split_layout)
 
 
 def request(kind: str, params: dict) -> dict:
@@ -62,12 +63,13 @@ class DealerCorrelations(CorrelationSource):
     dealer computes while the parties work instead of when they wait.
     """
 
-    def __init__(self, session, max_ahead_bytes: int = 1 << 30):
+    def __init__(self, session, max_ahead_bytes: int = 1 << 30, max_request_elements: int = 1 << 26):
         if session.dealer_seed is None:
             raise ValueError("this session has no dealer: start one (mpcft launch --dealer) "
                              "or use FileCorrelations for an offline run")
         self.session = session
         self.max_ahead_bytes = max_ahead_bytes
+        self.max_request_elements = max_request_elements   # larger elementwise ones go in pieces
         self._used = collections.Counter()     # layout -> correlations of it used here
         self._asked = collections.Counter()    # party 0: layout -> correlations of it asked for
         self._ahead = {}                       # party 0: (layout, number) -> (reply, bytes) not yet used
@@ -77,6 +79,12 @@ class DealerCorrelations(CorrelationSource):
         self.epoch = 0
 
     def get(self, kind: str, **params) -> Correlation:
+        pieces = split_layout(kind, params, self.max_request_elements)
+        if pieces is None:
+            return self._get(kind, params)
+        return join_pieces(kind, params, [self._get(kind, piece) for piece in pieces])
+
+    def _get(self, kind: str, params: dict) -> Correlation:
         layout = layout_id(kind, params)
         number = self._used[layout]
         self._used[layout] += 1
