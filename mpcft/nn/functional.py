@@ -183,15 +183,15 @@ def gelu(x: SharedTensor) -> SharedTensor:
 
 class MeanPoolFunction(Function):
     """sum_t m_t h_t / sum_t m_t over the tokens of h [B, T, H] for the shared 0/1 mask [B, T],
-    as sentence-transformers pools; the counts' reciprocal is computed under MPC."""
+    as sentence-transformers pools; the counts' reciprocal is computed under MPC, exactly
+    (protocols.reciprocal.count_reciprocal)."""
 
     @staticmethod
     def forward(fctx, h, mask):
         ctx = fctx.mpc
         m = mask.unsqueeze(-1)
         summed = beaver.mul(ctx, h, m).sum(1)                      # mask has scale 1: no truncation
-        counts = mask.sum(1, keepdim=True) << ctx.frac_bits         # the integer counts, encoded
-        inverse = reciprocal.reciprocal(ctx, counts, lo=0.5, hi=h.shape[1] * 1.1, bits=32)
+        inverse = reciprocal.count_reciprocal(ctx, mask.sum(1, keepdim=True), h.shape[1])
         if fctx.needs_input_grad[0]:
             fctx.inverse, fctx.mask = inverse, m
         return fixed.mul(ctx, summed, inverse)

@@ -159,6 +159,15 @@ def gate_transcript(session, x, y):
     return [t.reshape(-1) for t in recording.received[start:]]
 
 
+def count_reciprocal(session, counts, most):
+    """count_reciprocal of integer counts (party 0's): the opened values and the cost."""
+    from mpcft.protocols.reciprocal import count_reciprocal as reciprocal_of_counts
+    ctx = MPCContext(session)
+    k = SharedTensor.from_plain(ctx, counts if ctx.rank == 0 else None, 0, tuple(counts.shape), frac_bits=0)
+    inverse, cost = measured(session, lambda: reciprocal_of_counts(ctx, k.share, most))
+    return ctx.fp.decode(sharing.open_(ctx, inverse)), cost
+
+
 def products(ctx, x, y):
     X, Y = owned(ctx, x, 0), owned(ctx, y, 1)
     return [(X * Y).reveal(), (X @ Y.T).reveal(), X.square().reveal()]

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from mpcft.kernels import FixedPoint
 from mpcft.protocols.correlations import CorrelationDealer
 from mpcft.runtime import run_threads
 
@@ -130,3 +131,16 @@ def test_measured_communication_equals_declared_costs(n):
     }
     for name, cost in declared.items():
         assert measured[name] == (cost.rounds, cost.bytes_sent), (name, measured[name], cost)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("most", [64, 7])
+def test_count_reciprocal_is_the_encoding_of_one_over_k(n, most):
+    from mpcft.protocols.reciprocal import count_reciprocal_cost
+    counts = torch.arange(0, most + 1, dtype=torch.float64).repeat(3).reshape(3, -1)
+    out, cost = run_threads(programs.count_reciprocal, n, counts, most, dealer_handler=CorrelationDealer)[0]
+    fp = FixedPoint()
+    assert torch.equal(out, fp.decode(fp.encode(1 / counts.clamp(min=1))))       # k = 0 reads as 1
+    assert cost == (count_reciprocal_cost(n, counts.numel(), most).rounds,
+                    count_reciprocal_cost(n, counts.numel(), most).bytes_sent)
