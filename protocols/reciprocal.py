@@ -5,10 +5,11 @@ Range reduction with comparisons against public powers of two, then Newton itera
   one-hot o_j = b_j - b_{j+1} of the binary exponent e, so a public function of e is a
   local linear combination sum_j o_j * g(j), with no truncation (o_j has scale 1);
   m = x * 2^-(e+1) lies in [1/2, 1) (or [1/4, 1) with every other threshold), where the
-  iterations converge from a linear guess.
+  iterations converge from a quadratic guess (m^2 is local: it costs no round).
 reciprocal: thresholds every 2 binary orders, m in [1/4, 1); 1/m by y <- y (2 - m y) from
-  the minimax line (relative error 0.22), 3 iterations: 0.22 -> 0.048 -> 2.3e-3 -> 5.3e-6.
-inv_sqrt: with even exponents, m = x * 4^-e' in [1/4, 1), 1/sqrt(m) by y <- y (3 - m y^2) / 2.
+  a quadratic of relative error 0.075, 2 iterations: 0.075 -> 5.6e-3 -> 3.1e-5.
+inv_sqrt: with even exponents, m = x * 4^-e' in [1/4, 1), 1/sqrt(m) by y <- y (3 - m y^2) / 2
+  from a quadratic of relative error 0.024, 2 iterations: 0.024 -> 8.9e-4 -> 1.2e-6.
 Every iterate, m and every intermediate come out of a truncation, so their products are
 local (truncation.FusedTruncations): an iteration costs 2 truncation rounds and no Beaver one.
 log: log(x) = log(m) + (e+1) ln 2, log(m) by a degree-8 polynomial on [1/2, 1).
@@ -57,27 +58,30 @@ def reciprocal(ctx, x: torch.Tensor, lo: float = 1e-2, hi: float = 1e4, bits: in
     # interval k holds x in [2^(exps[k-1]), 2^(exps[k])): scale by 2^-exps[k] into [1/4, 1)
     tops = [exps[0]] + [j + _RECIPROCAL_STEP for j in exps]
     scale = _scale_sum(ctx, onehot, [2.0 ** -t for t in tops])
-    pairs = [p for y in range(1, 2 * _ITERATIONS, 2) for p in ((0, y), (y, y + 1))]
-    newton = _Newton(ctx, beaver.mul(ctx, x, scale), -_RECIPROCAL_SLOPE, _RECIPROCAL_INTERCEPT,
-                     [ctx.frac_bits] * 2 * _ITERATIONS, pairs)
-    for y in range(1, 2 * _ITERATIONS, 2):       # y <- 2y - (m y) y
+    pairs = [p for y in range(1, 2 * _RECIPROCAL_ITERATIONS, 2) for p in ((0, y), (y, y + 1))]
+    newton = _Newton(ctx, beaver.mul(ctx, x, scale), _RECIPROCAL_GUESS,
+                     [ctx.frac_bits] * 2 * _RECIPROCAL_ITERATIONS, pairs)
+    for y in range(1, 2 * _RECIPROCAL_ITERATIONS, 2):       # y <- 2y - (m y) y
         (m_y,) = newton.truncate(newton.product(0, y))
         newton.truncate(newton.lifted(y, 2) - newton.product(y, m_y))
     return fixed.mul(ctx, newton.outputs[-1], scale)
 
 
 class _Newton:
-    """Newton iterations on m = raw / 2^f from the linear guess y0 = slope m + intercept, each
-    value a truncation output (truncation.FusedTruncations), so that every product of two of
-    them is local and an iteration costs only its truncation rounds. Truncation 0 is m, 1 is
-    y0, then `shifts` in order; `pairs` are the products the iterations take."""
+    """Newton iterations on m = raw / 2^f from the guess y0 = c0 + c1 m + c2 m^2, each value a
+    truncation output (truncation.FusedTruncations), so that every product of two of them,
+    m^2 included, is local and an iteration costs only its truncation rounds. Truncation 0 is
+    m, 1 is y0, then `shifts` in order; `pairs` are the products the iterations take."""
 
-    def __init__(self, ctx, raw, slope: float, intercept: float, shifts: list, pairs: list):
-        self.ctx, self.f = ctx, ctx.frac_bits
-        self.fused = FusedTruncations(ctx, raw.shape, [self.f, self.f] + shifts, pairs)
+    def __init__(self, ctx, raw, guess, shifts: list, pairs: list):
+        self.ctx, f = ctx, ctx.frac_bits
+        self.f, e = f, _GUESS_BITS
+        self.fused = FusedTruncations(ctx, raw.shape, [f, f + e] + shifts, [(0, 0)] + pairs)
         (m,) = self.fused.truncate({0: raw})
         self.outputs = [m]
-        self.truncate(m * round(slope * 2.0 ** self.f) + fixed.ring_constant(ctx, intercept, 2 * self.f))
+        c0, c1, c2 = guess            # y0 at 2f + e fractional bits, truncated by f + e
+        self.truncate(self.fused.product(0, 0) * round(c2 * 2.0 ** e) + m * round(c1 * 2.0 ** (f + e))
+                      + fixed.ring_constant(ctx, c0, 2 * f + e))
 
     def truncate(self, *raws) -> list:
         """Truncate the next values together (one round); their indices."""
@@ -93,16 +97,22 @@ class _Newton:
         return self.outputs[i] * (factor << self.f)
 
 
-def _minimax_reciprocal_line(a: float, b: float):
-    """y0 = alpha - beta m minimising max |1 - m y0| on [a, b] (equioscillation at a, b and
-    alpha / 2 beta): beta = 8 / (4ab + (a + b)^2), alpha = beta (a + b), error 1 - beta a b."""
-    beta = 8 / (4 * a * b + (a + b) ** 2)
-    return beta, beta * (a + b)
+def _relative_fit(f, a: float, b: float, degree: int = 2) -> list:
+    """Coefficients (increasing powers) of a polynomial close to f on [a, b] in relative error,
+    near minimax: least squares reweighted towards the largest errors."""
+    t = np.linspace(a, b, 20001)
+    powers, weights = np.vander(t, degree + 1, increasing=True), np.ones_like(t)
+    for _ in range(50):
+        coeffs = np.linalg.lstsq(powers * (weights / f(t))[:, None], weights, rcond=None)[0]
+        error = np.abs(powers @ coeffs / f(t) - 1)
+        weights = weights * (1 + error / (2 * error.max()))
+    return [float(c) for c in coeffs]
 
 
-_ITERATIONS = 3
-_RECIPROCAL_STEP = 2       # thresholds every 2 binary orders: m in [1/4, 1), initial error 0.22
-_RECIPROCAL_SLOPE, _RECIPROCAL_INTERCEPT = _minimax_reciprocal_line(0.25, 1.0)
+_GUESS_BITS = 12           # fractional bits the guess's coefficients keep beyond f
+_RECIPROCAL_ITERATIONS = 2
+_RECIPROCAL_STEP = 2       # thresholds every 2 binary orders: m in [1/4, 1)
+_RECIPROCAL_GUESS = _relative_fit(lambda t: 1 / t, 0.25, 1.0)
 
 
 def inv_sqrt(ctx, x: torch.Tensor, lo: float = 1e-4, hi: float = 1e4, bits: int = 40,
@@ -114,10 +124,9 @@ def inv_sqrt(ctx, x: torch.Tensor, lo: float = 1e-4, hi: float = 1e4, bits: int 
     scale = _scale_sum(ctx, onehot, [2.0 ** -t for t in tops])
     root_scale = _scale_sum(ctx, onehot, [multiplier * 2.0 ** (-t / 2) for t in tops])
     f = ctx.frac_bits
-    pairs = [p for y in range(1, 3 * _ITERATIONS, 3) for p in ((y, y), (0, y), (y + 1, y + 2))]
-    newton = _Newton(ctx, beaver.mul(ctx, x, scale), _RSQRT_SLOPE, _RSQRT_INTERCEPT, [f, f, f + 1] * _ITERATIONS,
-                     pairs)
-    for y in range(1, 3 * _ITERATIONS, 3):       # y <- (3y - (m y) y^2) / 2, in two rounds
+    pairs = [p for y in range(1, 3 * _RSQRT_ITERATIONS, 3) for p in ((y, y), (0, y), (y + 1, y + 2))]
+    newton = _Newton(ctx, beaver.mul(ctx, x, scale), _RSQRT_GUESS, [f, f, f + 1] * _RSQRT_ITERATIONS, pairs)
+    for y in range(1, 3 * _RSQRT_ITERATIONS, 3):       # y <- (3y - (m y) y^2) / 2, in two rounds
         y_squared, m_y = newton.truncate(newton.product(y, y), newton.product(0, y))
         newton.truncate(newton.lifted(y, 3) - newton.product(y_squared, m_y))
     return fixed.mul(ctx, newton.outputs[-1], root_scale)
@@ -143,13 +152,8 @@ def count_reciprocal_cost(n: int, numel: int, most: int) -> Cost:
     return sign_cost(n, (most - 1) * numel, most.bit_length()) if most >= 2 else Cost(0, 0)
 
 
-def _linear_fit(f, a: float, b: float):
-    t = np.linspace(a, b, 1001)
-    slope, intercept = np.polyfit(t, f(t), 1)
-    return float(slope), float(intercept)
-
-
-_RSQRT_SLOPE, _RSQRT_INTERCEPT = _linear_fit(lambda t: 1 / np.sqrt(t), 0.25, 1.0)
+_RSQRT_ITERATIONS = 2
+_RSQRT_GUESS = _relative_fit(lambda t: 1 / np.sqrt(t), 0.25, 1.0)
 _LOG_DEGREE = 8
 _LOG_COEFFS = np.polynomial.polynomial.polyfit(np.linspace(0.5, 1.0, 2001) - 0.75,
                                                np.log(np.linspace(0.5, 1.0, 2001)), _LOG_DEGREE)
@@ -181,11 +185,11 @@ def _newton_cost(n: int, numel: int, rounds: list) -> Cost:
 
 def reciprocal_cost(n: int, numel: int, lo: float = 1e-2, hi: float = 1e4, bits: int = 40) -> Cost:
     return (sign_cost(n, _thresholds(lo, hi, _RECIPROCAL_STEP) * numel, bits)
-            + _newton_cost(n, numel, [1, 1] * _ITERATIONS))
+            + _newton_cost(n, numel, [1, 1] * _RECIPROCAL_ITERATIONS))
 
 
 def inv_sqrt_cost(n: int, numel: int, lo: float = 1e-4, hi: float = 1e4, bits: int = 40) -> Cost:
-    return sign_cost(n, _thresholds(lo, hi, 2) * numel, bits) + _newton_cost(n, numel, [2, 1] * _ITERATIONS)
+    return sign_cost(n, _thresholds(lo, hi, 2) * numel, bits) + _newton_cost(n, numel, [2, 1] * _RSQRT_ITERATIONS)
 
 
 def log_cost(n: int, numel: int, lo: float = 1e-4, hi: float = 1e4, bits: int = 40) -> Cost:
