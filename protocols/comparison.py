@@ -15,7 +15,8 @@ Everything opened is uniform (c, the AND maskings, p), so only s's shares result
 relu/select reuse step 1's round to open x - a for a dealer pair (a, a*beta), making
 x * s local: relu(x) = x - x*s exact, with no truncation. SignGate multiplies s by values
 truncated later, locally too (its docstring).
-Rounds: 2 + ceil(log2(ceil(L / digit_bits))). Bytes: sign_cost().
+Rounds: 2 + ceil(log2(ceil(L / digit_bits))), digit_bits = digit_bits_for(number of values)
+unless given. Bytes: sign_cost().
 """
 import torch
 
@@ -30,6 +31,16 @@ from .truncation import VALID_BITS, truncate_cost
 
 FULL_BITS = 62   # any |x| < 2^62, the range of truncation
 DIGIT_BITS = 4
+WIDE_DIGIT_BITS = 8       # for at most WIDE_UP_TO values: one-hot planes of 256 bits per digit
+WIDE_UP_TO = 1 << 11      # (32 bytes from the dealer per digit and value) for fewer tree levels
+
+
+def digit_bits_for(numel: int) -> int:
+    """The digit width of a comparison of numel values: wide digits where their dealer bytes
+    are few, so that the digit tree has a level fewer (32 bits: 4 rounds instead of 5). The
+    bound is where a round costs about what the extra dealer bytes do (32 bits: 112 bytes
+    per value) on a LAN (0.2 ms, 10 Gbit/s) or a WAN (20 ms, 100 Mbit/s) link: ~2,000 values."""
+    return WIDE_DIGIT_BITS if numel <= WIDE_UP_TO else DIGIT_BITS
 
 
 def _tree_levels(digits: int) -> list[tuple[int, int]]:
@@ -43,9 +54,10 @@ def _tree_levels(digits: int) -> list[tuple[int, int]]:
     return levels
 
 
-def sign_cost(n: int, numel: int, bits: int = FULL_BITS, digit_bits: int = DIGIT_BITS,
+def sign_cost(n: int, numel: int, bits: int = FULL_BITS, digit_bits: int | None = None,
               with_product: bool = False) -> Cost:
     """Cost of sign_bit (with_product: relu/select, which also open x - a)."""
+    digit_bits = digit_bits or digit_bits_for(numel)
     words = words_for(numel)
     levels = _tree_levels(-(-bits // digit_bits))
     total = open_low_cost(n, [(numel, bits + 1)] + ([(numel, 64)] if with_product else []))
@@ -60,6 +72,7 @@ def _sign(ctx, x: torch.Tensor, bits: int, digit_bits: int, with_product: bool, 
     if not 1 <= bits <= FULL_BITS:
         raise ValueError(f"comparison bits must be in [1, {FULL_BITS}], got {bits}")
     shape, numel = x.shape, x.numel()
+    digit_bits = digit_bits or digit_bits_for(numel)
     if gates:
         correlation = ctx.correlation("sign_gates", shape=list(shape), bits=bits, digit_bits=digit_bits,
                                       gates=list(gates))
@@ -108,7 +121,7 @@ def _constant(ctx, value: torch.Tensor) -> torch.Tensor:
     return value if ctx.rank == 0 else torch.zeros_like(value)
 
 
-def sign_bit(ctx, x: torch.Tensor, bits: int = FULL_BITS, digit_bits: int = DIGIT_BITS) -> torch.Tensor:
+def sign_bit(ctx, x: torch.Tensor, bits: int = FULL_BITS, digit_bits: int | None = None) -> torch.Tensor:
     """Arithmetic shares (scale 1, not fixed point) of [x < 0], for |x| < 2^bits."""
     coeff_a, coeff_b, beta, *_ = _sign(ctx, x, bits, digit_bits, with_product=False)
     return _constant(ctx, coeff_a) + coeff_b * beta
@@ -128,7 +141,7 @@ class SignGate:
         (w,) = gate.truncate([v])                      # one round: w = (v / 2^36) * [z < 0]
     """
 
-    def __init__(self, ctx, x: torch.Tensor, bits: int, gates: list, digit_bits: int = DIGIT_BITS):
+    def __init__(self, ctx, x: torch.Tensor, bits: int, gates: list, digit_bits: int | None = None):
         self.ctx, self.gates = ctx, [int(m) for m in gates]
         self._a, self._b, self._beta, _, _, self._correlation = _sign(ctx, x, bits, digit_bits, False, self.gates)
         self.bit = _constant(ctx, self._a) + self._b * self._beta
@@ -154,12 +167,12 @@ class SignGate:
         return out
 
 
-def sign_gate_cost(n: int, numel: int, bits: int, gates: int, digit_bits: int = DIGIT_BITS) -> Cost:
+def sign_gate_cost(n: int, numel: int, bits: int, gates: int, digit_bits: int | None = None) -> Cost:
     """Cost of SignGate and its truncate: the comparison, then one truncation round."""
     return sign_cost(n, numel, bits, digit_bits) + truncate_cost(n, gates * numel)
 
 
-def select_negative(ctx, x: torch.Tensor, bits: int = FULL_BITS, digit_bits: int = DIGIT_BITS):
+def select_negative(ctx, x: torch.Tensor, bits: int = FULL_BITS, digit_bits: int | None = None):
     """Shares of x * [x < 0] and of [x < 0], in sign_bit's rounds (x*s is local)."""
     coeff_a, coeff_b, beta, a_beta, d, _ = _sign(ctx, x, bits, digit_bits, with_product=True)
     s = _constant(ctx, coeff_a) + coeff_b * beta

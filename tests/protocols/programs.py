@@ -159,6 +159,16 @@ def gate_transcript(session, x, y):
     return [t.reshape(-1) for t in recording.received[start:]]
 
 
+def signs_with_digits(session, x, bits, digit_bits):
+    """sign_bit and select_negative with the given digit width: opened results and sign_bit's cost."""
+    from mpcft.protocols import comparison
+    ctx = MPCContext(session)
+    X = owned(ctx, x, 0)
+    s, cost = measured(session, lambda: comparison.sign_bit(ctx, X.share, bits, digit_bits))
+    negative, _ = comparison.select_negative(ctx, X.share, bits, digit_bits)
+    return sharing.open_(ctx, s), ctx.fp.decode(sharing.open_(ctx, negative)), cost
+
+
 def count_reciprocal(session, counts, most):
     """count_reciprocal of integer counts (party 0's): the opened values and the cost."""
     from mpcft.protocols.reciprocal import count_reciprocal as reciprocal_of_counts

@@ -63,6 +63,18 @@ def test_comparisons_in_processes(n):
     check(spawn(programs.comparisons, n, x, y, 62, dealer_handler=CorrelationDealer), x, y, 62, n)
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("digit_bits", [1, 4, 8])
+def test_every_digit_width(n, digit_bits):
+    x = inputs((9, 40), 100.0, 5)
+    xe = FP.decode(FP.encode(x))
+    for s, negative, cost in run_threads(programs.signs_with_digits, n, x, 30, digit_bits,
+                                         dealer_handler=CorrelationDealer):
+        assert torch.equal(s, (xe < 0).long()) and torch.equal(negative, xe.clamp(max=0))
+        assert cost == astuple(sign_cost(n, x.numel(), 30, digit_bits))
+
+
 def test_sign_gates_layout():
     # "sign" plus, per gate, its mask's r_top and r_mid and their products with beta
     sign = {"shape": [5, 7], "bits": 14, "digit_bits": 4}
@@ -73,6 +85,10 @@ def test_sign_gates_layout():
 
 
 def test_rounds_formula():
-    assert sign_cost(2, 1000).rounds == 6                 # 62 bits: 16 digits, 4 tree levels
-    assert sign_cost(2, 1000, bits=31).rounds == 5        # 8 digits
-    assert sign_cost(2, 64, with_product=True).bytes_sent == 8 * (64 * 2 + (2 * (8 + 7) + 2 * (4 + 3) + 2 * (2 + 1) + 2 * (1 + 0)) + 1)
+    big = 1 << 20                                         # 4-bit digits
+    assert sign_cost(2, big).rounds == 6                  # 62 bits: 16 digits, 4 tree levels
+    assert sign_cost(2, big, bits=31).rounds == 5         # 8 digits
+    assert sign_cost(2, 1000).rounds == 5                 # few values: 8-bit digits, 8 of them
+    assert sign_cost(2, 1000, bits=32).rounds == 4        # 4 digits, 2 tree levels
+    assert sign_cost(2, 64, digit_bits=4, with_product=True).bytes_sent == 8 * (
+        64 * 2 + (2 * (8 + 7) + 2 * (4 + 3) + 2 * (2 + 1) + 2 * (1 + 0)) + 1)
