@@ -105,7 +105,7 @@ def predict_under_mpc(session, run, texts: list[str] | None, batch_size: int | N
     for start in range(0, count, batch_size):
         stop = min(count, start + batch_size)
         shape = (stop - start, config.seq_len, hidden) if layers else (stop - start, hidden)
-        with ctx.step("predict"), no_grad():
+        with ctx.step(f"predict/{stop - start}"), no_grad():
             x = SharedTensor.from_plain(ctx, features[start:stop] if rank == 0 else None, 0, shape)
             mask = (SharedTensor.from_plain(ctx, masks[start:stop] if rank == 0 else None, 0, shape[:2], 0)
                     if layers else None)

@@ -71,7 +71,7 @@ def evaluate_mpc(ctx, model: Classifier, data, batch_size: int) -> float | None:
     correct = 0
     with no_grad():
         for batch in batches:
-            with ctx.step("evaluate"):
+            with ctx.step(f"evaluate/{len(batch)}"):
                 x, m, y = shares_of(batch)
                 correct = count_correct(model(x, m), y) + correct
     size = sum(len(b) for b in batches)
@@ -135,7 +135,9 @@ def train(session, config: FinetuneConfig) -> dict | None:
     try:
         for number, batch in enumerate(batches[start:], start + 1):
             step_start = time.perf_counter()
-            with ctx.step("train"):              # the dealer prepares the last step's requests
+            # the dealer prepares the requests of the last step of this batch size (Poisson
+            # batches under --dp, an epoch's last batch): its shapes, hence its layouts
+            with ctx.step(f"train/{len(batch)}"):
                 loss = None
                 if batch:                        # a Poisson batch may be empty: noise only
                     x, m, y = data.train_batch(batch)
@@ -174,7 +176,7 @@ def train(session, config: FinetuneConfig) -> dict | None:
     values = {p: p.tensor().reveal_to(0) for p in model.trainable_parameters()} if config.reveal else {}
     if rank != 0:
         return None
-    summary = {"mode": config.mode, "optimizer": config.optimizer, "mpc_layers": count, "parties": n,
+    summary = {"mode": config.mode, "seed": config.seed, "optimizer": config.optimizer, "mpc_layers": count, "parties": n,
                "data_owners": len(counts) if config.owner_shares else n, "train_examples": sum(counts),
                "steps": len(batches),
                "seconds": round(train_seconds, 1), "MB_sent_per_party": round(comm.bytes_sent / 1e6, 1),
