@@ -6,8 +6,10 @@ Range reduction with comparisons against public powers of two, then Newton itera
   local linear combination sum_j o_j * g(j), with no truncation (o_j has scale 1);
   m = x * 2^-(e+1) lies in [1/2, 1) (or [1/4, 1) with every other threshold), where the
   iterations converge from a quadratic guess (m^2 is local: it costs no round).
-reciprocal: thresholds every 2 binary orders, m in [1/4, 1); 1/m by y <- y (2 - m y) from
-  a quadratic of relative error 0.075, 2 iterations: 0.075 -> 5.6e-3 -> 3.1e-5.
+reciprocal: 1/m by y <- y (2 - m y) from a quadratic guess. For at most 8,192 values (row
+  sums), thresholds every binary order, m in [1/2, 1), guess error 0.010, 2 iterations:
+  -> 1.0e-4 -> 1.0e-8; beyond, every other order, m in [1/4, 1), error 0.075, 3 iterations:
+  -> 5.6e-3 -> 3.1e-5 -> 1e-9 (fewer comparison bytes per value, 2 rounds more).
 inv_sqrt: with even exponents, m = x * 4^-e' in [1/4, 1), 1/sqrt(m) by y <- y (3 - m y^2) / 2
   from a quadratic of relative error 0.024, 2 iterations: 0.024 -> 8.9e-4 -> 1.2e-6.
 Every iterate, m and every intermediate come out of a truncation, so their products are
@@ -53,15 +55,15 @@ def _range_exponents(lo: float, hi: float, step: int) -> list:
 
 def reciprocal(ctx, x: torch.Tensor, lo: float = 1e-2, hi: float = 1e4, bits: int = 40) -> torch.Tensor:
     """1/x for x in [lo, hi]."""
-    exps = _range_exponents(lo, hi, _RECIPROCAL_STEP)
+    step, iterations, guess = _reciprocal_plan(x.numel())
+    exps = _range_exponents(lo, hi, step)
     onehot = _exponent_onehot(ctx, x, [2.0 ** j for j in exps], bits)
-    # interval k holds x in [2^(exps[k-1]), 2^(exps[k])): scale by 2^-exps[k] into [1/4, 1)
-    tops = [exps[0]] + [j + _RECIPROCAL_STEP for j in exps]
+    # interval k holds x in [2^(exps[k-1]), 2^(exps[k])): scale by 2^-exps[k] into [2^-step, 1)
+    tops = [exps[0]] + [j + step for j in exps]
     scale = _scale_sum(ctx, onehot, [2.0 ** -t for t in tops])
-    pairs = [p for y in range(1, 2 * _RECIPROCAL_ITERATIONS, 2) for p in ((0, y), (y, y + 1))]
-    newton = _Newton(ctx, beaver.mul(ctx, x, scale), _RECIPROCAL_GUESS,
-                     [ctx.frac_bits] * 2 * _RECIPROCAL_ITERATIONS, pairs)
-    for y in range(1, 2 * _RECIPROCAL_ITERATIONS, 2):       # y <- 2y - (m y) y
+    pairs = [p for y in range(1, 2 * iterations, 2) for p in ((0, y), (y, y + 1))]
+    newton = _Newton(ctx, beaver.mul(ctx, x, scale), guess, [ctx.frac_bits] * 2 * iterations, pairs)
+    for y in range(1, 2 * iterations, 2):       # y <- 2y - (m y) y
         (m_y,) = newton.truncate(newton.product(0, y))
         newton.truncate(newton.lifted(y, 2) - newton.product(y, m_y))
     return fixed.mul(ctx, newton.outputs[-1], scale)
@@ -100,7 +102,7 @@ class _Newton:
 def _relative_fit(f, a: float, b: float, degree: int = 2) -> list:
     """Coefficients (increasing powers) of a polynomial close to f on [a, b] in relative error,
     near minimax: least squares reweighted towards the largest errors."""
-    t = np.linspace(a, b, 20001)
+    t = np.linspace(a, b, 2001)
     powers, weights = np.vander(t, degree + 1, increasing=True), np.ones_like(t)
     for _ in range(50):
         coeffs = np.linalg.lstsq(powers * (weights / f(t))[:, None], weights, rcond=None)[0]
@@ -110,9 +112,17 @@ def _relative_fit(f, a: float, b: float, degree: int = 2) -> list:
 
 
 _GUESS_BITS = 12           # fractional bits the guess's coefficients keep beyond f
-_RECIPROCAL_ITERATIONS = 2
-_RECIPROCAL_STEP = 2       # thresholds every 2 binary orders: m in [1/4, 1)
-_RECIPROCAL_GUESS = _relative_fit(lambda t: 1 / t, 0.25, 1.0)
+# (thresholds every `step` binary orders, Newton iterations, guess on [2^-step, 1)): a binary
+# order per threshold and 2 iterations for at most ROW_WISE_UP_TO values (softmax sums,
+# cross-entropy: 2 rounds fewer), where the extra comparisons' bytes cost less than the
+# rounds; every other order and 3 iterations beyond, where they would not
+ROW_WISE_UP_TO = 1 << 13
+_RECIPROCAL_PLANS = {True: (1, 2, _relative_fit(lambda t: 1 / t, 0.5, 1.0)),
+                     False: (2, 3, _relative_fit(lambda t: 1 / t, 0.25, 1.0))}
+
+
+def _reciprocal_plan(numel: int) -> tuple:
+    return _RECIPROCAL_PLANS[numel <= ROW_WISE_UP_TO]
 
 
 def inv_sqrt(ctx, x: torch.Tensor, lo: float = 1e-4, hi: float = 1e4, bits: int = 40,
@@ -184,8 +194,8 @@ def _newton_cost(n: int, numel: int, rounds: list) -> Cost:
 
 
 def reciprocal_cost(n: int, numel: int, lo: float = 1e-2, hi: float = 1e4, bits: int = 40) -> Cost:
-    return (sign_cost(n, _thresholds(lo, hi, _RECIPROCAL_STEP) * numel, bits)
-            + _newton_cost(n, numel, [1, 1] * _RECIPROCAL_ITERATIONS))
+    step, iterations, _ = _reciprocal_plan(numel)
+    return sign_cost(n, _thresholds(lo, hi, step) * numel, bits) + _newton_cost(n, numel, [1, 1] * iterations)
 
 
 def inv_sqrt_cost(n: int, numel: int, lo: float = 1e-4, hi: float = 1e4, bits: int = 40) -> Cost:
