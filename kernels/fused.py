@@ -91,12 +91,19 @@ def truncated_product(c_i, c_j, y_i, y_j, mask_products, bits_i: int, bits_j: in
     return out
 
 
+def truncation_public(c, bits: int):
+    """P of a truncation output y = P + M (protocols/truncation.py): the part that is public
+    once c is opened, (c_low >> bits) + 2^(63-bits) c_top - 2^(62-bits) (torch, any device)."""
+    return (rshift_logical(low_bits(c, RING_BITS - 1), bits) + (msb(c) << (RING_BITS - 1 - bits))
+            - (1 << (RING_BITS - 2 - bits)))
+
+
 def _truncated_product_torch(c_i, c_j, y_i, y_j, mask_products, bits_i, bits_j, first):
     mid_mid, mid_top, top_mid, top_top = mask_products
     terms = []
     for c, y, bits in ((c_i, y_i, bits_i), (c_j, y_j, bits_j)):
         t, top = 1 << (RING_BITS - 1 - bits), msb(c)
-        public = rshift_logical(low_bits(c, RING_BITS - 1), bits) + top * t - (1 << (RING_BITS - 2 - bits))
+        public = truncation_public(c, bits)
         terms.append((public, (1 - 2 * top) * t, y - public if first else y))
     (p_i, st_i, m_i), (p_j, st_j, m_j) = terms
     z = p_i * m_j + p_j * m_i + mid_mid - st_j * mid_top - st_i * top_mid

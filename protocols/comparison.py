@@ -21,8 +21,8 @@ unless given. Bytes: sign_cost().
 import torch
 
 from mpcft.kernels.bits import compare_leaves, unpack_bits, words_for
-from mpcft.kernels.fused import trunc_reconstruct
-from mpcft.kernels.ring import RING_BITS, bit, low_bits, msb, rshift_logical
+from mpcft.kernels.fused import trunc_reconstruct, truncation_public
+from mpcft.kernels.ring import RING_BITS, bit, low_bits, msb
 
 from .binary import and_, and_cost, open_bits
 from .cost import FREE, Cost, open_cost
@@ -161,8 +161,7 @@ class SignGate:
             top, mid, top_beta, mid_beta = derived[4 * k:4 * k + 4]
             y = trunc_reconstruct(c, top, mid, m, first)
             c_top, shift = msb(c), RING_BITS - 1 - m
-            public = rshift_logical(low_bits(c, RING_BITS - 1), m) + (c_top << shift) - (1 << (shift - 1))
-            y_beta = public * self._beta + (((1 - 2 * c_top) * top_beta) << shift) - mid_beta
+            y_beta = truncation_public(c, m) * self._beta + (((1 - 2 * c_top) * top_beta) << shift) - mid_beta
             out.append(self._a * y + self._b * y_beta)
         return out
 
