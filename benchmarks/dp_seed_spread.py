@@ -20,8 +20,8 @@ import pathlib
 import statistics
 
 from benchmarks.timing import markdown_table, one_compute_thread
-from mpcft.data import check_data, load_data
-from mpcft.finetune.config import FinetuneConfig, add_arguments
+from mpcft.data import DataError, check_data, load_data
+from mpcft.finetune.config import ConfigError, FinetuneConfig, add_arguments
 from mpcft.finetune.plaintext import train_plaintext
 from mpcft.finetune.private import dp_plan
 
@@ -40,7 +40,10 @@ def mpcft_runs(folders, epsilons) -> dict:
     each filed under the listed epsilon nearest its spent epsilon."""
     runs = {e: [] for e in epsilons}
     for folder in folders:
-        summary = json.loads((pathlib.Path(folder) / "summary.json").read_text())
+        path = pathlib.Path(folder) / "summary.json"
+        if not path.is_file():
+            raise SystemExit(f"dp_seed_spread: {path} not found: give the folders of `mpcft finetune --dp` runs")
+        summary = json.loads(path.read_text())
         if "epsilon" not in summary or "accuracy" not in summary:
             raise SystemExit(f"dp_seed_spread: {folder}/summary.json is not a --dp run's with an accuracy")
         nearest = min(epsilons, key=lambda e: abs(e - summary["epsilon"]))
@@ -62,7 +65,14 @@ def main():
     add_arguments(parser)
     args = parser.parse_args()
     one_compute_thread()
-    base = FinetuneConfig.from_args(args)
+    try:                      # every run's options and data, checked before the first trains
+        base = FinetuneConfig.from_args(args)
+        for epsilon in args.epsilons:
+            config = dataclasses.replace(base, dp=True, target_epsilon=epsilon, noise_multiplier=None)
+            config.check(args.parties)
+            check_data(config, args.parties)
+    except (ConfigError, DataError, ValueError) as exc:
+        parser.error(str(exc))
     runs = mpcft_runs(args.mpcft_runs, args.epsilons)
     rows, detail = [], []
     for epsilon in args.epsilons:
