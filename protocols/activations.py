@@ -4,9 +4,14 @@ Both are an exact piecewise-linear part plus a bounded correction that a polynom
 approximates for |x| < T = 4 and that a comparison switches off beyond:
   GELU(x) = ReLU(x) - [|x| < T] * g(|x|),   g(t) = t * Phi(-t)        (g(4) = 1.3e-4)
   tanh(x) = sgn(x) * (1 - 2 [|x| < T] r(|x|)), r(t) = 1 / (1 + e^(2t))  (r(4) = 3.4e-4)
-g, g' and r are degree-8 least-squares fits in u = t / 4 on Chebyshev nodes (below).
-Steps: one comparison of x (bits = 32: |x| < 4096) gives ReLU(x), |x| and [x < 0]
-(comparison.select_negative); one truncation round gives u = |x| / 4 and a coarse
+g, g' and r are degree-8 least-squares fits in u = t / 4 on Chebyshev nodes of [-1/64, 1].
+Steps: one coarse comparison of x (bits = 32: |x| < 4096; comparison.select_negative with
+resolution_bits k, (n - 1) 2^k <= 2^f / 16) gives [x < 0] exactly but for x in [0, 1/16),
+where it may be 1; with it ReLU(x) = x - x [x < 0] and |x| = x (1 - 2 [x < 0]). Taking a small
+x >= 0 for negative is harmless: the identities hold on both branches (0 - g(-x) = x Phi(x),
+-(1 - 2 r(-x)) = tanh(x), and likewise for the derivative), and the fits cover t >= -1/16;
+the comparison is 16 + ceil(log2(n - 1)) bits wide instead of 32 (two parties: a round and
+half the digits fewer). One truncation round gives u = |x| / 4 and a coarse
 |x| at resolution 1/4; a short comparison (14 bits) of the coarse value gives [|x| < T]
 (exact except for |x| within 1/4 of T, where the correction is below 2e-4 either way);
 2 more rounds of truncations give the powers of u (fixed.powers: products of truncated
@@ -15,10 +20,12 @@ multiplies locally as it is truncated (comparison.SignGate: no Beaver product).
 Saturation is exact: beyond +-T the outputs are ReLU(x) and +-1 (up to 2^-f).
 Reveals nothing but the output shares.
 """
-from math import erf, sqrt
+from math import ceil, erf, log2, sqrt
 
 import numpy as np
 import torch
+
+from mpcft.kernels import DEFAULT_FRACTIONAL_BITS
 
 from . import beaver, fixed
 from .comparison import SignGate, select_negative, sign_cost, sign_gate_cost
@@ -32,10 +39,18 @@ _COARSE_BITS = 2        # coarse |x| keeps 2 fractional bits
 _INSIDE_BITS = 14       # |coarse - 4T| < 2^13 for |x| < 2^11
 
 
+_LOWEST_U = -1 / 64     # u = |x| / T of a small x >= 0 that the coarse sign took for negative
+
+
+def _sign_resolution(n: int, frac_bits: int) -> int:
+    """k for the coarse sign of x: (n - 1) 2^k <= 2^f / 16, i.e. u >= _LOWEST_U."""
+    return max(0, frac_bits - 4 - ceil(log2(n - 1)))
+
+
 def _fit(f, T: float) -> np.ndarray:
-    """Least-squares coefficients of f(T u) in powers of u on 4000 Chebyshev nodes of [0, 1]."""
+    """Least-squares coefficients of f(T u) in powers of u on 4000 Chebyshev nodes of [_LOWEST_U, 1]."""
     k = np.arange(4000)
-    u = (1 - np.cos(np.pi * (k + 0.5) / 4000)) / 2
+    u = _LOWEST_U + (1 - _LOWEST_U) * (1 - np.cos(np.pi * (k + 0.5) / 4000)) / 2
     return np.linalg.lstsq(np.vander(u, DEGREE + 1, increasing=True), f(T * u), rcond=None)[0]
 
 
@@ -52,7 +67,7 @@ def _pieces(ctx, x: torch.Tensor, bits: int, polynomials: list):
     """ReLU(x), [x < 0] (arithmetic, scale 1) and [|x| < T] * p(u) for each coefficient list p
     of `polynomials`, u = |x| / T: the powers of u (fixed.powers), their combinations, and a
     comparison whose bit gates the combinations as they are truncated (comparison.SignGate)."""
-    neg_part, negative = select_negative(ctx, x, bits)
+    neg_part, negative = select_negative(ctx, x, bits, resolution_bits=_sign_resolution(ctx.world_size, ctx.frac_bits))
     relu = x - neg_part
     absolute = relu - neg_part
     powers, (coarse,) = fixed.powers(ctx, absolute, _U_SHIFT, DEGREE,
@@ -82,7 +97,7 @@ def gelu(ctx, x: torch.Tensor, bits: int = 32, with_grad: bool = False):
 
 
 def tanh(ctx, x: torch.Tensor, bits: int = 32) -> torch.Tensor:
-    """tanh(x), max error about 7e-4. Cost: tanh_cost()."""
+    """tanh(x), max error about 1e-3. Cost: tanh_cost()."""
     _, negative, (r_inside,) = _pieces(ctx, x, bits, [TANH_COEFFS])
     magnitude = ctx.public(1.0, x.shape) - 2 * r_inside
     sgn = ctx.public(1, x.shape, frac_bits=0) - 2 * negative
@@ -100,20 +115,22 @@ def _encode_bits(ctx, bits):
 
 
 
-def _pieces_cost(n: int, numel: int, bits: int, polynomials: int) -> Cost:
-    return (sign_cost(n, numel, bits, with_product=True) + fixed.powers_cost(n, numel, DEGREE, extra=1)
+def _pieces_cost(n: int, numel: int, bits: int, polynomials: int, frac_bits: int) -> Cost:
+    compared = bits - _sign_resolution(n, frac_bits)
+    return (sign_cost(n, numel, compared, with_product=True) + fixed.powers_cost(n, numel, DEGREE, extra=1)
             + sign_gate_cost(n, numel, _INSIDE_BITS, polynomials))
 
 
-def gelu_cost(n: int, numel: int, bits: int = 32, with_grad: bool = False) -> Cost:
+def gelu_cost(n: int, numel: int, bits: int = 32, with_grad: bool = False,
+              frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
     if not with_grad:
-        return _pieces_cost(n, numel, bits, 1)
-    return _pieces_cost(n, numel, bits, 2) + beaver.mul_cost(n, numel, numel)
+        return _pieces_cost(n, numel, bits, 1, frac_bits)
+    return _pieces_cost(n, numel, bits, 2, frac_bits) + beaver.mul_cost(n, numel, numel)
 
 
-def tanh_cost(n: int, numel: int, bits: int = 32) -> Cost:
-    return _pieces_cost(n, numel, bits, 1) + beaver.mul_cost(n, numel, numel)
+def tanh_cost(n: int, numel: int, bits: int = 32, frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
+    return _pieces_cost(n, numel, bits, 1, frac_bits) + beaver.mul_cost(n, numel, numel)
 
 
-def sigmoid_cost(n: int, numel: int, bits: int = 32) -> Cost:
-    return truncate_cost(n, numel) + tanh_cost(n, numel, bits) + truncate_cost(n, numel)
+def sigmoid_cost(n: int, numel: int, bits: int = 32, frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
+    return truncate_cost(n, numel) + tanh_cost(n, numel, bits, frac_bits) + truncate_cost(n, numel)

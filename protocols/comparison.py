@@ -12,11 +12,15 @@ bit_L(r) XOR beta and a random bit beta in arithmetic form:
   3. open p = borrow XOR bit_L(r) XOR beta and convert: s = 1 XOR bit_L(c) XOR p XOR beta,
      linear in the arithmetic shares of beta.
 Everything opened is uniform (c, the AND maskings, p), so only s's shares result.
+A coarse comparison (resolution_bits = k > 0) runs the same steps on x~ = sum_i floor(x_i / 2^k)
+= floor(x / 2^k) - e, e in [0, n-1] (each party shifts its own share; the wrap of the shares'
+sum is a multiple of 2^(64-k), invisible mod 2^(L-k+1)), over L - k bits: fewer digits, bytes
+and often a round. Its bit is [x < 0] except for x in [0, (n-1) 2^k), where it may be 1.
 relu/select reuse step 1's round to open x - a for a dealer pair (a, a*beta), making
 x * s local: relu(x) = x - x*s exact, with no truncation. SignGate multiplies s by values
 truncated later, locally too (its docstring).
-Rounds: 2 + ceil(log2(ceil(L / digit_bits))), digit_bits = digit_bits_for(number of values)
-unless given. Bytes: sign_cost().
+Rounds: 2 + ceil(log2(ceil((L - k) / digit_bits))), digit_bits = digit_bits_for(number of
+values, L - k) unless given. Bytes: sign_cost(n, numel, L - k).
 """
 import torch
 
@@ -30,17 +34,23 @@ from .sharing import open_low, open_low_cost, open_many
 from .truncation import VALID_BITS, truncate_cost
 
 FULL_BITS = 62   # any |x| < 2^62, the range of truncation
-DIGIT_BITS = 4
-WIDE_DIGIT_BITS = 8       # for at most WIDE_UP_TO values: one-hot planes of 256 bits per digit
-WIDE_UP_TO = 1 << 11      # (32 bytes from the dealer per digit and value) for fewer tree levels
+DIGIT_BITS = 4            # the narrowest digit considered: 16-bit one-hot planes (2 bytes)
+WIDEST_DIGIT_BITS = 8
+# A round costs about what 250 kB from the dealer do, on a LAN (0.2 ms, 10 Gbit/s) and on a
+# WAN (20 ms, 100 Mbit/s) alike (benchmarks/wan.py's links)
+ROUND_BYTES = 250_000
 
 
-def digit_bits_for(numel: int) -> int:
-    """The digit width of a comparison of numel values: wide digits where their dealer bytes
-    are few, so that the digit tree has a level fewer (32 bits: 4 rounds instead of 5). The
-    bound is where a round costs about what the extra dealer bytes do (32 bits: 112 bytes
-    per value) on a LAN (0.2 ms, 10 Gbit/s) or a WAN (20 ms, 100 Mbit/s) link: ~2,000 values."""
-    return WIDE_DIGIT_BITS if numel <= WIDE_UP_TO else DIGIT_BITS
+def digit_bits_for(numel: int, bits: int = FULL_BITS) -> int:
+    """The digit width of a comparison of numel values over `bits` bits: of 4 to 8 bits, the
+    one whose digit tree's levels (rounds) and one-hot planes (numel * digits * 2^d / 8
+    dealer bytes) cost least, a round priced at ROUND_BYTES; the narrower on a tie. Wide
+    digits pay where values are few (40-bit LayerNorm thresholds of 512 rows: 5-bit digits,
+    a level fewer; 32 bits of at most ~2,000 values: 8-bit digits)."""
+    def price(width):
+        digits = -(-bits // width)
+        return len(_tree_levels(digits)) * ROUND_BYTES + numel * digits * (1 << width) // 8
+    return min(range(DIGIT_BITS, WIDEST_DIGIT_BITS + 1), key=lambda width: (price(width), width))
 
 
 def _tree_levels(digits: int) -> list[tuple[int, int]]:
@@ -57,7 +67,7 @@ def _tree_levels(digits: int) -> list[tuple[int, int]]:
 def sign_cost(n: int, numel: int, bits: int = FULL_BITS, digit_bits: int | None = None,
               with_product: bool = False) -> Cost:
     """Cost of sign_bit (with_product: relu/select, which also open x - a)."""
-    digit_bits = digit_bits or digit_bits_for(numel)
+    digit_bits = digit_bits or digit_bits_for(numel, bits)
     words = words_for(numel)
     levels = _tree_levels(-(-bits // digit_bits))
     total = open_low_cost(n, [(numel, bits + 1)] + ([(numel, 64)] if with_product else []))
@@ -66,13 +76,17 @@ def sign_cost(n: int, numel: int, bits: int = FULL_BITS, digit_bits: int | None 
     return total + open_cost(n, words)      # the opening of p
 
 
-def _sign(ctx, x: torch.Tensor, bits: int, digit_bits: int, with_product: bool, gates: list | None = None):
+def _sign(ctx, x: torch.Tensor, bits: int, digit_bits: int, with_product: bool, gates: list | None = None,
+          resolution_bits: int = 0):
     """Arithmetic-share coefficients (A, B) with s = A + B*beta, plus beta, a*beta, d = x - a
     and the correlation ("sign_gates" where `gates` lists truncation shifts)."""
     if not 1 <= bits <= FULL_BITS:
         raise ValueError(f"comparison bits must be in [1, {FULL_BITS}], got {bits}")
+    if not 0 <= resolution_bits < bits:
+        raise ValueError(f"resolution_bits must be in [0, {bits}), got {resolution_bits}")
+    x_high, bits = x >> resolution_bits, bits - resolution_bits     # x~ (module docstring)
     shape, numel = x.shape, x.numel()
-    digit_bits = digit_bits or digit_bits_for(numel)
+    digit_bits = digit_bits or digit_bits_for(numel, bits)
     if gates:
         correlation = ctx.correlation("sign_gates", shape=list(shape), bits=bits, digit_bits=digit_bits,
                                       gates=list(gates))
@@ -80,7 +94,7 @@ def _sign(ctx, x: torch.Tensor, bits: int, digit_bits: int, with_product: bool, 
         correlation = ctx.correlation("sign", shape=list(shape), bits=bits, digit_bits=digit_bits)
     r, a = correlation.random[:2]
     first = ctx.rank == 0
-    c_share = x + r + (1 << bits) if first else x + r
+    c_share = x_high + r + (1 << bits) if first else x_high + r
     # only c mod 2^(bits+1) is used: each party sends ceil((bits + 1) / 8) bytes of its share
     opened = open_low(ctx, [(c_share, bits + 1)] + ([(x - a, RING_BITS)] if with_product else []))
     c, d = opened[0], (opened[1] if with_product else None)
@@ -171,9 +185,11 @@ def sign_gate_cost(n: int, numel: int, bits: int, gates: int, digit_bits: int | 
     return sign_cost(n, numel, bits, digit_bits) + truncate_cost(n, gates * numel)
 
 
-def select_negative(ctx, x: torch.Tensor, bits: int = FULL_BITS, digit_bits: int | None = None):
-    """Shares of x * [x < 0] and of [x < 0], in sign_bit's rounds (x*s is local)."""
-    coeff_a, coeff_b, beta, a_beta, d, _ = _sign(ctx, x, bits, digit_bits, with_product=True)
+def select_negative(ctx, x: torch.Tensor, bits: int = FULL_BITS, digit_bits: int | None = None,
+                    resolution_bits: int = 0):
+    """Shares of x * s and of s = [x < 0] (coarse where resolution_bits > 0: the module
+    docstring), in sign_bit's rounds (x*s is local)."""
+    coeff_a, coeff_b, beta, a_beta, d, _ = _sign(ctx, x, bits, digit_bits, True, None, resolution_bits)
     s = _constant(ctx, coeff_a) + coeff_b * beta
     x_beta = d * beta + a_beta                 # x * beta = (d + a) * beta
     return coeff_a * x + coeff_b * x_beta, s
@@ -185,27 +201,31 @@ def relu(ctx, x: torch.Tensor, bits: int = FULL_BITS) -> torch.Tensor:
     return x - negative_part
 
 
-def maximum(ctx, x: torch.Tensor, y: torch.Tensor, bits: int = FULL_BITS) -> torch.Tensor:
-    """Elementwise max(x, y) = x - min(x - y, 0), valid for |x - y| < 2^bits."""
-    negative_part, _ = select_negative(ctx, x - y, bits)
+def maximum(ctx, x: torch.Tensor, y: torch.Tensor, bits: int = FULL_BITS, resolution_bits: int = 0) -> torch.Tensor:
+    """Elementwise max(x, y) = x - min(x - y, 0), valid for |x - y| < 2^bits - n 2^k.
+    With resolution_bits k > 0 the comparison is coarse: the result is x or y exactly, and y
+    only where y > x - (n - 1) 2^k, so it is at most (n - 1) 2^k below the maximum."""
+    negative_part, _ = select_negative(ctx, x - y, bits, resolution_bits=resolution_bits)
     return x - negative_part
 
 
-def max_along(ctx, x: torch.Tensor, dim: int = -1, bits: int = FULL_BITS) -> torch.Tensor:
-    """max over `dim` (kept with size 1) by a tournament: ceil(log2(size)) maximum() levels."""
+def max_along(ctx, x: torch.Tensor, dim: int = -1, bits: int = FULL_BITS, resolution_bits: int = 0) -> torch.Tensor:
+    """max over `dim` (kept with size 1) by a tournament: ceil(log2(size)) maximum() levels.
+    Coarse comparisons (resolution_bits k > 0) give one of the values, at most
+    levels (n - 1) 2^k below the maximum."""
     x = x.movedim(dim, -1)
     while x.shape[-1] > 1:
         half = x.shape[-1] // 2
-        top = maximum(ctx, x[..., :half], x[..., half:2 * half], bits)
+        top = maximum(ctx, x[..., :half], x[..., half:2 * half], bits, resolution_bits)
         x = torch.cat([top, x[..., 2 * half:]], -1)
     return x.movedim(-1, dim)
 
 
-def max_along_cost(n: int, numel: int, size: int, bits: int = FULL_BITS) -> Cost:
+def max_along_cost(n: int, numel: int, size: int, bits: int = FULL_BITS, resolution_bits: int = 0) -> Cost:
     """numel: elements of x; size: length of the reduced dimension."""
     rows, total = numel // size, FREE
     while size > 1:
-        total = total + sign_cost(n, rows * (size // 2), bits, with_product=True)
+        total = total + sign_cost(n, rows * (size // 2), bits - resolution_bits, with_product=True)
         size = size // 2 + size % 2
     return total
 

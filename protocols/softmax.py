@@ -1,9 +1,11 @@
 """Softmax along the last dimension, its backward pass, and cross-entropy.
 
-softmax(x) = e / sum(e), e = exp(x - max(x)) [* mask]:
-  max by a comparison tournament (comparison.max_along, bits = 32: |x| < 4096),
-  exp of non-positive inputs (exponential.exp; clamp=True guards spreads above 150),
-  reciprocal of the row sums, which lie in [1, n] (reciprocal.reciprocal), one product.
+softmax(x) = e / sum(e), e = exp(x - M) [* mask], for any M (the ratio does not depend on it):
+  M is a row's maximum within 1, by a tournament of coarse comparisons (comparison.max_along
+  with resolution_bits k: levels (n - 1) 2^k <= 2^f, bits = 32: |x| < 4096): one of the row's
+  values, so x - M <= 1 and some x - M = 0;
+  exp of inputs <= 1 (exponential.exp; clamp=True guards spreads above 150),
+  reciprocal of the row sums, which lie in [1, e n] (reciprocal.reciprocal), one product.
 A public mask (True = attend) is applied exactly: masked logits are lifted out of the max
 by a public offset and their exponentials multiplied by 0, so they contribute nothing. A
 secret mask (shares of 0/1, scale 1, e.g. padding that must stay private) multiplies the
@@ -12,7 +14,11 @@ Backward: dx = y * (g - sum(g * y)). Cross-entropy with shared one-hot labels: g
 (softmax - labels) / batch, and optionally the mean loss via log of the row sums.
 Reveals nothing but the output shares.
 """
+import math
+
 import torch
+
+from mpcft.kernels import DEFAULT_FRACTIONAL_BITS
 
 from . import beaver, fixed
 from .comparison import max_along, max_along_cost
@@ -23,13 +29,28 @@ from .reciprocal import log, reciprocal, reciprocal_cost
 _MASK_OFFSET = 1024.0
 
 
+def max_resolution_bits(n: int, size: int, frac_bits: int, bits: int) -> int:
+    """k for the row maximum's coarse comparisons: levels (n - 1) 2^k <= 2^frac_bits, so that
+    the tournament's result lies within 1 of the maximum."""
+    if size < 2:
+        return 0
+    levels = math.ceil(math.log2(size))
+    return max(0, min(bits - 1, frac_bits - math.ceil(math.log2(levels * (n - 1)))))
+
+
+def _row_sum_bound(size: int) -> float:
+    """Above every row sum: size terms of at most e^1 (x - M <= 1), with a margin."""
+    return size * math.e * 1.1
+
+
 def _exponentials(ctx, x, mask, shared_mask, clamp: bool, bits: int):
     """(x - max, masked exp(x - max), row sums): the common part of softmax and cross-entropy."""
     keep = None
     if mask is not None:
         keep = torch.as_tensor(mask).to(device=x.device, dtype=torch.bool).expand(x.shape).to(torch.int64)
         x = x * keep + ctx.public(-_MASK_OFFSET, x.shape) * (1 - keep)
-    shifted = x - max_along(ctx, x, -1, bits)
+    k = max_resolution_bits(ctx.world_size, x.shape[-1], ctx.frac_bits, bits)
+    shifted = x - max_along(ctx, x, -1, bits, k)
     e = exp(ctx, shifted, clamp=clamp, bits=bits)
     if keep is not None:
         e = e * keep
@@ -39,7 +60,7 @@ def _exponentials(ctx, x, mask, shared_mask, clamp: bool, bits: int):
 
 
 def _normalise(ctx, e, total, bits: int):
-    inverse = reciprocal(ctx, total, lo=0.5, hi=float(e.shape[-1]) * 1.1, bits=bits)
+    inverse = reciprocal(ctx, total, lo=0.5, hi=_row_sum_bound(e.shape[-1]), bits=bits)
     return fixed.mul(ctx, e, inverse)
 
 
@@ -72,15 +93,17 @@ def cross_entropy(ctx, logits: torch.Tensor, labels: torch.Tensor, with_loss: bo
     if not with_loss:
         return grad, None
     picked = fixed.mul(ctx, labels, shifted).sum(-1)             # z_y for each row
-    per_row = log(ctx, total.reshape(-1), lo=0.5, hi=classes * 1.1, bits=bits) - picked
+    per_row = log(ctx, total.reshape(-1), lo=0.5, hi=_row_sum_bound(classes), bits=bits) - picked
     return grad, fixed.mul_public(ctx, per_row.sum(), 1.0 / batch)
 
 
-def softmax_cost(n: int, shape, clamp: bool = False, bits: int = 32) -> Cost:
+def softmax_cost(n: int, shape, clamp: bool = False, bits: int = 32,
+                 frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
     numel, size = int(torch.tensor(shape).prod()), shape[-1]
     rows = numel // size
-    return (max_along_cost(n, numel, size, bits) + exp_cost(n, numel, clamp, bits)
-            + reciprocal_cost(n, rows, 0.5, size * 1.1, bits) + fixed.mul_cost(n, numel, rows, numel))
+    k = max_resolution_bits(n, size, frac_bits, bits)
+    return (max_along_cost(n, numel, size, bits, k) + exp_cost(n, numel, clamp, bits)
+            + reciprocal_cost(n, rows, 0.5, _row_sum_bound(size), bits) + fixed.mul_cost(n, numel, rows, numel))
 
 
 def softmax_backward_cost(n: int, shape) -> Cost:

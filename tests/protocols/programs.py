@@ -169,6 +169,27 @@ def signs_with_digits(session, x, bits, digit_bits):
     return sharing.open_(ctx, s), ctx.fp.decode(sharing.open_(ctx, negative)), cost
 
 
+def coarse_maxima(session, x, y, bits, resolution_bits):
+    """Coarse select_negative's bit, maximum and max_along (ring units, opened) and max_along's cost."""
+    from mpcft.protocols import comparison
+    ctx = MPCContext(session)
+    X, Y = owned(ctx, x, 0), owned(ctx, y, session.world_size - 1)
+    _, s = comparison.select_negative(ctx, X.share - Y.share, bits, resolution_bits=resolution_bits)
+    top = comparison.maximum(ctx, X.share, Y.share, bits, resolution_bits)
+    best, cost = measured(session, lambda: comparison.max_along(ctx, X.share, -1, bits, resolution_bits))
+    return [sharing.open_(ctx, v) for v in (s, top, best)], cost
+
+
+def activations(session, x):
+    """GELU with its derivative and tanh of x (party 0's), decoded."""
+    from mpcft.protocols import activations as A
+    ctx = MPCContext(session)
+    X = owned(ctx, x, 0).share
+    dec = lambda s: ctx.fp.decode(sharing.open_(ctx, s))
+    gelu, grad = A.gelu(ctx, X, with_grad=True)
+    return dec(gelu), dec(grad), dec(A.tanh(ctx, X))
+
+
 def count_reciprocal(session, counts, most):
     """count_reciprocal of integer counts (party 0's): the opened values and the cost."""
     from mpcft.protocols.reciprocal import count_reciprocal as reciprocal_of_counts

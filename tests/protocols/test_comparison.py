@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mpcft.kernels import FixedPoint
-from mpcft.protocols.comparison import clamp_cost, max_along_cost, sign_cost, sign_gate_cost
+from mpcft.protocols.comparison import clamp_cost, digit_bits_for, max_along_cost, sign_cost, sign_gate_cost
 from mpcft.protocols.correlations import CorrelationDealer, correction_bytes
 from mpcft.runtime import run_threads, spawn
 
@@ -65,7 +65,7 @@ def test_comparisons_in_processes(n):
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("n", [2, 3])
-@pytest.mark.parametrize("digit_bits", [1, 4, 8])
+@pytest.mark.parametrize("digit_bits", [1, 4, 5, 6, 8])
 def test_every_digit_width(n, digit_bits):
     x = inputs((9, 40), 100.0, 5)
     xe = FP.decode(FP.encode(x))
@@ -73,6 +73,31 @@ def test_every_digit_width(n, digit_bits):
                                          dealer_handler=CorrelationDealer):
         assert torch.equal(s, (xe < 0).long()) and torch.equal(negative, xe.clamp(max=0))
         assert cost == astuple(sign_cost(n, x.numel(), 30, digit_bits))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_coarse_comparisons(n):
+    # resolution k: the bit is exact but for x - y in [0, (n-1) 2^k); maxima are inputs, within
+    # (n-1) 2^k of the maximum per level
+    k, bits = 12, 32
+    band = (n - 1) << k
+    gen = torch.Generator().manual_seed(7 + n)
+    x = torch.randint(-(1 << 30), 1 << 30, (12, 33), generator=gen)
+    y = x - torch.randint(-2 * band, 2 * band, x.shape, generator=gen)   # many pairs near the band
+    y[0] = torch.randint(-(1 << 30), 1 << 30, (33,), generator=gen)
+    d = x - y
+    for (s, top, best), cost in run_threads(programs.coarse_maxima, n, FP.decode(x), FP.decode(y), bits, k,
+                                            dealer_handler=CorrelationDealer):
+        assert torch.equal(s[d < 0], torch.ones_like(s[d < 0])) and not s[d >= band].any()
+        assert ((s == 0) | (s == 1)).all()
+        assert torch.equal(top, torch.where(s == 1, y, x)) and (top >= torch.maximum(x, y) - band).all()
+        assert ((best == x).any(-1, keepdim=True)).all()
+        levels = (x.shape[-1] - 1).bit_length()
+        assert (best >= x.max(-1, keepdim=True).values - levels * band).all()
+        assert cost == astuple(max_along_cost(n, x.numel(), x.shape[-1], bits, k))
+        assert max_along_cost(n, x.numel(), x.shape[-1], bits, k).bytes_sent < max_along_cost(
+            n, x.numel(), x.shape[-1], bits).bytes_sent
 
 
 def test_sign_gates_layout():
@@ -90,5 +115,8 @@ def test_rounds_formula():
     assert sign_cost(2, big, bits=31).rounds == 5         # 8 digits
     assert sign_cost(2, 1000).rounds == 5                 # few values: 8-bit digits, 8 of them
     assert sign_cost(2, 1000, bits=32).rounds == 4        # 4 digits, 2 tree levels
+    assert digit_bits_for(7168, 40) == 5                  # 8 digits, a level fewer for 86 kB
+    assert digit_bits_for(8, 12) == 6                     # 2 digits: one level, the narrowest
+    assert digit_bits_for(1 << 20, 14) == 4
     assert sign_cost(2, 64, digit_bits=4, with_product=True).bytes_sent == 8 * (
         64 * 2 + (2 * (8 + 7) + 2 * (4 + 3) + 2 * (2 + 1) + 2 * (1 + 0)) + 1)

@@ -102,6 +102,19 @@ def test_nonlinear_functions_match_float64(n, device):
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_activations_where_the_coarse_sign_may_err(n):
+    # GELU's and tanh's sign of x is coarse: for x in [0, 1/16) it may say negative, and the
+    # other branch's identity must give the same values there
+    x = torch.cat([torch.linspace(-1 / 16, 1 / 8, 3001, dtype=torch.float64), torch.tensor([0.0, 2.0 ** -20])])
+    dgelu = 0.5 * (1 + torch.erf(x / math.sqrt(2))) + x * torch.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+    for gelu, grad, tanh in run_threads(programs.activations, n, x, dealer_handler=CorrelationDealer):
+        assert (gelu - torch.nn.functional.gelu(x)).abs().max() < 5e-4
+        assert (grad - dgelu).abs().max() < 2e-3
+        assert (tanh - x.tanh()).abs().max() < 2e-3
+
+
+@pytest.mark.timeout(120)
 def test_shared_tensor_methods():
     x = torch.linspace(-2.5, 2.5, 24, dtype=torch.float64).reshape(4, 6)
     out = run_threads(programs.tensor_nonlinear, 3, x, dealer_handler=CorrelationDealer)[1]
