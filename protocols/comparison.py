@@ -195,9 +195,10 @@ def select_negative(ctx, x: torch.Tensor, bits: int = FULL_BITS, digit_bits: int
     return coeff_a * x + coeff_b * x_beta, s
 
 
-def relu(ctx, x: torch.Tensor, bits: int = FULL_BITS) -> torch.Tensor:
-    """max(x, 0) exactly. Cost: sign_cost(..., with_product=True)."""
-    negative_part, _ = select_negative(ctx, x, bits)
+def relu(ctx, x: torch.Tensor, bits: int = FULL_BITS, resolution_bits: int = 0) -> torch.Tensor:
+    """max(x, 0) exactly (coarse, resolution_bits k > 0: it may also give 0 for x in
+    [0, (n - 1) 2^k)). Cost: sign_cost(n, numel, bits - k, with_product=True)."""
+    negative_part, _ = select_negative(ctx, x, bits, resolution_bits=resolution_bits)
     return x - negative_part
 
 

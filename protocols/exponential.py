@@ -6,10 +6,14 @@ Every squaring multiplies the output of a truncation by itself, which is local
 For x in [-EXP_MIN_INPUT, EXP_MAX_INPUT] the absolute error is about 1e-4 near x = 0
 (fixed-point rounding, doubled by each squaring) and far smaller below; the approximation
 error e^x * |x|^5 / (120 * 64^4) is < 1e-8. Outside that range p(y)^64 is meaningless:
-softmax subtracts the row maximum first (inputs <= 0), and can clamp with clamp=True.
+softmax subtracts the row maximum first (inputs <= 1), and can clamp with clamp=True: a
+coarse relu (comparison.relu, resolution 2^f: it may also clamp x in [-150, -150 + n - 1),
+whose e^x is 0 at any f <= 60 either way) over bits - f bits.
 Reveals nothing (truncations only). Cost: exp_cost() (9 rounds).
 """
 import torch
+
+from mpcft.kernels import DEFAULT_FRACTIONAL_BITS
 
 from . import fixed
 from .comparison import relu, sign_cost
@@ -26,7 +30,7 @@ def exp(ctx, x: torch.Tensor, clamp: bool = False, bits: int = 32) -> torch.Tens
     """Shares of e^x for x in [-150, 7]; clamp=True maps x < -150 to -150 first (one relu)."""
     if clamp:  # max(x, -m) = -m + relu(x + m)
         m = EXP_MIN_INPUT
-        x = relu(ctx, x + ctx.public(m), bits) + ctx.public(-m)
+        x = relu(ctx, x + ctx.public(m), bits, resolution_bits=ctx.frac_bits) + ctx.public(-m)
     terms, _ = fixed.powers(ctx, x, SQUARINGS, len(_TAYLOR) - 1)     # y = x / 64 and its powers
     acc, shift = fixed.combine_powers(ctx, terms, _TAYLOR[1:], _TAYLOR[0])
     shifts = [shift] + [ctx.frac_bits] * (SQUARINGS - 1)
@@ -37,8 +41,9 @@ def exp(ctx, x: torch.Tensor, clamp: bool = False, bits: int = 32) -> torch.Tens
     return truncate(ctx, acc)
 
 
-def exp_cost(n: int, numel: int, clamp: bool = False, bits: int = 32) -> Cost:
-    total = sign_cost(n, numel, bits, with_product=True) if clamp else FREE
+def exp_cost(n: int, numel: int, clamp: bool = False, bits: int = 32,
+             frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
+    total = sign_cost(n, numel, bits - frac_bits, with_product=True) if clamp else FREE
     total = total + fixed.powers_cost(n, numel, len(_TAYLOR) - 1)
     for _ in range(SQUARINGS + 1):
         total = total + truncate_cost(n, numel)

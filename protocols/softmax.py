@@ -102,7 +102,7 @@ def softmax_cost(n: int, shape, clamp: bool = False, bits: int = 32,
     numel, size = int(torch.tensor(shape).prod()), shape[-1]
     rows = numel // size
     k = max_resolution_bits(n, size, frac_bits, bits)
-    return (max_along_cost(n, numel, size, bits, k) + exp_cost(n, numel, clamp, bits)
+    return (max_along_cost(n, numel, size, bits, k) + exp_cost(n, numel, clamp, bits, frac_bits)
             + reciprocal_cost(n, rows, 0.5, _row_sum_bound(size), bits) + fixed.mul_cost(n, numel, rows, numel))
 
 
