@@ -285,7 +285,7 @@ def main(argv=None):
           "(parties, dealer) on its own full-duplex link. Loopback s stands for compute: it is the measured loopback "
           "time itself (max over parties of the median run), loopback transfer and waits included. MB/party: "
           "payload a party sends (max over parties); dealer MB/party: the dealer's replies to the party that "
-          "receives most (party 0, the one that asks; the others expand seeds); busiest link MB: payload on the "
+          "receives most (each party receives the corrections of its own run, about 1/n); busiest link MB: payload on the "
           f"busiest direction of any host's link (a party's peer and dealer traffic in, or the dealer's out); "
           f"{ON_LINK:.4f}: TLS records, TCP/IP and Ethernet headers per payload byte.\n")
     print(table({k: v for k, v in rows.items() if k[0] in args.only}))

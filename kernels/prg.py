@@ -71,6 +71,13 @@ class PRG:
         tasks = [(start + off // _BLOCK, view[off:off + _CHUNK]) for off in range(0, nbytes, _CHUNK)]
         run_parallel(lambda task: self._keystream(*task), tasks, num_threads(self._threads))
 
+    def skip(self, nbytes: int) -> None:
+        """Move past the next nbytes as drawing them would (to a block boundary), uncomputed."""
+        if nbytes < 0:
+            raise ValueError(f"cannot skip {nbytes} bytes")
+        with self._lock:
+            self._block += -(-nbytes // _BLOCK)
+
     def _keystream(self, block: int, out: memoryview) -> None:
         counter = (block % (1 << 128)).to_bytes(_BLOCK, "big")
         Cipher(algorithms.AES(self._key), modes.CTR(counter)).encryptor().update_into(_ZEROS[:out.nbytes], out)

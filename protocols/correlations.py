@@ -9,10 +9,13 @@ another. e is the key epoch: a run moves to a new one at each checkpoint (MPCCon
 where every count restarts, and the dealer refuses requests of an earlier epoch, so that a
 resumed run draws the same streams as an uninterrupted one and none is answered twice. A correlation has random inputs (e.g. the triple's a and b) and derived values
 (c = a*b): every party draws its shares of the random inputs from its stream, so a = sum_i a_i
-is uniform and nobody sends anything for it; parties 1..n-1 also draw their shares of the
-derived values, and party 0 alone receives a correction, c_0 = c - sum_{i>=1} c_i, from the
-dealer. The dealer, which knows every seed, learns all correlations (the usual trusted-dealer
-model); any n-1 parties' shares are independent of the correlated values.
+is uniform and nobody sends anything for it. The derived values are corrected in parts: each
+one's elements, flattened, are cut into n runs (correction_cuts), and party r draws its shares
+of every element but its own run r, whose share the dealer sends it, c_r = c - sum_{i != r} c_i
+there. So every party receives about 1/n of the dealer's bytes (party 0 used to receive all,
+and its link was the busiest). The dealer, which knows every seed, learns all correlations
+(the usual trusted-dealer model); any n-1 parties' shares are independent of the correlated
+values (each run's missing share is drawn by, or corrected at, a party outside them).
 
 Kinds (params -> values, all as additive shares):
 - "triple"(shape_a, shape_b): a, b uniform; c = a * b (broadcast).
@@ -297,7 +300,7 @@ class Correlation:
     """One party's shares of a correlation: `random` at once, `derived()` when first needed.
 
     Protocols use the random parts (masks) before their first exchange and the derived
-    parts after it, so party 0's wait for the dealer overlaps with that exchange.
+    parts after it, so a party's wait for the dealer overlaps with that exchange.
     """
 
     def __init__(self, random: list, derived):
@@ -315,54 +318,89 @@ class Correlation:
                            lambda: [t.to(device) for t in self.derived()])
 
 
-def party_correlation(kind: str, params: dict, number: int, seed: bytes, rank: int,
+def correction_cuts(numel: int, world_size: int) -> list[tuple[int, int]]:
+    """[start, stop) of each party's run of a derived value's numel elements (flattened): n
+    runs of ceil(numel / n) elements rounded up to even (whole 16-byte PRG blocks), the last
+    ones shorter or empty."""
+    size = -(-numel // world_size)
+    size += size % 2
+    return [(min(numel, r * size), min(numel, (r + 1) * size)) for r in range(world_size)]
+
+
+def receives(kind: str, params: dict, rank: int, world_size: int) -> bool:
+    """Whether party `rank` has a run of some derived value to be corrected by the dealer."""
+    return correction_bytes(kind, params, rank, world_size) > 0
+
+
+def _draw_around(prg: PRG, numel: int, cut: tuple) -> tuple:
+    """A party's draws of a derived value's elements before and after its run `cut`, whose
+    stream positions are skipped: the stream stays where a full draw would leave it."""
+    start, stop = cut
+    before = prg.ring((start,))
+    prg.skip(8 * (stop - start))
+    return before, prg.ring((numel - stop,))
+
+
+def party_correlation(kind: str, params: dict, number: int, seed: bytes, rank: int, world_size: int,
                       corrections=None, epoch: int = 0) -> Correlation:
     """This party's shares of correlation `number` of the layout (kind, params) in key `epoch`.
 
-    Parties >= 1 compute everything from their seed; party 0 passes the dealer's corrections
-    for the derived values (a list, or a callable returning it once they arrive).
+    Derived values come from the seed but for this party's runs (correction_cuts), which are
+    the dealer's corrections (a list of flat tensors, one per derived value, or a callable
+    returning it once they arrive; None where `receives` is False).
     """
     random, derived, _ = _spec(kind, params)
     prg = _stream(seed, layout_id(kind, params), number, epoch)
     shares = [prg.ring(shape) for shape, _ in random]
-    if rank != 0:
+    if not receives(kind, params, rank, world_size):
         return Correlation(shares, lambda: [prg.ring(shape) for shape, _ in derived])
 
-    def checked():
+    def with_corrections():
+        cuts = [correction_cuts(math.prod(shape), world_size)[rank] for shape, _ in derived]
+        around = [_draw_around(prg, math.prod(shape), cut) for (shape, _), cut in zip(derived, cuts)]
         got = corrections() if callable(corrections) else corrections
         if got is None or len(got) != len(derived):
-            raise ValueError(f"party 0 needs {len(derived)} dealer corrections for {kind!r}")
-        for tensor, (shape, _) in zip(got, derived):
-            if tensor.dtype != torch.int64 or tuple(tensor.shape) != shape:
+            raise ValueError(f"party {rank} needs {len(derived)} dealer corrections for {kind!r}")
+        values = []
+        for tensor, (shape, _), (start, stop), (before, after) in zip(got, derived, cuts, around):
+            if tensor.dtype != torch.int64 or tuple(tensor.shape) != (stop - start,):
                 raise ValueError(f"dealer correction for {kind!r} is {tensor.dtype} of shape "
-                                 f"{tuple(tensor.shape)}, expected int64 of shape {shape}")
-        return list(got)
-    return Correlation(shares, checked)
+                                 f"{tuple(tensor.shape)}, expected int64 of shape {(stop - start,)}")
+            values.append(torch.cat([before, tensor, after]).reshape(shape))
+        return values
+    return Correlation(shares, with_corrections)
 
 
-def party_shares(kind: str, params: dict, number: int, seed: bytes, rank: int,
+def party_shares(kind: str, params: dict, number: int, seed: bytes, rank: int, world_size: int,
                  corrections=None, epoch: int = 0) -> list:
     """All of this party's shares of correlation `number` at once (random parts, then derived)."""
-    correlation = party_correlation(kind, params, number, seed, rank, corrections, epoch)
+    correlation = party_correlation(kind, params, number, seed, rank, world_size, corrections, epoch)
     return correlation.random + correlation.derived()
 
 
 def dealer_corrections(kind: str, params: dict, number: int, seeds, epoch: int = 0) -> list:
-    """The dealer's answer to party 0: c_0 = c - sum_{i>=1} c_i (XOR for binary values)."""
+    """Every party's corrections, [party r's list of flat tensors]: on run r of each derived
+    value, c_r = c - sum_{i != r} c_i (XOR for binary values); [] for a party without runs."""
     random, derived, derive = _spec(kind, params)
-    layout = layout_id(kind, params)
-    streams = [_stream(seeds[i], layout, number, epoch) for i in range(len(seeds))]
+    layout, n = layout_id(kind, params), len(seeds)
+    streams = [_stream(seeds[i], layout, number, epoch) for i in range(n)]
     values = []
     for shape, binary in random:
         value = streams[0].ring(shape)
         for prg in streams[1:]:
             (value.bitwise_xor_ if binary else value.add_)(prg.ring(shape))
         values.append(value)
-    corrections = _owned(derive(*values))
-    for prg in streams[1:]:
-        for j, (shape, binary) in enumerate(derived):
-            (corrections[j].bitwise_xor_ if binary else corrections[j].sub_)(prg.ring(shape))
-    return corrections
+    corrected = [value.view(-1) for value in _owned(derive(*values))]
+    cuts = [correction_cuts(value.numel(), n) for value in corrected]
+    for i, prg in enumerate(streams):          # each stream's derived values, in order
+        for value, (_, binary), value_cuts in zip(corrected, derived, cuts):
+            start, stop = value_cuts[i]
+            before, after = _draw_around(prg, value.numel(), (start, stop))
+            for part, draw in ((value[:start], before), (value[stop:], after)):
+                (part.bitwise_xor_ if binary else part.sub_)(draw)
+    return [[value[start:stop].clone() for value, (start, stop) in
+             zip(corrected, [value_cuts[r] for value_cuts in cuts])] if receives(kind, params, r, n) else []
+            for r in range(n)]
 
 
 def _owned(tensors: list) -> list:
@@ -377,29 +415,40 @@ def _owned(tensors: list) -> list:
     return out
 
 
+class _Answer:
+    """One correlation's corrections, computed by the first of its parties to ask and kept
+    until each of the others has taken its runs."""
+
+    def __init__(self, takers: int):
+        self.takers, self.ready, self.parts, self.error = takers, threading.Event(), None, None
+
+
 class CorrelationDealer:
-    """The dealer process's request handler: party 0's corrections, each answered once.
+    """The dealer process's request handler: each party's corrections, each answered once.
 
     A request names a layout (kind, params), the key epoch e and the number k of the
-    correlation of that layout; the dealer counts every layout's answers in the current epoch
-    itself and refuses any k but the next one and any earlier epoch (a later one starts its
-    counts afresh), so no correlation is answered twice, and pads are bound to their layout, so answers
-    for different layouts share none. A party that deviates (asks for other layouts, ahead
-    of time, or out of order) learns only its own shares of fresh correlations: never
-    another party's pads, masks or shares; it can waste the dealer's work (each request is
-    bounded by max_elements) or spoil the computation's result, as any semi-honest party
-    that stops following the protocol can. Parties 1..n-1 never receive corrections.
+    correlation of that layout; the dealer counts every party's answers per layout in the
+    current epoch itself and refuses any k but that party's next one and any earlier epoch (a
+    later one starts its counts afresh), so no correlation is answered twice, and pads are
+    bound to their layout, so answers for different layouts share none. The first party to
+    ask for a correlation has it computed (dealer_corrections); the others' runs wait for them.
+    A party that deviates (asks for other layouts, ahead of time, or out of order) learns only
+    its own shares of fresh correlations: never another party's pads, masks or shares; it can
+    waste the dealer's work (each request is bounded by max_elements) and memory (the runs
+    kept for the others: at most max_held_bytes, beyond which first requests are refused) or
+    spoil the computation's result, as any semi-honest party that stops following the
+    protocol can.
     """
 
-    def __init__(self, max_elements: int = 1 << 28):
-        self.max_elements = max_elements
-        self._answered = collections.Counter()     # layout -> correlations answered in this epoch
+    def __init__(self, max_elements: int = 1 << 28, max_held_bytes: int = 1 << 32):
+        self.max_elements, self.max_held_bytes = max_elements, max_held_bytes
+        self._held_bytes = 0                       # bytes of the runs kept for other parties
+        self._answered = collections.Counter()     # (rank, layout) -> answered in this epoch
+        self._answers = {}                         # (layout, number) -> _Answer not taken by all
         self._epoch = 0
         self._lock = threading.Lock()
 
     def __call__(self, rank: int, kind: str, params: dict, seq: int, seeds) -> list:
-        if rank != 0:
-            raise ValueError(f"only party 0 receives correlation corrections, not party {rank}")
         if not isinstance(params, dict) or "number" not in params:
             raise ValueError(f"a correlation request names its layout and number, got {params!r}")
         layout, number, epoch = dict(params), params["number"], params.get("epoch", 0)
@@ -407,28 +456,63 @@ class CorrelationDealer:
         layout.pop("epoch", None)
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
             raise ValueError(f"a key epoch is an integer >= 0, got {epoch!r}")
-        spec = _spec(kind, layout)
+        spec, n = _spec(kind, layout), len(seeds)
         if _elements(spec) > self.max_elements:
             raise ValueError(f"{kind!r} {layout} asks for {_elements(spec)} ring elements, "
                              f"more than this dealer's limit of {self.max_elements}")
+        if not receives(kind, layout, rank, n):
+            raise ValueError(f"party {rank} receives no corrections for {kind!r} {layout}")
         key = layout_id(kind, layout)
         with self._lock:
             if epoch < self._epoch:
                 raise ValueError(f"{kind!r} {layout}: asked for key epoch {epoch}, but epoch {self._epoch} "
                                  f"has begun (an epoch is never served again)")
             if epoch > self._epoch:
-                self._epoch, self._answered = epoch, collections.Counter()
-            expected = self._answered[key]
+                self._epoch, self._answered, self._answers = epoch, collections.Counter(), {}
+                self._held_bytes = 0
+            expected = self._answered[(rank, key)]
             if number != expected:
                 raise ValueError(f"{kind!r} {layout}: asked for correlation #{number!r} of this "
                                  f"layout, but the next one is #{expected} (each is answered once, in order)")
-            self._answered[key] += 1
-        return dealer_corrections(kind, layout, number, seeds, epoch)
+            self._answered[(rank, key)] += 1
+            answer = self._answers.get((key, number))
+            first = answer is None
+            if first:
+                held = correction_bytes(kind, layout) - correction_bytes(kind, layout, rank, n)
+                if self._held_bytes + held > self.max_held_bytes:
+                    self._answered[(rank, key)] -= 1
+                    raise ValueError(f"{kind!r} {layout}: the dealer already holds {self._held_bytes} bytes "
+                                     f"of answers the other parties have not asked for (limit {self.max_held_bytes})")
+                self._held_bytes += held
+                answer = _Answer(sum(receives(kind, layout, r, n) for r in range(n)))
+                self._answers[(key, number)] = answer
+        if first:
+            try:
+                answer.parts = dealer_corrections(kind, layout, number, seeds, epoch)
+            except Exception as exc:
+                answer.error = exc
+                raise
+            finally:
+                answer.ready.set()
+        answer.ready.wait()
+        if answer.error is not None:      # the first asker's exception; the others get this
+            raise (ValueError if isinstance(answer.error, ValueError) else RuntimeError)(str(answer.error))
+        with self._lock:
+            answer.takers -= 1
+            if not first:
+                self._held_bytes = max(0, self._held_bytes - correction_bytes(kind, layout, rank, n))
+            if not answer.takers and self._answers.get((key, number)) is answer:
+                del self._answers[(key, number)]
+        return answer.parts[rank]
 
 
-def correction_bytes(kind: str, params: dict) -> int:
-    """Bytes of party 0's corrections (the derived values) for one correlation of this layout."""
-    return sum(8 * int(np.prod(shape, dtype=np.int64)) for shape, _ in _spec(kind, params)[1])
+def correction_bytes(kind: str, params: dict, rank: int | None = None, world_size: int = 1) -> int:
+    """Bytes of the dealer's corrections for one correlation of this layout: all of them (the
+    derived values), or party `rank`'s runs among world_size parties."""
+    sizes = [int(np.prod(shape, dtype=np.int64)) for shape, _ in _spec(kind, params)[1]]
+    if rank is None:
+        return 8 * sum(sizes)
+    return 8 * sum(stop - start for start, stop in (correction_cuts(size, world_size)[rank] for size in sizes))
 
 
 def random_count(kind: str, params: dict) -> int:

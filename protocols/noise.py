@@ -6,7 +6,7 @@ units (the exact discrete Gaussian, kernels/discrete_noise.py), from one of two 
   of the parties' pads, so any n-1 parties hold uniform shares independent of z. The dealer
   knows z, as it knows every Beaver triple: the same trust (a dealer colluding with a party
   can already learn everything), so exact variance costs nothing extra.
-  Cost: no party-to-party bytes, 8 numel bytes from the dealer to party 0 (noise_cost).
+  Cost: no party-to-party bytes, 8 numel bytes from the dealer, about 1/n to each party (noise_cost).
 - "parties": party i adds its own z_i ~ N_Z(0, variance / (n - t)) from a fresh OS-seeded PRG.
   Any t colluding parties, even with the dealer, still face the n - t honest draws, whose sum
   has variance `variance` (it is N_Z(0, variance) exactly when t = n - 1, and within the
@@ -68,5 +68,6 @@ def laplace_noise(ctx, shape, scale, source: str = "dealer") -> torch.Tensor:
 
 
 def noise_cost(n: int, numel: int, source: str = "dealer") -> tuple[Cost, int]:
-    """(party-to-party cost, dealer bytes to party 0) of gaussian_noise and laplace_noise."""
+    """(party-to-party cost, dealer bytes to all parties: each receives its run, about 1/n)
+    of gaussian_noise and laplace_noise."""
     return FREE, (numel * RING_BYTES if source == "dealer" else 0)

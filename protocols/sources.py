@@ -6,8 +6,9 @@ work that repeats (a training step, an evaluation batch), so that a source may p
 next one (name the steps whose shapes differ apart, e.g. by batch size: shapes are layouts); `source.new_epoch(e)` moves to key epoch e (a checkpoint), where counts restart. A plan, the requests of a run or a step, is one format everywhere: a list of
 {"kind": kind, "params": params} (JSON as it is).
 
-- `DealerCorrelations`: online; party 0 asks the dealer, the others expand their seeds; a
-  step prefetches the last plan of the same name; a large elementwise correlation is asked
+- `DealerCorrelations`: online; each party expands its seed and asks the dealer for its runs
+  of the derived values (correlations.correction_cuts); a step prefetches the last plan of
+  the same name; a large elementwise correlation is asked
   for in pieces (correlations.split_layout), within the dealer's bound on one request. The seconds spent expanding PRG streams
   count in the session's `comm.count_prg` (mpcft.runtime.comm).
 - `FileCorrelations`: offline, from a file `write_offline` made from a recorded plan.
@@ -27,7 +28,7 @@ import torch
 from mpcft.kernels import fresh_seed
 
 from .correlations import (Correlation, correction_bytes, dealer_corrections, join_pieces, layout_id,
-                           party_correlation, party_shares, random_count, split_layout)
+                           party_correlation, party_shares, random_count, receives, split_layout)
 
 
 def request(kind: str, params: dict) -> dict:
@@ -55,12 +56,13 @@ class CorrelationSource(abc.ABC):
 
 
 class DealerCorrelations(CorrelationSource):
-    """Correlations fetched online: party 0 asks the dealer, the others expand their seeds.
+    """Correlations fetched online: each party expands its seed and asks the dealer for the
+    corrections of its runs (correlations.party_correlation).
 
     Every party counts the correlations of each layout it used; correlation k of layout L is
     the same at every party, whatever the order of requests across layouts. Inside
-    `step(name)`, party 0 first asks for the plan of the last step of that name, so that the
-    dealer computes while the parties work instead of when they wait.
+    `step(name)`, each party first asks for the plan of the last step of that name, so that
+    the dealer computes while the parties work instead of when they wait.
     """
 
     def __init__(self, session, max_ahead_bytes: int = 1 << 30, max_request_elements: int = 1 << 26):
@@ -71,8 +73,8 @@ class DealerCorrelations(CorrelationSource):
         self.max_ahead_bytes = max_ahead_bytes
         self.max_request_elements = max_request_elements   # larger elementwise ones go in pieces
         self._used = collections.Counter()     # layout -> correlations of it used here
-        self._asked = collections.Counter()    # party 0: layout -> correlations of it asked for
-        self._ahead = {}                       # party 0: (layout, number) -> (reply, bytes) not yet used
+        self._asked = collections.Counter()    # layout -> correlations of it asked for
+        self._ahead = {}                       # (layout, number) -> (reply, bytes) not yet used
         self._ahead_bytes = 0
         self._plans = {}                       # step name -> plan of its last run
         self._recording = None                 # the plan of the step in progress
@@ -90,30 +92,29 @@ class DealerCorrelations(CorrelationSource):
         self._used[layout] += 1
         if self._recording is not None:
             self._recording.append(request(kind, params))
-        corrections = None
-        if self.session.rank == 0:
+        corrections, waited = None, []
+        if receives(kind, params, self.session.rank, self.session.world_size):
             ahead = self._ahead.pop((layout, number), None)
             if ahead is None:
                 reply = self._ask(kind, params, layout)
             else:
                 reply, nbytes = ahead
                 self._ahead_bytes -= nbytes
-            corrections = reply.result
+            corrections = _timed(reply.result, waited)
         start = time.perf_counter()
         correlation = party_correlation(kind, params, number, self.session.dealer_seed,
-                                        self.session.rank, corrections, self.epoch)
+                                        self.session.rank, self.session.world_size, corrections, self.epoch)
         self.session.comm.count_prg(time.perf_counter() - start)
-        if self.session.rank == 0:
-            return correlation     # derived(): the dealer's reply, timed by the session as its wait
-        return Correlation(correlation.random, self._timed_expansion(correlation.derived))
+        return Correlation(correlation.random, self._timed_expansion(correlation.derived, waited))
 
-    def _timed_expansion(self, expand):
-        """`expand` (a party >= 1's derived values, drawn from its PRG), its seconds counted as
-        the session's PRG time (session.comm.count_prg)."""
+    def _timed_expansion(self, expand, waited: list):
+        """`expand` (the derived values: PRG draws around this party's runs, and the dealer's
+        corrections of them), its seconds but the wait for the dealer (`waited`, which the
+        session counts as such) counted as the session's PRG time (session.comm.count_prg)."""
         def timed():
             start = time.perf_counter()
             values = expand()
-            self.session.comm.count_prg(time.perf_counter() - start)
+            self.session.comm.count_prg(time.perf_counter() - start - sum(waited))
             return values
         return timed
 
@@ -151,29 +152,41 @@ class DealerCorrelations(CorrelationSource):
 
     @property
     def pending_prefetch(self) -> int:
-        """Party 0: answers asked for in advance and not used yet."""
+        """Answers asked for in advance and not used yet."""
         return len(self._ahead)
 
     def prefetch(self, plan: list) -> None:
-        """Expect the next requests to be `plan`: party 0 asks the dealer for them now. Answers
-        are bound to (layout, number), so a wrong guess wastes nothing: the answer waits until
-        its layout comes next. At most max_ahead_bytes of answers are held ahead. Changes
-        nothing at the other parties."""
-        if self.session.rank != 0:
-            return
+        """Expect the next requests to be `plan`: ask the dealer for this party's corrections
+        of them now. Answers are bound to (layout, number), so a wrong guess wastes nothing:
+        the answer waits until its layout comes next. At most max_ahead_bytes of answers are
+        held ahead."""
+        rank, world_size = self.session.rank, self.session.world_size
         wanted = collections.Counter()
         for entry in plan:
             kind, params = entry["kind"], entry["params"]
+            if not receives(kind, params, rank, world_size):
+                continue
             layout = layout_id(kind, params)
             wanted[layout] += 1
             if self._asked[layout] >= self._used[layout] + wanted[layout]:
                 continue
-            nbytes = correction_bytes(kind, params)
+            nbytes = correction_bytes(kind, params, rank, world_size)
             if self._ahead_bytes + nbytes > self.max_ahead_bytes:
                 break
             number = self._asked[layout]
             self._ahead[(layout, number)] = (self._ask(kind, params, layout), nbytes)
             self._ahead_bytes += nbytes
+
+
+def _timed(call, seconds: list):
+    """call, its seconds appended to `seconds`."""
+    def timed():
+        start = time.perf_counter()
+        try:
+            return call()
+        finally:
+            seconds.append(time.perf_counter() - start)
+    return timed
 
 
 class RecordingCorrelations(CorrelationSource):
@@ -217,8 +230,8 @@ def write_offline(plan: list[dict], world_size: int, out_dir, seeds=None) -> lis
         number, numbers[layout] = numbers[layout], numbers[layout] + 1
         corrections = dealer_corrections(kind, params, number, seeds)
         for rank in range(world_size):
-            per_party[rank].append(party_shares(kind, params, number, seeds[rank], rank,
-                                                corrections if rank == 0 else None))
+            per_party[rank].append(party_shares(kind, params, number, seeds[rank], rank, world_size,
+                                                corrections[rank] or None))
     paths = []
     for rank, entries in enumerate(per_party):
         path = out_dir / f"party-{rank}.corr"

@@ -80,7 +80,7 @@ def _cost(n: int, rounds: int, opened: int) -> Cost:
 
 
 def ghost_norm_cost(n: int, batch: int, positions: int, in_features: int, out_features: int) -> tuple:
-    """(Cost, dealer bytes to party 0) of ghost_squared_norms for one layer."""
+    """(Cost, dealer bytes to all parties) of ghost_squared_norms for one layer."""
     b, t = batch, positions
     grams = b * t * t
     opened = 2 * b * t * (in_features + out_features) + 2 * grams + 2 * grams
@@ -88,7 +88,7 @@ def ghost_norm_cost(n: int, batch: int, positions: int, in_features: int, out_fe
 
 
 def ghost_sum_cost(n: int, batch: int, positions: int, in_features: int, out_features: int) -> tuple:
-    """(Cost, dealer bytes to party 0) of ghost_weighted_sums for one layer."""
+    """(Cost, dealer bytes to all parties) of ghost_weighted_sums for one layer."""
     b, t, d, p = batch, positions, in_features, out_features
     narrow = b * t * min(d, p)
     opened = (narrow + b) + narrow + b * t * (d + p) + p * d
@@ -97,7 +97,7 @@ def ghost_sum_cost(n: int, batch: int, positions: int, in_features: int, out_fea
 
 def formed_cost(n: int, batch: int, positions: int, in_features: int, out_features: int,
                 shifted: bool) -> tuple:
-    """(Cost, dealer bytes to party 0) of forming one layer's G_b (LinearFactors.materialise),
+    """(Cost, dealer bytes to all parties) of forming one layer's G_b (LinearFactors.materialise),
     its rows' squares (dp_sgd.row_squares, with the shift's truncation if `shifted`) and its
     weighted sum (dp_sgd.weighted_rows), alone."""
     b, t, d, p = batch, positions, in_features, out_features
@@ -111,7 +111,7 @@ def formed_cost(n: int, batch: int, positions: int, in_features: int, out_featur
 
 
 def ghost_cost(n: int, batch: int, positions: int, in_features: int, out_features: int) -> tuple:
-    """(Cost, dealer bytes to party 0) of one layer's ghost norms and weighted sum, alone."""
+    """(Cost, dealer bytes to all parties) of one layer's ghost norms and weighted sum, alone."""
     (norm, norm_dealer), (total, total_dealer) = (ghost_norm_cost(n, batch, positions, in_features, out_features),
                                                    ghost_sum_cost(n, batch, positions, in_features, out_features))
     return norm + total, norm_dealer + total_dealer

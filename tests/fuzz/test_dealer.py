@@ -186,7 +186,7 @@ def test_dealer_answers_or_refuses_every_request_within_its_limit(frames, rank):
 def test_the_bound_fails_a_dealer_without_its_limit():
     """Self-check: a dealer whose limit were 2^40 would answer this request, taking over
     128 MiB: the fuzz test's bound catches that."""
-    request = json_tensor({"kind": "square", "seq": 0, "params": {"shape": [2048, 4096], "number": 0}})
+    request = json_tensor({"kind": "square", "seq": 0, "params": {"shape": [4096, 4096], "number": 0}})
     with pytest.raises(AssertionError, match="resident"):
         with harness.case("dealer: self-check", (FrameError, PeerError), BOUND):
             party, dealer = MemoryChannel.pair("party 0", "dealer", 1 << 30)

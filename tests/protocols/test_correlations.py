@@ -15,8 +15,7 @@ from . import programs
 def reconstruct(kind, params, n, seq=7):
     seeds = [fresh_seed() for _ in range(n)]
     corrections = dealer_corrections(kind, params, seq, seeds)
-    shares = [party_shares(kind, params, seq, seeds[r], r, corrections if r == 0 else None)
-              for r in range(n)]
+    shares = [party_shares(kind, params, seq, seeds[r], r, n, corrections[r] or None) for r in range(n)]
     random, derived, _ = KINDS[kind](params)
     values = []
     for parts, (_, binary) in zip(zip(*shares), random + derived):
@@ -31,7 +30,7 @@ def reconstruct(kind, params, n, seq=7):
 def test_triples_pairs_and_truncation_material_are_correct(n):
     (a, b, c), corrections = reconstruct("triple", {"shape_a": [4, 1, 3], "shape_b": [5, 3]}, n)
     assert torch.equal(c, a * b) and c.shape == (4, 5, 3)
-    assert len(corrections) == 1  # party 0 receives only c's correction
+    assert [len(c) for c in corrections] == [1] * n    # every party corrects its run of c alone
     (a, b, c), _ = reconstruct("matmul_triple", {"shape_a": [2, 4, 6], "shape_b": [6, 3]}, n)
     assert torch.equal(c, ring_matmul(a, b))
     (a, aa), _ = reconstruct("square", {"shape": [10]}, n)
@@ -40,7 +39,7 @@ def test_triples_pairs_and_truncation_material_are_correct(n):
     assert torch.equal(top, msb(r))
     assert torch.equal(mid, rshift_logical(low_bits(r, RING_BITS - 1), 20))
     (a, b, c), corrections = reconstruct("and_triple", {"words": 100}, n)
-    assert torch.equal(c, a & b) and len(corrections) == 1
+    assert torch.equal(c, a & b) and len(corrections[0]) == 1
     (r, a, _, onehot, masked, beta, a_beta), _ = reconstruct(
         "sign", {"shape": [5, 300], "bits": 30, "digit_bits": 4}, n)
     assert set(beta.unique().tolist()) == {0, 1} and abs(beta.double().mean() - 0.5) < 0.05
@@ -62,7 +61,7 @@ def test_unknown_kinds_and_misuse_are_rejected():
     with pytest.raises(ValueError, match=r"integer in \[0, 63\]"):
         dealer_corrections("trunc", {"shape": [2], "bits": 64}, 0, [fresh_seed()] * 2)
     with pytest.raises(ValueError, match="corrections"):
-        party_shares("square", {"shape": [2]}, 0, fresh_seed(), 0, None)
+        party_shares("square", {"shape": [2]}, 0, fresh_seed(), 0, 2, None)
 
 
 @pytest.mark.timeout(120)

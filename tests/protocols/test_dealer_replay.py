@@ -6,8 +6,8 @@ import torch
 
 from mpcft.kernels import PRG, derive_seed, fresh_seed
 from mpcft.kernels.ring import msb
-from mpcft.protocols.correlations import (CorrelationDealer, layout_id, party_correlation,
-                                          party_shares)
+from mpcft.protocols.correlations import (CorrelationDealer, dealer_corrections, layout_id,
+                                          party_correlation, party_shares)
 from mpcft.runtime import spawn
 
 from .dealer_attack import ATTACK_LAYOUTS, deviating_party, recover_mask, unsigned
@@ -37,7 +37,7 @@ def test_dealer_answers_each_correlation_once_and_pads_never_cancel():
         deviating_party, 2, dealer_handler=CorrelationDealer, timeout=90)
     assert all(isinstance(a, list) for a in answers)
     assert recover_mask(answers[0][0], answers[1], answers[2]) is None
-    masks = [party_shares(kind, params, 0, seed0, 0, answer)[0] + party_shares(kind, params, 0, seed1, 1)[0]
+    masks = [party_shares(kind, params, 0, seed0, 0, 2, answer)[0] + party_shares(kind, params, 0, seed1, 1, 2)[0]
              for (kind, params), answer in zip(ATTACK_LAYOUTS, answers)]
     assert len({unsigned(m)[0] for m in masks}) == 3          # a fresh mask per layout
     assert "refused" in replay and "next one is #1" in replay
@@ -45,8 +45,8 @@ def test_dealer_answers_each_correlation_once_and_pads_never_cancel():
     assert "takes parameters" in malformed[0] and "list of at most" in malformed[1]
     assert "do not combine" in malformed[2] and "limit" in malformed[3]
     assert all("Error:" not in text for text in [replay, ahead] + malformed)
-    square = party_shares("square", {"shape": [1]}, 1, seed0, 0, again)
-    other = party_shares("square", {"shape": [1]}, 1, seed1, 1)
+    square = party_shares("square", {"shape": [1]}, 1, seed0, 0, 2, again)
+    other = party_shares("square", {"shape": [1]}, 1, seed1, 1, 2)      # [1]: party 0's run alone
     a, aa = square[0] + other[0], square[1] + other[1]
     assert torch.equal(aa, a * a)
 
@@ -54,13 +54,14 @@ def test_dealer_answers_each_correlation_once_and_pads_never_cancel():
 def test_pads_are_bound_to_their_layout():
     """Party 1's pads for correlation k of two layouts share no value: a correction asked
     for under another layout never cancels them."""
-    seed = fresh_seed()
+    seeds = [fresh_seed(), fresh_seed()]
     layouts = [("square", {"shape": [64]}), ("square", {"shape": [65]}),
                ("trunc", {"shape": [64], "bits": 0}), ("trunc", {"shape": [64], "bits": 20}),
                ("triple", {"shape_a": [64], "shape_b": [64]})]
     seen = collections.Counter()
     for kind, params in layouts:
-        correlation = party_correlation(kind, params, 0, seed, 1)
+        corrections = dealer_corrections(kind, params, 0, seeds)[1]     # party 1's own run
+        correlation = party_correlation(kind, params, 0, seeds[1], 1, 2, corrections)
         for tensor in correlation.random + correlation.derived():
             seen.update(tensor.reshape(-1).tolist())
     assert max(seen.values()) == 1
@@ -69,8 +70,8 @@ def test_pads_are_bound_to_their_layout():
 
 def test_handler_refuses_other_ranks_and_counts_per_layout():
     dealer, seeds = CorrelationDealer(), [fresh_seed(), fresh_seed()]
-    with pytest.raises(ValueError, match="only party 0"):
-        dealer(1, "square", {"shape": [2], "number": 0}, 0, seeds)
+    with pytest.raises(ValueError, match="party 1 receives no corrections"):
+        dealer(1, "square", {"shape": [2], "number": 0}, 0, seeds)     # 2 elements: one run of 2
     for number in range(3):
         dealer(0, "square", {"shape": [2], "number": number}, number, seeds)
         dealer(0, "square", {"shape": [3], "number": number}, number, seeds)
@@ -78,3 +79,13 @@ def test_handler_refuses_other_ranks_and_counts_per_layout():
         dealer(0, "square", {"shape": [2], "number": 1}, 9, seeds)
     with pytest.raises(ValueError, match="layout and number"):
         dealer(0, "square", {"shape": [2]}, 10, seeds)
+
+
+def test_runs_kept_for_the_other_parties_are_bounded():
+    dealer, seeds = CorrelationDealer(max_held_bytes=8 * 64), [fresh_seed(), fresh_seed()]
+    mine = dealer(0, "square", {"shape": [128], "number": 0}, 0, seeds)   # keeps party 1's 64 values
+    with pytest.raises(ValueError, match="holds 512 bytes"):
+        dealer(0, "square", {"shape": [128], "number": 1}, 1, seeds)
+    theirs = dealer(1, "square", {"shape": [128], "number": 0}, 2, seeds)  # taken: room again
+    assert [t.shape for t in mine + theirs] == [(64,), (64,)]
+    dealer(0, "square", {"shape": [128], "number": 1}, 3, seeds)

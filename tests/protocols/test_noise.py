@@ -42,7 +42,8 @@ def test_dealer_noise_sums_to_a_gaussian_of_the_stated_variance(n):
     cost, dealer_bytes = noise.noise_cost(n, COORDS)
     for rank, (_, (rounds, sent, received)) in enumerate(results):
         assert (rounds, sent) == (cost.rounds, cost.bytes_sent)
-        assert received == (dealer_bytes if rank == 0 else 0)
+        assert received <= dealer_bytes / n + 16                     # its run of the noise
+    assert sum(r[1][2] for r in results) == dealer_bytes
 
 
 @pytest.mark.timeout(120)

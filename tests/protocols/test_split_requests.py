@@ -39,17 +39,19 @@ def test_pieces_give_the_whole_requests_results_and_costs(n):
 
 
 def test_pieces_cut_at_word_boundaries_and_join_back():
-    from mpcft.protocols.correlations import _elements, _spec, party_correlation
+    from mpcft.protocols.correlations import _elements, _spec, dealer_corrections, party_correlation
     params = {"shape": [10, 100], "bits": 14, "digit_bits": 4, "gates": [36, 20]}
     pieces = split_layout("sign_gates", params, LIMIT)
     assert pieces and all(_elements(_spec("sign_gates", p)) <= LIMIT for p in pieces)
     assert [p["shape"][0] % 64 for p in pieces[:-1]] == [0] * (len(pieces) - 1)
     assert sum(p["shape"][0] for p in pieces) == 1000
     assert split_layout("sign_gates", params, 1 << 20) is None and split_layout("dp_noise", {}, 1) is None
-    seed = bytes(32)
-    parts = [party_correlation("sign_gates", p, 0, seed, 1) for p in pieces]
+    seeds = [bytes(32), bytes(31) + b"\1"]
+    parts = [party_correlation("sign_gates", p, 0, seeds[1], 1, 2, dealer_corrections("sign_gates", p, 0, seeds)[1])
+             for p in pieces]
     joined = join_pieces("sign_gates", params, parts)
     shapes = [tuple(t.shape) for t in joined.random + joined.derived()]
-    whole = party_correlation("sign_gates", params, 0, seed, 1)
+    whole = party_correlation("sign_gates", params, 0, seeds[1], 1, 2,
+                              dealer_corrections("sign_gates", params, 0, seeds)[1])
     assert shapes == [tuple(t.shape) for t in whole.random + whole.derived()]
     assert torch.equal(joined.random[0][0, :64], parts[0].random[0][:64])
