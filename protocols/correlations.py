@@ -10,10 +10,10 @@ where every count restarts, and the dealer refuses requests of an earlier epoch,
 resumed run draws the same streams as an uninterrupted one and none is answered twice. A correlation has random inputs (e.g. the triple's a and b) and derived values
 (c = a*b): every party draws its shares of the random inputs from its stream, so a = sum_i a_i
 is uniform and nobody sends anything for it. The derived values are corrected in parts: each
-one's elements, flattened, are cut into n runs (correction_cuts), and party r draws its shares
-of every element but its own run r, whose share the dealer sends it, c_r = c - sum_{i != r} c_i
-there. So every party receives about 1/n of the dealer's bytes (party 0 used to receive all,
-and its link was the busiest). The dealer, which knows every seed, learns all correlations
+one's elements, flattened, are cut into n runs (correction_cuts; one, party 0's, below 16,384
+elements), and party r draws its shares of every element but its own run r, whose share the
+dealer sends it, c_r = c - sum_{i != r} c_i there. So every party receives about 1/n of the
+dealer's bytes (party 0 used to receive all, and its link was the busiest). The dealer, which knows every seed, learns all correlations
 (the usual trusted-dealer model); any n-1 parties' shares are independent of the correlated
 values (each run's missing share is drawn by, or corrected at, a party outside them).
 
@@ -318,10 +318,16 @@ class Correlation:
                            lambda: [t.to(device) for t in self.derived()])
 
 
+SPLIT_FROM = 1 << 14      # elements: a smaller derived value is one run, party 0's
+
+
 def correction_cuts(numel: int, world_size: int) -> list[tuple[int, int]]:
     """[start, stop) of each party's run of a derived value's numel elements (flattened): n
     runs of ceil(numel / n) elements rounded up to even (whole 16-byte PRG blocks), the last
-    ones shorter or empty."""
+    ones shorter or empty. Below SPLIT_FROM elements, where the per-draw overhead of more
+    pieces outweighs the bytes, party 0's run is all of them."""
+    if numel < SPLIT_FROM:
+        return [(0, numel)] + [(numel, numel)] * (world_size - 1)
     size = -(-numel // world_size)
     size += size % 2
     return [(min(numel, r * size), min(numel, (r + 1) * size)) for r in range(world_size)]
@@ -332,13 +338,18 @@ def receives(kind: str, params: dict, rank: int, world_size: int) -> bool:
     return correction_bytes(kind, params, rank, world_size) > 0
 
 
-def _draw_around(prg: PRG, numel: int, cut: tuple) -> tuple:
-    """A party's draws of a derived value's elements before and after its run `cut`, whose
-    stream positions are skipped: the stream stays where a full draw would leave it."""
+def _draw_around(prg: PRG, numel: int, cut: tuple) -> torch.Tensor:
+    """A party's draws of a derived value's numel elements (flat) but for its run `cut`, left
+    unset; the run's stream positions are skipped, so the stream ends where a full draw would."""
     start, stop = cut
-    before = prg.ring((start,))
+    out = torch.empty(numel, dtype=torch.int64)
+    flat = out.numpy()
+    if start:
+        prg.fill(flat[:start])
     prg.skip(8 * (stop - start))
-    return before, prg.ring((numel - stop,))
+    if stop < numel:
+        prg.fill(flat[stop:])
+    return out
 
 
 def party_correlation(kind: str, params: dict, number: int, seed: bytes, rank: int, world_size: int,
@@ -361,13 +372,12 @@ def party_correlation(kind: str, params: dict, number: int, seed: bytes, rank: i
         got = corrections() if callable(corrections) else corrections
         if got is None or len(got) != len(derived):
             raise ValueError(f"party {rank} needs {len(derived)} dealer corrections for {kind!r}")
-        values = []
-        for tensor, (shape, _), (start, stop), (before, after) in zip(got, derived, cuts, around):
+        for tensor, (start, stop), value in zip(got, cuts, around):
             if tensor.dtype != torch.int64 or tuple(tensor.shape) != (stop - start,):
                 raise ValueError(f"dealer correction for {kind!r} is {tensor.dtype} of shape "
                                  f"{tuple(tensor.shape)}, expected int64 of shape {(stop - start,)}")
-            values.append(torch.cat([before, tensor, after]).reshape(shape))
-        return values
+            value[start:stop] = tensor
+        return [value.reshape(shape) for value, (shape, _) in zip(around, derived)]
     return Correlation(shares, with_corrections)
 
 
@@ -395,9 +405,9 @@ def dealer_corrections(kind: str, params: dict, number: int, seeds, epoch: int =
     for i, prg in enumerate(streams):          # each stream's derived values, in order
         for value, (_, binary), value_cuts in zip(corrected, derived, cuts):
             start, stop = value_cuts[i]
-            before, after = _draw_around(prg, value.numel(), (start, stop))
-            for part, draw in ((value[:start], before), (value[stop:], after)):
-                (part.bitwise_xor_ if binary else part.sub_)(draw)
+            draws = _draw_around(prg, value.numel(), (start, stop))
+            for part in (slice(0, start), slice(stop, value.numel())):
+                (value[part].bitwise_xor_ if binary else value[part].sub_)(draws[part])
     return [[value[start:stop].clone() for value, (start, stop) in
              zip(corrected, [value_cuts[r] for value_cuts in cuts])] if receives(kind, params, r, n) else []
             for r in range(n)]
@@ -447,6 +457,7 @@ class CorrelationDealer:
         self._answers = {}                         # (layout, number) -> _Answer not taken by all
         self._epoch = 0
         self._lock = threading.Lock()
+        self._computing = threading.Lock()          # one correlation at a time, whoever asks
 
     def __call__(self, rank: int, kind: str, params: dict, seq: int, seeds) -> list:
         if not isinstance(params, dict) or "number" not in params:
@@ -488,7 +499,8 @@ class CorrelationDealer:
                 self._answers[(key, number)] = answer
         if first:
             try:
-                answer.parts = dealer_corrections(kind, layout, number, seeds, epoch)
+                with self._computing:
+                    answer.parts = dealer_corrections(kind, layout, number, seeds, epoch)
             except Exception as exc:
                 answer.error = exc
                 raise

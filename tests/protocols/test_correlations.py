@@ -30,7 +30,10 @@ def reconstruct(kind, params, n, seq=7):
 def test_triples_pairs_and_truncation_material_are_correct(n):
     (a, b, c), corrections = reconstruct("triple", {"shape_a": [4, 1, 3], "shape_b": [5, 3]}, n)
     assert torch.equal(c, a * b) and c.shape == (4, 5, 3)
-    assert [len(c) for c in corrections] == [1] * n    # every party corrects its run of c alone
+    assert [len(c) for c in corrections] == [1] + [0] * (n - 1)    # small: party 0's run is all of c
+    (a, aa), corrections = reconstruct("square", {"shape": [40_000]}, n)
+    assert torch.equal(aa, a * a) and [len(c) for c in corrections] == [1] * n   # n runs
+    assert sum(c[0].numel() for c in corrections) == 40_000 and max(c[0].numel() for c in corrections) <= 40_000 // n + 2
     (a, b, c), _ = reconstruct("matmul_triple", {"shape_a": [2, 4, 6], "shape_b": [6, 3]}, n)
     assert torch.equal(c, ring_matmul(a, b))
     (a, aa), _ = reconstruct("square", {"shape": [10]}, n)

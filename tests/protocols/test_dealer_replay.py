@@ -82,10 +82,11 @@ def test_handler_refuses_other_ranks_and_counts_per_layout():
 
 
 def test_runs_kept_for_the_other_parties_are_bounded():
-    dealer, seeds = CorrelationDealer(max_held_bytes=8 * 64), [fresh_seed(), fresh_seed()]
-    mine = dealer(0, "square", {"shape": [128], "number": 0}, 0, seeds)   # keeps party 1's 64 values
-    with pytest.raises(ValueError, match="holds 512 bytes"):
-        dealer(0, "square", {"shape": [128], "number": 1}, 1, seeds)
-    theirs = dealer(1, "square", {"shape": [128], "number": 0}, 2, seeds)  # taken: room again
-    assert [t.shape for t in mine + theirs] == [(64,), (64,)]
-    dealer(0, "square", {"shape": [128], "number": 1}, 3, seeds)
+    big = {"shape": [1 << 15]}                                     # two runs of 2^14 values
+    dealer, seeds = CorrelationDealer(max_held_bytes=8 << 14), [fresh_seed(), fresh_seed()]
+    mine = dealer(0, "square", dict(big, number=0), 0, seeds)      # keeps party 1's run
+    with pytest.raises(ValueError, match="holds 131072 bytes"):
+        dealer(0, "square", dict(big, number=1), 1, seeds)
+    theirs = dealer(1, "square", dict(big, number=0), 2, seeds)    # taken: room again
+    assert [t.shape for t in mine + theirs] == [(1 << 14,), (1 << 14,)]
+    dealer(0, "square", dict(big, number=1), 3, seeds)

@@ -79,5 +79,5 @@ def test_operations_get_forward_and_backward_regions_with_their_waits():
         assert forward.calls == backward.calls == 1 and forward.rounds >= 1
         assert step.seconds >= forward.seconds + backward.seconds
         assert forward.prg_seconds > 0 and step.prg_seconds >= forward.prg_seconds
-        assert forward.dealer_wait_seconds > 0         # each party receives its run of the corrections
+        assert (forward.dealer_wait_seconds > 0) == (rank == 0)   # small correlations: party 0's alone
         assert all(getattr(c, f) >= 0 for c in snap.regions.values() for f in TIME_FIELDS)
