@@ -45,8 +45,8 @@ def digit_bits_for(numel: int, bits: int = FULL_BITS) -> int:
     """The digit width of a comparison of numel values over `bits` bits: of 4 to 8 bits, the
     one whose digit tree's levels (rounds) and one-hot planes (numel * digits * 2^d / 8
     dealer bytes) cost least, a round priced at ROUND_BYTES; the narrower on a tie. Wide
-    digits pay where values are few (40-bit LayerNorm thresholds of 512 rows: 5-bit digits,
-    a level fewer; 32 bits of at most ~2,000 values: 8-bit digits)."""
+    digits pay where values are few (7,168 values of 40 bits: 5-bit digits, a level fewer
+    for 86 kB; 32 bits of at most ~2,000 values: 8-bit digits)."""
     def price(width):
         digits = -(-bits // width)
         return len(_tree_levels(digits)) * ROUND_BYTES + numel * digits * (1 << width) // 8

@@ -13,9 +13,10 @@ is uniform and nobody sends anything for it. The derived values are corrected in
 one's elements, flattened, are cut into n runs (correction_cuts; one, party 0's, below 16,384
 elements), and party r draws its shares of every element but its own run r, whose share the
 dealer sends it, c_r = c - sum_{i != r} c_i there. So every party receives about 1/n of the
-dealer's bytes (party 0 used to receive all, and its link was the busiest). The dealer, which knows every seed, learns all correlations
-(the usual trusted-dealer model); any n-1 parties' shares are independent of the correlated
-values (each run's missing share is drawn by, or corrected at, a party outside them).
+dealer's bytes (party 0 used to receive all, and its link was the busiest). The dealer, which
+knows every seed, learns all correlations (the usual trusted-dealer model); any n-1 parties'
+shares are independent of the correlated values (each run's missing share is drawn by, or
+corrected at, a party outside them).
 
 Kinds (params -> values, all as additive shares):
 - "triple"(shape_a, shape_b): a, b uniform; c = a * b (broadcast).

@@ -159,6 +159,21 @@ def gate_transcript(session, x, y):
     return [t.reshape(-1) for t in recording.received[start:]]
 
 
+def coarse_sign_transcript(session, x, bits, resolution_bits):
+    """The first round of a coarse select_negative of x (party 0's): every party's view, as
+    the low 16 bits of each value's masked, shifted share (open_low's bytes: the opened
+    width, bits - resolution_bits + 1, is 17 to 24 here) and the x - a openings."""
+    from mpcft.protocols.comparison import select_negative
+    recording = RecordingSession(session)
+    ctx = MPCContext(recording)
+    X = owned(ctx, x, 0)
+    start = len(recording.received)
+    select_negative(ctx, X.share, bits, resolution_bits=resolution_bits)
+    first, numel = recording.received[start], x.numel()
+    low = first[:3 * numel].reshape(numel, 3)[:, :2].contiguous()      # 3 bytes a value
+    return [low.reshape(-1), first[3 * numel:]]
+
+
 def signs_with_digits(session, x, bits, digit_bits):
     """sign_bit and select_negative with the given digit width: opened results and sign_bit's cost."""
     from mpcft.protocols import comparison

@@ -79,6 +79,20 @@ def test_gated_truncation_views_are_distributed_alike(n):
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("n", [2, 3])
+def test_coarse_comparison_views_are_distributed_alike(n):
+    # each party sends its own share shifted right by k, masked: uniform whatever x is
+    shape = (96, 96)
+    views = [run_threads(programs.coarse_sign_transcript, n, torch.full(shape, value, dtype=torch.float64),
+                         32, 12, dealer_handler=CorrelationDealer) for value in (0.0, -700.0)]
+    for rank in range(n):
+        for part in range(2):
+            ha, hb = (byte_histogram([view[rank][part]]) for view in views)
+            assert chi_square_uniform(ha) < 350 and chi_square_uniform(hb) < 350, (rank, part)
+            assert chi_square_two_sample(ha, hb) < 350, (rank, part)
+
+
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("n, opening", OPENINGS)
 def test_no_message_carries_a_plaintext_input(n, opening):
     x = torch.full((32, 16), SENTINEL, dtype=torch.float64)
