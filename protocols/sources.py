@@ -8,9 +8,9 @@ next one (name the steps whose shapes differ apart, e.g. by batch size: shapes a
 
 - `DealerCorrelations`: online; each party expands its seed and asks the dealer for its runs
   of the derived values (correlations.correction_cuts); a step prefetches the last plan of
-  the same name; a large elementwise correlation is asked
-  for in pieces (correlations.split_layout), within the dealer's bound on one request. The seconds spent expanding PRG streams
-  count in the session's `comm.count_prg` (mpcft.runtime.comm).
+  the same name; a large elementwise correlation is asked for in pieces
+  (correlations.split_layout), within the dealer's bound on one request. The seconds spent
+  expanding PRG streams count in the session's `comm.count_prg` (mpcft.runtime.comm).
 - `FileCorrelations`: offline, from a file `write_offline` made from a recorded plan.
 - `RecordingCorrelations`: wraps another source and records its plan.
 """
