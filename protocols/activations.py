@@ -44,7 +44,7 @@ _LOWEST_U = -1 / 64     # u = |x| / T of a small x >= 0 that the coarse sign too
 
 def _sign_resolution(n: int, frac_bits: int) -> int:
     """k for the coarse sign of x: (n - 1) 2^k <= 2^f / 16, i.e. u >= _LOWEST_U."""
-    return max(0, frac_bits - 4 - ceil(log2(n - 1)))
+    return max(0, frac_bits - 4 - ceil(log2(max(1, n - 1))))
 
 
 def _fit(f, T: float) -> np.ndarray:

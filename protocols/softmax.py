@@ -35,7 +35,7 @@ def max_resolution_bits(n: int, size: int, frac_bits: int, bits: int) -> int:
     if size < 2:
         return 0
     levels = math.ceil(math.log2(size))
-    return max(0, min(bits - 1, frac_bits - math.ceil(math.log2(levels * (n - 1)))))
+    return max(0, min(bits - 1, frac_bits - math.ceil(math.log2(max(1, levels * (n - 1))))))
 
 
 def _row_sum_bound(size: int) -> float:
