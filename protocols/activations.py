@@ -20,7 +20,7 @@ multiplies locally as it is truncated (comparison.SignGate: no Beaver product).
 Saturation is exact: beyond +-T the outputs are ReLU(x) and +-1 (up to 2^-f).
 Reveals nothing but the output shares.
 """
-from math import ceil, erf, log2, sqrt
+from math import erf, sqrt
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ import torch
 from mpcft.kernels import DEFAULT_FRACTIONAL_BITS
 
 from . import beaver, fixed
-from .comparison import SignGate, select_negative, sign_cost, sign_gate_cost
+from .comparison import SignGate, resolution_bits_within, select_negative, sign_cost, sign_gate_cost
 from .cost import Cost  # noqa: F401  (cost formulas below return Cost)
 from .truncation import truncate_cost
 
@@ -44,7 +44,7 @@ _LOWEST_U = -1 / 64     # u = |x| / T of a small x >= 0 that the coarse sign too
 
 def _sign_resolution(n: int, frac_bits: int) -> int:
     """k for the coarse sign of x: (n - 1) 2^k <= 2^f / 16, i.e. u >= _LOWEST_U."""
-    return max(0, frac_bits - 4 - ceil(log2(max(1, n - 1))))
+    return resolution_bits_within(n, frac_bits - 4)
 
 
 def _fit(f, T: float) -> np.ndarray:

@@ -22,6 +22,8 @@ truncated later, locally too (its docstring).
 Rounds: 2 + ceil(log2(ceil((L - k) / digit_bits))), digit_bits = digit_bits_for(number of
 values, L - k) unless given. Bytes: sign_cost(n, numel, L - k).
 """
+import math
+
 import torch
 
 from mpcft.kernels.bits import compare_leaves, unpack_bits, words_for
@@ -51,6 +53,12 @@ def digit_bits_for(numel: int, bits: int = FULL_BITS) -> int:
         digits = -(-bits // width)
         return len(_tree_levels(digits)) * ROUND_BYTES + numel * digits * (1 << width) // 8
     return min(range(DIGIT_BITS, WIDEST_DIGIT_BITS + 1), key=lambda width: (price(width), width))
+
+
+def resolution_bits_within(n: int, budget_bits: int, repeats: int = 1) -> int:
+    """The largest resolution k (>= 0) whose error band, repeated `repeats` times, fits the
+    budget: repeats (n - 1) 2^k <= 2^budget_bits."""
+    return max(0, budget_bits - math.ceil(math.log2(max(1, repeats * (n - 1)))))
 
 
 def _tree_levels(digits: int) -> list[tuple[int, int]]:

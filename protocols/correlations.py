@@ -334,9 +334,18 @@ def correction_cuts(numel: int, world_size: int) -> list[tuple[int, int]]:
     return [(min(numel, r * size), min(numel, (r + 1) * size)) for r in range(world_size)]
 
 
+def _runs(derived: list, rank: int, world_size: int) -> list[tuple[int, int]]:
+    """Party `rank`'s run of each derived value of a spec (correction_cuts)."""
+    return [correction_cuts(math.prod(shape), world_size)[rank] for shape, _ in derived]
+
+
+def _run_elements(derived: list, rank: int, world_size: int) -> int:
+    return sum(stop - start for start, stop in _runs(derived, rank, world_size))
+
+
 def receives(kind: str, params: dict, rank: int, world_size: int) -> bool:
     """Whether party `rank` has a run of some derived value to be corrected by the dealer."""
-    return correction_bytes(kind, params, rank, world_size) > 0
+    return _run_elements(_spec(kind, params)[1], rank, world_size) > 0
 
 
 def _draw_around(prg: PRG, numel: int, cut: tuple) -> torch.Tensor:
@@ -364,11 +373,11 @@ def party_correlation(kind: str, params: dict, number: int, seed: bytes, rank: i
     random, derived, _ = _spec(kind, params)
     prg = _stream(seed, layout_id(kind, params), number, epoch)
     shares = [prg.ring(shape) for shape, _ in random]
-    if not receives(kind, params, rank, world_size):
+    cuts = _runs(derived, rank, world_size)
+    if all(start == stop for start, stop in cuts):
         return Correlation(shares, lambda: [prg.ring(shape) for shape, _ in derived])
 
     def with_corrections():
-        cuts = [correction_cuts(math.prod(shape), world_size)[rank] for shape, _ in derived]
         around = [_draw_around(prg, math.prod(shape), cut) for (shape, _), cut in zip(derived, cuts)]
         got = corrections() if callable(corrections) else corrections
         if got is None or len(got) != len(derived):
@@ -410,7 +419,7 @@ def dealer_corrections(kind: str, params: dict, number: int, seeds, epoch: int =
             for part in (slice(0, start), slice(stop, value.numel())):
                 (value[part].bitwise_xor_ if binary else value[part].sub_)(draws[part])
     return [[value[start:stop].clone() for value, (start, stop) in
-             zip(corrected, [value_cuts[r] for value_cuts in cuts])] if receives(kind, params, r, n) else []
+             zip(corrected, [value_cuts[r] for value_cuts in cuts])] if _run_elements(derived, r, n) else []
             for r in range(n)]
 
 
@@ -472,7 +481,8 @@ class CorrelationDealer:
         if _elements(spec) > self.max_elements:
             raise ValueError(f"{kind!r} {layout} asks for {_elements(spec)} ring elements, "
                              f"more than this dealer's limit of {self.max_elements}")
-        if not receives(kind, layout, rank, n):
+        runs = [_run_elements(spec[1], r, n) for r in range(n)]     # elements per party
+        if not runs[rank]:
             raise ValueError(f"party {rank} receives no corrections for {kind!r} {layout}")
         key = layout_id(kind, layout)
         with self._lock:
@@ -490,13 +500,13 @@ class CorrelationDealer:
             answer = self._answers.get((key, number))
             first = answer is None
             if first:
-                held = correction_bytes(kind, layout) - correction_bytes(kind, layout, rank, n)
+                held = 8 * (sum(runs) - runs[rank])
                 if self._held_bytes + held > self.max_held_bytes:
                     self._answered[(rank, key)] -= 1
                     raise ValueError(f"{kind!r} {layout}: the dealer already holds {self._held_bytes} bytes "
                                      f"of answers the other parties have not asked for (limit {self.max_held_bytes})")
                 self._held_bytes += held
-                answer = _Answer(sum(receives(kind, layout, r, n) for r in range(n)))
+                answer = _Answer(sum(1 for r in runs if r))
                 self._answers[(key, number)] = answer
         if first:
             try:
@@ -513,7 +523,7 @@ class CorrelationDealer:
         with self._lock:
             answer.takers -= 1
             if not first:
-                self._held_bytes = max(0, self._held_bytes - correction_bytes(kind, layout, rank, n))
+                self._held_bytes = max(0, self._held_bytes - 8 * runs[rank])
             if not answer.takers and self._answers.get((key, number)) is answer:
                 del self._answers[(key, number)]
         return answer.parts[rank]
@@ -522,10 +532,10 @@ class CorrelationDealer:
 def correction_bytes(kind: str, params: dict, rank: int | None = None, world_size: int = 1) -> int:
     """Bytes of the dealer's corrections for one correlation of this layout: all of them (the
     derived values), or party `rank`'s runs among world_size parties."""
-    sizes = [int(np.prod(shape, dtype=np.int64)) for shape, _ in _spec(kind, params)[1]]
+    derived = _spec(kind, params)[1]
     if rank is None:
-        return 8 * sum(sizes)
-    return 8 * sum(stop - start for start, stop in (correction_cuts(size, world_size)[rank] for size in sizes))
+        return 8 * sum(int(np.prod(shape, dtype=np.int64)) for shape, _ in derived)
+    return 8 * _run_elements(derived, rank, world_size)
 
 
 def random_count(kind: str, params: dict) -> int:

@@ -21,7 +21,7 @@ import torch
 from mpcft.kernels import DEFAULT_FRACTIONAL_BITS
 
 from . import beaver, fixed
-from .comparison import max_along, max_along_cost
+from .comparison import max_along, max_along_cost, resolution_bits_within
 from .cost import Cost
 from .exponential import exp, exp_cost
 from .reciprocal import log, reciprocal, reciprocal_cost
@@ -34,8 +34,7 @@ def max_resolution_bits(n: int, size: int, frac_bits: int, bits: int) -> int:
     the tournament's result lies within 1 of the maximum."""
     if size < 2:
         return 0
-    levels = math.ceil(math.log2(size))
-    return max(0, min(bits - 1, frac_bits - math.ceil(math.log2(max(1, levels * (n - 1))))))
+    return min(bits - 1, resolution_bits_within(n, frac_bits, repeats=math.ceil(math.log2(size))))
 
 
 def _row_sum_bound(size: int) -> float:
