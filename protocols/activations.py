@@ -117,7 +117,7 @@ def _encode_bits(ctx, bits):
 
 def _pieces_cost(n: int, numel: int, bits: int, polynomials: int, frac_bits: int) -> Cost:
     compared = bits - _sign_resolution(n, frac_bits)
-    return (sign_cost(n, numel, compared, with_product=True) + fixed.powers_cost(n, numel, DEGREE, extra=1)
+    return (sign_cost(n, numel, compared, factor=numel) + fixed.powers_cost(n, numel, DEGREE, extra=1)
             + sign_gate_cost(n, numel, _INSIDE_BITS, polynomials))
 
 

@@ -17,7 +17,8 @@ A coarse comparison (resolution_bits = k > 0) runs the same steps on x~ = sum_i 
 sum is a multiple of 2^(64-k), invisible mod 2^(L-k+1)), over L - k bits: fewer digits, bytes
 and often a round. Its bit is [x < 0] except for x in [0, (n-1) 2^k), where it may be 1.
 relu/select reuse step 1's round to open x - a for a dealer pair (a, a*beta), making
-x * s local: relu(x) = x - x*s exact, with no truncation. SignGate multiplies s by values
+x * s local: relu(x) = x - x*s exact, with no truncation; below_thresholds likewise makes
+x [x < t_j] local for many public t_j, opening x - a once. SignGate multiplies s by values
 truncated later, locally too (its docstring).
 Rounds: 2 + ceil(log2(ceil((L - k) / digit_bits))), digit_bits = digit_bits_for(number of
 values, L - k) unless given. Bytes: sign_cost(n, numel, L - k).
@@ -73,21 +74,25 @@ def _tree_levels(digits: int) -> list[tuple[int, int]]:
 
 
 def sign_cost(n: int, numel: int, bits: int = FULL_BITS, digit_bits: int | None = None,
-              with_product: bool = False) -> Cost:
-    """Cost of sign_bit (with_product: relu/select, which also open x - a)."""
+              factor: int = 0) -> Cost:
+    """Cost of sign_bit; factor: elements of a factor whose product with the bit is made local
+    (select_negative, relu: numel; below_thresholds: the compared value's), opened whole
+    beside the first round."""
     digit_bits = digit_bits or digit_bits_for(numel, bits)
     words = words_for(numel)
     levels = _tree_levels(-(-bits // digit_bits))
-    total = open_low_cost(n, [(numel, bits + 1)] + ([(numel, 64)] if with_product else []))
+    total = open_low_cost(n, [(numel, bits + 1)] + ([(factor, 64)] if factor else []))
     for lt, eq in levels:
         total = total + and_cost(n, (lt + eq) * words)
     return total + open_cost(n, words)      # the opening of p
 
 
-def _sign(ctx, x: torch.Tensor, bits: int, digit_bits: int, with_product: bool, gates: list | None = None,
-          resolution_bits: int = 0):
-    """Arithmetic-share coefficients (A, B) with s = A + B*beta, plus beta, a*beta, d = x - a
-    and the correlation ("sign_gates" where `gates` lists truncation shifts)."""
+def _sign(ctx, x: torch.Tensor, bits: int, digit_bits: int, factor: torch.Tensor | None = None,
+          gates: list | None = None, resolution_bits: int = 0):
+    """Arithmetic-share coefficients (A, B) with s = A + B*beta, beta, y*beta for the factor y
+    (broadcastable to x; None if no factor) and the correlation ("select" with a factor,
+    "sign_gates" where `gates` lists truncation shifts, "sign" otherwise). With a factor, y - a
+    is opened in the first round for the dealer's pair (a, a*beta): y*beta = (y - a)*beta + a*beta."""
     if not 1 <= bits <= FULL_BITS:
         raise ValueError(f"comparison bits must be in [1, {FULL_BITS}], got {bits}")
     if not 0 <= resolution_bits < bits:
@@ -95,18 +100,22 @@ def _sign(ctx, x: torch.Tensor, bits: int, digit_bits: int, with_product: bool, 
     x_high, bits = x >> resolution_bits, bits - resolution_bits     # x~ (module docstring)
     shape, numel = x.shape, x.numel()
     digit_bits = digit_bits or digit_bits_for(numel, bits)
+    layout = dict(shape=list(shape), bits=bits, digit_bits=digit_bits)
     if gates:
-        correlation = ctx.correlation("sign_gates", shape=list(shape), bits=bits, digit_bits=digit_bits,
-                                      gates=list(gates))
+        correlation = ctx.correlation("sign_gates", **layout, gates=list(gates))
+    elif factor is not None:
+        correlation = ctx.correlation("select", **layout, factor=list(factor.shape))
     else:
-        correlation = ctx.correlation("sign", shape=list(shape), bits=bits, digit_bits=digit_bits)
-    r, a = correlation.random[:2]
+        correlation = ctx.correlation("sign", **layout)
+    r = correlation.random[0]
     first = ctx.rank == 0
     c_share = x_high + r + (1 << bits) if first else x_high + r
     # only c mod 2^(bits+1) is used: each party sends ceil((bits + 1) / 8) bytes of its share
-    opened = open_low(ctx, [(c_share, bits + 1)] + ([(x - a, RING_BITS)] if with_product else []))
-    c, d = opened[0], (opened[1] if with_product else None)
-    onehot, masked_rbit, beta, a_beta = correlation.derived()[:4]
+    parts = [(c_share, bits + 1)] + ([(factor - correlation.random[2], RING_BITS)] if factor is not None else [])
+    opened = open_low(ctx, parts)
+    c = opened[0]
+    onehot, masked_rbit, beta = correlation.derived()[:3]
+    factor_beta = opened[1] * beta + correlation.derived()[3] if factor is not None else None
     # leaves: XOR shares of [c_g < r_g] and [c_g == r_g] for every digit g (local: c is public)
     lt, eq = compare_leaves(low_bits(c, bits), onehot, digit_bits)
     borrow = _borrow_tree(ctx, list(lt.flip(0)), list(eq.flip(0)))
@@ -114,7 +123,7 @@ def _sign(ctx, x: torch.Tensor, bits: int, digit_bits: int, with_product: bool, 
     q = 1 - bit(c, bits)                      # public: s = q XOR (p XOR beta)
     coeff_a = q + (1 - 2 * q) * p             # with p XOR beta = p + (1 - 2p) beta:
     coeff_b = (1 - 2 * q) * (1 - 2 * p)       # s = A + B * beta
-    return coeff_a, coeff_b, beta, a_beta, d, correlation
+    return coeff_a, coeff_b, beta, factor_beta, correlation
 
 
 def _borrow_tree(ctx, lt: list, eq: list) -> torch.Tensor:
@@ -145,7 +154,7 @@ def _constant(ctx, value: torch.Tensor) -> torch.Tensor:
 
 def sign_bit(ctx, x: torch.Tensor, bits: int = FULL_BITS, digit_bits: int | None = None) -> torch.Tensor:
     """Arithmetic shares (scale 1, not fixed point) of [x < 0], for |x| < 2^bits."""
-    coeff_a, coeff_b, beta, *_ = _sign(ctx, x, bits, digit_bits, with_product=False)
+    coeff_a, coeff_b, beta, *_ = _sign(ctx, x, bits, digit_bits)
     return _constant(ctx, coeff_a) + coeff_b * beta
 
 
@@ -165,7 +174,7 @@ class SignGate:
 
     def __init__(self, ctx, x: torch.Tensor, bits: int, gates: list, digit_bits: int | None = None):
         self.ctx, self.gates = ctx, [int(m) for m in gates]
-        self._a, self._b, self._beta, _, _, self._correlation = _sign(ctx, x, bits, digit_bits, False, self.gates)
+        self._a, self._b, self._beta, _, self._correlation = _sign(ctx, x, bits, digit_bits, gates=self.gates)
         self.bit = _constant(ctx, self._a) + self._b * self._beta
         self._truncated = False
 
@@ -175,9 +184,9 @@ class SignGate:
             raise ValueError(f"a SignGate truncates its {len(self.gates)} values once, together")
         self._truncated = True
         ctx, first = self.ctx, self.ctx.rank == 0
-        masks = self._correlation.random[3:]
+        masks = self._correlation.random[2:]
         opened = open_many(ctx, [v + r + ((1 << VALID_BITS) if first else 0) for v, r in zip(values, masks)])
-        derived = self._correlation.derived()[4:]
+        derived = self._correlation.derived()[3:]
         out = []
         for k, (c, m) in enumerate(zip(opened, self.gates)):
             top, mid, top_beta, mid_beta = derived[4 * k:4 * k + 4]
@@ -196,16 +205,24 @@ def sign_gate_cost(n: int, numel: int, bits: int, gates: int, digit_bits: int | 
 def select_negative(ctx, x: torch.Tensor, bits: int = FULL_BITS, digit_bits: int | None = None,
                     resolution_bits: int = 0):
     """Shares of x * s and of s = [x < 0] (coarse where resolution_bits > 0: the module
-    docstring), in sign_bit's rounds (x*s is local)."""
-    coeff_a, coeff_b, beta, a_beta, d, _ = _sign(ctx, x, bits, digit_bits, True, None, resolution_bits)
-    s = _constant(ctx, coeff_a) + coeff_b * beta
-    x_beta = d * beta + a_beta                 # x * beta = (d + a) * beta
-    return coeff_a * x + coeff_b * x_beta, s
+    docstring), in sign_bit's rounds (x*s is local). Cost: sign_cost(n, numel, bits - k, factor=numel)."""
+    coeff_a, coeff_b, beta, x_beta, _ = _sign(ctx, x, bits, digit_bits, x, None, resolution_bits)
+    return coeff_a * x + coeff_b * x_beta, _constant(ctx, coeff_a) + coeff_b * beta
+
+
+def below_thresholds(ctx, x: torch.Tensor, thresholds: list, bits: int = FULL_BITS):
+    """s_j = [x < t_j] for public reals t_j, stacked on a new first dimension, and x * s_j:
+    one comparison of the stacked x - t_j (valid for |x - t_j| < 2^bits) in sign_bit's rounds,
+    x opened masked once beside its first round so that every x * s_j is local.
+    Cost: sign_cost(n, len(thresholds) * numel, bits, factor=numel)."""
+    t = torch.stack([x + ctx.public(-float(v)) for v in thresholds])
+    coeff_a, coeff_b, beta, x_beta, _ = _sign(ctx, t, bits, None, x)
+    return _constant(ctx, coeff_a) + coeff_b * beta, coeff_a * x + coeff_b * x_beta
 
 
 def relu(ctx, x: torch.Tensor, bits: int = FULL_BITS, resolution_bits: int = 0) -> torch.Tensor:
     """max(x, 0) exactly (coarse, resolution_bits k > 0: it may also give 0 for x in
-    [0, (n - 1) 2^k)). Cost: sign_cost(n, numel, bits - k, with_product=True)."""
+    [0, (n - 1) 2^k)). Cost: sign_cost(n, numel, bits - k, factor=numel)."""
     negative_part, _ = select_negative(ctx, x, bits, resolution_bits=resolution_bits)
     return x - negative_part
 
@@ -234,7 +251,7 @@ def max_along_cost(n: int, numel: int, size: int, bits: int = FULL_BITS, resolut
     """numel: elements of x; size: length of the reduced dimension."""
     rows, total = numel // size, FREE
     while size > 1:
-        total = total + sign_cost(n, rows * (size // 2), bits - resolution_bits, with_product=True)
+        total = total + sign_cost(n, rows * (size // 2), bits - resolution_bits, factor=rows * (size // 2))
         size = size // 2 + size % 2
     return total
 
@@ -242,7 +259,7 @@ def max_along_cost(n: int, numel: int, size: int, bits: int = FULL_BITS, resolut
 def clamp(ctx, x: torch.Tensor, lo: float, hi: float, bits: int = FULL_BITS) -> torch.Tensor:
     """min(max(x, lo), hi) for public fixed-point bounds lo < hi, exactly, valid for
     |x - lo|, |x - hi| < 2^bits: hi + min(x - hi, 0) - min(x - lo, 0), both minima from one
-    select_negative on the concatenation. Cost: clamp_cost (sign_cost of 2 numel, with product)."""
+    select_negative on the concatenation. Cost: clamp_cost (sign_cost of 2 numel, with their product)."""
     if not lo < hi:
         raise ValueError(f"clamp needs lo < hi, got {lo} and {hi}")
     lo_enc, hi_enc = (ctx.public(float(v)) for v in (lo, hi))
@@ -251,4 +268,4 @@ def clamp(ctx, x: torch.Tensor, lo: float, hi: float, bits: int = FULL_BITS) -> 
 
 
 def clamp_cost(n: int, numel: int, bits: int = FULL_BITS) -> Cost:
-    return sign_cost(n, 2 * numel, bits, with_product=True)
+    return sign_cost(n, 2 * numel, bits, factor=2 * numel)

@@ -24,7 +24,11 @@ Kinds (params -> values, all as additive shares):
 - "square"(shape): a uniform; a^2.
 - "trunc"(shape, bits): r uniform; r_top = msb(r); r_mid = (r mod 2^63) >> bits.
 - "and_triple"(words): binary (XOR-shared) packed words a, b uniform; c = a AND b.
-- "sign"(shape, bits, digit_bits): see protocols/comparison.py.
+- "sign"(shape, bits, digit_bits): r, s uniform; the digit planes of r, bit_L(r) XOR beta and
+  beta = s mod 2 (protocols/comparison.py).
+- "select"(shape, bits, digit_bits, factor): "sign" plus a uniform a of shape `factor` (which
+  broadcasts to `shape`) and a * beta: the factor y's product with the bit, y s, is local once
+  y - a is open (comparison.select_negative, below_thresholds).
 - "sign_gates"(shape, bits, digit_bits, gates): "sign" plus, per entry m_k of `gates`, a
   truncation mask r_k with r_top_k and r_mid_k as for "trunc" and their products with the
   comparison's bit beta, r_top_k beta and r_mid_k beta (comparison.SignGate).
@@ -110,13 +114,22 @@ def _sign(p):
     shape, bits, digit_bits = _shape(p["shape"]), int(p["bits"]), int(p["digit_bits"])
     digits, words = -(-bits // digit_bits), words_for(math.prod(shape))
 
-    def derive(r, a, s):
+    def derive(r, s):
         beta = s & 1
-        return [digit_planes(low_bits(r, bits), digit_bits, digits),
-                pack_bits(bit(r, bits) ^ beta), beta, a * beta]
-    return ([(shape, ARITH)] * 3,
-            [((digits, 1 << digit_bits, words), BINARY), ((words,), BINARY), (shape, ARITH), (shape, ARITH)],
-            derive)
+        return [digit_planes(low_bits(r, bits), digit_bits, digits), pack_bits(bit(r, bits) ^ beta), beta]
+    return [(shape, ARITH)] * 2, [((digits, 1 << digit_bits, words), BINARY), ((words,), BINARY), (shape, ARITH)], derive
+
+
+def _select(p):
+    shape, factor = _shape(p["shape"]), _shape(p["factor"])
+    if _broadcast(factor, shape) != shape:
+        raise ValueError(f"'select': factor {list(factor)} does not broadcast to shape {list(shape)}")
+    random, derived, derive_sign = _sign(p)
+
+    def derive(r, s, a):
+        out = derive_sign(r, s)
+        return out + [a * out[2]]
+    return random + [(factor, ARITH)], derived + [(shape, ARITH)], derive
 
 
 MAX_FUSED_TRUNCATIONS = 64
@@ -135,8 +148,8 @@ def _sign_gates(p):
     shape = _shape(p["shape"])
     random, derived, derive_sign = _sign(p)
 
-    def derive(r, a, s, *masks):
-        out = derive_sign(r, a, s)
+    def derive(r, s, *masks):
+        out = derive_sign(r, s)
         beta = out[2]
         for mask, m in zip(masks, gates):
             top, mid = _trunc_masks(mask, m)
@@ -199,7 +212,7 @@ def _dp_laplace(p):
 
 # kind -> params -> ([(shape, binary)] random inputs, [(shape, binary)] derived values, derive)
 KINDS = {"triple": _triple, "matmul_triple": _matmul_triple, "square": _square, "trunc": _trunc,
-         "and_triple": _and_triple, "sign": _sign, "sign_gates": _sign_gates, "trunc_products": _trunc_products, "dp_noise": _dp_noise,
+         "and_triple": _and_triple, "sign": _sign, "select": _select, "sign_gates": _sign_gates, "trunc_products": _trunc_products, "dp_noise": _dp_noise,
          "dp_laplace": _dp_laplace}
 
 MAX_DIMS = 16
@@ -211,6 +224,7 @@ PARAMETERS = {"triple": {"shape_a": "shape", "shape_b": "shape"},
               "trunc": {"shape": "shape", "bits": (0, RING_BITS - 1)},
               "and_triple": {"words": (0, 1 << 40)},
               "sign": {"shape": "shape", "bits": (1, RING_BITS - 2), "digit_bits": (1, 8)},
+              "select": {"shape": "shape", "bits": (1, RING_BITS - 2), "digit_bits": (1, 8), "factor": "shape"},
               "sign_gates": {"shape": "shape", "bits": (1, RING_BITS - 2), "digit_bits": (1, 8), "gates": "list"},
               "trunc_products": {"shape": "shape", "bits": "list", "pairs": "list"},
               "dp_noise": {"shape": "shape", "variance_num": (1, (1 << 62) - 1),
@@ -259,7 +273,8 @@ def layout_id(kind: str, params: dict) -> str:
 
 # kinds whose every value has the request's shape (packed bits: its words, last): a large
 # correlation of one of them can be dealt in pieces of its elements
-ELEMENTWISE = ("square", "trunc", "sign", "sign_gates", "trunc_products")
+# ("select" where its factor has the whole shape)
+ELEMENTWISE = ("square", "trunc", "sign", "select", "sign_gates", "trunc_products")
 
 
 def split_layout(kind: str, params: dict, max_elements: int) -> list | None:
@@ -269,10 +284,11 @@ def split_layout(kind: str, params: dict, max_elements: int) -> list | None:
     if kind not in ELEMENTWISE:
         return None
     total, numel = _elements(_spec(kind, params)), math.prod(params["shape"])
-    if total <= max_elements or numel <= 64:
+    if total <= max_elements or numel <= 64 or (kind == "select" and list(params["factor"]) != list(params["shape"])):
         return None
     chunk = max(64, max_elements // -(-total // numel) // 64 * 64)
-    return [dict(params, shape=[min(chunk, numel - start)]) for start in range(0, numel, chunk)]
+    whole = ("shape", "factor") if kind == "select" else ("shape",)
+    return [dict(params, **{name: [min(chunk, numel - start)] for name in whole}) for start in range(0, numel, chunk)]
 
 
 def join_pieces(kind: str, params: dict, pieces: list) -> "Correlation":

@@ -43,7 +43,7 @@ def exp(ctx, x: torch.Tensor, clamp: bool = False, bits: int = 32) -> torch.Tens
 
 def exp_cost(n: int, numel: int, clamp: bool = False, bits: int = 32,
              frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
-    total = sign_cost(n, numel, bits - frac_bits, with_product=True) if clamp else FREE
+    total = sign_cost(n, numel, bits - frac_bits, factor=numel) if clamp else FREE
     total = total + fixed.powers_cost(n, numel, len(_TAYLOR) - 1)
     for _ in range(SQUARINGS + 1):
         total = total + truncate_cost(n, numel)

@@ -1,9 +1,11 @@
 """Reciprocal, inverse square root and logarithm of positive shared values.
 
 Range reduction with comparisons against public powers of two, then Newton iterations:
-  b_j = [x >= 2^j] for the thresholds of the declared range (one batched comparison);
+  b_j = [x >= 2^j] for the thresholds of the declared range (one batched comparison, which
+  also makes every x b_j local: comparison.below_thresholds);
   one-hot o_j = b_j - b_{j+1} of the binary exponent e, so a public function of e is a
-  local linear combination sum_j o_j * g(j), with no truncation (o_j has scale 1);
+  local linear combination sum_j o_j * g(j), with no truncation (o_j has scale 1), and so is
+  x g(e) = sum_j (x o_j) g(j);
   m = x * 2^-(e+1) lies in [1/2, 1) (or [1/4, 1) with every other threshold), where the
   iterations converge from a quadratic guess (m^2 is local: it costs no round).
 reciprocal: 1/m by y <- y (2 - m y) from a quadratic guess. For at most 8,192 values (row
@@ -25,19 +27,24 @@ import numpy as np
 import torch
 
 from . import beaver, fixed
-from .comparison import sign_bit, sign_cost
+from .comparison import below_thresholds, sign_bit, sign_cost
 from .cost import Cost
 from .truncation import FusedTruncations, truncate_cost
 
 
 def _exponent_onehot(ctx, x: torch.Tensor, thresholds: list, bits: int):
-    """Arithmetic one-hot [len(thresholds)+1, *shape] of the interval of x among thresholds."""
-    t = torch.stack([x + ctx.public(-float(v)) for v in thresholds])
-    below = sign_bit(ctx, t, bits)                      # [x < t_j]
+    """Arithmetic one-hot [len(thresholds)+1, *shape] of the interval of x among thresholds,
+    and x times it (local: comparison.below_thresholds)."""
+    below, x_below = below_thresholds(ctx, x, thresholds, bits)       # [x < t_j], x [x < t_j]
     ones = ctx.public(1, below[:1].shape, frac_bits=0)
     at_least = torch.cat([ones, ones - below])          # b_j = [x >= t_j], with b_{-1} = 1
-    zero = torch.zeros_like(at_least[:1])
-    return at_least - torch.cat([at_least[1:], zero])    # o_j = b_j - b_{j+1}
+    x_at_least = torch.cat([x[None], x[None] - x_below])
+    return _onehot(at_least), _onehot(x_at_least)
+
+
+def _onehot(at_least: torch.Tensor) -> torch.Tensor:
+    """o_j = b_j - b_{j+1} (b past the last threshold is 0)."""
+    return at_least - torch.cat([at_least[1:], torch.zeros_like(at_least[:1])])
 
 
 def _scale_sum(ctx, onehot: torch.Tensor, values) -> torch.Tensor:
@@ -57,12 +64,13 @@ def reciprocal(ctx, x: torch.Tensor, lo: float = 1e-2, hi: float = 1e4, bits: in
     """1/x for x in [lo, hi]."""
     step, iterations, guess = _reciprocal_plan(x.numel())
     exps = _range_exponents(lo, hi, step)
-    onehot = _exponent_onehot(ctx, x, [2.0 ** j for j in exps], bits)
+    onehot, x_onehot = _exponent_onehot(ctx, x, [2.0 ** j for j in exps], bits)
     # interval k holds x in [2^(exps[k-1]), 2^(exps[k])): scale by 2^-exps[k] into [2^-step, 1)
     tops = [exps[0]] + [j + step for j in exps]
-    scale = _scale_sum(ctx, onehot, [2.0 ** -t for t in tops])
+    scales = [2.0 ** -t for t in tops]
+    scale = _scale_sum(ctx, onehot, scales)
     pairs = [p for y in range(1, 2 * iterations, 2) for p in ((0, y), (y, y + 1))]
-    newton = _Newton(ctx, beaver.mul(ctx, x, scale), guess, [ctx.frac_bits] * 2 * iterations, pairs)
+    newton = _Newton(ctx, _scale_sum(ctx, x_onehot, scales), guess, [ctx.frac_bits] * 2 * iterations, pairs)
     for y in range(1, 2 * iterations, 2):       # y <- 2y - (m y) y
         (m_y,) = newton.truncate(newton.product(0, y))
         newton.truncate(newton.lifted(y, 2) - newton.product(y, m_y))
@@ -129,13 +137,12 @@ def inv_sqrt(ctx, x: torch.Tensor, lo: float = 1e-4, hi: float = 1e4, bits: int 
              multiplier: float = 1.0) -> torch.Tensor:
     """multiplier / sqrt(x) for x in [lo, hi] (the public multiplier costs nothing extra)."""
     exps = _range_exponents(lo, hi, 2)
-    onehot = _exponent_onehot(ctx, x, [2.0 ** j for j in exps], bits)
+    onehot, x_onehot = _exponent_onehot(ctx, x, [2.0 ** j for j in exps], bits)
     tops = [exps[0]] + [j + 2 for j in exps]            # x * 2^-top in [1/4, 1)
-    scale = _scale_sum(ctx, onehot, [2.0 ** -t for t in tops])
     root_scale = _scale_sum(ctx, onehot, [multiplier * 2.0 ** (-t / 2) for t in tops])
     f = ctx.frac_bits
     pairs = [p for y in range(1, 3 * _RSQRT_ITERATIONS, 3) for p in ((y, y), (0, y), (y + 1, y + 2))]
-    newton = _Newton(ctx, beaver.mul(ctx, x, scale), _RSQRT_GUESS, [f, f, f + 1] * _RSQRT_ITERATIONS, pairs)
+    newton = _Newton(ctx, _scale_sum(ctx, x_onehot, [2.0 ** -t for t in tops]), _RSQRT_GUESS, [f, f, f + 1] * _RSQRT_ITERATIONS, pairs)
     for y in range(1, 3 * _RSQRT_ITERATIONS, 3):       # y <- (3y - (m y) y^2) / 2, in two rounds
         y_squared, m_y = newton.truncate(newton.product(y, y), newton.product(0, y))
         newton.truncate(newton.lifted(y, 3) - newton.product(y_squared, m_y))
@@ -172,11 +179,10 @@ _LOG_COEFFS = np.polynomial.polynomial.polyfit(np.linspace(0.5, 1.0, 2001) - 0.7
 def log(ctx, x: torch.Tensor, lo: float = 1e-4, hi: float = 1e4, bits: int = 40) -> torch.Tensor:
     """Natural logarithm for x in [lo, hi]; absolute error ~1e-5 + 2^-(f+1) / x (encoding of x)."""
     exps = _range_exponents(lo, hi, 1)
-    onehot = _exponent_onehot(ctx, x, [2.0 ** j for j in exps], bits)
+    onehot, x_onehot = _exponent_onehot(ctx, x, [2.0 ** j for j in exps], bits)
     tops = [exps[0]] + [j + 1 for j in exps]
-    scale = _scale_sum(ctx, onehot, [2.0 ** -t for t in tops])
     offset = _scale_sum(ctx, onehot, [t * math.log(2.0) for t in tops])
-    m = beaver.mul(ctx, x, scale) + fixed.ring_constant(ctx, -0.75, 2 * ctx.frac_bits)  # (m - 3/4) 2^2f
+    m = _scale_sum(ctx, x_onehot, [2.0 ** -t for t in tops]) + fixed.ring_constant(ctx, -0.75, 2 * ctx.frac_bits)
     return fixed.polynomial(ctx, m, ctx.frac_bits, list(_LOG_COEFFS)) + offset
 
 
@@ -185,9 +191,9 @@ def _thresholds(lo: float, hi: float, step: int) -> int:
 
 
 def _newton_cost(n: int, numel: int, rounds: list) -> Cost:
-    """beaver product m * scale, truncations of m and y0, `rounds` (values truncated per round),
-    the final product with the scale."""
-    total = beaver.mul_cost(n, numel, numel) + truncate_cost(n, numel) + truncate_cost(n, numel)
+    """Truncations of m and y0, `rounds` (values truncated per round), the final product with
+    the scale."""
+    total = truncate_cost(n, numel) + truncate_cost(n, numel)
     for values in rounds:
         total = total + truncate_cost(n, values * numel)
     return total + fixed.mul_cost(n, numel, numel)
@@ -195,13 +201,13 @@ def _newton_cost(n: int, numel: int, rounds: list) -> Cost:
 
 def reciprocal_cost(n: int, numel: int, lo: float = 1e-2, hi: float = 1e4, bits: int = 40) -> Cost:
     step, iterations, _ = _reciprocal_plan(numel)
-    return sign_cost(n, _thresholds(lo, hi, step) * numel, bits) + _newton_cost(n, numel, [1, 1] * iterations)
+    return sign_cost(n, _thresholds(lo, hi, step) * numel, bits, factor=numel) + _newton_cost(n, numel, [1, 1] * iterations)
 
 
 def inv_sqrt_cost(n: int, numel: int, lo: float = 1e-4, hi: float = 1e4, bits: int = 40) -> Cost:
-    return sign_cost(n, _thresholds(lo, hi, 2) * numel, bits) + _newton_cost(n, numel, [2, 1] * _RSQRT_ITERATIONS)
+    return sign_cost(n, _thresholds(lo, hi, 2) * numel, bits, factor=numel) + _newton_cost(n, numel, [2, 1] * _RSQRT_ITERATIONS)
 
 
 def log_cost(n: int, numel: int, lo: float = 1e-4, hi: float = 1e4, bits: int = 40) -> Cost:
-    return (sign_cost(n, _thresholds(lo, hi, 1) * numel, bits) + beaver.mul_cost(n, numel, numel)
+    return (sign_cost(n, _thresholds(lo, hi, 1) * numel, bits, factor=numel)
             + fixed.polynomial_cost(n, numel, _LOG_DEGREE))

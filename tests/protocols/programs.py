@@ -254,11 +254,20 @@ def comparisons(session, x, y, bits, device=None):
     lo, hi = clamp_bounds(x)
     c, costs["clamp"] = measured(session, lambda: comparison.clamp(ctx, X.share, lo, hi, bits))
     out["clamp"] = ctx.fp.decode(sharing.open_(ctx, c))
+    t = threshold_values(x)
+    (below, x_below), costs["below"] = measured(session, lambda: comparison.below_thresholds(ctx, X.share, t, bits))
+    out["below"], out["x_below"] = sharing.open_(ctx, below), ctx.fp.decode(sharing.open_(ctx, x_below))
     gate, costs["gate"] = measured(session, lambda: comparison.SignGate(ctx, X.share, bits, GATES))
     gated, costs["gate_truncate"] = measured(session, lambda: gate.truncate([Y.share << GATES[0], X.share]))
     out["gate_bit"] = sharing.open_(ctx, gate.bit)
     out["gated"] = [sharing.open_(ctx, g) for g in gated]
     return out, costs
+
+
+def threshold_values(x):
+    """Public thresholds across x's range, an encoded x among them."""
+    scale = x.abs().max().item()
+    return [-scale / 2, 0.0, x.reshape(-1)[5].item(), scale / 4]
 
 
 def clamp_bounds(x):

@@ -39,9 +39,13 @@ def check(results, x, y, bits, n):
         assert torch.equal(out["max_dim0"], xe.max(0, keepdim=True).values)
         lo, hi = (FP.decode(FP.encode(torch.tensor(b, dtype=torch.float64))) for b in programs.clamp_bounds(x))
         assert torch.equal(out["clamp"], xe.clamp(lo, hi))
+        t = torch.stack([FP.decode(FP.encode(torch.tensor(v, dtype=torch.float64))) for v in programs.threshold_values(x)])
+        below = (xe[None] < t.reshape((-1,) + (1,) * x.ndim)).long()
+        assert torch.equal(out["below"], below) and torch.equal(out["x_below"], xe * below)
         numel = x.numel()
         assert costs["sign"] == astuple(sign_cost(n, numel, bits))
-        assert costs["relu"] == astuple(sign_cost(n, numel, bits, with_product=True))
+        assert costs["below"] == astuple(sign_cost(n, len(t) * numel, bits, factor=numel))
+        assert costs["relu"] == astuple(sign_cost(n, numel, bits, factor=numel))
         assert costs["clamp"] == astuple(clamp_cost(n, numel, bits))
         gate = sign_gate_cost(n, numel, bits, len(programs.GATES))
         assert (costs["gate"][0] + costs["gate_truncate"][0], costs["gate"][1] + costs["gate_truncate"][1]) == astuple(gate)
@@ -100,10 +104,17 @@ def test_coarse_comparisons(n):
             n, x.numel(), x.shape[-1], bits).bytes_sent
 
 
-def test_sign_gates_layout():
+def test_sign_gates_and_select_layouts():
     # "sign" plus, per gate, its mask's r_top and r_mid and their products with beta
     sign = {"shape": [5, 7], "bits": 14, "digit_bits": 4}
+    assert correction_bytes("sign", sign) == 8 * 35 + 8 * (4 * 16 + 1)     # beta; planes and r's bit
     assert correction_bytes("sign_gates", dict(sign, gates=[36, 5])) == correction_bytes("sign", sign) + 8 * 35 * 8
+    # "select": plus a * beta, its factor a broadcasting to the shape
+    for factor in ([5, 7], [1, 7], [7], []):
+        assert correction_bytes("select", dict(sign, factor=factor)) == correction_bytes("sign", sign) + 8 * 35
+    for factor in ([5, 8], [6, 1], [2, 5, 7]):
+        with pytest.raises(ValueError, match="broadcast|do not combine"):
+            correction_bytes("select", dict(sign, factor=factor))
     for gates in ([], [0], [62], [True], 36, [36] * 65):
         with pytest.raises(ValueError):
             correction_bytes("sign_gates", dict(sign, gates=gates))
@@ -118,5 +129,5 @@ def test_rounds_formula():
     assert digit_bits_for(7168, 40) == 5                  # 8 digits, a level fewer for 86 kB
     assert digit_bits_for(8, 12) == 6                     # 2 digits: one level, the narrowest
     assert digit_bits_for(1 << 20, 14) == 4
-    assert sign_cost(2, 64, digit_bits=4, with_product=True).bytes_sent == 8 * (
+    assert sign_cost(2, 64, digit_bits=4, factor=64).bytes_sent == 8 * (
         64 * 2 + (2 * (8 + 7) + 2 * (4 + 3) + 2 * (2 + 1) + 2 * (1 + 0)) + 1)

@@ -43,10 +43,11 @@ def test_triples_pairs_and_truncation_material_are_correct(n):
     assert torch.equal(mid, rshift_logical(low_bits(r, RING_BITS - 1), 20))
     (a, b, c), corrections = reconstruct("and_triple", {"words": 100}, n)
     assert torch.equal(c, a & b) and len(corrections[0]) == 1
-    (r, a, _, onehot, masked, beta, a_beta), _ = reconstruct(
-        "sign", {"shape": [5, 300], "bits": 30, "digit_bits": 4}, n)
+    (r, _, onehot, masked, beta), _ = reconstruct("sign", {"shape": [5, 300], "bits": 30, "digit_bits": 4}, n)
     assert set(beta.unique().tolist()) == {0, 1} and abs(beta.double().mean() - 0.5) < 0.05
-    assert torch.equal(a_beta, a * beta)
+    (_, _, a, *_, select_beta, a_beta), _ = reconstruct(
+        "select", {"shape": [5, 300], "bits": 30, "digit_bits": 4, "factor": [300]}, n)
+    assert a.shape == (300,) and torch.equal(a_beta, a * select_beta)
     assert torch.equal(unpack_bits(masked, 1500), (bit(r, 30) ^ beta).reshape(-1))
     assert onehot.shape == (8, 16, 24)
     low = low_bits(r, 30).reshape(-1)
