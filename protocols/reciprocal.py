@@ -26,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-from . import beaver, fixed
+from . import fixed
 from .comparison import below_thresholds, sign_bit, sign_cost
 from .cost import Cost
 from .truncation import FusedTruncations, truncate_cost
