@@ -8,6 +8,8 @@ modulo 2^64 in numpy and torch (CPU and CUDA), so they are exactly the ring oper
 Every function takes numpy int64 arrays or torch int64 tensors (any device) and returns the
 same kind; Python ints are accepted as public operands and reduced into the ring.
 """
+import sys
+
 import numpy as np
 import torch
 
@@ -122,3 +124,20 @@ def low_bits(x, s: int):
     """x mod 2^s as a non-negative int64, for 0 <= s < 64."""
     check_ring(x)
     return x & ((1 << _check_shift(s)) - 1)
+
+
+_LITTLE_ENDIAN = sys.byteorder == "little"     # how an int64's bytes lie in memory
+
+
+def low_bytes(x: torch.Tensor, width: int) -> torch.Tensor:
+    """The low `width` bytes of each int64, least significant first, as a flat uint8 tensor."""
+    raw = x.contiguous().view(torch.uint8).reshape(-1, 8)
+    low = raw[:, :width] if _LITTLE_ENDIAN else raw.flip(1)[:, :width]
+    return low.contiguous().reshape(-1)
+
+
+def join_low_bytes(data: torch.Tensor, width: int) -> torch.Tensor:
+    """Inverse of low_bytes: int64 values from their low `width` bytes (higher bytes zero)."""
+    raw = data.new_zeros(data.numel() // width, 8)
+    raw[:, :width] = data.reshape(-1, width)
+    return (raw if _LITTLE_ENDIAN else raw.flip(1)).contiguous().view(torch.int64).reshape(-1)

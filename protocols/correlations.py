@@ -16,7 +16,9 @@ dealer sends it, c_r = c - sum_{i != r} c_i there. So every party receives about
 dealer's bytes (party 0 used to receive all, and its link was the busiest). The dealer, which
 knows every seed, learns all correlations (the usual trusted-dealer model); any n-1 parties'
 shares are independent of the correlated values (each run's missing share is drawn by, or
-corrected at, a party outside them).
+corrected at, a party outside them). A value that its users only ever multiply by
+2^(64 - w) (a truncation mask's top bit r_top, read times 2^(63 - m), and its products) is
+needed mod 2^w alone: its corrections travel in ceil(w / 8) bytes (3 instead of 8 for m = 20).
 
 Kinds (params -> values, all as additive shares):
 - "triple"(shape_a, shape_b): a, b uniform; c = a * b (broadcast).
@@ -59,7 +61,7 @@ from mpcft.kernels import PRG, derive_seed, ring_matmul
 from mpcft.kernels.discrete_noise import (discrete_gaussian, discrete_laplace, laplace_scale_fraction,
                                           variance_fraction)
 from mpcft.kernels.bits import digit_planes, pack_bits, words_for
-from mpcft.kernels.ring import RING_BITS, bit, low_bits, msb, rshift_logical
+from mpcft.kernels.ring import RING_BITS, bit, join_low_bytes, low_bits, low_bytes, msb, rshift_logical
 
 
 def _shape(value) -> tuple:
@@ -76,7 +78,17 @@ def _matmul_shape(a, b) -> tuple:
     return tuple(torch.broadcast_shapes(a[:-2], b[:-2])) + (a[-2], b[-1])
 
 
-ARITH, BINARY = False, True  # how shares combine: sum mod 2^64, or XOR
+# How a value's shares combine, the second entry of each (shape, how) of a spec: BINARY, XOR
+# of packed words; otherwise the sum mod 2^64 of arithmetic shares, of which the value's users
+# read only the low `how` bits: ARITH (all 64), or fewer for a value that is only ever
+# multiplied by 2^(64 - how) (a truncation mask's top bit and its products), whose correction
+# travels in ceil(how / 8) bytes instead of 8.
+ARITH, BINARY = 64, 0
+
+
+def _width(how: int) -> int:
+    """Bytes per element of a correction of a value combined as `how`."""
+    return 8 if how == BINARY else -(-how // 8)
 
 
 def _triple(p):
@@ -155,7 +167,9 @@ def _sign_gates(p):
             top, mid = _trunc_masks(mask, m)
             out += [top, mid, top * beta, mid * beta]
         return out
-    return random + [(shape, ARITH)] * len(gates), derived + [(shape, ARITH)] * (4 * len(gates)), derive
+    # a top bit and its product with beta are read times 2^(63 - m): their low m + 1 bits
+    gated = [(shape, how) for m in gates for how in (m + 1, ARITH, m + 1, ARITH)]
+    return random + [(shape, ARITH)] * len(gates), derived + gated, derive
 
 
 def cross_terms(bits_i: int, bits_j: int, same: bool) -> int:
@@ -185,8 +199,15 @@ def _trunc_products(p):
                     terms.append(tops[i] * tops[j])
             out += terms
         return out
-    derived = 2 * len(bits) + sum(cross_terms(bits[i], bits[j], i == j) for i, j in pairs)
-    return [(shape, ARITH)] * len(bits), [(shape, ARITH)] * derived, derive
+    # how much of each value FusedTruncations reads: a factor r_top_j comes with 2^(63 - m_j)
+    derived = [(shape, how) for m in bits for how in (m + 1, ARITH)]
+    for i, j in pairs:
+        derived += [(shape, ARITH), (shape, bits[j] + 1)]
+        if i != j:
+            derived.append((shape, bits[i] + 1))
+            if cross_terms(bits[i], bits[j], False) == 4:
+                derived.append((shape, bits[i] + bits[j] - (RING_BITS - 2)))
+    return [(shape, ARITH)] * len(bits), derived, derive
 
 
 NOISE_KEY_WORDS = 4     # the dp_noise key: 4 ring elements, 256 bits
@@ -210,7 +231,7 @@ def _dp_laplace(p):
     return _noise(discrete_laplace, scale, _shape(p["shape"]))
 
 
-# kind -> params -> ([(shape, binary)] random inputs, [(shape, binary)] derived values, derive)
+# kind -> params -> ([(shape, how)] random inputs, [(shape, how)] derived values, derive)
 KINDS = {"triple": _triple, "matmul_triple": _matmul_triple, "square": _square, "trunc": _trunc,
          "and_triple": _and_triple, "sign": _sign, "select": _select, "sign_gates": _sign_gates, "trunc_products": _trunc_products, "dp_noise": _dp_noise,
          "dp_laplace": _dp_laplace}
@@ -296,9 +317,9 @@ def join_pieces(kind: str, params: dict, pieces: list) -> "Correlation":
     random, derived, _ = _spec(kind, params)
 
     def join(spec, parts):
-        return [torch.cat([p[k] for p in parts], -1) if binary else
+        return [torch.cat([p[k] for p in parts], -1) if how == BINARY else
                 torch.cat([p[k].reshape(-1) for p in parts]).reshape(shape)
-                for k, (shape, binary) in enumerate(spec)]
+                for k, (shape, how) in enumerate(spec)]
     return Correlation(join(random, [p.random for p in pieces]), lambda: join(derived, [p.derived() for p in pieces]))
 
 
@@ -359,6 +380,11 @@ def _run_elements(derived: list, rank: int, world_size: int) -> int:
     return sum(stop - start for start, stop in _runs(derived, rank, world_size))
 
 
+def _run_bytes(derived: list, rank: int, world_size: int) -> int:
+    """Bytes of party `rank`'s corrections (_width per element)."""
+    return sum((stop - start) * _width(how) for (start, stop), (_, how) in zip(_runs(derived, rank, world_size), derived))
+
+
 def receives(kind: str, params: dict, rank: int, world_size: int) -> bool:
     """Whether party `rank` has a run of some derived value to be corrected by the dealer."""
     return _run_elements(_spec(kind, params)[1], rank, world_size) > 0
@@ -398,11 +424,13 @@ def party_correlation(kind: str, params: dict, number: int, seed: bytes, rank: i
         got = corrections() if callable(corrections) else corrections
         if got is None or len(got) != len(derived):
             raise ValueError(f"party {rank} needs {len(derived)} dealer corrections for {kind!r}")
-        for tensor, (start, stop), value in zip(got, cuts, around):
-            if tensor.dtype != torch.int64 or tuple(tensor.shape) != (stop - start,):
+        for tensor, (start, stop), value, (_, how) in zip(got, cuts, around, derived):
+            width = _width(how)
+            dtype, size = (torch.int64, stop - start) if width == 8 else (torch.uint8, (stop - start) * width)
+            if tensor.dtype != dtype or tuple(tensor.shape) != (size,):
                 raise ValueError(f"dealer correction for {kind!r} is {tensor.dtype} of shape "
-                                 f"{tuple(tensor.shape)}, expected int64 of shape {(stop - start,)}")
-            value[start:stop] = tensor
+                                 f"{tuple(tensor.shape)}, expected {dtype} of shape {(size,)}")
+            value[start:stop] = tensor if width == 8 else join_low_bytes(tensor, width)
         return [value.reshape(shape) for value, (shape, _) in zip(around, derived)]
     return Correlation(shares, with_corrections)
 
@@ -421,22 +449,25 @@ def dealer_corrections(kind: str, params: dict, number: int, seeds, epoch: int =
     layout, n = layout_id(kind, params), len(seeds)
     streams = [_stream(seeds[i], layout, number, epoch) for i in range(n)]
     values = []
-    for shape, binary in random:
+    for shape, how in random:
         value = streams[0].ring(shape)
         for prg in streams[1:]:
-            (value.bitwise_xor_ if binary else value.add_)(prg.ring(shape))
+            (value.bitwise_xor_ if how == BINARY else value.add_)(prg.ring(shape))
         values.append(value)
     corrected = [value.view(-1) for value in _owned(derive(*values))]
     cuts = [correction_cuts(value.numel(), n) for value in corrected]
     for i, prg in enumerate(streams):          # each stream's derived values, in order
-        for value, (_, binary), value_cuts in zip(corrected, derived, cuts):
+        for value, (_, how), value_cuts in zip(corrected, derived, cuts):
             start, stop = value_cuts[i]
             draws = _draw_around(prg, value.numel(), (start, stop))
             for part in (slice(0, start), slice(stop, value.numel())):
-                (value[part].bitwise_xor_ if binary else value[part].sub_)(draws[part])
-    return [[value[start:stop].clone() for value, (start, stop) in
-             zip(corrected, [value_cuts[r] for value_cuts in cuts])] if _run_elements(derived, r, n) else []
-            for r in range(n)]
+                (value[part].bitwise_xor_ if how == BINARY else value[part].sub_)(draws[part])
+
+    def run(value, how, cut):       # a correction in _width(how) bytes per element
+        width, part = _width(how), value[cut[0]:cut[1]]
+        return part.clone() if width == 8 else low_bytes(part, width)
+    return [[run(value, how, value_cuts[r]) for value, (_, how), value_cuts in zip(corrected, derived, cuts)]
+            if _run_elements(derived, r, n) else [] for r in range(n)]
 
 
 def _owned(tensors: list) -> list:
@@ -497,7 +528,7 @@ class CorrelationDealer:
         if _elements(spec) > self.max_elements:
             raise ValueError(f"{kind!r} {layout} asks for {_elements(spec)} ring elements, "
                              f"more than this dealer's limit of {self.max_elements}")
-        runs = [_run_elements(spec[1], r, n) for r in range(n)]     # elements per party
+        runs = [_run_bytes(spec[1], r, n) for r in range(n)]     # correction bytes per party
         if not runs[rank]:
             raise ValueError(f"party {rank} receives no corrections for {kind!r} {layout}")
         key = layout_id(kind, layout)
@@ -516,7 +547,7 @@ class CorrelationDealer:
             answer = self._answers.get((key, number))
             first = answer is None
             if first:
-                held = 8 * (sum(runs) - runs[rank])
+                held = sum(runs) - runs[rank]
                 if self._held_bytes + held > self.max_held_bytes:
                     self._answered[(rank, key)] -= 1
                     raise ValueError(f"{kind!r} {layout}: the dealer already holds {self._held_bytes} bytes "
@@ -539,7 +570,7 @@ class CorrelationDealer:
         with self._lock:
             answer.takers -= 1
             if not first:
-                self._held_bytes = max(0, self._held_bytes - 8 * runs[rank])
+                self._held_bytes = max(0, self._held_bytes - runs[rank])
             if not answer.takers and self._answers.get((key, number)) is answer:
                 del self._answers[(key, number)]
         return answer.parts[rank]
@@ -550,8 +581,8 @@ def correction_bytes(kind: str, params: dict, rank: int | None = None, world_siz
     derived values), or party `rank`'s runs among world_size parties."""
     derived = _spec(kind, params)[1]
     if rank is None:
-        return 8 * sum(int(np.prod(shape, dtype=np.int64)) for shape, _ in derived)
-    return 8 * _run_elements(derived, rank, world_size)
+        return sum(int(np.prod(shape, dtype=np.int64)) * _width(how) for shape, how in derived)
+    return _run_bytes(derived, rank, world_size)
 
 
 def random_count(kind: str, params: dict) -> int:

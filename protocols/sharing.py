@@ -7,17 +7,12 @@ to the n-1 others, 1 round, (n-1) N elements sent per party) or "king" (reduce-s
 all-gather through the parties as kings, open_at_kings: 2 rounds, 2 (n-1) ceil(N / n)
 elements). Both reveal the same: the opened value.
 """
-import sys
-
 import torch
 
 from mpcft.kernels.prg import PRG, derive_seed
-from mpcft.kernels.ring import RING_BITS, check_ring, low_bits
+from mpcft.kernels.ring import RING_BITS, check_ring, join_low_bytes, low_bits, low_bytes
 
 from .cost import FREE, RING_BYTES, Cost, open_cost, opening_cost
-
-_LITTLE_ENDIAN = sys.byteorder == "little"     # how an int64's bytes lie in memory
-
 
 def share(ctx, value, owner: int, shape) -> torch.Tensor:
     """Secret-share the owner's ring tensor `value` (others pass None); returns our share.
@@ -123,12 +118,12 @@ def open_low(ctx, parts) -> list:
         raise ValueError(f"open_low opens 1 to {RING_BITS} low bits, got {[bits for _, bits in parts]}")
     if ctx.opening == "king":
         return _open_low_at_kings(ctx, parts, widths)
-    packed = torch.cat([_low_bytes(x.reshape(-1), w) for (x, _), w in zip(parts, widths)])
+    packed = torch.cat([low_bytes(x.reshape(-1), w) for (x, _), w in zip(parts, widths)])
     gathered = ctx.session.all_gather(packed)
     out, start = [], 0
     for (x, bits), width in zip(parts, widths):
         end = start + x.numel() * width
-        value = _sum([_join_bytes(g[start:end], width) for g in gathered])
+        value = _sum([join_low_bytes(g[start:end], width) for g in gathered])
         out.append((value if bits == RING_BITS else low_bits(value, bits)).reshape(x.shape))
         start = end
     return out
@@ -139,33 +134,19 @@ def _open_low_at_kings(ctx, parts, widths) -> list:
     ceil(numel / n) for that part), as low bytes; king j returns x mod 2^bits of them."""
     n = ctx.world_size
     per_king = [-(-x.numel() // n) for x, _ in parts]
-    rows = [_low_bytes(torch.cat([x.reshape(-1), x.new_zeros(n * m - x.numel())]), w).reshape(n, m * w)
+    rows = [low_bytes(torch.cat([x.reshape(-1), x.new_zeros(n * m - x.numel())]), w).reshape(n, m * w)
             for (x, _), m, w in zip(parts, per_king, widths)]
 
     def values(chunk):      # a chunk's bytes -> one int64 tensor per part
-        return [_join_bytes(b, w) for b, w in zip(chunk.split([m * w for m, w in zip(per_king, widths)]), widths)]
+        return [join_low_bytes(b, w) for b, w in zip(chunk.split([m * w for m, w in zip(per_king, widths)]), widths)]
 
     def combine(chunks):
         sums = [_sum(list(shares)) for shares in zip(*map(values, chunks))]
-        return torch.cat([_low_bytes(v if bits == RING_BITS else low_bits(v, bits), w)
+        return torch.cat([low_bytes(v if bits == RING_BITS else low_bits(v, bits), w)
                           for v, (_, bits), w in zip(sums, parts, widths)])
 
     opened = [values(chunk) for chunk in reduce_at_kings(ctx, list(torch.cat(rows, 1)), combine)]
     return [torch.cat(list(chunks))[:x.numel()].reshape(x.shape) for chunks, (x, _) in zip(zip(*opened), parts)]
-
-
-def _low_bytes(x: torch.Tensor, width: int) -> torch.Tensor:
-    """The low `width` bytes of each int64, least significant first, as a flat uint8 tensor."""
-    raw = x.contiguous().view(torch.uint8).reshape(-1, 8)
-    low = raw[:, :width] if _LITTLE_ENDIAN else raw.flip(1)[:, :width]
-    return low.contiguous().reshape(-1)
-
-
-def _join_bytes(data: torch.Tensor, width: int) -> torch.Tensor:
-    """Inverse of _low_bytes: int64 values from their low `width` bytes (higher bytes zero)."""
-    raw = data.new_zeros(data.numel() // width, 8)
-    raw[:, :width] = data.reshape(-1, width)
-    return (raw if _LITTLE_ENDIAN else raw.flip(1)).contiguous().view(torch.int64).reshape(-1)
 
 
 def open_low_cost(n: int, parts) -> Cost:

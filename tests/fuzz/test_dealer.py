@@ -125,16 +125,16 @@ def serve(frames, rank=0):
 
 
 def check_answers(party, answered):
-    """Every answer the party receives: {"count": k} then k int64 tensors within the limit, or
-    {"error": "refused: ..."} (one line)."""
+    """Every answer the party receives: {"count": k} then k int64 tensors (uint8 for a value
+    corrected in fewer bytes) within the limit, or {"error": "refused: ..."} (one line)."""
     for _ in range(answered):
         head = json.loads(party.recv("fuzz", 1.0, DEALER_RESPONSE)[1].numpy().tobytes())
         if "error" in head:
             assert head["error"].startswith("refused: "), head
             continue
         tensors = [party.recv("fuzz", 1.0)[1] for _ in range(head["count"])]
-        assert all(t.dtype == torch.int64 for t in tensors)
-        assert sum(t.numel() for t in tensors) <= LIMIT
+        assert all(t.dtype in (torch.int64, torch.uint8) for t in tensors)
+        assert sum(t.nbytes for t in tensors) <= 8 * LIMIT
 
 
 square = {"kind": "square", "seq": 0}

@@ -105,10 +105,12 @@ def test_coarse_comparisons(n):
 
 
 def test_sign_gates_and_select_layouts():
-    # "sign" plus, per gate, its mask's r_top and r_mid and their products with beta
+    # "sign" plus, per gate m, its mask's r_top and r_mid and their products with beta, the
+    # top bit's two in ceil((m + 1) / 8) bytes (read times 2^(63 - m)), r_mid's in 8
     sign = {"shape": [5, 7], "bits": 14, "digit_bits": 4}
     assert correction_bytes("sign", sign) == 8 * 35 + 8 * (4 * 16 + 1)     # beta; planes and r's bit
-    assert correction_bytes("sign_gates", dict(sign, gates=[36, 5])) == correction_bytes("sign", sign) + 8 * 35 * 8
+    assert correction_bytes("sign_gates", dict(sign, gates=[36, 5])) == correction_bytes("sign", sign) + 35 * (
+        2 * (5 + 8) + 2 * (1 + 8))
     # "select": plus a * beta, its factor a broadcasting to the shape
     for factor in ([5, 7], [1, 7], [7], []):
         assert correction_bytes("select", dict(sign, factor=factor)) == correction_bytes("sign", sign) + 8 * 35

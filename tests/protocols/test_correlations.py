@@ -5,7 +5,7 @@ import torch
 from mpcft.kernels import fresh_seed, ring_matmul
 from mpcft.kernels.bits import unpack_bits
 from mpcft.kernels.ring import RING_BITS, bit, low_bits, msb, rshift_logical
-from mpcft.protocols.correlations import KINDS, CorrelationDealer, dealer_corrections, party_shares
+from mpcft.protocols.correlations import BINARY, KINDS, CorrelationDealer, dealer_corrections, party_shares
 from mpcft.protocols.sources import FileCorrelations, write_offline
 from mpcft.runtime import run_threads
 
@@ -18,10 +18,10 @@ def reconstruct(kind, params, n, seq=7):
     shares = [party_shares(kind, params, seq, seeds[r], r, n, corrections[r] or None) for r in range(n)]
     random, derived, _ = KINDS[kind](params)
     values = []
-    for parts, (_, binary) in zip(zip(*shares), random + derived):
+    for parts, (_, how) in zip(zip(*shares), random + derived):
         value = parts[0]
         for part in parts[1:]:
-            value = value ^ part if binary else value + part
+            value = value ^ part if how == BINARY else value + part
         values.append(value)
     return values, corrections
 
@@ -118,3 +118,24 @@ def test_prefetched_dealer_answers_give_the_same_results(n):
 def test_steps_do_not_nest():
     results = run_threads(programs.nested_steps, 2, dealer_handler=CorrelationDealer)
     assert all("do not nest" in message for message in results)
+
+
+def test_narrow_corrections_travel_in_their_bytes_and_are_checked():
+    # a truncation mask's top bit (and its products with r_top) is read times 2^(63 - m): the
+    # dealer sends its low ceil((m + 1) / 8) bytes, and the shares still sum to it mod 2^(m + 1)
+    params = {"shape": [20_000], "bits": [20, 44], "pairs": [[0, 1]]}
+    seeds = [fresh_seed() for _ in range(2)]
+    corrections = dealer_corrections("trunc_products", params, 0, seeds)
+    assert [t.dtype for t in corrections[1]] == [torch.uint8, torch.int64, torch.uint8, torch.int64,
+                                                 torch.int64, torch.uint8, torch.uint8, torch.uint8]
+    assert [t.numel() for t in corrections[1]][:2] == [3 * 10_000, 10_000]     # its run: half
+    values, _ = reconstruct("trunc_products", params, 2)
+    (r0, r1), (top0, mid0, top1, mid1, _, mid0_top1, top0_mid1, top_top) = values[:2], values[2:]
+    assert torch.equal(low_bits(top0, 21), msb(r0)) and torch.equal(low_bits(top1, 45), msb(r1))
+    assert torch.equal(low_bits(mid0_top1, 45), low_bits(mid0 * msb(r1), 45))
+    assert torch.equal(low_bits(top0_mid1, 21), low_bits(msb(r0) * mid1, 21))
+    assert torch.equal(low_bits(top_top, 2), msb(r0) * msb(r1))         # 20 + 44 - 62 bits
+    wrong = list(corrections[1])
+    wrong[0] = wrong[0].view(torch.int64) if wrong[0].numel() % 8 == 0 else wrong[0][1:]
+    with pytest.raises(ValueError, match="expected torch.uint8"):
+        party_shares("trunc_products", params, 0, seeds[1], 1, 2, wrong)

@@ -41,9 +41,14 @@ def test_products_of_truncations_are_exact_ring_products(n, bits):
 
 
 def test_dealer_sends_what_the_layout_declares():
-    # per truncation r_top and r_mid; per pair 2 (i == j), 3, or 4 when m_i + m_j > 62
+    # per truncation r_top and r_mid; per pair 2 (i == j), 3, or 4 when m_i + m_j > 62. r_mid
+    # and r_mid products in 8 bytes; a value read times 2^(63 - m) (r_top, a product with
+    # r_top) in ceil((m + 1) / 8), r_top_i r_top_j (times 2^(126 - m_i - m_j)) in
+    # ceil((m_i + m_j - 62) / 8)
     params = {"shape": [10], "bits": [20, 20, 50], "pairs": [[0, 0], [0, 1], [1, 2]]}
-    assert correction_bytes("trunc_products", params) == 8 * 10 * (2 * 3 + 2 + 3 + 4)
+    masks = (3 + 8) + (3 + 8) + (7 + 8)
+    products = (8 + 3) + (8 + 3 + 3) + (8 + 7 + 3 + 1)
+    assert correction_bytes("trunc_products", params) == 10 * (masks + products)
 
 
 @pytest.mark.parametrize("params", [
