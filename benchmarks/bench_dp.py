@@ -75,7 +75,8 @@ def party_step(session, encoder, dp, repeat):
 
 
 def party_routes(session, shape, repeat):
-    """{route: (median s, bytes sent, rounds, dealer bytes received)} of one layer's clipping."""
+    """({route: (median s, bytes sent, rounds, dealer bytes received)}, threshold, shift) of one
+    layer's clipping."""
     one_compute_thread()
     ctx = MPCContext(session)
     batch, positions, in_features, out_features = shape
@@ -100,9 +101,8 @@ def party_routes(session, shape, repeat):
         route()
         before = session.comm.snapshot()
         seconds, sent, rounds, _ = measure_protocol(session, route, repeat)
-        out[name] = (seconds, sent, rounds, (session.comm.snapshot() - before).dealer_bytes_received / repeat,
-                     shift > 0)
-    return out
+        out[name] = (seconds, sent, rounds, (session.comm.snapshot() - before).dealer_bytes_received / repeat)
+    return out, threshold, shift
 
 
 def routes_table(parties, repeat):
@@ -111,13 +111,14 @@ def routes_table(parties, repeat):
         for name, shape in LAYER_SHAPES:
             results = spawn(party_routes, n, shape, repeat, dealer_handler=CorrelationDealer,
                             dealer_threads=1, timeout=3600)
-            measured = max(results, key=lambda r: r["ghost"][0])
-            shifted = measured["formed"][4]
-            declared = {"ghost": ghost.ghost_cost(n, *shape), "formed": ghost.formed_cost(n, *shape, shifted)}
-            chosen = "ghost" if ghost.prefer_ghost(n, *shape, shifted) else "formed"
-            for route, (s, sent, rounds, _, _) in measured.items():
+            measured, threshold, shift = max(results, key=lambda r: r[0]["ghost"][0])
+            declared = {"ghost": (ghost.ghost_cost(n, *shape), ghost.ghost_norm_dealer_bytes(*shape, threshold, shift)
+                                  + ghost.ghost_sum_dealer_bytes(*shape, 0)),
+                        "formed": (ghost.formed_cost(n, *shape, shift > 0), ghost.formed_dealer_bytes(*shape, shift, 0))}
+            chosen = "ghost" if ghost.prefer_ghost(n, *shape, shift > 0) else "formed"
+            for route, (s, sent, rounds, _) in measured.items():
                 cost, dealer_declared = declared[route]
-                dealer = sum(r[route][3] for r in results)       # each party receives its runs
+                dealer = sum(r[0][route][3] for r in results)       # each party receives its runs
                 rows.append([name, route + (" (chosen)" if route == chosen else ""), n, f"{s:.3f}",
                              f"{sent / 1e6:.2f}", f"{cost.bytes_sent / 1e6:.2f}", rounds, cost.rounds,
                              f"{dealer / 1e6:.2f}", f"{dealer_declared / 1e6:.2f}"])

@@ -113,7 +113,8 @@ def _trunc_masks(r, bits: int) -> list:
 
 def _trunc(p):
     shape, bits = _shape(p["shape"]), int(p["bits"])
-    return [(shape, ARITH)], [(shape, ARITH)] * 2, lambda r: _trunc_masks(r, bits)
+    # r_top is read times 2^(63 - bits) (truncation.trunc_reconstruct): its low bits + 1
+    return [(shape, ARITH)], [(shape, bits + 1), (shape, ARITH)], lambda r: _trunc_masks(r, bits)
 
 
 def _and_triple(p):

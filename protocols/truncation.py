@@ -16,7 +16,7 @@ import torch
 from mpcft.kernels.fused import trunc_reconstruct, truncated_product
 from mpcft.kernels.ring import RING_BITS
 
-from .correlations import cross_terms
+from .correlations import correction_bytes, cross_terms
 from .cost import Cost, open_cost
 from .sharing import open_, open_many
 
@@ -58,6 +58,12 @@ def truncate_many(ctx, parts) -> list:
 
 def truncate_cost(n: int, numel: int) -> Cost:
     return open_cost(n, numel)
+
+
+def truncate_dealer_bytes(numel: int, bits: int) -> int:
+    """Dealer bytes (to all parties together) of truncating numel values by `bits`: r_mid in
+    8 bytes, r_top in ceil((bits + 1) / 8) (correlations: it is read times 2^(63 - bits))."""
+    return correction_bytes("trunc", {"shape": [numel], "bits": bits})
 
 
 class FusedTruncations:

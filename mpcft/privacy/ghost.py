@@ -23,9 +23,10 @@ import math
 
 import torch
 
+from mpcft.kernels import DEFAULT_FRACTIONAL_BITS
 from mpcft.protocols import beaver
 from mpcft.protocols.cost import RING_BYTES, Cost
-from mpcft.protocols.truncation import truncate, truncate_many
+from mpcft.protocols.truncation import truncate, truncate_dealer_bytes, truncate_many
 
 
 def gram_balance(threshold: float, shift: int, positions: int, in_features: int) -> int:
@@ -39,7 +40,7 @@ def ghost_squared_norms(ctx, factors: list, threshold: float, shift: int) -> tor
     """Shares [B] of sum over the layers of ||G_b / 2^shift||^2 at 2f fractional bits.
 
     One round of Beaver matmuls for every layer's two Grams, one of truncations, one Beaver
-    product of all Grams. Cost: ghost_norm_cost per layer (rounds shared)."""
+    product of all Grams. Cost: ghost_norm_cost per layer (rounds shared), ghost_norm_dealer_bytes."""
     f = ctx.frac_bits
     pairs, bits = [], []
     for lf in factors:
@@ -60,7 +61,7 @@ def ghost_weighted_sums(ctx, factors: list, weight: torch.Tensor, extra_bits: in
     f bits. The narrower factor of each layer is scaled by w 2^extra_bits (one Beaver product
     for all layers, one truncation: the extra bits keep small weights' precision), then one
     round of Beaver matmuls and one of truncations by f + extra_bits; the same range as
-    dp_sgd.weighted_rows. Cost: ghost_sum_cost per layer (rounds shared)."""
+    dp_sgd.weighted_rows. Cost: ghost_sum_cost per layer (rounds shared), ghost_sum_dealer_bytes."""
     f = ctx.frac_bits
     batch = weight.shape[0]
     narrow = [lf.x if lf.x.shape[-1] < lf.grad.shape[-1] else lf.grad for lf in factors]
@@ -79,46 +80,73 @@ def _cost(n: int, rounds: int, opened: int) -> Cost:
     return Cost(rounds, opened * RING_BYTES * (n - 1))
 
 
-def ghost_norm_cost(n: int, batch: int, positions: int, in_features: int, out_features: int) -> tuple:
-    """(Cost, dealer bytes to all parties) of ghost_squared_norms for one layer."""
+def ghost_norm_cost(n: int, batch: int, positions: int, in_features: int, out_features: int) -> Cost:
+    """Cost of ghost_squared_norms for one layer."""
     b, t = batch, positions
     grams = b * t * t
-    opened = 2 * b * t * (in_features + out_features) + 2 * grams + 2 * grams
-    return _cost(n, 3, opened), RING_BYTES * (2 * grams + 2 * 2 * grams + grams)
+    return _cost(n, 3, 2 * b * t * (in_features + out_features) + 2 * grams + 2 * grams)
 
 
-def ghost_sum_cost(n: int, batch: int, positions: int, in_features: int, out_features: int) -> tuple:
-    """(Cost, dealer bytes to all parties) of ghost_weighted_sums for one layer."""
+def ghost_norm_dealer_bytes(batch: int, positions: int, in_features: int, out_features: int,
+                            threshold: float, shift: int, frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> int:
+    """Dealer bytes (to all parties) of ghost_squared_norms for one layer: the Grams' matmul
+    triples and truncations (by f + h and f - h + 2 shift), the product's triple."""
+    grams = batch * positions * positions
+    h = gram_balance(threshold, shift, positions, in_features)
+    return (RING_BYTES * 3 * grams + truncate_dealer_bytes(grams, frac_bits + h)
+            + truncate_dealer_bytes(grams, frac_bits - h + 2 * shift))
+
+
+def ghost_sum_cost(n: int, batch: int, positions: int, in_features: int, out_features: int) -> Cost:
+    """Cost of ghost_weighted_sums for one layer."""
     b, t, d, p = batch, positions, in_features, out_features
     narrow = b * t * min(d, p)
-    opened = (narrow + b) + narrow + b * t * (d + p) + p * d
-    return _cost(n, 4, opened), RING_BYTES * (narrow + 2 * narrow + p * d + 2 * p * d)
+    return _cost(n, 4, (narrow + b) + narrow + b * t * (d + p) + p * d)
+
+
+def ghost_sum_dealer_bytes(batch: int, positions: int, in_features: int, out_features: int,
+                           extra_bits: int, frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> int:
+    """Dealer bytes (to all parties) of ghost_weighted_sums for one layer: the scaling's triple
+    and truncation by f, the matmul triple and its truncation by f + extra_bits."""
+    narrow = batch * positions * min(in_features, out_features)
+    pd = out_features * in_features
+    return (RING_BYTES * (narrow + pd) + truncate_dealer_bytes(narrow, frac_bits)
+            + truncate_dealer_bytes(pd, frac_bits + extra_bits))
 
 
 def formed_cost(n: int, batch: int, positions: int, in_features: int, out_features: int,
-                shifted: bool) -> tuple:
-    """(Cost, dealer bytes to all parties) of forming one layer's G_b (LinearFactors.materialise),
-    its rows' squares (dp_sgd.row_squares, with the shift's truncation if `shifted`) and its
-    weighted sum (dp_sgd.weighted_rows), alone."""
+                shifted: bool) -> Cost:
+    """Cost of forming one layer's G_b (LinearFactors.materialise), its rows' squares
+    (dp_sgd.row_squares, with the shift's truncation if `shifted`) and its weighted sum
+    (dp_sgd.weighted_rows), alone."""
     b, t, d, p = batch, positions, in_features, out_features
     size = b * p * d
-    rounds, opened, dealer = 2, b * t * (d + p) + size, size + 2 * size        # form: matmul, truncate
+    rounds, opened = 2, b * t * (d + p) + size                     # form: matmul, truncate
     if shifted:
-        rounds, opened, dealer = rounds + 1, opened + size, dealer + 2 * size
-    rounds, opened, dealer = rounds + 1, opened + size, dealer + size         # squares
-    rounds, opened, dealer = rounds + 2, opened + b + size + p * d, dealer + p * d + 2 * p * d   # sum
-    return _cost(n, rounds, opened), RING_BYTES * dealer
+        rounds, opened = rounds + 1, opened + size
+    rounds, opened = rounds + 1, opened + size                     # squares
+    rounds, opened = rounds + 2, opened + b + size + p * d         # sum
+    return _cost(n, rounds, opened)
 
 
-def ghost_cost(n: int, batch: int, positions: int, in_features: int, out_features: int) -> tuple:
-    """(Cost, dealer bytes to all parties) of one layer's ghost norms and weighted sum, alone."""
-    (norm, norm_dealer), (total, total_dealer) = (ghost_norm_cost(n, batch, positions, in_features, out_features),
-                                                   ghost_sum_cost(n, batch, positions, in_features, out_features))
-    return norm + total, norm_dealer + total_dealer
+def formed_dealer_bytes(batch: int, positions: int, in_features: int, out_features: int, shift: int,
+                        extra_bits: int, frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> int:
+    """Dealer bytes (to all parties) of formed_cost's work: the matmul triple and truncation by
+    f, the shift's truncation (if shift > 0), the squares, the weighted sum's matmul triple and
+    truncation by f + extra_bits."""
+    size, pd = batch * out_features * in_features, out_features * in_features
+    shifted = truncate_dealer_bytes(size, shift) if shift else 0
+    return (RING_BYTES * (size + size + pd) + truncate_dealer_bytes(size, frac_bits) + shifted
+            + truncate_dealer_bytes(pd, frac_bits + extra_bits))
+
+
+def ghost_cost(n: int, batch: int, positions: int, in_features: int, out_features: int) -> Cost:
+    """Cost of one layer's ghost norms and weighted sum, alone."""
+    shape = (batch, positions, in_features, out_features)
+    return ghost_norm_cost(n, *shape) + ghost_sum_cost(n, *shape)
 
 
 def prefer_ghost(n: int, batch: int, positions: int, in_features: int, out_features: int, shifted: bool) -> bool:
     """Whether the ghost route sends fewer bytes per party than forming G_b for this layer."""
-    ghost, _ = ghost_cost(n, batch, positions, in_features, out_features)
-    formed, _ = formed_cost(n, batch, positions, in_features, out_features, shifted)
-    return ghost.bytes_sent < formed.bytes_sent
+    shape = (batch, positions, in_features, out_features)
+    return ghost_cost(n, *shape).bytes_sent < formed_cost(n, *shape, shifted).bytes_sent
