@@ -10,6 +10,7 @@ same kind; Python ints are accepted as public operands and reduced into the ring
 """
 import sys
 
+import numba
 import numpy as np
 import torch
 
@@ -131,6 +132,10 @@ _LITTLE_ENDIAN = sys.byteorder == "little"     # how an int64's bytes lie in mem
 
 def low_bytes(x: torch.Tensor, width: int) -> torch.Tensor:
     """The low `width` bytes of each int64, least significant first, as a flat uint8 tensor."""
+    if x.device.type == "cpu":
+        out = torch.empty(x.numel() * width, dtype=torch.uint8)
+        _low_bytes(x.contiguous().numpy().reshape(-1), width, out.numpy())
+        return out
     raw = x.contiguous().view(torch.uint8).reshape(-1, 8)
     low = raw[:, :width] if _LITTLE_ENDIAN else raw.flip(1)[:, :width]
     return low.contiguous().reshape(-1)
@@ -138,6 +143,27 @@ def low_bytes(x: torch.Tensor, width: int) -> torch.Tensor:
 
 def join_low_bytes(data: torch.Tensor, width: int) -> torch.Tensor:
     """Inverse of low_bytes: int64 values from their low `width` bytes (higher bytes zero)."""
+    if data.device.type == "cpu":
+        out = torch.empty(data.numel() // width, dtype=torch.int64)
+        _join_low_bytes(data.contiguous().numpy().reshape(-1), width, out.numpy())
+        return out
     raw = data.new_zeros(data.numel() // width, 8)
     raw[:, :width] = data.reshape(-1, width)
     return (raw if _LITTLE_ENDIAN else raw.flip(1)).contiguous().view(torch.int64).reshape(-1)
+
+
+@numba.njit(nogil=True, cache=True)
+def _low_bytes(x, width, out):
+    for k in range(x.size):
+        v = x[k]
+        for b in range(width):
+            out[k * width + b] = (v >> (8 * b)) & 0xFF
+
+
+@numba.njit(nogil=True, cache=True)
+def _join_low_bytes(data, width, out):
+    for k in range(out.size):
+        v = np.int64(0)
+        for b in range(width):
+            v |= np.int64(data[k * width + b]) << (8 * b)
+        out[k] = v

@@ -88,11 +88,12 @@ def sign_cost(n: int, numel: int, bits: int = FULL_BITS, digit_bits: int | None 
 
 
 def _sign(ctx, x: torch.Tensor, bits: int, digit_bits: int, factor: torch.Tensor | None = None,
-          gates: list | None = None, resolution_bits: int = 0):
+          gates: list | None = None, resolution_bits: int = 0, shifts: list | None = None):
     """Arithmetic-share coefficients (A, B) with s = A + B*beta, beta, y*beta for the factor y
     (broadcastable to x; None if no factor) and the correlation ("select" with a factor,
-    "sign_gates" where `gates` lists truncation shifts, "sign" otherwise). With a factor, y - a
-    is opened in the first round for the dealer's pair (a, a*beta): y*beta = (y - a)*beta + a*beta."""
+    "select_scales" with a factor and `shifts`, "sign_gates" where `gates` lists truncation
+    shifts, "sign" otherwise). With a factor, y - a is opened in the first round for the
+    dealer's pair (a, a*beta): y*beta = (y - a)*beta + a*beta."""
     if not 1 <= bits <= FULL_BITS:
         raise ValueError(f"comparison bits must be in [1, {FULL_BITS}], got {bits}")
     if not 0 <= resolution_bits < bits:
@@ -103,6 +104,8 @@ def _sign(ctx, x: torch.Tensor, bits: int, digit_bits: int, factor: torch.Tensor
     layout = dict(shape=list(shape), bits=bits, digit_bits=digit_bits)
     if gates:
         correlation = ctx.correlation("sign_gates", **layout, gates=list(gates))
+    elif shifts:
+        correlation = ctx.correlation("select_scales", **layout, factor=list(factor.shape), shifts=list(shifts))
     elif factor is not None:
         correlation = ctx.correlation("select", **layout, factor=list(factor.shape))
     else:
@@ -218,6 +221,61 @@ def below_thresholds(ctx, x: torch.Tensor, thresholds: list, bits: int = FULL_BI
     t = torch.stack([x + ctx.public(-float(v)) for v in thresholds])
     coeff_a, coeff_b, beta, x_beta, _ = _sign(ctx, t, bits, None, x)
     return _constant(ctx, coeff_a) + coeff_b * beta, coeff_a * x + coeff_b * x_beta
+
+
+class ThresholdScale:
+    """x's interval among public thresholds t_1 < ... < t_T and, later, a value scaled by it.
+
+    below_thresholds gives s_j = [x < t_j] and x s_j; the one-hot of the interval is
+    o_k = b_k - b_(k+1) with b_0 = 1, b_j = 1 - s_j, b_(T+1) = 0. truncate(v) then returns
+    sum_k o_k Y_k, Y_k = v / 2^(shifts[k]) (a public power of two per interval), in one
+    truncation round: with one mask r opened once, Y_k = P_k + M_k (protocols/truncation.py)
+    for every shift, and
+      sum_k o_k Y_k = Y_T - sum_j s_j (Y_j - Y_(j-1)),   s_j Y = A_j Y + B_j beta_j Y,
+      beta_j Y_k = P_k beta_j + t_k (1 - 2 c_top) r_top beta_j - r_mid_k beta_j,
+    local from the dealer's r_top beta_j, r_mid_(j-1) beta_j and r_mid_j beta_j
+    ("select_scales"). It replaces a truncation, a Beaver product and a second truncation by
+    one truncation round, for about 4 T + 2 dealer values per element of x. Reveals what
+    below_thresholds and truncate reveal: uniform openings. Cost: threshold_scale_cost.
+    """
+
+    def __init__(self, ctx, x: torch.Tensor, thresholds: list, bits: int, shifts: list):
+        if len(shifts) != len(thresholds) + 1:
+            raise ValueError(f"{len(thresholds)} thresholds make {len(thresholds) + 1} intervals, "
+                             f"got {len(shifts)} shifts")
+        self.ctx, self.shifts = ctx, [int(m) for m in shifts]
+        t = torch.stack([x + ctx.public(-float(v)) for v in thresholds])
+        self._a, self._b, self._beta, x_beta, self._correlation = _sign(ctx, t, bits, None, x, shifts=self.shifts)
+        self.below = _constant(ctx, self._a) + self._b * self._beta
+        self.x_below = self._a * x + self._b * x_beta
+        self._truncated = False
+
+    def truncate(self, value: torch.Tensor) -> torch.Tensor:
+        """sum_k o_k (value / 2^shifts[k]) for `value` of x's shape: one opening, once."""
+        if self._truncated:
+            raise ValueError("a ThresholdScale truncates one value, once")
+        self._truncated = True
+        ctx, first = self.ctx, self.ctx.rank == 0
+        mask = self._correlation.random[3]
+        (c,) = open_many(ctx, [value + mask + ((1 << VALID_BITS) if first else 0)])
+        top, *rest = self._correlation.derived()[4:]
+        mids, (top_beta, prev_beta, next_beta) = rest[:len(self.shifts)], rest[len(self.shifts):]
+        ys = [trunc_reconstruct(c, top, mid, m, first) for mid, m in zip(mids, self.shifts)]
+        flip_top_beta = (1 - 2 * msb(c)) * top_beta
+
+        def beta_times(j, k, mid_beta):     # beta_j Y_k
+            return (truncation_public(c, self.shifts[k]) * self._beta[j]
+                    + (flip_top_beta[j] << (RING_BITS - 1 - self.shifts[k])) - mid_beta)
+        # threshold j (0-based) separates intervals j and j + 1
+        steps = torch.stack([ys[j + 1] - ys[j] for j in range(len(ys) - 1)])
+        beta_steps = torch.stack([beta_times(j, j + 1, next_beta[j]) - beta_times(j, j, prev_beta[j])
+                                  for j in range(len(ys) - 1)])
+        return ys[-1] - (self._a * steps + self._b * beta_steps).sum(0)
+
+
+def threshold_scale_cost(n: int, numel: int, thresholds: int, bits: int = FULL_BITS) -> Cost:
+    """Cost of ThresholdScale on numel values and its truncate."""
+    return sign_cost(n, thresholds * numel, bits, factor=numel) + truncate_cost(n, numel)
 
 
 def relu(ctx, x: torch.Tensor, bits: int = FULL_BITS, resolution_bits: int = 0) -> torch.Tensor:

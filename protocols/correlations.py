@@ -31,6 +31,10 @@ Kinds (params -> values, all as additive shares):
 - "select"(shape, bits, digit_bits, factor): "sign" plus a uniform a of shape `factor` (which
   broadcasts to `shape`) and a * beta: the factor y's product with the bit, y s, is local once
   y - a is open (comparison.select_negative, below_thresholds).
+- "select_scales"(shape, bits, digit_bits, factor, shifts): "select" for shape [T, *factor] plus
+  a truncation mask r of the factor's shape, its r_top, r_mid_k = (r mod 2^63) >> m_k for each
+  of the T + 1 `shifts`, and per threshold j the products of its beta_j with r_top, r_mid_(j-1)
+  and r_mid_j (comparison.ThresholdScale).
 - "sign_gates"(shape, bits, digit_bits, gates): "sign" plus, per entry m_k of `gates`, a
   truncation mask r_k with r_top_k and r_mid_k as for "trunc" and their products with the
   comparison's bit beta, r_top_k beta and r_mid_k beta (comparison.SignGate).
@@ -145,6 +149,27 @@ def _select(p):
     return random + [(factor, ARITH)], derived + [(shape, ARITH)], derive
 
 
+def _select_scales(p):
+    """"select" over thresholds (shape [T, *factor]) and a truncation mask r of the factor's
+    shape read at each of the T + 1 shifts, gated by the thresholds' bits (comparison.ThresholdScale)."""
+    shape, factor, shifts = _shape(p["shape"]), _shape(p["factor"]), p["shifts"]
+    _check_shifts("select_scales", "shifts", shifts)
+    if len(shape) != len(factor) + 1 or shape[1:] != factor or len(shifts) != shape[0] + 1:
+        raise ValueError(f"'select_scales': shape {list(shape)} must be [T, *factor] for factor "
+                         f"{list(factor)}, with T + 1 shifts (got {len(shifts)})")
+    random, derived, derive_select = _select(p)
+
+    def derive(r, s, a, mask):
+        out = derive_select(r, s, a)
+        beta, top = out[2], msb(mask)
+        mids = torch.stack([rshift_logical(low_bits(mask, RING_BITS - 1), m) for m in shifts])
+        return out + [top, *mids, beta * top, beta * mids[:-1], beta * mids[1:]]
+    # r_top and its products with beta are read times 2^(63 - m_k): their low max(m_k) + 1 bits
+    top = max(shifts) + 1
+    gated = [(factor, top)] + [(factor, ARITH)] * len(shifts) + [(shape, top)] + [(shape, ARITH)] * 2
+    return random + [(factor, ARITH)], derived + gated, derive
+
+
 MAX_FUSED_TRUNCATIONS = 64
 
 
@@ -234,7 +259,7 @@ def _dp_laplace(p):
 
 # kind -> params -> ([(shape, how)] random inputs, [(shape, how)] derived values, derive)
 KINDS = {"triple": _triple, "matmul_triple": _matmul_triple, "square": _square, "trunc": _trunc,
-         "and_triple": _and_triple, "sign": _sign, "select": _select, "sign_gates": _sign_gates, "trunc_products": _trunc_products, "dp_noise": _dp_noise,
+         "and_triple": _and_triple, "sign": _sign, "select": _select, "select_scales": _select_scales, "sign_gates": _sign_gates, "trunc_products": _trunc_products, "dp_noise": _dp_noise,
          "dp_laplace": _dp_laplace}
 
 MAX_DIMS = 16
@@ -247,6 +272,8 @@ PARAMETERS = {"triple": {"shape_a": "shape", "shape_b": "shape"},
               "and_triple": {"words": (0, 1 << 40)},
               "sign": {"shape": "shape", "bits": (1, RING_BITS - 2), "digit_bits": (1, 8)},
               "select": {"shape": "shape", "bits": (1, RING_BITS - 2), "digit_bits": (1, 8), "factor": "shape"},
+              "select_scales": {"shape": "shape", "bits": (1, RING_BITS - 2), "digit_bits": (1, 8), "factor": "shape",
+                                "shifts": "list"},
               "sign_gates": {"shape": "shape", "bits": (1, RING_BITS - 2), "digit_bits": (1, 8), "gates": "list"},
               "trunc_products": {"shape": "shape", "bits": "list", "pairs": "list"},
               "dp_noise": {"shape": "shape", "variance_num": (1, (1 << 62) - 1),

@@ -50,7 +50,7 @@ def layernorm_cost(n: int, shape, var_lo: float = 1e-4, var_hi: float = 1e4) -> 
     rows = numel // shape[-1]
     d = shape[-1]
     return (truncate_cost(n, rows) + beaver.square_cost(n, numel) + truncate_cost(n, rows)
-            + inv_sqrt_cost(n, rows, d * var_lo, d * var_hi, _sum_bits(d, var_hi))
+            + inv_sqrt_cost(n, rows, d * var_lo, d * var_hi, _sum_bits(d, var_hi), multiplier=math.sqrt(d))
             + fixed.mul_cost(n, numel, rows, numel))
 
 

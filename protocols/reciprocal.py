@@ -16,6 +16,11 @@ inv_sqrt: with even exponents, m = x * 4^-e' in [1/4, 1), 1/sqrt(m) by y <- y (3
   from a quadratic of relative error 0.024, 2 iterations: 0.024 -> 8.9e-4 -> 1.2e-6.
 Every iterate, m and every intermediate come out of a truncation, so their products are
 local (truncation.FusedTruncations): an iteration costs 2 truncation rounds and no Beaver one.
+m itself is formed exactly (x 2^-top at 2f + g bits: _reduced). The result, y times the
+interval's 2^-top (2^-top/2 and a public multiplier for inv_sqrt), takes a Beaver product
+with the one-hot's scale and a truncation; for few values (_final_shifts: LayerNorm's rows,
+cross-entropy, DP norms) the last iterate is instead truncated by a shift per interval that
+the thresholds' bits select locally (comparison.ThresholdScale): 2 rounds fewer.
 log: log(x) = log(m) + (e+1) ln 2, log(m) by a degree-8 polynomial on [1/2, 1).
 Accuracy contract: relative error below 1e-4 for x in [lo, hi] given by the caller (the
 comparisons need |x - 2^j| < 2^(bits - f)); results outside [lo, hi] are clamped to the
@@ -26,20 +31,29 @@ import math
 import numpy as np
 import torch
 
+from mpcft.kernels import DEFAULT_FRACTIONAL_BITS
+
 from . import fixed
-from .comparison import below_thresholds, sign_bit, sign_cost
-from .cost import Cost
-from .truncation import FusedTruncations, truncate_cost
+from .comparison import (ROUND_BYTES, ThresholdScale, below_thresholds, sign_bit, sign_cost,
+                         threshold_scale_cost)
+from .cost import RING_BYTES, Cost
+from .truncation import VALID_BITS, FusedTruncations, truncate_cost
 
 
-def _exponent_onehot(ctx, x: torch.Tensor, thresholds: list, bits: int):
+def _exponent_onehot(ctx, x: torch.Tensor, thresholds: list, bits: int, final_shifts: list | None = None):
     """Arithmetic one-hot [len(thresholds)+1, *shape] of the interval of x among thresholds,
-    and x times it (local: comparison.below_thresholds)."""
-    below, x_below = below_thresholds(ctx, x, thresholds, bits)       # [x < t_j], x [x < t_j]
+    x times it (local: comparison.below_thresholds) and, with final_shifts, the
+    comparison.ThresholdScale that scales the result by a power of two per interval (else None)."""
+    if not final_shifts:
+        below, x_below = below_thresholds(ctx, x, thresholds, bits)       # [x < t_j], x [x < t_j]
+        scale = None
+    else:
+        scale = ThresholdScale(ctx, x, thresholds, bits, final_shifts)
+        below, x_below = scale.below, scale.x_below
     ones = ctx.public(1, below[:1].shape, frac_bits=0)
     at_least = torch.cat([ones, ones - below])          # b_j = [x >= t_j], with b_{-1} = 1
     x_at_least = torch.cat([x[None], x[None] - x_below])
-    return _onehot(at_least), _onehot(x_at_least)
+    return _onehot(at_least), _onehot(x_at_least), scale
 
 
 def _onehot(at_least: torch.Tensor) -> torch.Tensor:
@@ -47,10 +61,40 @@ def _onehot(at_least: torch.Tensor) -> torch.Tensor:
     return at_least - torch.cat([at_least[1:], torch.zeros_like(at_least[:1])])
 
 
+def _final_shifts(numel: int, tops: list, frac_bits: int, lifted: int = 0, divisor: int = 1,
+                  multiplier: float = 1.0):
+    """(shifts, e) where the result's final scaling by 2^(-top / divisor) of x's interval goes
+    through comparison.ThresholdScale: the last iterate, at 2f + lifted fractional bits and
+    below 2^(2f + lifted + 1), times round(multiplier 2^e), truncated by f + lifted + e +
+    top / divisor. Else None: where its about 4 T + 2 dealer values per value cost more than
+    the two rounds it saves (a Beaver product and its truncation; a round priced at
+    ROUND_BYTES), or the shifts or the product would leave the ring's range. e = 0 for the
+    multiplier 1."""
+    if numel * (4 * (len(tops) - 1) + 2) * RING_BYTES > 2 * ROUND_BYTES:
+        return None
+    f = frac_bits
+    e = 0 if multiplier == 1 else min(20, VALID_BITS - 1 - (2 * f + lifted + 1) - math.ceil(math.log2(multiplier)),
+                                      VALID_BITS - 1 - (f + lifted) - max(tops) // divisor)
+    shifts = [f + lifted + e + t // divisor for t in tops]
+    if e < 0 or min(shifts) < 1:
+        return None
+    return shifts, e
+
+
 def _scale_sum(ctx, onehot: torch.Tensor, values) -> torch.Tensor:
     """sum_j onehot_j * values_j for public reals: local (onehot has scale 1)."""
     enc = ctx.fp.encode(torch.tensor(values, dtype=torch.float64)).to(onehot.device)
     return (onehot * enc.reshape((-1,) + (1,) * (onehot.ndim - 1))).sum(0)
+
+
+def _reduced(ctx, x_onehot: torch.Tensor, tops: list) -> tuple:
+    """(x 2^-top of x's interval at 2f + g fractional bits, f + g) with g = max(0, max(tops) - f):
+    the powers of two exactly, also below 2^-f, where f-bit encodings would round them (to 0
+    for top > f + 1)."""
+    f = ctx.frac_bits
+    g = max(0, max(tops) - f)
+    powers = torch.tensor([1 << (f + g - t) for t in tops], dtype=torch.int64, device=x_onehot.device)
+    return (x_onehot * powers.reshape((-1,) + (1,) * (x_onehot.ndim - 1))).sum(0), f + g
 
 
 def _range_exponents(lo: float, hi: float, step: int) -> list:
@@ -64,29 +108,36 @@ def reciprocal(ctx, x: torch.Tensor, lo: float = 1e-2, hi: float = 1e4, bits: in
     """1/x for x in [lo, hi]."""
     step, iterations, guess = _reciprocal_plan(x.numel())
     exps = _range_exponents(lo, hi, step)
-    onehot, x_onehot = _exponent_onehot(ctx, x, [2.0 ** j for j in exps], bits)
     # interval k holds x in [2^(exps[k-1]), 2^(exps[k])): scale by 2^-exps[k] into [2^-step, 1)
     tops = [exps[0]] + [j + step for j in exps]
+    f, final = ctx.frac_bits, _final_shifts(x.numel(), tops, ctx.frac_bits)
+    at_the_end = final is not None
+    onehot, x_onehot, scaled = _exponent_onehot(ctx, x, [2.0 ** j for j in exps], bits, at_the_end and final[0])
     scales = [2.0 ** -t for t in tops]
-    scale = _scale_sum(ctx, onehot, scales)
     pairs = [p for y in range(1, 2 * iterations, 2) for p in ((0, y), (y, y + 1))]
-    newton = _Newton(ctx, _scale_sum(ctx, x_onehot, scales), guess, [ctx.frac_bits] * 2 * iterations, pairs)
+    newton = _Newton(ctx, _reduced(ctx, x_onehot, tops), guess, [f] * (2 * iterations - at_the_end), pairs)
     for y in range(1, 2 * iterations, 2):       # y <- 2y - (m y) y
         (m_y,) = newton.truncate(newton.product(0, y))
-        newton.truncate(newton.lifted(y, 2) - newton.product(y, m_y))
-    return fixed.mul(ctx, newton.outputs[-1], scale)
+        last = newton.lifted(y, 2) - newton.product(y, m_y)
+        if y + 2 < 2 * iterations or not at_the_end:
+            newton.truncate(last)
+    if at_the_end:                              # y 2^-top, truncated by f + top
+        return scaled.truncate(last)
+    return fixed.mul(ctx, newton.outputs[-1], _scale_sum(ctx, onehot, scales))
 
 
 class _Newton:
-    """Newton iterations on m = raw / 2^f from the guess y0 = c0 + c1 m + c2 m^2, each value a
-    truncation output (truncation.FusedTruncations), so that every product of two of them,
-    m^2 included, is local and an iteration costs only its truncation rounds. Truncation 0 is
-    m, 1 is y0, then `shifts` in order; `pairs` are the products the iterations take."""
+    """Newton iterations on m = raw / 2^raw_shift (reduced: _reduced) from the guess
+    y0 = c0 + c1 m + c2 m^2, each value a truncation output (truncation.FusedTruncations), so
+    that every product of two of them, m^2 included, is local and an iteration costs only its
+    truncation rounds. Truncation 0 is m, 1 is y0, then `shifts` in order; `pairs` are the
+    products the iterations take."""
 
-    def __init__(self, ctx, raw, guess, shifts: list, pairs: list):
+    def __init__(self, ctx, reduced: tuple, guess, shifts: list, pairs: list):
         self.ctx, f = ctx, ctx.frac_bits
         self.f, e = f, _GUESS_BITS
-        self.fused = FusedTruncations(ctx, raw.shape, [f, f + e] + shifts, [(0, 0)] + pairs)
+        raw, raw_shift = reduced
+        self.fused = FusedTruncations(ctx, raw.shape, [raw_shift, f + e] + shifts, [(0, 0)] + pairs)
         (m,) = self.fused.truncate({0: raw})
         self.outputs = [m]
         c0, c1, c2 = guess            # y0 at 2f + e fractional bits, truncated by f + e
@@ -137,15 +188,24 @@ def inv_sqrt(ctx, x: torch.Tensor, lo: float = 1e-4, hi: float = 1e4, bits: int 
              multiplier: float = 1.0) -> torch.Tensor:
     """multiplier / sqrt(x) for x in [lo, hi] (the public multiplier costs nothing extra)."""
     exps = _range_exponents(lo, hi, 2)
-    onehot, x_onehot = _exponent_onehot(ctx, x, [2.0 ** j for j in exps], bits)
     tops = [exps[0]] + [j + 2 for j in exps]            # x * 2^-top in [1/4, 1)
-    root_scale = _scale_sum(ctx, onehot, [multiplier * 2.0 ** (-t / 2) for t in tops])
-    f = ctx.frac_bits
+    if not multiplier > 0:
+        raise ValueError(f"inv_sqrt's multiplier must be positive, got {multiplier}")
+    # the last iterate (at 2f + 1 bits, below 2^(2f + 2)) times the multiplier at e more bits
+    f, final = ctx.frac_bits, _final_shifts(x.numel(), tops, ctx.frac_bits, 1, 2, multiplier)
+    at_the_end = final is not None
+    onehot, x_onehot, scaled = _exponent_onehot(ctx, x, [2.0 ** j for j in exps], bits, at_the_end and final[0])
     pairs = [p for y in range(1, 3 * _RSQRT_ITERATIONS, 3) for p in ((y, y), (0, y), (y + 1, y + 2))]
-    newton = _Newton(ctx, _scale_sum(ctx, x_onehot, [2.0 ** -t for t in tops]), _RSQRT_GUESS, [f, f, f + 1] * _RSQRT_ITERATIONS, pairs)
+    shifts = [f, f, f + 1] * _RSQRT_ITERATIONS
+    newton = _Newton(ctx, _reduced(ctx, x_onehot, tops), _RSQRT_GUESS, shifts[:len(shifts) - at_the_end], pairs)
     for y in range(1, 3 * _RSQRT_ITERATIONS, 3):       # y <- (3y - (m y) y^2) / 2, in two rounds
         y_squared, m_y = newton.truncate(newton.product(y, y), newton.product(0, y))
-        newton.truncate(newton.lifted(y, 3) - newton.product(y_squared, m_y))
+        last = newton.lifted(y, 3) - newton.product(y_squared, m_y)
+        if y + 3 < 3 * _RSQRT_ITERATIONS or not at_the_end:
+            newton.truncate(last)
+    if at_the_end:                              # multiplier y 2^-top/2, truncated by f + 1 + e + top/2
+        return scaled.truncate(last * round(multiplier * 2.0 ** final[1]))
+    root_scale = _scale_sum(ctx, onehot, [multiplier * 2.0 ** (-t / 2) for t in tops])
     return fixed.mul(ctx, newton.outputs[-1], root_scale)
 
 
@@ -179,7 +239,7 @@ _LOG_COEFFS = np.polynomial.polynomial.polyfit(np.linspace(0.5, 1.0, 2001) - 0.7
 def log(ctx, x: torch.Tensor, lo: float = 1e-4, hi: float = 1e4, bits: int = 40) -> torch.Tensor:
     """Natural logarithm for x in [lo, hi]; absolute error ~1e-5 + 2^-(f+1) / x (encoding of x)."""
     exps = _range_exponents(lo, hi, 1)
-    onehot, x_onehot = _exponent_onehot(ctx, x, [2.0 ** j for j in exps], bits)
+    onehot, x_onehot, _ = _exponent_onehot(ctx, x, [2.0 ** j for j in exps], bits)
     tops = [exps[0]] + [j + 1 for j in exps]
     offset = _scale_sum(ctx, onehot, [t * math.log(2.0) for t in tops])
     m = _scale_sum(ctx, x_onehot, [2.0 ** -t for t in tops]) + fixed.ring_constant(ctx, -0.75, 2 * ctx.frac_bits)
@@ -190,22 +250,32 @@ def _thresholds(lo: float, hi: float, step: int) -> int:
     return len(_range_exponents(lo, hi, step))
 
 
-def _newton_cost(n: int, numel: int, rounds: list) -> Cost:
-    """Truncations of m and y0, `rounds` (values truncated per round), the final product with
-    the scale."""
+def _newton_cost(n: int, numel: int, thresholds: int, bits: int, rounds: list, final) -> Cost:
+    """The range reduction's comparison, truncations of m and y0, `rounds` (values truncated
+    per round), the final product with the scale, or with `final` (_final_shifts) the
+    ThresholdScale's truncation in place of the last round and that product."""
     total = truncate_cost(n, numel) + truncate_cost(n, numel)
-    for values in rounds:
+    for values in rounds[:-1]:
         total = total + truncate_cost(n, values * numel)
-    return total + fixed.mul_cost(n, numel, numel)
+    if final is not None:
+        return threshold_scale_cost(n, numel, thresholds, bits) + total
+    return (sign_cost(n, thresholds * numel, bits, factor=numel) + total + truncate_cost(n, rounds[-1] * numel)
+            + fixed.mul_cost(n, numel, numel))
 
 
-def reciprocal_cost(n: int, numel: int, lo: float = 1e-2, hi: float = 1e4, bits: int = 40) -> Cost:
+def reciprocal_cost(n: int, numel: int, lo: float = 1e-2, hi: float = 1e4, bits: int = 40,
+                    frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
     step, iterations, _ = _reciprocal_plan(numel)
-    return sign_cost(n, _thresholds(lo, hi, step) * numel, bits, factor=numel) + _newton_cost(n, numel, [1, 1] * iterations)
+    exps = _range_exponents(lo, hi, step)
+    final = _final_shifts(numel, [exps[0]] + [j + step for j in exps], frac_bits)
+    return _newton_cost(n, numel, len(exps), bits, [1, 1] * iterations, final)
 
 
-def inv_sqrt_cost(n: int, numel: int, lo: float = 1e-4, hi: float = 1e4, bits: int = 40) -> Cost:
-    return sign_cost(n, _thresholds(lo, hi, 2) * numel, bits, factor=numel) + _newton_cost(n, numel, [2, 1] * _RSQRT_ITERATIONS)
+def inv_sqrt_cost(n: int, numel: int, lo: float = 1e-4, hi: float = 1e4, bits: int = 40, multiplier: float = 1.0,
+                  frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
+    exps = _range_exponents(lo, hi, 2)
+    final = _final_shifts(numel, [exps[0]] + [j + 2 for j in exps], frac_bits, 1, 2, multiplier)
+    return _newton_cost(n, numel, len(exps), bits, [2, 1] * _RSQRT_ITERATIONS, final)
 
 
 def log_cost(n: int, numel: int, lo: float = 1e-4, hi: float = 1e4, bits: int = 40) -> Cost:

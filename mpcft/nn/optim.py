@@ -184,5 +184,5 @@ def sgd_cost(n: int, numel: int, momentum: bool = True, weight_decay: bool = Fal
 def adamw_cost(n: int, numel: int, clip: float = 1.0, eps: float = 1e-4) -> Cost:
     lo, hi = adamw_range(clip, eps)
     return (comparison.clamp_cost(n, numel) + beaver.square_cost(n, numel) + truncate_cost(n, 2 * numel)
-            + truncate_cost(n, numel) + reciprocal.inv_sqrt_cost(n, numel, lo, hi)
+            + truncate_cost(n, numel) + reciprocal.inv_sqrt_cost(n, numel, lo, hi, multiplier=2.0 ** 10)
             + fixed.mul_cost(n, numel, numel) + truncate_cost(n, numel))

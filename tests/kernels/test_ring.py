@@ -82,3 +82,15 @@ def test_bad_inputs_are_rejected_clearly():
         K.lshift(np.zeros(3, np.int64), 64)
     with pytest.raises(ValueError, match="shift"):
         K.rshift_arith(torch.zeros(3, dtype=torch.int64), -1)
+
+
+@given(arrays, st.integers(1, 8))
+def test_low_bytes_and_their_join_match_python_ints(a, width):
+    from mpcft.kernels.ring import join_low_bytes, low_bytes
+    x = torch.from_numpy(a)
+    packed = low_bytes(x, width)
+    values = as_ints(a).reshape(-1).tolist()
+    want = [(v % MOD) >> (8 * b) & 0xFF for v in values for b in range(width)]
+    assert packed.dtype == torch.uint8 and packed.tolist() == want
+    joined = join_low_bytes(packed, width)
+    assert [v % MOD for v in joined.tolist()] == [v % (1 << (8 * width)) for v in values]

@@ -159,6 +159,31 @@ def gate_transcript(session, x, y):
     return [t.reshape(-1) for t in recording.received[start:]]
 
 
+def threshold_scale(session, x, v, thresholds, shifts):
+    """comparison.ThresholdScale of party 0's x, truncating party n-1's v (raw ring values):
+    the opened below, x_below (decoded), the scaled v (ring) and the measured cost."""
+    from mpcft.protocols.comparison import ThresholdScale
+    ctx = MPCContext(session)
+    X, V = owned(ctx, x, 0), owned(ctx, v, session.world_size - 1)
+    scale, first = measured(session, lambda: ThresholdScale(ctx, X.share, thresholds, 32, shifts))
+    out, second = measured(session, lambda: scale.truncate(V.share))
+    cost = (first[0] + second[0], first[1] + second[1])
+    return (sharing.open_(ctx, scale.below), ctx.fp.decode(sharing.open_(ctx, scale.x_below)),
+            sharing.open_(ctx, out), cost)
+
+
+def threshold_scale_transcript(session, x, v):
+    """Every party's view of a ThresholdScale's truncation round (x party 0's, v party 1's)."""
+    from mpcft.protocols.comparison import ThresholdScale
+    recording = RecordingSession(session)
+    ctx = MPCContext(recording)
+    X, V = owned(ctx, x, 0), owned(ctx, v, 1)
+    scale = ThresholdScale(ctx, X.share, [1.0, 4.0], 32, [20, 21, 23])
+    start = len(recording.received)
+    scale.truncate(V.share << 20)
+    return [t.reshape(-1) for t in recording.received[start:]]
+
+
 def coarse_sign_transcript(session, x, bits, resolution_bits):
     """The first round of a coarse select_negative of x (party 0's): every party's view, as
     the low 16 bits of each value's masked, shifted share (open_low's bytes: the opened
@@ -276,6 +301,9 @@ def clamp_bounds(x):
     return -scale / 3, scale / 2
 
 
+WIDE_INV_SQRT = (384 * 1e-4, 384 * 1e4, 44)     # LayerNorm's inv_sqrt range and width, d = 384
+
+
 def nonlinear(session, inputs, device=None):
     """Every non-linear function on its own input (party 0's); decoded outputs and costs."""
     from mpcft.protocols import activations, exponential, layernorm, reciprocal, softmax
@@ -292,6 +320,9 @@ def nonlinear(session, inputs, device=None):
     run("exp_clamped", lambda: exponential.exp(ctx, shared["exp_wide"], clamp=True))
     run("reciprocal", lambda: reciprocal.reciprocal(ctx, shared["reciprocal"]))
     run("inv_sqrt", lambda: reciprocal.inv_sqrt(ctx, shared["inv_sqrt"]))
+    run("reciprocal_many", lambda: reciprocal.reciprocal(ctx, shared["reciprocal_many"]))
+    for name in ("inv_sqrt_wide", "inv_sqrt_wide_many"):
+        run(name, lambda: reciprocal.inv_sqrt(ctx, shared[name], *WIDE_INV_SQRT, multiplier=384 ** 0.5))
     run("log", lambda: reciprocal.log(ctx, shared["log"]))
     run("gelu", lambda: activations.gelu(ctx, shared["gelu"], with_grad=True))
     run("tanh", lambda: activations.tanh(ctx, shared["gelu"]))

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from mpcft.kernels import FixedPoint
-from mpcft.protocols.comparison import clamp_cost, digit_bits_for, max_along_cost, sign_cost, sign_gate_cost
+from mpcft.protocols.comparison import (clamp_cost, digit_bits_for, max_along_cost, sign_cost, sign_gate_cost,
+                                       threshold_scale_cost)
 from mpcft.protocols.correlations import CorrelationDealer, correction_bytes
 from mpcft.runtime import run_threads, spawn
 
@@ -133,3 +134,35 @@ def test_rounds_formula():
     assert digit_bits_for(1 << 20, 14) == 4
     assert sign_cost(2, 64, digit_bits=4, factor=64).bytes_sent == 8 * (
         64 * 2 + (2 * (8 + 7) + 2 * (4 + 3) + 2 * (2 + 1) + 2 * (1 + 0)) + 1)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_threshold_scale_truncates_by_the_intervals_shift(n):
+    gen = torch.Generator().manual_seed(n)
+    x = torch.exp(torch.rand(400, generator=gen, dtype=torch.float64) * 9 - 3)     # 0.05 .. 400
+    x[:3] = torch.tensor([1.0, 4.0, 64.0])                                           # on thresholds
+    v = (torch.rand(400, generator=gen, dtype=torch.float64) * 2 - 1) * 2.0 ** 30    # raw ring values
+    thresholds, shifts = [1.0, 4.0, 16.0, 64.0], [3, 20, 22, 24, 30]
+    below, x_below, out, cost = run_threads(programs.threshold_scale, n, x, v, thresholds, shifts,
+                                            dealer_handler=CorrelationDealer)[0]
+    xe = FP.decode(FP.encode(x))
+    want_below = (xe[None] < torch.tensor(thresholds, dtype=torch.float64)[:, None]).long()
+    assert torch.equal(below, want_below) and torch.equal(x_below, xe * want_below)
+    interval = (1 - want_below).sum(0)
+    floor = FP.encode(v) >> torch.tensor(shifts)[interval]
+    assert ((out - floor == 0) | (out - floor == 1)).all()          # stochastic rounding
+    assert cost == astuple(threshold_scale_cost(n, 400, len(thresholds), 32))
+
+
+def test_select_scales_layout():
+    # "select" plus r_top, an r_mid per shift and, per threshold, beta r_top (in max(m) + 1
+    # bits), beta r_mid_(j-1) and beta r_mid_j (8 bytes)
+    select = {"shape": [3, 5], "bits": 20, "digit_bits": 4, "factor": [5]}
+    scales = dict(select, shifts=[20, 22, 30, 40])
+    assert correction_bytes("select_scales", scales) == correction_bytes("select", select) + (
+        5 * 6 + 4 * 5 * 8 + 15 * 6 + 2 * 15 * 8)
+    for shape, factor, shifts in (([3, 5], [1, 5], [20] * 4), ([3, 5], [5], [20] * 3), ([15], [15], [20] * 16),
+                                  ([3, 5], [5], [20, 0, 20, 20])):
+        with pytest.raises(ValueError):
+            correction_bytes("select_scales", dict(select, shape=shape, factor=factor, shifts=shifts))

@@ -29,6 +29,11 @@ def make_inputs():
         "exp": -u(500) * 30, "exp_wide": -u(200) * 400,
         "reciprocal": torch.logspace(-2, 4, 300, dtype=torch.float64),
         "inv_sqrt": torch.logspace(-3.5, 3.9, 300, dtype=torch.float64),
+        # more values: the final scaling by a Beaver product instead of comparison.ThresholdScale
+        "reciprocal_many": torch.logspace(-2, 4, 3000, dtype=torch.float64),
+        # LayerNorm's sums of squares (d = 384, variances 1e-4..1e4): scales 2^-top below 2^-f
+        "inv_sqrt_wide": torch.logspace(-1.4, 6.58, 300, dtype=torch.float64),
+        "inv_sqrt_wide_many": torch.logspace(-1.4, 6.58, 3000, dtype=torch.float64),
         "log": torch.logspace(-3, 4, 300, dtype=torch.float64),
         "gelu": torch.cat([torch.linspace(-20, 20, 801, dtype=torch.float64), u(200) * 8 - 4]),
         "softmax": logits, "mask": u(6, 16) > 0.3, "softmax_grad": u(6, 16) - 0.5,
@@ -56,6 +61,9 @@ def expected(inp):
     return {
         "exp": torch.exp(inp["exp"]), "exp_clamped": torch.exp(inp["exp_wide"]),
         "reciprocal": 1 / inp["reciprocal"], "inv_sqrt": 1 / torch.sqrt(inp["inv_sqrt"]),
+        "reciprocal_many": 1 / inp["reciprocal_many"],
+        "inv_sqrt_wide": 384 ** 0.5 / torch.sqrt(inp["inv_sqrt_wide"]),
+        "inv_sqrt_wide_many": 384 ** 0.5 / torch.sqrt(inp["inv_sqrt_wide_many"]),
         "log": torch.log(inp["log"]), "gelu": [gelu, dgelu], "tanh": torch.tanh(x),
         "sigmoid": torch.sigmoid(x), "softmax": y, "softmax_masked": masked,
         "softmax_backward": sm_grad, "layernorm": [xhat.detach(), rstd],
@@ -66,7 +74,11 @@ def expected(inp):
 BOUNDS = {"exp": 2e-4, "exp_clamped": 2e-4, "log": 1e-3, "gelu": [2e-3, 5e-3], "tanh": 2e-3,
           "sigmoid": 2e-3, "softmax": 1e-3, "softmax_masked": 1e-3, "softmax_backward": 2e-3,
           "layernorm": [2e-3, None], "layernorm_backward": 2e-3, "cross_entropy": [2e-3, 2e-3]}
-RELATIVE = {"reciprocal": 1e-3, "inv_sqrt": 1e-3}
+RELATIVE = {"reciprocal": 1e-3, "inv_sqrt": 1e-3, "reciprocal_many": 1e-3, "inv_sqrt_wide": 1e-3,
+            "inv_sqrt_wide_many": 1e-3}
+
+
+WIDE = programs.WIDE_INV_SQRT         # (lo, hi, bits) of LayerNorm's sums of squares, d = 384
 
 
 def errors(got, want):
@@ -136,6 +148,9 @@ def test_measured_communication_equals_declared_costs(n):
     declared = {
         "exp": E.exp_cost(n, 500), "exp_clamped": E.exp_cost(n, 200, clamp=True),
         "reciprocal": R.reciprocal_cost(n, 300), "inv_sqrt": R.inv_sqrt_cost(n, 300),
+        "reciprocal_many": R.reciprocal_cost(n, 3000),
+        "inv_sqrt_wide": R.inv_sqrt_cost(n, 300, *WIDE, multiplier=384 ** 0.5),
+        "inv_sqrt_wide_many": R.inv_sqrt_cost(n, 3000, *WIDE, multiplier=384 ** 0.5),
         "log": R.log_cost(n, 300), "gelu": A.gelu_cost(n, 1001, with_grad=True),
         "tanh": A.tanh_cost(n, 1001), "sigmoid": A.sigmoid_cost(n, 1001),
         "softmax": S.softmax_cost(n, (6, 16)), "softmax_masked": S.softmax_cost(n, (6, 16)),
