@@ -218,9 +218,17 @@ def below_thresholds(ctx, x: torch.Tensor, thresholds: list, bits: int = FULL_BI
     one comparison of the stacked x - t_j (valid for |x - t_j| < 2^bits) in sign_bit's rounds,
     x opened masked once beside its first round so that every x * s_j is local.
     Cost: sign_cost(n, len(thresholds) * numel, bits, factor=numel)."""
+    below, x_below, *_ = _below(ctx, x, thresholds, bits)
+    return below, x_below
+
+
+def _below(ctx, x: torch.Tensor, thresholds: list, bits: int, shifts: list | None = None):
+    """below_thresholds' (s_j, x s_j), then A, B, beta and the correlation ("select_scales"
+    with `shifts`: ThresholdScale)."""
     t = torch.stack([x + ctx.public(-float(v)) for v in thresholds])
-    coeff_a, coeff_b, beta, x_beta, _ = _sign(ctx, t, bits, None, x)
-    return _constant(ctx, coeff_a) + coeff_b * beta, coeff_a * x + coeff_b * x_beta
+    coeff_a, coeff_b, beta, x_beta, correlation = _sign(ctx, t, bits, None, x, shifts=shifts)
+    return (_constant(ctx, coeff_a) + coeff_b * beta, coeff_a * x + coeff_b * x_beta,
+            coeff_a, coeff_b, beta, correlation)
 
 
 class ThresholdScale:
@@ -244,10 +252,8 @@ class ThresholdScale:
             raise ValueError(f"{len(thresholds)} thresholds make {len(thresholds) + 1} intervals, "
                              f"got {len(shifts)} shifts")
         self.ctx, self.shifts = ctx, [int(m) for m in shifts]
-        t = torch.stack([x + ctx.public(-float(v)) for v in thresholds])
-        self._a, self._b, self._beta, x_beta, self._correlation = _sign(ctx, t, bits, None, x, shifts=self.shifts)
-        self.below = _constant(ctx, self._a) + self._b * self._beta
-        self.x_below = self._a * x + self._b * x_beta
+        self.below, self.x_below, self._a, self._b, self._beta, self._correlation = _below(
+            ctx, x, thresholds, bits, self.shifts)
         self._truncated = False
 
     def truncate(self, value: torch.Tensor) -> torch.Tensor:

@@ -76,7 +76,7 @@ def _final_shifts(numel: int, tops: list, frac_bits: int, lifted: int = 0, divis
     e = 0 if multiplier == 1 else min(20, VALID_BITS - 1 - (2 * f + lifted + 1) - math.ceil(math.log2(multiplier)),
                                       VALID_BITS - 1 - (f + lifted) - max(tops) // divisor)
     shifts = [f + lifted + e + t // divisor for t in tops]
-    if e < 0 or min(shifts) < 1:
+    if e < 0 or min(shifts) < 1 or max(shifts) >= VALID_BITS:
         return None
     return shifts, e
 
@@ -112,7 +112,7 @@ def reciprocal(ctx, x: torch.Tensor, lo: float = 1e-2, hi: float = 1e4, bits: in
     tops = [exps[0]] + [j + step for j in exps]
     f, final = ctx.frac_bits, _final_shifts(x.numel(), tops, ctx.frac_bits)
     at_the_end = final is not None
-    onehot, x_onehot, scaled = _exponent_onehot(ctx, x, [2.0 ** j for j in exps], bits, at_the_end and final[0])
+    onehot, x_onehot, scaled = _exponent_onehot(ctx, x, [2.0 ** j for j in exps], bits, final[0] if at_the_end else None)
     scales = [2.0 ** -t for t in tops]
     pairs = [p for y in range(1, 2 * iterations, 2) for p in ((0, y), (y, y + 1))]
     newton = _Newton(ctx, _reduced(ctx, x_onehot, tops), guess, [f] * (2 * iterations - at_the_end), pairs)
@@ -194,7 +194,7 @@ def inv_sqrt(ctx, x: torch.Tensor, lo: float = 1e-4, hi: float = 1e4, bits: int 
     # the last iterate (at 2f + 1 bits, below 2^(2f + 2)) times the multiplier at e more bits
     f, final = ctx.frac_bits, _final_shifts(x.numel(), tops, ctx.frac_bits, 1, 2, multiplier)
     at_the_end = final is not None
-    onehot, x_onehot, scaled = _exponent_onehot(ctx, x, [2.0 ** j for j in exps], bits, at_the_end and final[0])
+    onehot, x_onehot, scaled = _exponent_onehot(ctx, x, [2.0 ** j for j in exps], bits, final[0] if at_the_end else None)
     pairs = [p for y in range(1, 3 * _RSQRT_ITERATIONS, 3) for p in ((y, y), (0, y), (y + 1, y + 2))]
     shifts = [f, f, f + 1] * _RSQRT_ITERATIONS
     newton = _Newton(ctx, _reduced(ctx, x_onehot, tops), _RSQRT_GUESS, shifts[:len(shifts) - at_the_end], pairs)
