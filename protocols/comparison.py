@@ -33,7 +33,7 @@ from mpcft.kernels.ring import RING_BITS, bit, low_bits, msb
 
 from .binary import and_, and_cost, open_bits
 from .cost import FREE, Cost, open_cost
-from .sharing import open_low, open_low_cost, open_many
+from .sharing import open_, open_low, open_low_cost, open_many
 from .truncation import VALID_BITS, truncate_cost
 
 FULL_BITS = 62   # any |x| < 2^62, the range of truncation
@@ -194,10 +194,16 @@ class SignGate:
         for k, (c, m) in enumerate(zip(opened, self.gates)):
             top, mid, top_beta, mid_beta = derived[4 * k:4 * k + 4]
             y = trunc_reconstruct(c, top, mid, m, first)
-            c_top, shift = msb(c), RING_BITS - 1 - m
-            y_beta = truncation_public(c, m) * self._beta + (((1 - 2 * c_top) * top_beta) << shift) - mid_beta
-            out.append(self._a * y + self._b * y_beta)
+            out.append(self._a * y + self._b * _beta_times_truncated(c, m, self._beta, top_beta, mid_beta))
         return out
+
+
+def _beta_times_truncated(c, m: int, beta, top_beta, mid_beta):
+    """Shares of beta y for the truncation output y = P + M of the opened c by m bits
+    (protocols/truncation.py): P beta + 2^(63-m) (1 - 2 c_top) r_top beta - r_mid beta, from
+    the dealer's r_top beta and r_mid beta."""
+    flip = 1 - 2 * msb(c)
+    return truncation_public(c, m) * beta + ((flip * top_beta) << (RING_BITS - 1 - m)) - mid_beta
 
 
 def sign_gate_cost(n: int, numel: int, bits: int, gates: int, digit_bits: int | None = None) -> Cost:
@@ -263,19 +269,16 @@ class ThresholdScale:
         self._truncated = True
         ctx, first = self.ctx, self.ctx.rank == 0
         mask = self._correlation.random[3]
-        (c,) = open_many(ctx, [value + mask + ((1 << VALID_BITS) if first else 0)])
+        c = open_(ctx, value + mask + ((1 << VALID_BITS) if first else 0))
         top, *rest = self._correlation.derived()[4:]
         mids, (top_beta, prev_beta, next_beta) = rest[:len(self.shifts)], rest[len(self.shifts):]
-        ys = [trunc_reconstruct(c, top, mid, m, first) for mid, m in zip(mids, self.shifts)]
-        flip_top_beta = (1 - 2 * msb(c)) * top_beta
-
-        def beta_times(j, k, mid_beta):     # beta_j Y_k
-            return (truncation_public(c, self.shifts[k]) * self._beta[j]
-                    + (flip_top_beta[j] << (RING_BITS - 1 - self.shifts[k])) - mid_beta)
+        m = self.shifts
+        ys = [trunc_reconstruct(c, top, mid, shift, first) for mid, shift in zip(mids, m)]
         # threshold j (0-based) separates intervals j and j + 1
         steps = torch.stack([ys[j + 1] - ys[j] for j in range(len(ys) - 1)])
-        beta_steps = torch.stack([beta_times(j, j + 1, next_beta[j]) - beta_times(j, j, prev_beta[j])
-                                  for j in range(len(ys) - 1)])
+        beta_steps = torch.stack([
+            _beta_times_truncated(c, m[j + 1], self._beta[j], top_beta[j], next_beta[j])
+            - _beta_times_truncated(c, m[j], self._beta[j], top_beta[j], prev_beta[j]) for j in range(len(ys) - 1)])
         return ys[-1] - (self._a * steps + self._b * beta_steps).sum(0)
 
 

@@ -162,7 +162,7 @@ def _select_scales(p):
     def derive(r, s, a, mask):
         out = derive_select(r, s, a)
         beta, top = out[2], msb(mask)
-        mids = torch.stack([rshift_logical(low_bits(mask, RING_BITS - 1), m) for m in shifts])
+        mids = torch.stack([_trunc_masks(mask, m)[1] for m in shifts])
         return out + [top, *mids, beta * top, beta * mids[:-1], beta * mids[1:]]
     # r_top and its products with beta are read times 2^(63 - m_k): their low max(m_k) + 1 bits
     top = max(shifts) + 1
@@ -320,9 +320,9 @@ def layout_id(kind: str, params: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-# kinds whose every value has the request's shape (packed bits: its words, last): a large
-# correlation of one of them can be dealt in pieces of its elements
-# ("select" where its factor has the whole shape)
+# kinds whose every value has the shape of each of their shape parameters (packed bits: its
+# words, last) where those are all one: a large correlation of one of them can be dealt in
+# pieces of its elements ("select" where its factor has the whole shape)
 ELEMENTWISE = ("square", "trunc", "sign", "select", "sign_gates", "trunc_products")
 
 
@@ -333,11 +333,11 @@ def split_layout(kind: str, params: dict, max_elements: int) -> list | None:
     if kind not in ELEMENTWISE:
         return None
     total, numel = _elements(_spec(kind, params)), math.prod(params["shape"])
-    if total <= max_elements or numel <= 64 or (kind == "select" and list(params["factor"]) != list(params["shape"])):
+    shapes = [name for name, rule in PARAMETERS[kind].items() if rule == "shape"]
+    if total <= max_elements or numel <= 64 or any(list(params[name]) != list(params["shape"]) for name in shapes):
         return None
     chunk = max(64, max_elements // -(-total // numel) // 64 * 64)
-    whole = ("shape", "factor") if kind == "select" else ("shape",)
-    return [dict(params, **{name: [min(chunk, numel - start)] for name in whole}) for start in range(0, numel, chunk)]
+    return [dict(params, **{name: [min(chunk, numel - start)] for name in shapes}) for start in range(0, numel, chunk)]
 
 
 def join_pieces(kind: str, params: dict, pieces: list) -> "Correlation":

@@ -21,7 +21,7 @@ interval's 2^-top (2^-top/2 and a public multiplier for inv_sqrt), takes a Beave
 with the one-hot's scale and a truncation; for few values (_final_shifts: LayerNorm's rows,
 cross-entropy, DP norms) the last iterate is instead truncated by a shift per interval that
 the thresholds' bits select locally (comparison.ThresholdScale): 2 rounds fewer.
-log: log(x) = log(m) + (e+1) ln 2, log(m) by a degree-8 polynomial on [1/2, 1).
+log: log(x) = log(m) + (e+1) ln 2, log(m) by a degree-8 polynomial on [1/2, 1) (m exact too).
 Accuracy contract: relative error below 1e-4 for x in [lo, hi] given by the caller (the
 comparisons need |x - 2^j| < 2^(bits - f)); results outside [lo, hi] are clamped to the
 nearest end's exponent. Reveals nothing but the output shares.
@@ -104,12 +104,17 @@ def _range_exponents(lo: float, hi: float, step: int) -> list:
     return list(range(first + step, last, step))
 
 
+def _range_tops(lo: float, hi: float, step: int) -> tuple:
+    """(thresholds' exponents, tops): interval k holds x in [2^(exps[k-1]), 2^(exps[k])), and
+    x 2^-tops[k] lies in [2^-step, 1) there."""
+    exps = _range_exponents(lo, hi, step)
+    return exps, [exps[0]] + [j + step for j in exps]
+
+
 def reciprocal(ctx, x: torch.Tensor, lo: float = 1e-2, hi: float = 1e4, bits: int = 40) -> torch.Tensor:
     """1/x for x in [lo, hi]."""
     step, iterations, guess = _reciprocal_plan(x.numel())
-    exps = _range_exponents(lo, hi, step)
-    # interval k holds x in [2^(exps[k-1]), 2^(exps[k])): scale by 2^-exps[k] into [2^-step, 1)
-    tops = [exps[0]] + [j + step for j in exps]
+    exps, tops = _range_tops(lo, hi, step)
     f, final = ctx.frac_bits, _final_shifts(x.numel(), tops, ctx.frac_bits)
     at_the_end = final is not None
     onehot, x_onehot, scaled = _exponent_onehot(ctx, x, [2.0 ** j for j in exps], bits, final[0] if at_the_end else None)
@@ -187,8 +192,7 @@ def _reciprocal_plan(numel: int) -> tuple:
 def inv_sqrt(ctx, x: torch.Tensor, lo: float = 1e-4, hi: float = 1e4, bits: int = 40,
              multiplier: float = 1.0) -> torch.Tensor:
     """multiplier / sqrt(x) for x in [lo, hi] (the public multiplier costs nothing extra)."""
-    exps = _range_exponents(lo, hi, 2)
-    tops = [exps[0]] + [j + 2 for j in exps]            # x * 2^-top in [1/4, 1)
+    exps, tops = _range_tops(lo, hi, 2)                 # x * 2^-top in [1/4, 1)
     if not multiplier > 0:
         raise ValueError(f"inv_sqrt's multiplier must be positive, got {multiplier}")
     # the last iterate (at 2f + 1 bits, below 2^(2f + 2)) times the multiplier at e more bits
@@ -238,12 +242,12 @@ _LOG_COEFFS = np.polynomial.polynomial.polyfit(np.linspace(0.5, 1.0, 2001) - 0.7
 
 def log(ctx, x: torch.Tensor, lo: float = 1e-4, hi: float = 1e4, bits: int = 40) -> torch.Tensor:
     """Natural logarithm for x in [lo, hi]; absolute error ~1e-5 + 2^-(f+1) / x (encoding of x)."""
-    exps = _range_exponents(lo, hi, 1)
+    exps, tops = _range_tops(lo, hi, 1)
     onehot, x_onehot, _ = _exponent_onehot(ctx, x, [2.0 ** j for j in exps], bits)
-    tops = [exps[0]] + [j + 1 for j in exps]
     offset = _scale_sum(ctx, onehot, [t * math.log(2.0) for t in tops])
-    m = _scale_sum(ctx, x_onehot, [2.0 ** -t for t in tops]) + fixed.ring_constant(ctx, -0.75, 2 * ctx.frac_bits)
-    return fixed.polynomial(ctx, m, ctx.frac_bits, list(_LOG_COEFFS)) + offset
+    raw, shift = _reduced(ctx, x_onehot, tops)                       # m at f + shift bits
+    m = raw + fixed.ring_constant(ctx, -0.75, ctx.frac_bits + shift)
+    return fixed.polynomial(ctx, m, shift, list(_LOG_COEFFS)) + offset
 
 
 def _thresholds(lo: float, hi: float, step: int) -> int:
@@ -266,15 +270,15 @@ def _newton_cost(n: int, numel: int, thresholds: int, bits: int, rounds: list, f
 def reciprocal_cost(n: int, numel: int, lo: float = 1e-2, hi: float = 1e4, bits: int = 40,
                     frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
     step, iterations, _ = _reciprocal_plan(numel)
-    exps = _range_exponents(lo, hi, step)
-    final = _final_shifts(numel, [exps[0]] + [j + step for j in exps], frac_bits)
+    exps, tops = _range_tops(lo, hi, step)
+    final = _final_shifts(numel, tops, frac_bits)
     return _newton_cost(n, numel, len(exps), bits, [1, 1] * iterations, final)
 
 
 def inv_sqrt_cost(n: int, numel: int, lo: float = 1e-4, hi: float = 1e4, bits: int = 40, multiplier: float = 1.0,
                   frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
-    exps = _range_exponents(lo, hi, 2)
-    final = _final_shifts(numel, [exps[0]] + [j + 2 for j in exps], frac_bits, 1, 2, multiplier)
+    exps, tops = _range_tops(lo, hi, 2)
+    final = _final_shifts(numel, tops, frac_bits, 1, 2, multiplier)
     return _newton_cost(n, numel, len(exps), bits, [2, 1] * _RSQRT_ITERATIONS, final)
 
 

@@ -14,6 +14,7 @@ from mpcft.kernels.ring import RING_BITS, check_ring, join_low_bytes, low_bits, 
 
 from .cost import FREE, RING_BYTES, Cost, open_cost, opening_cost
 
+
 def share(ctx, value, owner: int, shape) -> torch.Tensor:
     """Secret-share the owner's ring tensor `value` (others pass None); returns our share.
 
