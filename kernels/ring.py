@@ -132,6 +132,7 @@ _LITTLE_ENDIAN = sys.byteorder == "little"     # how an int64's bytes lie in mem
 
 def low_bytes(x: torch.Tensor, width: int) -> torch.Tensor:
     """The low `width` bytes of each int64, least significant first, as a flat uint8 tensor."""
+    width = _check_width(width)
     if x.device.type == "cpu":
         out = torch.empty(x.numel() * width, dtype=torch.uint8)
         _low_bytes(x.contiguous().numpy().reshape(-1), width, out.numpy())
@@ -141,29 +142,91 @@ def low_bytes(x: torch.Tensor, width: int) -> torch.Tensor:
     return low.contiguous().reshape(-1)
 
 
-def join_low_bytes(data: torch.Tensor, width: int) -> torch.Tensor:
-    """Inverse of low_bytes: int64 values from their low `width` bytes (higher bytes zero)."""
-    if data.device.type == "cpu":
-        out = torch.empty(data.numel() // width, dtype=torch.int64)
-        _join_low_bytes(data.contiguous().numpy().reshape(-1), width, out.numpy())
+def join_low_bytes(data: torch.Tensor, width: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse of low_bytes: int64 values from their low `width` bytes (higher bytes zero),
+    written into `out` (a contiguous int64 tensor of as many elements) where given."""
+    return _join(data, _check_width(width), out, add=False)
+
+
+def add_low_bytes(out: torch.Tensor, data: torch.Tensor, width: int) -> torch.Tensor:
+    """out += join_low_bytes(data, width), in one pass on the CPU; returns out."""
+    return _join(data, _check_width(width), out, add=True)
+
+
+def _check_width(width) -> int:
+    if not 1 <= int(width) <= 8:
+        raise ValueError(f"a width of 1 to 8 bytes, got {width}")
+    return int(width)
+
+
+def _join(data, width, out, add):
+    numel = data.numel() // width
+    if out is None:
+        out = torch.empty(numel, dtype=torch.int64, device=data.device)
+    elif out.dtype != torch.int64 or out.numel() != numel or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous int64 tensor of {numel} elements")
+    if data.device.type == "cpu" and out.device.type == "cpu":
+        _join_low_bytes(data.contiguous().numpy().reshape(-1), width, out.numpy().reshape(-1), add)
         return out
-    raw = data.new_zeros(data.numel() // width, 8)
+    raw = data.new_zeros(numel, 8)
     raw[:, :width] = data.reshape(-1, width)
-    return (raw if _LITTLE_ENDIAN else raw.flip(1)).contiguous().view(torch.int64).reshape(-1)
+    value = (raw if _LITTLE_ENDIAN else raw.flip(1)).contiguous().view(torch.int64).reshape(out.shape)
+    return out.add_(value.to(out.device)) if add else out.copy_(value)
 
 
-@numba.njit(nogil=True, cache=True)
-def _low_bytes(x, width, out):
+# One loop per width, so that each is unrolled and vectorised (about 10x the generic loop's speed).
+@numba.njit(nogil=True, inline="always")
+def _low_bytes_of_width(x, out, width):
     for k in range(x.size):
         v = x[k]
         for b in range(width):
             out[k * width + b] = (v >> (8 * b)) & 0xFF
 
 
-@numba.njit(nogil=True, cache=True)
-def _join_low_bytes(data, width, out):
+@numba.njit(nogil=True, inline="always")
+def _join_of_width(data, out, width, add):
     for k in range(out.size):
         v = np.int64(0)
         for b in range(width):
             v |= np.int64(data[k * width + b]) << (8 * b)
-        out[k] = v
+        out[k] = out[k] + v if add else v
+
+
+@numba.njit(nogil=True, cache=True)
+def _low_bytes(x, width, out):
+    if width == 1:
+        _low_bytes_of_width(x, out, 1)
+    elif width == 2:
+        _low_bytes_of_width(x, out, 2)
+    elif width == 3:
+        _low_bytes_of_width(x, out, 3)
+    elif width == 4:
+        _low_bytes_of_width(x, out, 4)
+    elif width == 5:
+        _low_bytes_of_width(x, out, 5)
+    elif width == 6:
+        _low_bytes_of_width(x, out, 6)
+    elif width == 7:
+        _low_bytes_of_width(x, out, 7)
+    else:
+        _low_bytes_of_width(x, out, 8)
+
+
+@numba.njit(nogil=True, cache=True)
+def _join_low_bytes(data, width, out, add):
+    if width == 1:
+        _join_of_width(data, out, 1, add)
+    elif width == 2:
+        _join_of_width(data, out, 2, add)
+    elif width == 3:
+        _join_of_width(data, out, 3, add)
+    elif width == 4:
+        _join_of_width(data, out, 4, add)
+    elif width == 5:
+        _join_of_width(data, out, 5, add)
+    elif width == 6:
+        _join_of_width(data, out, 6, add)
+    elif width == 7:
+        _join_of_width(data, out, 7, add)
+    else:
+        _join_of_width(data, out, 8, add)

@@ -458,7 +458,10 @@ def party_correlation(kind: str, params: dict, number: int, seed: bytes, rank: i
             if tensor.dtype != dtype or tuple(tensor.shape) != (size,):
                 raise ValueError(f"dealer correction for {kind!r} is {tensor.dtype} of shape "
                                  f"{tuple(tensor.shape)}, expected {dtype} of shape {(size,)}")
-            value[start:stop] = tensor if width == 8 else join_low_bytes(tensor, width)
+            if width == 8:
+                value[start:stop] = tensor
+            else:
+                join_low_bytes(tensor, width, out=value[start:stop])
         return [value.reshape(shape) for value, (shape, _) in zip(around, derived)]
     return Correlation(shares, with_corrections)
 

@@ -10,7 +10,7 @@ elements). Both reveal the same: the opened value.
 import torch
 
 from mpcft.kernels.prg import PRG, derive_seed
-from mpcft.kernels.ring import RING_BITS, check_ring, join_low_bytes, low_bits, low_bytes
+from mpcft.kernels.ring import RING_BITS, add_low_bytes, check_ring, join_low_bytes, low_bits, low_bytes
 
 from .cost import FREE, RING_BYTES, Cost, open_cost, opening_cost
 
@@ -124,7 +124,9 @@ def open_low(ctx, parts) -> list:
     out, start = [], 0
     for (x, bits), width in zip(parts, widths):
         end = start + x.numel() * width
-        value = _sum([join_low_bytes(g[start:end], width) for g in gathered])
+        value = join_low_bytes(gathered[0][start:end], width)
+        for g in gathered[1:]:
+            add_low_bytes(value, g[start:end], width)
         out.append((value if bits == RING_BITS else low_bits(value, bits)).reshape(x.shape))
         start = end
     return out

@@ -94,3 +94,31 @@ def test_low_bytes_and_their_join_match_python_ints(a, width):
     assert packed.dtype == torch.uint8 and packed.tolist() == want
     joined = join_low_bytes(packed, width)
     assert [v % MOD for v in joined.tolist()] == [v % (1 << (8 * width)) for v in values]
+    into = torch.full((len(values) + 2,), 7, dtype=torch.int64)
+    assert join_low_bytes(packed, width, out=into[1:-1]).data_ptr() == into[1:-1].data_ptr()
+    assert into[0] == 7 and into[-1] == 7 and into[1:-1].tolist() == joined.tolist()
+
+
+@given(arrays, arrays, st.integers(1, 8))
+def test_add_low_bytes_adds_the_joined_values_in_the_ring(a, b, width):
+    from mpcft.kernels.ring import add_low_bytes, low_bytes
+    n = min(a.size, b.size)
+    x, y = torch.from_numpy(a.reshape(-1)[:n].copy()), torch.from_numpy(b.reshape(-1)[:n].copy())
+    want = [(u + (v % MOD) % (1 << (8 * width))) % MOD for u, v in zip(as_ints(x.numpy()).tolist(),
+                                                                      as_ints(y.numpy()).tolist())]
+    out = add_low_bytes(x.clone(), low_bytes(y, width), width)
+    assert [v % MOD for v in out.tolist()] == want
+
+
+def test_low_bytes_refuse_bad_widths_and_outputs():
+    from mpcft.kernels.ring import join_low_bytes, low_bytes
+    x = torch.arange(6, dtype=torch.int64)
+    for width in (0, 9):
+        with pytest.raises(ValueError, match="width"):
+            low_bytes(x, width)
+        with pytest.raises(ValueError, match="width"):
+            join_low_bytes(torch.zeros(6, dtype=torch.uint8), width)
+    with pytest.raises(ValueError, match="contiguous int64 tensor of 3"):
+        join_low_bytes(low_bytes(x[:3], 2), 2, out=torch.zeros(4, dtype=torch.int64))
+    with pytest.raises(ValueError, match="contiguous int64 tensor"):
+        join_low_bytes(low_bytes(x[:3], 2), 2, out=x[::2])
