@@ -418,18 +418,28 @@ def receives(kind: str, params: dict, rank: int, world_size: int) -> bool:
     return _run_elements(_spec(kind, params)[1], rank, world_size) > 0
 
 
-def _draw_around(prg: PRG, numel: int, cut: tuple) -> torch.Tensor:
+def _draw_around(prg: PRG, numel: int, cut: tuple, width: int = 8) -> torch.Tensor:
     """A party's draws of a derived value's numel elements (flat) but for its run `cut`, left
-    unset; the run's stream positions are skipped, so the stream ends where a full draw would."""
+    unset; the run's stream positions are skipped, so the stream ends where a full draw would.
+    A value read only mod 2^(8 width) (width < 8, see _width) is drawn in `width` bytes per
+    element, zero-extended: its shares need be right in those bytes only."""
     start, stop = cut
     out = torch.empty(numel, dtype=torch.int64)
-    flat = out.numpy()
-    if start:
-        prg.fill(flat[:start])
-    prg.skip(8 * (stop - start))
-    if stop < numel:
-        prg.fill(flat[stop:])
+    _draw_into(prg, out[:start], width)
+    prg.skip(width * (stop - start))
+    _draw_into(prg, out[stop:], width)
     return out
+
+
+def _draw_into(prg: PRG, out: torch.Tensor, width: int) -> None:
+    if not out.numel():
+        return
+    if width == 8:
+        prg.fill(out.numpy())
+        return
+    raw = torch.empty(out.numel() * width, dtype=torch.uint8)
+    prg.fill(raw.numpy())
+    join_low_bytes(raw, width, out=out)
 
 
 def party_correlation(kind: str, params: dict, number: int, seed: bytes, rank: int, world_size: int,
@@ -445,10 +455,11 @@ def party_correlation(kind: str, params: dict, number: int, seed: bytes, rank: i
     shares = [prg.ring(shape) for shape, _ in random]
     cuts = _runs(derived, rank, world_size)
     if all(start == stop for start, stop in cuts):
-        return Correlation(shares, lambda: [prg.ring(shape) for shape, _ in derived])
+        return Correlation(shares, lambda: [_draw_around(prg, math.prod(shape), (0, 0), _width(how)).reshape(shape)
+                                            for shape, how in derived])
 
     def with_corrections():
-        around = [_draw_around(prg, math.prod(shape), cut) for (shape, _), cut in zip(derived, cuts)]
+        around = [_draw_around(prg, math.prod(shape), cut, _width(how)) for (shape, how), cut in zip(derived, cuts)]
         got = corrections() if callable(corrections) else corrections
         if got is None or len(got) != len(derived):
             raise ValueError(f"party {rank} needs {len(derived)} dealer corrections for {kind!r}")
@@ -490,7 +501,7 @@ def dealer_corrections(kind: str, params: dict, number: int, seeds, epoch: int =
     for i, prg in enumerate(streams):          # each stream's derived values, in order
         for value, (_, how), value_cuts in zip(corrected, derived, cuts):
             start, stop = value_cuts[i]
-            draws = _draw_around(prg, value.numel(), (start, stop))
+            draws = _draw_around(prg, value.numel(), (start, stop), _width(how))
             for part in (slice(0, start), slice(stop, value.numel())):
                 (value[part].bitwise_xor_ if how == BINARY else value[part].sub_)(draws[part])
 
