@@ -112,10 +112,10 @@ def routes_table(parties, repeat):
             results = spawn(party_routes, n, shape, repeat, dealer_handler=CorrelationDealer,
                             dealer_threads=1, timeout=3600)
             measured, threshold, shift = max(results, key=lambda r: r[0]["ghost"][0])
-            declared = {"ghost": (ghost.ghost_cost(n, *shape), ghost.ghost_norm_dealer_bytes(*shape, threshold, shift)
-                                  + ghost.ghost_sum_dealer_bytes(*shape, 0)),
-                        "formed": (ghost.formed_cost(n, *shape, shift > 0), ghost.formed_dealer_bytes(*shape, shift, 0))}
-            chosen = "ghost" if ghost.prefer_ghost(n, *shape, shift > 0) else "formed"
+            declared = {"ghost": (ghost.ghost_cost(n, *shape, threshold, shift, 0),
+                                  ghost.ghost_norm_dealer_bytes(*shape, threshold, shift) + ghost.ghost_sum_dealer_bytes(*shape, 0)),
+                        "formed": (ghost.formed_cost(n, *shape, shift, 0), ghost.formed_dealer_bytes(*shape, shift, 0))}
+            chosen = "ghost" if ghost.prefer_ghost(n, *shape, threshold, shift, 0) else "formed"
             for route, (s, sent, rounds, _) in measured.items():
                 cost, dealer_declared = declared[route]
                 dealer = sum(r[0][route][3] for r in results)       # each party receives its runs

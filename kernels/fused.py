@@ -8,7 +8,7 @@ import numba
 import numpy as np
 import torch
 
-from .ring import RING_BITS, low_bits, msb, rshift_logical
+from .ring import RING_BITS, low_bits, msb, rshift_logical, to_ring
 
 _MASK63 = (1 << 63) - 1
 
@@ -109,3 +109,21 @@ def _truncated_product_torch(c_i, c_j, y_i, y_j, mask_products, bits_i, bits_j, 
     z = p_i * m_j + p_j * m_i + mid_mid - st_j * mid_top - st_i * top_mid
     z = z + st_i * st_j * top_top              # t_i t_j wraps mod 2^64, as it should
     return z + p_i * p_j if first else z
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _shifted_sum(x, offset, bits, out):
+    for i in numba.prange(x.size):
+        out[i] = np.int64(np.uint64(x[i] + offset) >> np.uint64(bits))
+
+
+def shifted_sum(x, offset: int, bits: int):
+    """floor((x + offset) / 2^bits) with x + offset read as unsigned mod 2^64 (one pass on the
+    CPU): the top 64 - bits bits of a share, as protocols/truncation.open_masked sends them."""
+    if not 0 <= bits < RING_BITS:
+        raise ValueError(f"a shift of 0 to {RING_BITS - 1} bits, got {bits}")
+    if x.device.type != "cpu":
+        return rshift_logical(x + offset, bits)
+    out = torch.empty(x.shape, dtype=torch.int64)
+    _shifted_sum(x.contiguous().numpy().reshape(-1), np.int64(to_ring(offset)), bits, out.numpy().reshape(-1))
+    return out

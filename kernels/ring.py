@@ -135,7 +135,7 @@ def low_bytes(x: torch.Tensor, width: int) -> torch.Tensor:
     width = _check_width(width)
     if x.device.type == "cpu":
         out = torch.empty(x.numel() * width, dtype=torch.uint8)
-        _low_bytes(x.contiguous().numpy().reshape(-1), width, out.numpy())
+        _bytes(x.contiguous().numpy().reshape(-1), out.numpy(), width, _PACK)
         return out
     raw = x.contiguous().view(torch.uint8).reshape(-1, 8)
     low = raw[:, :width] if _LITTLE_ENDIAN else raw.flip(1)[:, :width]
@@ -166,7 +166,7 @@ def _join(data, width, out, add):
     elif out.dtype != torch.int64 or out.numel() != numel or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous int64 tensor of {numel} elements")
     if data.device.type == "cpu" and out.device.type == "cpu":
-        _join_low_bytes(data.contiguous().numpy().reshape(-1), width, out.numpy().reshape(-1), add)
+        _bytes(out.numpy().reshape(-1), data.contiguous().numpy().reshape(-1), width, _ADD if add else _JOIN)
         return out
     raw = data.new_zeros(numel, 8)
     raw[:, :width] = data.reshape(-1, width)
@@ -175,58 +175,39 @@ def _join(data, width, out, add):
 
 
 # One loop per width, so that each is unrolled and vectorised (about 10x the generic loop's speed).
-@numba.njit(nogil=True, inline="always")
-def _low_bytes_of_width(x, out, width):
-    for k in range(x.size):
-        v = x[k]
-        for b in range(width):
-            out[k * width + b] = (v >> (8 * b)) & 0xFF
+_PACK, _JOIN, _ADD = 0, 1, 2      # data <- low bytes of values; values <- joined data; values += it
 
 
 @numba.njit(nogil=True, inline="always")
-def _join_of_width(data, out, width, add):
-    for k in range(out.size):
+def _bytes_of_width(values, data, width, mode):
+    if mode == _PACK:
+        for k in range(values.size):
+            v = values[k]
+            for b in range(width):
+                data[k * width + b] = (v >> (8 * b)) & 0xFF
+        return
+    for k in range(values.size):
         v = np.int64(0)
         for b in range(width):
             v |= np.int64(data[k * width + b]) << (8 * b)
-        out[k] = out[k] + v if add else v
+        values[k] = values[k] + v if mode == _ADD else v
 
 
 @numba.njit(nogil=True, cache=True)
-def _low_bytes(x, width, out):
+def _bytes(values, data, width, mode):
     if width == 1:
-        _low_bytes_of_width(x, out, 1)
+        _bytes_of_width(values, data, 1, mode)
     elif width == 2:
-        _low_bytes_of_width(x, out, 2)
+        _bytes_of_width(values, data, 2, mode)
     elif width == 3:
-        _low_bytes_of_width(x, out, 3)
+        _bytes_of_width(values, data, 3, mode)
     elif width == 4:
-        _low_bytes_of_width(x, out, 4)
+        _bytes_of_width(values, data, 4, mode)
     elif width == 5:
-        _low_bytes_of_width(x, out, 5)
+        _bytes_of_width(values, data, 5, mode)
     elif width == 6:
-        _low_bytes_of_width(x, out, 6)
+        _bytes_of_width(values, data, 6, mode)
     elif width == 7:
-        _low_bytes_of_width(x, out, 7)
+        _bytes_of_width(values, data, 7, mode)
     else:
-        _low_bytes_of_width(x, out, 8)
-
-
-@numba.njit(nogil=True, cache=True)
-def _join_low_bytes(data, width, out, add):
-    if width == 1:
-        _join_of_width(data, out, 1, add)
-    elif width == 2:
-        _join_of_width(data, out, 2, add)
-    elif width == 3:
-        _join_of_width(data, out, 3, add)
-    elif width == 4:
-        _join_of_width(data, out, 4, add)
-    elif width == 5:
-        _join_of_width(data, out, 5, add)
-    elif width == 6:
-        _join_of_width(data, out, 6, add)
-    elif width == 7:
-        _join_of_width(data, out, 7, add)
-    else:
-        _join_of_width(data, out, 8, add)
+        _bytes_of_width(values, data, 8, mode)

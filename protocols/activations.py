@@ -30,7 +30,6 @@ from mpcft.kernels import DEFAULT_FRACTIONAL_BITS
 from . import beaver, fixed
 from .comparison import SignGate, resolution_bits_within, select_negative, sign_cost, sign_gate_cost
 from .cost import Cost  # noqa: F401  (cost formulas below return Cost)
-from .truncation import truncate_cost
 
 DEGREE = 8
 T = 4.0
@@ -117,8 +116,9 @@ def _encode_bits(ctx, bits):
 
 def _pieces_cost(n: int, numel: int, bits: int, polynomials: int, frac_bits: int) -> Cost:
     compared = bits - _sign_resolution(n, frac_bits)
-    return (sign_cost(n, numel, compared, factor=numel) + fixed.powers_cost(n, numel, DEGREE, extra=1)
-            + sign_gate_cost(n, numel, _INSIDE_BITS, polynomials))
+    return (sign_cost(n, numel, compared, factor=numel)
+            + fixed.powers_cost(n, numel, DEGREE, _U_SHIFT, [frac_bits - _COARSE_BITS], frac_bits)
+            + sign_gate_cost(n, numel, _INSIDE_BITS, [fixed.combined_shift(frac_bits)] * polynomials))
 
 
 def gelu_cost(n: int, numel: int, bits: int = 32, with_grad: bool = False,
@@ -133,4 +133,5 @@ def tanh_cost(n: int, numel: int, bits: int = 32, frac_bits: int = DEFAULT_FRACT
 
 
 def sigmoid_cost(n: int, numel: int, bits: int = 32, frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
-    return truncate_cost(n, numel) + tanh_cost(n, numel, bits, frac_bits) + truncate_cost(n, numel)
+    return (fixed.mul_public_cost(n, numel, frac_bits=frac_bits) + tanh_cost(n, numel, bits, frac_bits)
+            + fixed.mul_public_cost(n, numel, frac_bits=frac_bits))

@@ -33,8 +33,8 @@ from mpcft.kernels.ring import RING_BITS, bit, low_bits, msb
 
 from .binary import and_, and_cost, open_bits
 from .cost import FREE, Cost, open_cost
-from .sharing import open_, open_low, open_low_cost, open_many
-from .truncation import VALID_BITS, truncate_cost
+from .sharing import open_low, open_low_cost
+from .truncation import open_masked, truncate_cost, truncations_cost
 
 FULL_BITS = 62   # any |x| < 2^62, the range of truncation
 DIGIT_BITS = 4            # the narrowest digit considered: 16-bit one-hot planes (2 bytes)
@@ -169,7 +169,7 @@ class SignGate:
       y s = A y + B (P beta + t (1 - 2 c_top) r_top beta - r_mid beta),
     local from the dealer's r_top beta and r_mid beta ("sign_gates"): gating a truncated value
     by a comparison costs the truncation's round and no Beaver product. Reveals what sign_bit
-    and truncate reveal: uniform openings. Cost: sign_cost, then truncate_cost per value.
+    and truncate reveal: uniform openings. Cost: sign_gate_cost(n, numel, bits, gates).
 
         gate = SignGate(ctx, z, bits=14, gates=[36])   # the comparison's rounds; gate.bit = [z < 0]
         (w,) = gate.truncate([v])                      # one round: w = (v / 2^36) * [z < 0]
@@ -188,7 +188,7 @@ class SignGate:
         self._truncated = True
         ctx, first = self.ctx, self.ctx.rank == 0
         masks = self._correlation.random[2:]
-        opened = open_many(ctx, [v + r + ((1 << VALID_BITS) if first else 0) for v, r in zip(values, masks)])
+        opened = open_masked(ctx, [(v + r, m) for v, r, m in zip(values, masks, self.gates)])
         derived = self._correlation.derived()[3:]
         out = []
         for k, (c, m) in enumerate(zip(opened, self.gates)):
@@ -206,9 +206,10 @@ def _beta_times_truncated(c, m: int, beta, top_beta, mid_beta):
     return truncation_public(c, m) * beta + ((flip * top_beta) << (RING_BITS - 1 - m)) - mid_beta
 
 
-def sign_gate_cost(n: int, numel: int, bits: int, gates: int, digit_bits: int | None = None) -> Cost:
-    """Cost of SignGate and its truncate: the comparison, then one truncation round."""
-    return sign_cost(n, numel, bits, digit_bits) + truncate_cost(n, gates * numel)
+def sign_gate_cost(n: int, numel: int, bits: int, gates: list, digit_bits: int | None = None) -> Cost:
+    """Cost of SignGate and its truncate (by the shifts `gates`): the comparison, then one
+    truncation round."""
+    return sign_cost(n, numel, bits, digit_bits) + truncations_cost(n, [(numel, m) for m in gates])
 
 
 def select_negative(ctx, x: torch.Tensor, bits: int = FULL_BITS, digit_bits: int | None = None,
@@ -269,7 +270,7 @@ class ThresholdScale:
         self._truncated = True
         ctx, first = self.ctx, self.ctx.rank == 0
         mask = self._correlation.random[3]
-        c = open_(ctx, value + mask + ((1 << VALID_BITS) if first else 0))
+        (c,) = open_masked(ctx, [(value + mask, min(self.shifts))])
         top, *rest = self._correlation.derived()[4:]
         mids, (top_beta, prev_beta, next_beta) = rest[:len(self.shifts)], rest[len(self.shifts):]
         m = self.shifts
@@ -282,9 +283,9 @@ class ThresholdScale:
         return ys[-1] - (self._a * steps + self._b * beta_steps).sum(0)
 
 
-def threshold_scale_cost(n: int, numel: int, thresholds: int, bits: int = FULL_BITS) -> Cost:
-    """Cost of ThresholdScale on numel values and its truncate."""
-    return sign_cost(n, thresholds * numel, bits, factor=numel) + truncate_cost(n, numel)
+def threshold_scale_cost(n: int, numel: int, thresholds: int, shifts: list, bits: int = FULL_BITS) -> Cost:
+    """Cost of ThresholdScale on numel values and its truncate (by `shifts`)."""
+    return sign_cost(n, thresholds * numel, bits, factor=numel) + truncate_cost(n, numel, min(shifts))
 
 
 def relu(ctx, x: torch.Tensor, bits: int = FULL_BITS, resolution_bits: int = 0) -> torch.Tensor:

@@ -44,7 +44,7 @@ def exp(ctx, x: torch.Tensor, clamp: bool = False, bits: int = 32) -> torch.Tens
 def exp_cost(n: int, numel: int, clamp: bool = False, bits: int = 32,
              frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
     total = sign_cost(n, numel, bits - frac_bits, factor=numel) if clamp else FREE
-    total = total + fixed.powers_cost(n, numel, len(_TAYLOR) - 1)
-    for _ in range(SQUARINGS + 1):
-        total = total + truncate_cost(n, numel)
+    total = total + fixed.powers_cost(n, numel, len(_TAYLOR) - 1, SQUARINGS, (), frac_bits)
+    for shift in [fixed.combined_shift(frac_bits)] + [frac_bits] * SQUARINGS:   # squarings, then the last
+        total = total + truncate_cost(n, numel, shift)
     return total

@@ -1,15 +1,17 @@
 """Fixed-point arithmetic on shares: products with truncation, public constants, polynomials.
 
 Shares encode x * 2^f. A product of two such values has 2f fractional bits and is brought
-back with one truncation (stochastic rounding, error < 2^-f). Independent products are
+back with one truncation (stochastic rounding, error < 1.5 * 2^-f). Independent products are
 batched so that a whole level costs one Beaver round and one truncation round; powers of a
 value that comes out of a truncation need no Beaver round at all (truncation.FusedTruncations).
 """
 import torch
 
+from mpcft.kernels import DEFAULT_FRACTIONAL_BITS
+
 from . import beaver
 from .cost import FREE, Cost
-from .truncation import FusedTruncations, truncate, truncate_cost
+from .truncation import FusedTruncations, truncate, truncate_cost, truncations_cost
 
 
 def mul_public(ctx, x: torch.Tensor, value, extra_bits: int = 0) -> torch.Tensor:
@@ -24,9 +26,13 @@ def mul_public(ctx, x: torch.Tensor, value, extra_bits: int = 0) -> torch.Tensor
     return truncate(ctx, x * encoded, ctx.frac_bits + extra_bits)
 
 
+MEAN_EXTRA_BITS = 10
+
+
 def mean_last(ctx, x: torch.Tensor) -> torch.Tensor:
-    """Mean over the last dim (kept), 1/d encoded with 10 extra bits: |mean| < 4096."""
-    return mul_public(ctx, x.sum(-1, keepdim=True), 1.0 / x.shape[-1], extra_bits=10)
+    """Mean over the last dim (kept), 1/d encoded with MEAN_EXTRA_BITS = 10 extra bits:
+    |mean| < 4096. Cost: mul_public_cost(n, rows, MEAN_EXTRA_BITS)."""
+    return mul_public(ctx, x.sum(-1, keepdim=True), 1.0 / x.shape[-1], extra_bits=MEAN_EXTRA_BITS)
 
 
 def matmul(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -65,7 +71,7 @@ def powers(ctx, raw: torch.Tensor, bits: int, degree: int, extra=()) -> tuple:
     are local (truncation.FusedTruncations): x^k for k >= 2 comes back untruncated, at 2f
     fractional bits. `extra`: (tensor, bits) truncations of raw's shape in the first round.
     Returns ([x (f bits), x^2, ..., x^degree (2f bits)], [the extra truncations]). Reveals
-    only uniform openings. Cost: powers_cost(n, numel, degree, len(extra)).
+    only uniform openings. Cost: powers_cost(n, numel, degree, bits, [m for _, m in extra]).
     """
     levels = power_levels(degree)
     factors = [e for new, _ in levels for e in new]
@@ -91,13 +97,13 @@ def combine_powers(ctx, terms, coeffs, constant: float = 0.0) -> tuple:
     S - f that truncation takes it back to f bits with. Valid while the result is below
     2^(62 - S) = 4 in absolute value; the terms themselves may wrap (ring sums are exact)."""
     f = ctx.frac_bits
-    extra = 60 - 2 * f
+    extra = combined_shift(f) - f
     if extra < 0:
         raise ValueError(f"combine_powers needs f <= 30 fractional bits, got {f}")
     acc = terms[0] * round(float(coeffs[0]) * 2.0 ** (f + extra))
     for term, c in zip(terms[1:], coeffs[1:]):
         acc = acc + term * round(float(c) * 2.0 ** extra)
-    return acc + ring_constant(ctx, constant, 2 * f + extra), f + extra
+    return acc + ring_constant(ctx, constant, 2 * f + extra), combined_shift(f)
 
 
 def ring_constant(ctx, value: float, frac_bits: int) -> int:
@@ -119,30 +125,46 @@ def combine(ctx, terms, coeffs, constant=0.0, extra_bits: int = 0) -> torch.Tens
 
 def polynomial(ctx, raw: torch.Tensor, bits: int, coeffs) -> torch.Tensor:
     """sum_k coeffs[k] x^k for x = raw / 2^bits (coeffs[0] is the constant; |result| < 4):
-    powers + one truncation. Cost: polynomial_cost(n, numel, len(coeffs) - 1)."""
+    powers + one truncation. Cost: polynomial_cost(n, numel, len(coeffs) - 1, bits)."""
     terms, _ = powers(ctx, raw, bits, len(coeffs) - 1)
     return truncate(ctx, *combine_powers(ctx, terms, coeffs[1:], coeffs[0]))
 
 
 # ----- declared costs (per party; n parties; sizes in elements) -------------------------------
-def mul_cost(n: int, numel_x: int, numel_y: int, numel_out: int | None = None) -> Cost:
-    return beaver.mul_cost(n, numel_x, numel_y) + truncate_cost(n, numel_out or max(numel_x, numel_y))
+def mul_cost(n: int, numel_x: int, numel_y: int, numel_out: int | None = None, shift: int = 0,
+             frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
+    return (beaver.mul_cost(n, numel_x, numel_y)
+            + truncate_cost(n, numel_out or max(numel_x, numel_y), frac_bits + shift))
 
 
-def matmul_cost(n: int, numel_x: int, numel_y: int, numel_out: int) -> Cost:
-    return beaver.matmul_cost(n, numel_x, numel_y) + truncate_cost(n, numel_out)
+def mul_public_cost(n: int, numel: int, extra_bits: int = 0, frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
+    return truncate_cost(n, numel, frac_bits + extra_bits)
 
 
-def square_cost(n: int, numel: int) -> Cost:
-    return beaver.square_cost(n, numel) + truncate_cost(n, numel)
+def matmul_cost(n: int, numel_x: int, numel_y: int, numel_out: int,
+                frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
+    return beaver.matmul_cost(n, numel_x, numel_y) + truncate_cost(n, numel_out, frac_bits)
 
 
-def powers_cost(n: int, numel: int, degree: int, extra: int = 0) -> Cost:
+def square_cost(n: int, numel: int, frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
+    return beaver.square_cost(n, numel) + truncate_cost(n, numel, frac_bits)
+
+
+def powers_cost(n: int, numel: int, degree: int, bits: int, extra=(),
+                frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
+    """powers(raw, bits, degree, extra) with extra truncations by the shifts `extra`."""
     total = FREE
     for level, (new, _) in enumerate(power_levels(degree)):
-        total = total + truncate_cost(n, (len(new) + (extra if level == 0 else 0)) * numel)
+        shifts = [bits if e == 1 else frac_bits for e in new] + (list(extra) if level == 0 else [])
+        total = total + truncations_cost(n, [(numel, m) for m in shifts])
     return total
 
 
-def polynomial_cost(n: int, numel: int, degree: int) -> Cost:
-    return powers_cost(n, numel, degree) + truncate_cost(n, numel)
+def combined_shift(frac_bits: int) -> int:
+    """The shift combine_powers returns: its sums at 2f + (60 - 2f) fractional bits, back to f."""
+    return 60 - frac_bits
+
+
+def polynomial_cost(n: int, numel: int, degree: int, bits: int,
+                    frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
+    return powers_cost(n, numel, degree, bits, (), frac_bits) + truncate_cost(n, numel, combined_shift(frac_bits))

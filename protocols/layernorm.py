@@ -49,7 +49,7 @@ def layernorm_cost(n: int, shape, var_lo: float = 1e-4, var_hi: float = 1e4) -> 
     numel = int(torch.tensor(shape).prod())
     rows = numel // shape[-1]
     d = shape[-1]
-    return (truncate_cost(n, rows) + beaver.square_cost(n, numel) + truncate_cost(n, rows)
+    return (fixed.mul_public_cost(n, rows, fixed.MEAN_EXTRA_BITS) + beaver.square_cost(n, numel) + truncate_cost(n, rows)
             + inv_sqrt_cost(n, rows, d * var_lo, d * var_hi, _sum_bits(d, var_hi), multiplier=math.sqrt(d))
             + fixed.mul_cost(n, numel, rows, numel))
 
@@ -57,5 +57,6 @@ def layernorm_cost(n: int, shape, var_lo: float = 1e-4, var_hi: float = 1e4) -> 
 def layernorm_backward_cost(n: int, shape) -> Cost:
     numel = int(torch.tensor(shape).prod())
     rows = numel // shape[-1]
-    return (truncate_cost(n, rows) + fixed.mul_cost(n, numel, numel) + truncate_cost(n, rows)
+    return (fixed.mul_public_cost(n, rows, fixed.MEAN_EXTRA_BITS) + fixed.mul_cost(n, numel, numel)
+            + fixed.mul_public_cost(n, rows, fixed.MEAN_EXTRA_BITS)
             + fixed.mul_cost(n, numel, rows, numel) + fixed.mul_cost(n, numel, rows, numel))

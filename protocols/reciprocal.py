@@ -37,7 +37,7 @@ from . import fixed
 from .comparison import (ROUND_BYTES, ThresholdScale, below_thresholds, sign_bit, sign_cost,
                          threshold_scale_cost)
 from .cost import RING_BYTES, Cost
-from .truncation import VALID_BITS, FusedTruncations, truncate_cost
+from .truncation import VALID_BITS, FusedTruncations, truncate_cost, truncations_cost
 
 
 def _exponent_onehot(ctx, x: torch.Tensor, thresholds: list, bits: int, final_shifts: list | None = None):
@@ -91,10 +91,9 @@ def _reduced(ctx, x_onehot: torch.Tensor, tops: list) -> tuple:
     """(x 2^-top of x's interval at 2f + g fractional bits, f + g) with g = max(0, max(tops) - f):
     the powers of two exactly, also below 2^-f, where f-bit encodings would round them (to 0
     for top > f + 1)."""
-    f = ctx.frac_bits
-    g = max(0, max(tops) - f)
-    powers = torch.tensor([1 << (f + g - t) for t in tops], dtype=torch.int64, device=x_onehot.device)
-    return (x_onehot * powers.reshape((-1,) + (1,) * (x_onehot.ndim - 1))).sum(0), f + g
+    shift = _reduced_shift(tops, ctx.frac_bits)
+    powers = torch.tensor([1 << (shift - t) for t in tops], dtype=torch.int64, device=x_onehot.device)
+    return (x_onehot * powers.reshape((-1,) + (1,) * (x_onehot.ndim - 1))).sum(0), shift
 
 
 def _range_exponents(lo: float, hi: float, step: int) -> list:
@@ -254,17 +253,23 @@ def _thresholds(lo: float, hi: float, step: int) -> int:
     return len(_range_exponents(lo, hi, step))
 
 
-def _newton_cost(n: int, numel: int, thresholds: int, bits: int, rounds: list, final) -> Cost:
-    """The range reduction's comparison, truncations of m and y0, `rounds` (values truncated
-    per round), the final product with the scale, or with `final` (_final_shifts) the
-    ThresholdScale's truncation in place of the last round and that product."""
-    total = truncate_cost(n, numel) + truncate_cost(n, numel)
-    for values in rounds[:-1]:
-        total = total + truncate_cost(n, values * numel)
+def _reduced_shift(tops: list, frac_bits: int) -> int:
+    """The shift _reduced returns: f + max(0, max(tops) - f)."""
+    return frac_bits + max(0, max(tops) - frac_bits)
+
+
+def _newton_cost(n: int, numel: int, thresholds: int, bits: int, tops: list, rounds: list, final,
+                 frac_bits: int) -> Cost:
+    """The range reduction's comparison, truncations of m and y0, `rounds` (the shifts of the
+    values truncated per round), the final product with the scale, or with `final`
+    (_final_shifts) the ThresholdScale's truncation in place of the last round and that product."""
+    total = truncate_cost(n, numel, _reduced_shift(tops, frac_bits)) + truncate_cost(n, numel, frac_bits + _GUESS_BITS)
+    for shifts in rounds[:-1]:
+        total = total + truncations_cost(n, [(numel, m) for m in shifts])
     if final is not None:
-        return threshold_scale_cost(n, numel, thresholds, bits) + total
-    return (sign_cost(n, thresholds * numel, bits, factor=numel) + total + truncate_cost(n, rounds[-1] * numel)
-            + fixed.mul_cost(n, numel, numel))
+        return threshold_scale_cost(n, numel, thresholds, final[0], bits) + total
+    return (sign_cost(n, thresholds * numel, bits, factor=numel) + total
+            + truncations_cost(n, [(numel, m) for m in rounds[-1]]) + fixed.mul_cost(n, numel, numel, frac_bits=frac_bits))
 
 
 def reciprocal_cost(n: int, numel: int, lo: float = 1e-2, hi: float = 1e4, bits: int = 40,
@@ -272,16 +277,19 @@ def reciprocal_cost(n: int, numel: int, lo: float = 1e-2, hi: float = 1e4, bits:
     step, iterations, _ = _reciprocal_plan(numel)
     exps, tops = _range_tops(lo, hi, step)
     final = _final_shifts(numel, tops, frac_bits)
-    return _newton_cost(n, numel, len(exps), bits, [1, 1] * iterations, final)
+    return _newton_cost(n, numel, len(exps), bits, tops, [[frac_bits], [frac_bits]] * iterations, final, frac_bits)
 
 
 def inv_sqrt_cost(n: int, numel: int, lo: float = 1e-4, hi: float = 1e4, bits: int = 40, multiplier: float = 1.0,
                   frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
     exps, tops = _range_tops(lo, hi, 2)
     final = _final_shifts(numel, tops, frac_bits, 1, 2, multiplier)
-    return _newton_cost(n, numel, len(exps), bits, [2, 1] * _RSQRT_ITERATIONS, final)
+    f = frac_bits
+    return _newton_cost(n, numel, len(exps), bits, tops, [[f, f], [f + 1]] * _RSQRT_ITERATIONS, final, f)
 
 
-def log_cost(n: int, numel: int, lo: float = 1e-4, hi: float = 1e4, bits: int = 40) -> Cost:
+def log_cost(n: int, numel: int, lo: float = 1e-4, hi: float = 1e4, bits: int = 40,
+             frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
+    _, tops = _range_tops(lo, hi, 1)
     return (sign_cost(n, _thresholds(lo, hi, 1) * numel, bits, factor=numel)
-            + fixed.polynomial_cost(n, numel, _LOG_DEGREE))
+            + fixed.polynomial_cost(n, numel, _LOG_DEGREE, _reduced_shift(tops, frac_bits), frac_bits))

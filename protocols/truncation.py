@@ -1,32 +1,52 @@
 """Probabilistic truncation that never fails catastrophically, for any number of parties.
 
-truncate(x, m) returns shares of y = floor(x / 2^m) + b with b in {0, 1} and
-P(b = 1) = (x mod 2^m) / 2^m: stochastic rounding, E[y] = x / 2^m exactly, error < 1 unit,
-for every x with |x| < 2^62 (as a signed ring element); no wrap goes uncorrected.
+truncate(x, m) returns shares of y, x / 2^m rounded stochastically: |y - x / 2^m| < 3/2 and
+E[y] = x / 2^m - e, 0 <= e < 2^-(m + 1) units; where m < 8 + log2(n + 1) (no bits left out
+of the opening, below), y is floor(x / 2^m) or + 1 and E[y] = x / 2^m exactly. For every x
+with |x| < 2^62 - 2^(m - 1) (as a signed ring element); no wrap goes uncorrected.
 (Escudero, Ghosh, Keller, Rachuri, Scholl, CRYPTO 2020; SPU semi2k TruncAPr.)
 
 With dealer shares of r (uniform), r_top = msb(r) and r_mid = (r mod 2^63) >> m:
   open c = x + 2^62 + r; x' = x + 2^62 lies in [0, 2^63), and
   x' = c_low - r_low + u * 2^63 with u = c_top XOR r_top, so
-  y = (c_low >> m) - r_mid + 2^(63-m) * u - 2^(62-m)     (up to the rounding bit b).
-Reveals only c, which is uniform whatever x is.
+  y = (c_low >> m) - r_mid + 2^(63-m) * u - 2^(62-m) = floor(x / 2^m) + b,
+b in {0, 1}, P(b = 1) = (x mod 2^m) / 2^m. Reveals only c, which is uniform whatever x is.
+
+The opening leaves out low bits (open_masked): each party sends floor(c_i / 2^k) mod 2^(64 - k)
+of its share c_i (party 0 first adds O = floor((n - 1)(2^k - 1) / 2)), in 8 - k/8 bytes (6 for
+m = 20), k = dropped_bits(n, m) the largest multiple of 8 with (n + 1) 2^k <= 2^m. The sum,
+times 2^k, is x - D + 2^62 + r with D = sum_i rho_i - O, rho_i = (c_i (+ O)) mod 2^k: exactly
+the protocol above on x - D, |D| <= 2^(m - 1). The rounding bit now comes from r's bits k..m-1
+only, so E[y] = (x - D + (r mod 2^k)) / 2^m, and O makes E[D] = E[r mod 2^k] up to 1/2:
+|y - x / 2^m| < 1 + |D| / 2^m <= 3/2 and E[y] = x / 2^m - e, 0 <= e < 2^-(m + 1), for
+|x| < 2^62 - 2^(m - 1). Each message is a function of c_i, which the full opening sent:
+nothing more is revealed.
 """
+import math
+
 import torch
 
-from mpcft.kernels.fused import trunc_reconstruct, truncated_product
+from mpcft.kernels import DEFAULT_FRACTIONAL_BITS
+from mpcft.kernels.fused import shifted_sum, trunc_reconstruct, truncated_product
 from mpcft.kernels.ring import RING_BITS
 
 from .correlations import correction_bytes, cross_terms
-from .cost import Cost, open_cost
-from .sharing import open_, open_many
+from .cost import Cost
+from .sharing import open_low, open_low_cost
 
-VALID_BITS = RING_BITS - 2  # inputs must satisfy |x| < 2^62
+VALID_BITS = RING_BITS - 2  # inputs must satisfy |x| < 2^62 - 2^(m - 1) (input_bound)
+
+
+def input_bound(bits: int) -> int:
+    """Truncation by `bits` is exact (module docstring) for |x| < 2^62 - 2^(bits - 1)."""
+    return (1 << VALID_BITS) - (1 << (int(bits) - 1))
 
 
 def truncate(ctx, x: torch.Tensor, bits: int | None = None) -> torch.Tensor:
     """Shares of x / 2^bits with stochastic rounding (default: the context's fractional bits).
 
-    Cost: truncate_cost(n, numel): 1 round, 8 * numel * (n-1) bytes per party.
+    Cost: truncate_cost(n, numel, bits): 1 round, (8 - dropped_bits(n, bits) / 8) * numel *
+    (n-1) bytes per party.
     """
     bits = ctx.frac_bits if bits is None else int(bits)
     if not 0 < bits < VALID_BITS:
@@ -35,7 +55,7 @@ def truncate(ctx, x: torch.Tensor, bits: int | None = None) -> torch.Tensor:
     correlation = ctx.correlation("trunc", shape=list(shape), bits=bits)
     (r,) = correlation.random
     first = ctx.rank == 0
-    c = open_(ctx, x + r + (1 << VALID_BITS) if first else x + r)
+    (c,) = open_masked(ctx, [(x + r, bits)])
     r_top, r_mid = correlation.derived()
     return trunc_reconstruct(c, r_top, r_mid, bits, first)
 
@@ -47,17 +67,38 @@ def truncate_many(ctx, parts) -> list:
             raise ValueError(f"truncation by {bits} bits is outside (0, {VALID_BITS})")
     first = ctx.rank == 0
     correlations = [ctx.correlation("trunc", shape=list(x.shape), bits=bits) for x, bits in parts]
-    masked = [x + c.random[0] + ((1 << VALID_BITS) if first else 0)
-              for (x, _), c in zip(parts, correlations)]
+    masked = [(x + c.random[0], bits) for (x, bits), c in zip(parts, correlations)]
     out = []
-    for (x, bits), correlation, c in zip(parts, correlations, open_many(ctx, masked)):
+    for (x, bits), correlation, c in zip(parts, correlations, open_masked(ctx, masked)):
         r_top, r_mid = correlation.derived()
         out.append(trunc_reconstruct(c, r_top, r_mid, bits, first))
     return out
 
 
-def truncate_cost(n: int, numel: int) -> Cost:
-    return open_cost(n, numel)
+def dropped_bits(n: int, bits: int) -> int:
+    """k: the low bits of its share of c that each party leaves out of a truncation by `bits`,
+    the largest multiple of 8 with (n + 1) 2^k <= 2^bits (module docstring)."""
+    return max(0, 8 * ((int(bits) - math.ceil(math.log2(n + 1))) // 8))
+
+
+def open_masked(ctx, parts) -> list:
+    """For [(share of x + r, m), ...], the truncations' masked values c = x + r + 2^62 opened in
+    one round as c - D (module docstring): each party sends the top 64 - k bits of its share.
+    Reveals no more than c. Cost: truncations_cost(n, [(numel, m), ...])."""
+    n, first = ctx.world_size, ctx.rank == 0
+    dropped = [dropped_bits(n, m) for _, m in parts]
+    high = [(shifted_sum(v, ((1 << VALID_BITS) + (n - 1) * ((1 << k) - 1) // 2) if first else 0, k), RING_BITS - k)
+            for (v, _), k in zip(parts, dropped)]
+    return [c << k for c, k in zip(open_low(ctx, high), dropped)]
+
+
+def truncations_cost(n: int, parts) -> Cost:
+    """Truncations opened together (open_masked), parts: (numel, bits) each."""
+    return open_low_cost(n, [(numel, RING_BITS - dropped_bits(n, bits)) for numel, bits in parts])
+
+
+def truncate_cost(n: int, numel: int, bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
+    return truncations_cost(n, [(numel, bits)])
 
 
 def truncate_dealer_bytes(numel: int, bits: int) -> int:
@@ -74,7 +115,7 @@ class FusedTruncations:
     r_mid and r_top. So y_i y_j = P_i P_j + P_i M_j + P_j M_i + M_i M_j is local, given shares
     of r_mid_i r_mid_j, r_mid_i r_top_j, r_top_i r_mid_j and r_top_i r_top_j ("trunc_products"):
     a product of two truncated values needs no Beaver opening. Reveals only each uniform c,
-    as truncate does. Cost: truncate_cost(n, numel) per truncation; products are free.
+    as truncate does. Cost: truncate_cost(n, numel, m) per truncation by m; products are free.
 
         fused = FusedTruncations(ctx, shape, bits=[6, 20], pairs=[(0, 0), (0, 1)])
         (u,) = fused.truncate({0: x})        # one round: u = x / 2^6
@@ -98,7 +139,7 @@ class FusedTruncations:
             raise ValueError(f"truncations {sorted(parts)}: each index of {len(self.bits)} is truncated once")
         ctx, first = self.ctx, self.ctx.rank == 0
         masks = self.correlation.random
-        opened = open_many(ctx, [x + masks[i] + ((1 << VALID_BITS) if first else 0) for i, x in parts.items()])
+        opened = open_masked(ctx, [(x + masks[i], self.bits[i]) for i, x in parts.items()])
         derived = self.correlation.derived()
         out = []
         for i, c in zip(parts, opened):

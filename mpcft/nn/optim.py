@@ -12,9 +12,10 @@ import math
 
 import torch
 
+from mpcft.kernels import DEFAULT_FRACTIONAL_BITS
 from mpcft.protocols import beaver, comparison, fixed, reciprocal
-from mpcft.protocols.cost import Cost
-from mpcft.protocols.truncation import truncate_cost, truncate_many
+from mpcft.protocols.cost import FREE, Cost
+from mpcft.protocols.truncation import truncate_cost, truncate_many, truncations_cost
 
 
 def _step_region(step):
@@ -175,14 +176,20 @@ def adamw_range(clip: float, eps: float) -> tuple[float, float]:
     return lo, hi
 
 
-def sgd_cost(n: int, numel: int, momentum: bool = True, weight_decay: bool = False) -> Cost:
+def sgd_cost(n: int, numel: int, momentum: bool = True, weight_decay: bool = False, grad_scale: int = 1,
+             frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
     """From the second step on (the first has no momentum product)."""
-    count = 1 + int(momentum) + int(weight_decay)
-    return Cost(count * truncate_cost(n, numel).rounds, count * truncate_cost(n, numel).bytes_sent)
+    extra = max(0, int(grad_scale).bit_length() - 1)
+    shifts = [frac_bits] * (int(momentum) + int(weight_decay)) + [frac_bits + extra]
+    return sum((truncate_cost(n, numel, m) for m in shifts), FREE)
 
 
-def adamw_cost(n: int, numel: int, clip: float = 1.0, eps: float = 1e-4) -> Cost:
+def adamw_cost(n: int, numel: int, clip: float = 1.0, eps: float = 1e-4, grad_scale: int = 1,
+               frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
     lo, hi = adamw_range(clip, eps)
-    return (comparison.clamp_cost(n, numel) + beaver.square_cost(n, numel) + truncate_cost(n, 2 * numel)
-            + truncate_cost(n, numel) + reciprocal.inv_sqrt_cost(n, numel, lo, hi, multiplier=2.0 ** 10)
-            + fixed.mul_cost(n, numel, numel) + truncate_cost(n, numel))
+    f, extra = frac_bits, max(0, int(grad_scale).bit_length() - 1)
+    square_shift = f + 2 * extra - adamw_v_scale_bits(clip)
+    return (comparison.clamp_cost(n, numel) + beaver.square_cost(n, numel)
+            + truncations_cost(n, [(numel, f), (numel, square_shift)])
+            + truncate_cost(n, numel, f) + reciprocal.inv_sqrt_cost(n, numel, lo, hi, multiplier=2.0 ** 10, frac_bits=f)
+            + fixed.mul_cost(n, numel, numel, frac_bits=f) + truncate_cost(n, numel, f + 10 + extra))

@@ -112,7 +112,10 @@ class DPOptimizer:
         batch = samples[0].shape[0]
         threshold = self.max_grad_norm * self.loss_scale / batch
         shift = norm_shift(threshold, self.numel, f)
-        self.choices = [self._route(s, shift) for s in samples]
+        # weight_i = rho factor_i, rho = S_out B / (s B_exp), kept with f + e fractional bits
+        rho = self.optimizer.grad_scale * batch / (self.loss_scale * self.expected_batch_size)
+        e = max(0, math.ceil(-math.log2(rho)))
+        self.choices = [self._route(s, threshold, shift, e) for s in samples]
         ghosts = [s for s, c in zip(samples, self.choices) if c == "ghost"]
         formed = [s for s, c in zip(samples, self.choices) if c != "ghost"]
         formed = [s.materialise(ctx) if isinstance(s, LinearFactors) else s.share for s in formed]
@@ -121,21 +124,18 @@ class DPOptimizer:
         if ghosts:
             squares = squares + ghost.ghost_squared_norms(ctx, ghosts, threshold, shift)
         factor = factors_from_squares(ctx, squares, threshold, shift)
-        # weight_i = rho factor_i, rho = S_out B / (s B_exp), kept with f + e fractional bits
-        rho = self.optimizer.grad_scale * batch / (self.loss_scale * self.expected_batch_size)
-        e = max(0, math.ceil(-math.log2(rho)))
         weight = fixed.mul_public(ctx, factor, rho * 2.0 ** e, extra_bits=8)
         sums = iter(weighted_rows(ctx, weight, rows, e).split(
             [math.prod(p.shape) for p, c in zip(self.params, self.choices) if c != "ghost"]) if formed else ())
         ghost_sums = iter(ghost.ghost_weighted_sums(ctx, ghosts, weight, e) if ghosts else ())
         return torch.cat([(next(ghost_sums) if c == "ghost" else next(sums)).reshape(-1) for c in self.choices])
 
-    def _route(self, sample, shift: int) -> str:
+    def _route(self, sample, threshold: float, shift: int, extra_bits: int) -> str:
         if not isinstance(sample, LinearFactors):
             return "formed"
         batch, out_features, in_features = sample.shape
         ghostly = ghost.prefer_ghost(self.ctx.world_size, batch, sample.positions, in_features, out_features,
-                                     shift > 0)
+                                     threshold, shift, extra_bits, self.ctx.frac_bits)
         return "ghost" if ghostly else "formed"
 
     def norm_range(self, batch: int) -> float:

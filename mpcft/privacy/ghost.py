@@ -25,8 +25,8 @@ import torch
 
 from mpcft.kernels import DEFAULT_FRACTIONAL_BITS
 from mpcft.protocols import beaver
-from mpcft.protocols.cost import RING_BYTES, Cost
-from mpcft.protocols.truncation import truncate, truncate_dealer_bytes, truncate_many
+from mpcft.protocols.cost import RING_BYTES, Cost, open_cost
+from mpcft.protocols.truncation import truncate, truncate_cost, truncate_dealer_bytes, truncate_many, truncations_cost
 
 
 def gram_balance(threshold: float, shift: int, positions: int, in_features: int) -> int:
@@ -76,15 +76,15 @@ def ghost_weighted_sums(ctx, factors: list, weight: torch.Tensor, extra_bits: in
     return truncate_many(ctx, [(z, f + extra_bits) for z in beaver.matmuls(ctx, pairs)])
 
 
-def _cost(n: int, rounds: int, opened: int) -> Cost:
-    return Cost(rounds, opened * RING_BYTES * (n - 1))
-
-
-def ghost_norm_cost(n: int, batch: int, positions: int, in_features: int, out_features: int) -> Cost:
-    """Cost of ghost_squared_norms for one layer."""
-    b, t = batch, positions
+def ghost_norm_cost(n: int, batch: int, positions: int, in_features: int, out_features: int,
+                    threshold: float, shift: int, frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
+    """Cost of ghost_squared_norms for one layer: the Grams' Beaver matmuls, their truncations
+    (by f + h and f - h + 2 shift), the Beaver product of the Grams."""
+    b, t, f = batch, positions, frac_bits
     grams = b * t * t
-    return _cost(n, 3, 2 * b * t * (in_features + out_features) + 2 * grams + 2 * grams)
+    h = gram_balance(threshold, shift, positions, in_features)
+    return (open_cost(n, 2 * b * t * (in_features + out_features))
+            + truncations_cost(n, [(grams, f + h), (grams, f - h + 2 * shift)]) + open_cost(n, 2 * grams))
 
 
 def ghost_norm_dealer_bytes(batch: int, positions: int, in_features: int, out_features: int,
@@ -97,11 +97,14 @@ def ghost_norm_dealer_bytes(batch: int, positions: int, in_features: int, out_fe
             + truncate_dealer_bytes(grams, frac_bits - h + 2 * shift))
 
 
-def ghost_sum_cost(n: int, batch: int, positions: int, in_features: int, out_features: int) -> Cost:
-    """Cost of ghost_weighted_sums for one layer."""
+def ghost_sum_cost(n: int, batch: int, positions: int, in_features: int, out_features: int,
+                   extra_bits: int, frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
+    """Cost of ghost_weighted_sums for one layer: the scaling's Beaver product and truncation by
+    f, the Beaver matmul and its truncation by f + extra_bits."""
     b, t, d, p = batch, positions, in_features, out_features
     narrow = b * t * min(d, p)
-    return _cost(n, 4, (narrow + b) + narrow + b * t * (d + p) + p * d)
+    return (open_cost(n, narrow + b) + truncate_cost(n, narrow, frac_bits) + open_cost(n, b * t * (d + p))
+            + truncate_cost(n, p * d, frac_bits + extra_bits))
 
 
 def ghost_sum_dealer_bytes(batch: int, positions: int, in_features: int, out_features: int,
@@ -115,18 +118,17 @@ def ghost_sum_dealer_bytes(batch: int, positions: int, in_features: int, out_fea
 
 
 def formed_cost(n: int, batch: int, positions: int, in_features: int, out_features: int,
-                shifted: bool) -> Cost:
+                shift: int, extra_bits: int, frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
     """Cost of forming one layer's G_b (LinearFactors.materialise), its rows' squares
-    (dp_sgd.row_squares, with the shift's truncation if `shifted`) and its weighted sum
-    (dp_sgd.weighted_rows), alone."""
+    (dp_sgd.row_squares, with the truncation by `shift` if it is positive) and its weighted sum
+    (dp_sgd.weighted_rows, truncated by f + extra_bits), alone."""
     b, t, d, p = batch, positions, in_features, out_features
     size = b * p * d
-    rounds, opened = 2, b * t * (d + p) + size                     # form: matmul, truncate
-    if shifted:
-        rounds, opened = rounds + 1, opened + size
-    rounds, opened = rounds + 1, opened + size                     # squares
-    rounds, opened = rounds + 2, opened + b + size + p * d         # sum
-    return _cost(n, rounds, opened)
+    total = open_cost(n, b * t * (d + p)) + truncate_cost(n, size, frac_bits)          # form
+    if shift:
+        total = total + truncate_cost(n, size, shift)
+    return (total + open_cost(n, size)                                                   # squares
+            + open_cost(n, b + size) + truncate_cost(n, p * d, frac_bits + extra_bits))   # sum
 
 
 def formed_dealer_bytes(batch: int, positions: int, in_features: int, out_features: int, shift: int,
@@ -140,13 +142,17 @@ def formed_dealer_bytes(batch: int, positions: int, in_features: int, out_featur
             + truncate_dealer_bytes(pd, frac_bits + extra_bits))
 
 
-def ghost_cost(n: int, batch: int, positions: int, in_features: int, out_features: int) -> Cost:
+def ghost_cost(n: int, batch: int, positions: int, in_features: int, out_features: int,
+               threshold: float, shift: int, extra_bits: int, frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
     """Cost of one layer's ghost norms and weighted sum, alone."""
     shape = (batch, positions, in_features, out_features)
-    return ghost_norm_cost(n, *shape) + ghost_sum_cost(n, *shape)
+    return (ghost_norm_cost(n, *shape, threshold, shift, frac_bits)
+            + ghost_sum_cost(n, *shape, extra_bits, frac_bits))
 
 
-def prefer_ghost(n: int, batch: int, positions: int, in_features: int, out_features: int, shifted: bool) -> bool:
+def prefer_ghost(n: int, batch: int, positions: int, in_features: int, out_features: int,
+                 threshold: float, shift: int, extra_bits: int, frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> bool:
     """Whether the ghost route sends fewer bytes per party than forming G_b for this layer."""
     shape = (batch, positions, in_features, out_features)
-    return ghost_cost(n, *shape).bytes_sent < formed_cost(n, *shape, shifted).bytes_sent
+    return (ghost_cost(n, *shape, threshold, shift, extra_bits, frac_bits).bytes_sent
+            < formed_cost(n, *shape, shift, extra_bits, frac_bits).bytes_sent)

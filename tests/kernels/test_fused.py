@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mpcft.kernels import PRG
-from mpcft.kernels.fused import (_truncated_product_torch, trunc_reconstruct, trunc_reconstruct_torch,
+from mpcft.kernels.fused import (_truncated_product_torch, shifted_sum, trunc_reconstruct, trunc_reconstruct_torch,
                                  truncated_product)
 
 from .refs import MOD, signed
@@ -70,3 +70,11 @@ def test_truncated_product_bit_exact(seed, bits_i, bits_j, first, size):
     want = product_reference(c_i, c_j, y_i, y_j, terms, bits_i, bits_j, first)
     assert truncated_product(c_i, c_j, y_i, y_j, terms, bits_i, bits_j, first).tolist() == want
     assert _truncated_product_torch(c_i, c_j, y_i, y_j, terms, bits_i, bits_j, first).tolist() == want
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.integers(-2**64, 2**64), st.integers(0, 63), st.integers(1, 300))
+def test_shifted_sum_bit_exact(seed, offset, bits, size):
+    x = PRG(seed).ring(size)
+    want = [signed(((v + offset) % MOD) >> bits) for v in x.tolist()]
+    assert shifted_sum(x, offset, bits).tolist() == want

@@ -70,10 +70,10 @@ def test_optimizer_matches_torch(n, name, options):
         assert (g - w).abs().max() < 1e-3 * lr + 4e-6, ((g - w).abs().max(), lr)
     numel = sum(w.numel() for w in weights)
     if name == "adamw":
-        declared = adamw_cost(n, numel, options.get("clip", 1.0), options.get("eps", 1e-4))
+        declared = adamw_cost(n, numel, options.get("clip", 1.0), options.get("eps", 1e-4), grad_scale=SCALE)
         assert all(c == (declared.rounds, declared.bytes_sent) for c in costs)
     else:
-        declared = sgd_cost(n, numel, momentum=True, weight_decay="weight_decay" in options)
+        declared = sgd_cost(n, numel, momentum=True, weight_decay="weight_decay" in options, grad_scale=SCALE)
         assert all(c == (declared.rounds, declared.bytes_sent) for c in costs[1:])
 
 

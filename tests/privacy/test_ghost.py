@@ -161,16 +161,16 @@ def route_costs(session, shape, weights, shift):
 def test_measured_communication_equals_the_declared_costs(n, shape, shift):
     weights = torch.tensor([0.5, 1.0, 0.25])[:shape[0]] * 16
     results = run_threads(route_costs, n, shape, weights, shift, dealer_handler=CorrelationDealer)
-    declared = {"norm": (ghost.ghost_norm_cost(n, *shape), ghost.ghost_norm_dealer_bytes(*shape, 10.0, shift)),
-                "sum": (ghost.ghost_sum_cost(n, *shape), ghost.ghost_sum_dealer_bytes(*shape, 4)),
-                "formed": (ghost.formed_cost(n, *shape, shifted=shift > 0),
+    declared = {"norm": (ghost.ghost_norm_cost(n, *shape, 10.0, shift), ghost.ghost_norm_dealer_bytes(*shape, 10.0, shift)),
+                "sum": (ghost.ghost_sum_cost(n, *shape, 4), ghost.ghost_sum_dealer_bytes(*shape, 4)),
+                "formed": (ghost.formed_cost(n, *shape, shift, 4),
                            ghost.formed_dealer_bytes(*shape, shift, 4))}
     for k, (name, (cost, dealer)) in enumerate(declared.items()):
         got = [result[k] for result in results]
         assert all(g[:2] == (cost.rounds, cost.bytes_sent) for g in got), name
         assert sum(g[2] for g in got) == dealer, name      # each party receives its runs
     assert all(result[3] < 1e-4 for result in results)     # both routes' weighted sums agree
-    assert ghost.ghost_cost(n, *shape) == declared["norm"][0] + declared["sum"][0]
+    assert ghost.ghost_cost(n, *shape, 10.0, shift, 4) == declared["norm"][0] + declared["sum"][0]
 
 
 @pytest.mark.parametrize("shape, expected", [
@@ -181,10 +181,12 @@ def test_measured_communication_equals_the_declared_costs(n, shape, shift):
     ((8, 64, 384, 3), False),       # a head over all positions
 ])
 def test_the_choice_is_the_cheaper_formula(shape, expected):
+    threshold, shift, extra_bits = 1.0 / 8, 4, 0          # C = 1 over a batch of 8, norm_shift's 4
     for n in (2, 3):
-        ghostly = ghost.ghost_cost(n, *shape)
-        formed = ghost.formed_cost(n, *shape, shifted=True)
-        assert ghost.prefer_ghost(n, *shape, True) == (ghostly.bytes_sent < formed.bytes_sent) == expected
+        ghostly = ghost.ghost_cost(n, *shape, threshold, shift, extra_bits)
+        formed = ghost.formed_cost(n, *shape, shift, extra_bits)
+        assert (ghost.prefer_ghost(n, *shape, threshold, shift, extra_bits)
+                == (ghostly.bytes_sent < formed.bytes_sent) == expected)
 
 
 def twice(session, x1, x2, factors):

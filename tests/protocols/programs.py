@@ -259,7 +259,7 @@ def run_offline(session, x, y, folder):
     return products(MPCContext(session, correlations=files), x, y)
 
 
-GATES = [10, 5]   # SignGate's shifts in `comparisons`: y << 10 comes back exactly, x / 2^5 rounds
+GATES = [10, 5]   # SignGate's shifts in `comparisons`: y << 10 and x truncated by them
 
 
 def comparisons(session, x, y, bits, device=None):

@@ -31,9 +31,9 @@ def check(results, x, y, bits, n):
         assert torch.equal(out["sign"], (xe < 0).long())
         # SignGate: the comparison's bit times values truncated afterwards, locally
         assert torch.equal(out["gate_bit"], out["sign"])
-        assert torch.equal(out["gated"][0], out["sign"] * FP.encode(y))
-        rounding = out["gated"][1] - out["sign"] * (FP.encode(x) >> programs.GATES[1])
-        assert ((rounding == 0) | (rounding == out["sign"])).all()
+        for gated, value, shift in zip(out["gated"], (FP.encode(y) << programs.GATES[0], FP.encode(x)), programs.GATES):
+            rounding = gated - out["sign"] * (value >> shift)            # truncation: -1, 0 or +1
+            assert ((rounding == 0) | (rounding == out["sign"]) | (rounding == -out["sign"])).all()
         assert torch.equal(out["relu"], xe.clamp(min=0))
         assert torch.equal(out["maximum"], torch.maximum(xe, ye))
         assert torch.equal(out["max_along"], xe.max(-1, keepdim=True).values)
@@ -48,7 +48,7 @@ def check(results, x, y, bits, n):
         assert costs["below"] == astuple(sign_cost(n, len(t) * numel, bits, factor=numel))
         assert costs["relu"] == astuple(sign_cost(n, numel, bits, factor=numel))
         assert costs["clamp"] == astuple(clamp_cost(n, numel, bits))
-        gate = sign_gate_cost(n, numel, bits, len(programs.GATES))
+        gate = sign_gate_cost(n, numel, bits, programs.GATES)
         assert (costs["gate"][0] + costs["gate_truncate"][0], costs["gate"][1] + costs["gate_truncate"][1]) == astuple(gate)
         assert costs["max_along"] == astuple(max_along_cost(n, numel, x.shape[-1], bits))
 
@@ -152,7 +152,7 @@ def test_threshold_scale_truncates_by_the_intervals_shift(n):
     interval = (1 - want_below).sum(0)
     floor = FP.encode(v) >> torch.tensor(shifts)[interval]
     assert ((out - floor == 0) | (out - floor == 1)).all()          # stochastic rounding
-    assert cost == astuple(threshold_scale_cost(n, 400, len(thresholds), 32))
+    assert cost == astuple(threshold_scale_cost(n, 400, len(thresholds), shifts, 32))
 
 
 def test_select_scales_layout():

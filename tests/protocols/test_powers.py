@@ -30,5 +30,5 @@ def test_powers_match_float64(n, degree):
     for k, value in enumerate(got, start=1):
         # each level's truncation adds < 2^-20 relative to the size of the factors
         assert (value - x ** k).abs().max() < 2e-5 * k, k
-    declared = powers_cost(n, x.numel(), degree)
+    declared = powers_cost(n, x.numel(), degree, 20)     # x at 2f bits, truncated by f = 20
     assert cost == (declared.rounds, declared.bytes_sent)

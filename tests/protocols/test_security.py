@@ -13,7 +13,8 @@ SENTINEL = 1234.5678  # encodes to a distinctive ring value
 
 
 def byte_histogram(tensors) -> np.ndarray:
-    data = torch.cat([t.reshape(-1) for t in tensors]).numpy().view(np.uint8)
+    """Counts of each byte value over the tensors' bytes (int64 openings and packed uint8 ones alike)."""
+    data = np.concatenate([t.reshape(-1).numpy().view(np.uint8) for t in tensors])
     return np.bincount(data, minlength=256)
 
 
