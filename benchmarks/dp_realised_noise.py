@@ -34,9 +34,10 @@ class _Enough(Exception):
     """Raised at every party after the last measured step: the run stops there."""
 
 
-def measuring_step(steps: int, rows: list):
-    """A DPOptimizer.step that opens its inputs and outputs and appends a row at rank 0."""
-    step = DPOptimizer.step
+def measure(config: FinetuneConfig, parties: int, steps: int) -> list[dict]:
+    """Per measured step: {"step", "coordinates", "sigma", "sensitivity", "ratio" (std(z) / (sigma C')),
+    "expected" (its expected value), "mean", "kurtosis", "ks_p", "clipped_norm", "residual"}."""
+    rows, step = [], DPOptimizer.step
 
     def measured(self):
         ctx, sgd = self.ctx, self.optimizer
@@ -59,17 +60,25 @@ def measuring_step(steps: int, rows: list):
             scale = self.noise_multiplier * self.sensitivity
             n = ctx.world_size
             expected = math.sqrt(n / (n - (self.colluders or n - 1))) if self.noise_source == "parties" else 1.0
-            ratio = float(noise.std()) / scale
-            residual = float(((before - after) / sgd.lr - new_velocity).abs().max())
-            rows.append([sgd.steps, noise.numel(), f"{self.noise_multiplier:.4f}", f"{self.sensitivity:.4f}",
-                         f"{ratio:.4f}", f"{expected:.4f}", f"{float(noise.mean()) / scale:+.4f}",
-                         f"{float(scipy.stats.kurtosis(noise.numpy())):+.3f}",
-                         f"{scipy.stats.kstest(noise.numpy() / (scale * expected), 'norm').pvalue:.3f}",
-                         f"{float((clipped * self.expected_batch_size).norm()):.2f}", f"{residual:.1e}"])
-            print(f"step {sgd.steps}: std(z) / (sigma C') = {ratio:.4f} (expected {expected:.4f})", flush=True)
+            rows.append(dict(step=sgd.steps, coordinates=noise.numel(), sigma=self.noise_multiplier,
+                             sensitivity=self.sensitivity, ratio=float(noise.std()) / scale, expected=expected,
+                             mean=float(noise.mean()) / scale, kurtosis=float(scipy.stats.kurtosis(noise.numpy())),
+                             ks_p=float(scipy.stats.kstest(noise.numpy() / (scale * expected), "norm").pvalue),
+                             clipped_norm=float((clipped * self.expected_batch_size).norm()),
+                             residual=float(((before - after) / sgd.lr - new_velocity).abs().max())))
+            print(f"step {sgd.steps}: std(z) / (sigma C') = {rows[-1]['ratio']:.4f} (expected {expected:.4f})",
+                  flush=True)
         if sgd.steps >= steps:
             raise _Enough()
-    return measured
+
+    DPOptimizer.step = measured
+    try:
+        run_threads(trainer.train, parties, config, dealer_handler=CorrelationDealer, timeout=3600)
+    except _Enough:
+        pass
+    finally:
+        DPOptimizer.step = step
+    return rows
 
 
 def main():
@@ -87,15 +96,13 @@ def main():
         check_data(config, args.parties)
     except (ConfigError, DataError, ValueError) as exc:
         parser.error(str(exc))
-    rows = []
-    DPOptimizer.step = measuring_step(args.steps, rows)
-    try:
-        run_threads(trainer.train, args.parties, config, dealer_handler=CorrelationDealer, timeout=3600)
-    except _Enough:
-        pass
+    rows = measure(config, args.parties, args.steps)
     print(f"\n{args.parties} parties, --dp-noise {config.dp_noise}\n")
     print(markdown_table(["step", "coordinates", "sigma", "C'", "std(z) / (sigma C')", "expected",
-                          "mean / (sigma C')", "excess kurtosis", "KS p", "|c| B_exp", "update residual"], rows))
+                          "mean / (sigma C')", "excess kurtosis", "KS p", "|c| B_exp", "update residual"],
+                         [[r["step"], r["coordinates"], f"{r['sigma']:.4f}", f"{r['sensitivity']:.4f}",
+                           f"{r['ratio']:.4f}", f"{r['expected']:.4f}", f"{r['mean']:+.4f}", f"{r['kurtosis']:+.3f}",
+                           f"{r['ks_p']:.3f}", f"{r['clipped_norm']:.2f}", f"{r['residual']:.1e}"] for r in rows]))
 
 
 if __name__ == "__main__":
