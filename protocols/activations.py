@@ -16,7 +16,9 @@ half the digits fewer). One truncation round gives u = |x| / 4 and a coarse
 (exact except for |x| within 1/4 of T, where the correction is below 2e-4 either way);
 2 more rounds of truncations give the powers of u (fixed.powers: products of truncated
 values are local); one truncation of the combination, which the short comparison's bit
-multiplies locally as it is truncated (comparison.SignGate: no Beaver product).
+multiplies locally as it is truncated (comparison.SignGate: no Beaver product). tanh and
+GELU's derivative take sgn(x) = 1 - 2 [x < 0] times a last value by one masked opening of it
+against the first comparison's bit (comparison.Select.times: half a Beaver product's bytes).
 Saturation is exact: beyond +-T the outputs are ReLU(x) and +-1 (up to 2^-f).
 Reveals nothing but the output shares.
 """
@@ -27,8 +29,8 @@ import torch
 
 from mpcft.kernels import DEFAULT_FRACTIONAL_BITS
 
-from . import beaver, fixed
-from .comparison import SignGate, resolution_bits_within, select_negative, sign_cost, sign_gate_cost
+from . import fixed
+from .comparison import Select, SignGate, resolution_bits_within, select_times_cost, sign_cost, sign_gate_cost
 from .cost import Cost  # noqa: F401  (cost formulas below return Cost)
 
 DEGREE = 8
@@ -62,11 +64,13 @@ GELU_GRAD_COEFFS = _fit(lambda t: _std_normal_cdf(-t) - t * np.exp(-t * t / 2) /
 TANH_COEFFS = _fit(lambda t: 1 / (1 + np.exp(2 * t)), T)
 
 
-def _pieces(ctx, x: torch.Tensor, bits: int, polynomials: list):
-    """ReLU(x), [x < 0] (arithmetic, scale 1) and [|x| < T] * p(u) for each coefficient list p
-    of `polynomials`, u = |x| / T: the powers of u (fixed.powers), their combinations, and a
-    comparison whose bit gates the combinations as they are truncated (comparison.SignGate)."""
-    neg_part, negative = select_negative(ctx, x, bits, resolution_bits=_sign_resolution(ctx.world_size, ctx.frac_bits))
+def _pieces(ctx, x: torch.Tensor, bits: int, polynomials: list, later: int = 0):
+    """ReLU(x), the comparison.Select of [x < 0] (with `later` products to come) and
+    [|x| < T] * p(u) for each coefficient list p of `polynomials`, u = |x| / T: the powers of u
+    (fixed.powers), their combinations, and a comparison whose bit gates the combinations as
+    they are truncated (comparison.SignGate)."""
+    select = Select(ctx, x, bits, resolution_bits=_sign_resolution(ctx.world_size, ctx.frac_bits), later=later)
+    neg_part = select.negative_part
     relu = x - neg_part
     absolute = relu - neg_part
     powers, (coarse,) = fixed.powers(ctx, absolute, _U_SHIFT, DEGREE,
@@ -75,7 +79,7 @@ def _pieces(ctx, x: torch.Tensor, bits: int, polynomials: list):
     # [|x| < T] = [coarse - 4T < 0]
     inside = SignGate(ctx, coarse - ctx.public(T * 2 ** _COARSE_BITS, frac_bits=0), _INSIDE_BITS,
                       gates=[shift for _, shift in combined])
-    return relu, negative, inside.truncate([value for value, _ in combined])
+    return relu, select, inside.truncate([value for value, _ in combined])
 
 
 def gelu(ctx, x: torch.Tensor, bits: int = 32, with_grad: bool = False):
@@ -84,23 +88,21 @@ def gelu(ctx, x: torch.Tensor, bits: int = 32, with_grad: bool = False):
     Max error about 3e-4 on the whole line. Cost: gelu_cost().
     """
     # d/dx g(|x|) = sgn(x) g'(|x|), g' fitted on its own in the same powers
-    relu, negative, gated = _pieces(ctx, x, bits, [GELU_COEFFS] + ([GELU_GRAD_COEFFS] if with_grad else []))
+    relu, select, gated = _pieces(ctx, x, bits, [GELU_COEFFS] + ([GELU_GRAD_COEFFS] if with_grad else []),
+                                  later=int(with_grad))
     out = relu - gated[0]
     if not with_grad:
         return out
-    ones = ctx.public(1, x.shape, frac_bits=0)
-    sgn = ones - 2 * negative                                  # +1 / -1, scale 1
-    step = _encode_bits(ctx, ones - negative)                  # [x >= 0] at scale f
-    dg = beaver.mul(ctx, gated[1], sgn)                        # bit-scale product: no truncation
+    step = _encode_bits(ctx, ctx.public(1, x.shape, frac_bits=0) - select.bit)     # [x >= 0] at scale f
+    dg = gated[1] - 2 * select.times(gated[1])                 # sgn(x) g'(|x|): no truncation
     return out, step - dg
 
 
 def tanh(ctx, x: torch.Tensor, bits: int = 32) -> torch.Tensor:
     """tanh(x), max error about 1e-3. Cost: tanh_cost()."""
-    _, negative, (r_inside,) = _pieces(ctx, x, bits, [TANH_COEFFS])
+    _, select, (r_inside,) = _pieces(ctx, x, bits, [TANH_COEFFS], later=1)
     magnitude = ctx.public(1.0, x.shape) - 2 * r_inside
-    sgn = ctx.public(1, x.shape, frac_bits=0) - 2 * negative
-    return beaver.mul(ctx, magnitude, sgn)
+    return magnitude - 2 * select.times(magnitude)             # sgn(x) magnitude
 
 
 def sigmoid(ctx, x: torch.Tensor, bits: int = 32) -> torch.Tensor:
@@ -125,11 +127,11 @@ def gelu_cost(n: int, numel: int, bits: int = 32, with_grad: bool = False,
               frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
     if not with_grad:
         return _pieces_cost(n, numel, bits, 1, frac_bits)
-    return _pieces_cost(n, numel, bits, 2, frac_bits) + beaver.mul_cost(n, numel, numel)
+    return _pieces_cost(n, numel, bits, 2, frac_bits) + select_times_cost(n, numel)
 
 
 def tanh_cost(n: int, numel: int, bits: int = 32, frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
-    return _pieces_cost(n, numel, bits, 1, frac_bits) + beaver.mul_cost(n, numel, numel)
+    return _pieces_cost(n, numel, bits, 1, frac_bits) + select_times_cost(n, numel)
 
 
 def sigmoid_cost(n: int, numel: int, bits: int = 32, frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:

@@ -18,8 +18,9 @@ sum is a multiple of 2^(64-k), invisible mod 2^(L-k+1)), over L - k bits: fewer 
 and often a round. Its bit is [x < 0] except for x in [0, (n-1) 2^k), where it may be 1.
 relu/select reuse step 1's round to open x - a for a dealer pair (a, a*beta), making
 x * s local: relu(x) = x - x*s exact, with no truncation; below_thresholds likewise makes
-x [x < t_j] local for many public t_j, opening x - a once. SignGate multiplies s by values
-truncated later, locally too (its docstring).
+x [x < t_j] local for many public t_j, opening x - a once. Select.times multiplies s by a
+value known only later for one opening of it, masked (half a Beaver product); SignGate
+multiplies s by values truncated later, locally (their docstrings).
 Rounds: 2 + ceil(log2(ceil((L - k) / digit_bits))), digit_bits = digit_bits_for(number of
 values, L - k) unless given. Bytes: sign_cost(n, numel, L - k).
 """
@@ -88,12 +89,12 @@ def sign_cost(n: int, numel: int, bits: int = FULL_BITS, digit_bits: int | None 
 
 
 def _sign(ctx, x: torch.Tensor, bits: int, digit_bits: int, factor: torch.Tensor | None = None,
-          gates: list | None = None, resolution_bits: int = 0, shifts: list | None = None):
+          gates: list | None = None, resolution_bits: int = 0, shifts: list | None = None, later: int = 0):
     """Arithmetic-share coefficients (A, B) with s = A + B*beta, beta, y*beta for the factor y
-    (broadcastable to x; None if no factor) and the correlation ("select" with a factor,
-    "select_scales" with a factor and `shifts`, "sign_gates" where `gates` lists truncation
-    shifts, "sign" otherwise). With a factor, y - a is opened in the first round for the
-    dealer's pair (a, a*beta): y*beta = (y - a)*beta + a*beta."""
+    (broadcastable to x; None if no factor) and the correlation ("select" with a factor and
+    `later` pairs for Select.times, "select_scales" with a factor and `shifts`, "sign_gates"
+    where `gates` lists truncation shifts, "sign" otherwise). With a factor, y - a is opened in
+    the first round for the dealer's pair (a, a*beta): y*beta = (y - a)*beta + a*beta."""
     if not 1 <= bits <= FULL_BITS:
         raise ValueError(f"comparison bits must be in [1, {FULL_BITS}], got {bits}")
     if not 0 <= resolution_bits < bits:
@@ -107,7 +108,7 @@ def _sign(ctx, x: torch.Tensor, bits: int, digit_bits: int, factor: torch.Tensor
     elif shifts:
         correlation = ctx.correlation("select_scales", **layout, factor=list(factor.shape), shifts=list(shifts))
     elif factor is not None:
-        correlation = ctx.correlation("select", **layout, factor=list(factor.shape))
+        correlation = ctx.correlation("select", **layout, factor=list(factor.shape), later=later)
     else:
         correlation = ctx.correlation("sign", **layout)
     r = correlation.random[0]
@@ -216,8 +217,47 @@ def select_negative(ctx, x: torch.Tensor, bits: int = FULL_BITS, digit_bits: int
                     resolution_bits: int = 0):
     """Shares of x * s and of s = [x < 0] (coarse where resolution_bits > 0: the module
     docstring), in sign_bit's rounds (x*s is local). Cost: sign_cost(n, numel, bits - k, factor=numel)."""
-    coeff_a, coeff_b, beta, x_beta, _ = _sign(ctx, x, bits, digit_bits, x, None, resolution_bits)
-    return coeff_a * x + coeff_b * x_beta, _constant(ctx, coeff_a) + coeff_b * beta
+    select = Select(ctx, x, bits, digit_bits, resolution_bits)
+    return select.negative_part, select.bit
+
+
+class Select:
+    """select_negative's s = [x < 0] and x s, and products y s of up to `later` values y of x's
+    shape computed after the comparison: for each, the dealer adds a pair (a_k, a_k beta) to
+    the comparison's correlation ("select" with later), and s = A + B beta gives
+      y s = A y + B ((y - a_k) beta + a_k beta),
+    one opening of y - a_k (8 bytes per element to each peer, a round): half a Beaver
+    product's bytes, and its dealer bytes. Reveals what select_negative does and the uniform
+    y - a_k. Cost: sign_cost(n, numel, bits - k, factor=numel), and select_times_cost per times().
+
+        select = Select(ctx, x, later=1)        # select.bit = [x < 0], select.negative_part = x [x < 0]
+        y_negative = select.times(y)            # y [x < 0], one round
+    """
+
+    def __init__(self, ctx, x: torch.Tensor, bits: int = FULL_BITS, digit_bits: int | None = None,
+                 resolution_bits: int = 0, later: int = 0):
+        self.ctx, self.shape = ctx, x.shape
+        self._a, self._b, self._beta, x_beta, self._correlation = _sign(
+            ctx, x, bits, digit_bits, x, None, resolution_bits, later=later)
+        self.negative_part = self._a * x + self._b * x_beta
+        self.bit = _constant(ctx, self._a) + self._b * self._beta
+        self._unused = list(range(later))
+
+    def times(self, y: torch.Tensor) -> torch.Tensor:
+        """Shares of y s (y of x's shape, any scale: no truncation), with the next unused pair."""
+        if y.shape != self.shape:
+            raise ValueError(f"Select.times takes values of the compared shape {tuple(self.shape)}, got {tuple(y.shape)}")
+        if not self._unused:
+            raise ValueError("this Select has no pair left for times(): ask for more with later=")
+        k = self._unused.pop(0)
+        (masked,) = open_low(self.ctx, [(y - self._correlation.random[3 + k], RING_BITS)])
+        y_beta = masked * self._beta + self._correlation.derived()[4 + k]
+        return self._a * y + self._b * y_beta
+
+
+def select_times_cost(n: int, numel: int) -> Cost:
+    """Select.times of numel values: one opening of full ring elements."""
+    return open_low_cost(n, [(numel, RING_BITS)])
 
 
 def below_thresholds(ctx, x: torch.Tensor, thresholds: list, bits: int = FULL_BITS):

@@ -28,9 +28,11 @@ Kinds (params -> values, all as additive shares):
 - "and_triple"(words): binary (XOR-shared) packed words a, b uniform; c = a AND b.
 - "sign"(shape, bits, digit_bits): r, s uniform; the digit planes of r, bit_L(r) XOR beta and
   beta = s mod 2 (protocols/comparison.py).
-- "select"(shape, bits, digit_bits, factor): "sign" plus a uniform a of shape `factor` (which
-  broadcasts to `shape`) and a * beta: the factor y's product with the bit, y s, is local once
-  y - a is open (comparison.select_negative, below_thresholds).
+- "select"(shape, bits, digit_bits, factor, later): "sign" plus a uniform a of shape `factor`
+  (which broadcasts to `shape`) and a * beta: the factor y's product with the bit, y s, is local
+  once y - a is open (comparison.select_negative, below_thresholds); and `later` more such
+  pairs (a_k, a_k * beta) of the full shape, for values that the bit multiplies after the
+  comparison (comparison.Select.times).
 - "select_scales"(shape, bits, digit_bits, factor, shifts): "select" for shape [T, *factor] plus
   a truncation mask r of the factor's shape, its r_top, r_mid_k = (r mod 2^63) >> m_k for each
   of the T + 1 `shifts`, and per threshold j the products of its beta_j with r_top, r_mid_(j-1)
@@ -138,15 +140,22 @@ def _sign(p):
 
 
 def _select(p):
+    return _with_factors(p, int(p["later"]))
+
+
+def _with_factors(p, later: int):
+    """"sign" plus a uniform a of shape `factor` and `later` more a_k of the full shape, with
+    each one's product with beta."""
     shape, factor = _shape(p["shape"]), _shape(p["factor"])
     if _broadcast(factor, shape) != shape:
         raise ValueError(f"'select': factor {list(factor)} does not broadcast to shape {list(shape)}")
     random, derived, derive_sign = _sign(p)
 
-    def derive(r, s, a):
+    def derive(r, s, *factors):
         out = derive_sign(r, s)
-        return out + [a * out[2]]
-    return random + [(factor, ARITH)], derived + [(shape, ARITH)], derive
+        return out + [a * out[2] for a in factors]
+    return (random + [(factor, ARITH)] + [(shape, ARITH)] * later,
+            derived + [(shape, ARITH)] * (1 + later), derive)
 
 
 def _select_scales(p):
@@ -157,7 +166,7 @@ def _select_scales(p):
     if len(shape) != len(factor) + 1 or shape[1:] != factor or len(shifts) != shape[0] + 1:
         raise ValueError(f"'select_scales': shape {list(shape)} must be [T, *factor] for factor "
                          f"{list(factor)}, with T + 1 shifts (got {len(shifts)})")
-    random, derived, derive_select = _select(p)
+    random, derived, derive_select = _with_factors(p, 0)
 
     def derive(r, s, a, mask):
         out = derive_select(r, s, a)
@@ -171,6 +180,7 @@ def _select_scales(p):
 
 
 MAX_FUSED_TRUNCATIONS = 64
+MAX_LATER_FACTORS = 8
 
 
 def _check_shifts(kind: str, name: str, shifts) -> None:
@@ -271,7 +281,8 @@ PARAMETERS = {"triple": {"shape_a": "shape", "shape_b": "shape"},
               "trunc": {"shape": "shape", "bits": (0, RING_BITS - 1)},
               "and_triple": {"words": (0, 1 << 40)},
               "sign": {"shape": "shape", "bits": (1, RING_BITS - 2), "digit_bits": (1, 8)},
-              "select": {"shape": "shape", "bits": (1, RING_BITS - 2), "digit_bits": (1, 8), "factor": "shape"},
+              "select": {"shape": "shape", "bits": (1, RING_BITS - 2), "digit_bits": (1, 8), "factor": "shape",
+                         "later": (0, MAX_LATER_FACTORS)},
               "select_scales": {"shape": "shape", "bits": (1, RING_BITS - 2), "digit_bits": (1, 8), "factor": "shape",
                                 "shifts": "list"},
               "sign_gates": {"shape": "shape", "bits": (1, RING_BITS - 2), "digit_bits": (1, 8), "gates": "list"},

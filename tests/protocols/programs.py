@@ -159,6 +159,35 @@ def gate_transcript(session, x, y):
     return [t.reshape(-1) for t in recording.received[start:]]
 
 
+def select_times_transcript(session, x, y):
+    """A Select on [x < 0] (x party 0's) multiplying y (party 1's) later: every party's view
+    of the times() round."""
+    from mpcft.protocols.comparison import Select
+    recording = RecordingSession(session)
+    ctx = MPCContext(recording)
+    X, Y = owned(ctx, x, 0), owned(ctx, y, 1)
+    select = Select(ctx, X.share, 32, later=1)
+    start = len(recording.received)
+    select.times(Y.share)
+    return [t.reshape(-1) for t in recording.received[start:]]
+
+
+def select_times(session, x, ys, resolution_bits):
+    """Select of party 0's x with len(ys) later products by party n-1's ys: the opened bit,
+    each y [x < 0] (ring units) and the measured cost of each times()."""
+    from mpcft.protocols.comparison import Select
+    ctx = MPCContext(session)
+    X = owned(ctx, x, 0)
+    select = Select(ctx, X.share, 32, resolution_bits=resolution_bits, later=len(ys))
+    products, costs = [], []
+    for y in ys:
+        Y = owned(ctx, y, session.world_size - 1)
+        product, cost = measured(session, lambda: select.times(Y.share))
+        products.append(sharing.open_(ctx, product))
+        costs.append(cost)
+    return sharing.open_(ctx, select.bit), products, costs
+
+
 def threshold_scale(session, x, v, thresholds, shifts):
     """comparison.ThresholdScale of party 0's x, truncating party n-1's v (raw ring values):
     the opened below, x_below (decoded), the scaled v (ring) and the measured cost."""

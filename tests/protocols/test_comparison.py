@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from mpcft.kernels import FixedPoint
-from mpcft.protocols.comparison import (clamp_cost, digit_bits_for, max_along_cost, sign_cost, sign_gate_cost,
+from mpcft.protocols.comparison import (Select, clamp_cost, digit_bits_for, max_along_cost, select_times_cost,
+                                        sign_cost, sign_gate_cost,
                                        threshold_scale_cost)
 from mpcft.protocols.correlations import CorrelationDealer, correction_bytes
 from mpcft.runtime import run_threads, spawn
@@ -105,6 +106,38 @@ def test_coarse_comparisons(n):
             n, x.numel(), x.shape[-1], bits).bytes_sent
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n", [2, 3])
+def test_select_multiplies_later_values_by_the_bit(n):
+    gen = torch.Generator().manual_seed(n)
+    x = torch.randn(3000, generator=gen, dtype=torch.float64) * 5
+    x[:4] = torch.tensor([0.0, -2.0 ** -16, 2.0 ** -16, 1e-3])          # near 0: coarse band
+    ys = [torch.randn(3000, generator=gen, dtype=torch.float64) * 100, torch.full((3000,), -7.5, dtype=torch.float64)]
+    bit, products, costs = run_threads(programs.select_times, n, x, ys, 10, dealer_handler=CorrelationDealer)[0]
+    assert set(bit.unique().tolist()) <= {0, 1}
+    exact = (FP.encode(x) < 0).long()
+    assert torch.equal(bit[exact == 1], exact[exact == 1])                 # coarse: x in [0, (n-1) 2^10) may be 1
+    assert (bit != exact).sum() <= 4
+    for y, product, cost in zip(ys, products, costs):
+        assert torch.equal(product, FP.encode(y) * bit)                    # exact: no truncation
+        assert cost == astuple(select_times_cost(n, 3000))
+    assert select_times_cost(n, 3000).bytes_sent == 8 * 3000 * (n - 1)     # half a Beaver product
+
+
+def test_select_times_is_refused_beyond_its_pairs_and_for_other_shapes():
+    def program(session):
+        from mpcft.protocols.context import MPCContext
+        ctx = MPCContext(session)
+        x = programs.owned(ctx, torch.ones(5, dtype=torch.float64), 0).share
+        select = Select(ctx, x, 20, later=1)
+        with pytest.raises(ValueError, match="compared shape"):
+            select.times(x[:4])
+        select.times(x)
+        with pytest.raises(ValueError, match="no pair left"):
+            select.times(x)
+    run_threads(program, 2, dealer_handler=CorrelationDealer)
+
+
 def test_sign_gates_and_select_layouts():
     # "sign" plus, per gate m, its mask's r_top and r_mid and their products with beta, the
     # top bit's two in ceil((m + 1) / 8) bytes (read times 2^(63 - m)), r_mid's in 8
@@ -112,12 +145,17 @@ def test_sign_gates_and_select_layouts():
     assert correction_bytes("sign", sign) == 8 * 35 + 8 * (4 * 16 + 1)     # beta; planes and r's bit
     assert correction_bytes("sign_gates", dict(sign, gates=[36, 5])) == correction_bytes("sign", sign) + 35 * (
         2 * (5 + 8) + 2 * (1 + 8))
-    # "select": plus a * beta, its factor a broadcasting to the shape
+    # "select": plus a * beta, its factor a broadcasting to the shape, and a_k * beta per later pair
     for factor in ([5, 7], [1, 7], [7], []):
-        assert correction_bytes("select", dict(sign, factor=factor)) == correction_bytes("sign", sign) + 8 * 35
+        for later in (0, 1, 3):
+            assert correction_bytes("select", dict(sign, factor=factor, later=later)) == (
+                correction_bytes("sign", sign) + 8 * 35 * (1 + later))
     for factor in ([5, 8], [6, 1], [2, 5, 7]):
         with pytest.raises(ValueError, match="broadcast|do not combine"):
-            correction_bytes("select", dict(sign, factor=factor))
+            correction_bytes("select", dict(sign, factor=factor, later=0))
+    for later in (-1, 9, True, None):
+        with pytest.raises(ValueError):
+            correction_bytes("select", dict(sign, factor=[7], later=later))
     for gates in ([], [0], [62], [True], 36, [36] * 65):
         with pytest.raises(ValueError):
             correction_bytes("sign_gates", dict(sign, gates=gates))
@@ -158,11 +196,11 @@ def test_threshold_scale_truncates_by_the_intervals_shift(n):
 def test_select_scales_layout():
     # "select" plus r_top, an r_mid per shift and, per threshold, beta r_top (in max(m) + 1
     # bits), beta r_mid_(j-1) and beta r_mid_j (8 bytes)
-    select = {"shape": [3, 5], "bits": 20, "digit_bits": 4, "factor": [5]}
-    scales = dict(select, shifts=[20, 22, 30, 40])
+    select = {"shape": [3, 5], "bits": 20, "digit_bits": 4, "factor": [5], "later": 0}
+    scales = dict({k: v for k, v in select.items() if k != "later"}, shifts=[20, 22, 30, 40])
     assert correction_bytes("select_scales", scales) == correction_bytes("select", select) + (
         5 * 6 + 4 * 5 * 8 + 15 * 6 + 2 * 15 * 8)
     for shape, factor, shifts in (([3, 5], [1, 5], [20] * 4), ([3, 5], [5], [20] * 3), ([15], [15], [20] * 16),
                                   ([3, 5], [5], [20, 0, 20, 20])):
         with pytest.raises(ValueError):
-            correction_bytes("select_scales", dict(select, shape=shape, factor=factor, shifts=shifts))
+            correction_bytes("select_scales", dict(scales, shape=shape, factor=factor, shifts=shifts))

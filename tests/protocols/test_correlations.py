@@ -45,9 +45,10 @@ def test_triples_pairs_and_truncation_material_are_correct(n):
     assert torch.equal(c, a & b) and len(corrections[0]) == 1
     (r, _, onehot, masked, beta), _ = reconstruct("sign", {"shape": [5, 300], "bits": 30, "digit_bits": 4}, n)
     assert set(beta.unique().tolist()) == {0, 1} and abs(beta.double().mean() - 0.5) < 0.05
-    (_, _, a, *_, select_beta, a_beta), _ = reconstruct(
-        "select", {"shape": [5, 300], "bits": 30, "digit_bits": 4, "factor": [300]}, n)
+    (_, _, a, later, *_, select_beta, a_beta, later_beta), _ = reconstruct(
+        "select", {"shape": [5, 300], "bits": 30, "digit_bits": 4, "factor": [300], "later": 1}, n)
     assert a.shape == (300,) and torch.equal(a_beta, a * select_beta)
+    assert later.shape == (5, 300) and torch.equal(later_beta, later * select_beta)
     assert torch.equal(unpack_bits(masked, 1500), (bit(r, 30) ^ beta).reshape(-1))
     assert onehot.shape == (8, 16, 24)
     low = low_bits(r, 30).reshape(-1)
