@@ -63,15 +63,61 @@ def matmuls(ctx, pairs) -> list:
                     for x, y in pairs]
     masked = [t for (x, y), c in zip(pairs, correlations) for t in (x - c.random[0], y - c.random[1])]
     opened = open_many(ctx, masked)
-    out = []
-    for i, correlation in enumerate(correlations):
-        (a, b), d, e = correlation.random, opened[2 * i], opened[2 * i + 1]
-        z = ring_matmul(d, b + e if ctx.rank == 0 else b) + ring_matmul(a, e)
-        (c,) = correlation.derived()
-        out.append(z + c)
-    return out
+    return [_from_masked(ctx, opened[2 * i], opened[2 * i + 1], *correlation.random, *correlation.derived())
+            for i, correlation in enumerate(correlations)]
+
+
+def _from_masked(ctx, d, e, a, b, c) -> torch.Tensor:
+    """Shares of x @ y from the opened d = x - A, e = y - B and the triple (A, B, C = A @ B)."""
+    return ring_matmul(d, b + e if ctx.rank == 0 else b) + ring_matmul(a, e) + c
 
 
 def matmul_cost(n: int, numel_x: int, numel_y: int) -> Cost:
     return open_cost(n, numel_x + numel_y)
+
+
+class MatmulWithGrads:
+    """z = x @ y ([..., m, k] @ [..., k, n], the same batch dimensions) by a Beaver product
+    whose masks its backward reuses. With E = x - A, F = y - B opened for z, and the dealer's
+    uniform C of z's shape with C B^T and A^T C ("matmul_grads"), the gradients of an
+    incoming G open only H = G - C:
+      G y^T = H (F + B)^T + C F^T + C B^T,     x^T G = (E + A)^T H + E^T C + A^T C
+    (the public H F^T and E^T H added by party 0 only). So a backward costs one opening of G,
+    where two Beaver products would open G twice, x and y. Reveals nothing: E, F and H are
+    uniform. Cost: matmul_cost(n, x.numel(), y.numel()), then backward_cost(n, z.numel()).
+
+        product = MatmulWithGrads(ctx, x, y, grad_x=True, grad_y=True)   # product.out: x @ y
+        gx, gy = product.backward(g)                                     # g y^T, x^T g; once
+    """
+
+    def __init__(self, ctx, x: torch.Tensor, y: torch.Tensor, grad_x: bool, grad_y: bool):
+        self.ctx, self.grad_x, self.grad_y = ctx, bool(grad_x), bool(grad_y)
+        self._correlation = ctx.correlation("matmul_grads", shape_a=list(x.shape), shape_b=list(y.shape),
+                                            grad_a=int(self.grad_x), grad_b=int(self.grad_y))
+        a, b, _ = self._correlation.random
+        self._e, self._f = open_many(ctx, [x - a, y - b])
+        self.out = _from_masked(ctx, self._e, self._f, a, b, self._correlation.derived()[0])
+        self._done = False
+
+    def backward(self, grad: torch.Tensor) -> tuple:
+        """(grad y^T if grad_x else None, x^T grad if grad_y else None), exact ring products."""
+        if self._done:
+            raise RuntimeError("MatmulWithGrads.backward runs once: its masks are used up")
+        self._done = True
+        ctx, first = self.ctx, self.ctx.rank == 0
+        a, b, c = self._correlation.random
+        (h,) = open_many(ctx, [grad - c])
+        derived = iter(self._correlation.derived()[1:])
+        gx = gy = None
+        if self.grad_x:
+            f_t = self._f.mT.contiguous()
+            gx = ring_matmul(h, (b.mT + f_t if first else b.mT).contiguous()) + ring_matmul(c, f_t) + next(derived)
+        if self.grad_y:
+            e_t = self._e.mT.contiguous()
+            gy = ring_matmul((a.mT + e_t if first else a.mT).contiguous(), h) + ring_matmul(e_t, c) + next(derived)
+        return gx, gy
+
+    @staticmethod
+    def backward_cost(n: int, numel_out: int) -> Cost:
+        return open_cost(n, numel_out)
 

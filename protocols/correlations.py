@@ -23,6 +23,9 @@ needed mod 2^w alone: its corrections travel in ceil(w / 8) bytes (3 instead of 
 Kinds (params -> values, all as additive shares):
 - "triple"(shape_a, shape_b): a, b uniform; c = a * b (broadcast).
 - "matmul_triple"(shape_a, shape_b): A, B uniform; C = A @ B (batched).
+- "matmul_grads"(shape_a, shape_b, grad_a, grad_b): "matmul_triple" for [..., m, k] @ [..., k, n]
+  (the same batch dimensions) plus a uniform C of the product's shape, and C B^T where grad_a,
+  A^T C where grad_b: the masks of a product that its backward reuses (beaver.MatmulWithGrads).
 - "square"(shape): a uniform; a^2.
 - "trunc"(shape, bits): r uniform; r_top = msb(r); r_mid = (r mod 2^63) >> bits.
 - "and_triple"(words): binary (XOR-shared) packed words a, b uniform; c = a AND b.
@@ -105,6 +108,19 @@ def _triple(p):
 def _matmul_triple(p):
     a, b = _shape(p["shape_a"]), _shape(p["shape_b"])
     return [(a, ARITH), (b, ARITH)], [(_matmul_shape(a, b), ARITH)], lambda x, y: [ring_matmul(x, y)]
+
+
+def _matmul_grads(p):
+    a, b = _shape(p["shape_a"]), _shape(p["shape_b"])
+    if len(a) < 2 or len(b) < 2 or a[:-2] != b[:-2] or a[-1] != b[-2]:
+        raise ValueError(f"'matmul_grads': shapes {list(a)} @ {list(b)} must be [..., m, k] @ [..., k, n] "
+                         f"with the same batch dimensions")
+    out, grad_a, grad_b = a[:-1] + b[-1:], int(p["grad_a"]), int(p["grad_b"])
+
+    def derive(x, y, c):
+        return ([ring_matmul(x, y)] + [ring_matmul(c, y.mT.contiguous())] * grad_a
+                + [ring_matmul(x.mT.contiguous(), c)] * grad_b)
+    return [(a, ARITH), (b, ARITH), (out, ARITH)], [(out, ARITH)] + [(a, ARITH)] * grad_a + [(b, ARITH)] * grad_b, derive
 
 
 def _square(p):
@@ -268,7 +284,7 @@ def _dp_laplace(p):
 
 
 # kind -> params -> ([(shape, how)] random inputs, [(shape, how)] derived values, derive)
-KINDS = {"triple": _triple, "matmul_triple": _matmul_triple, "square": _square, "trunc": _trunc,
+KINDS = {"triple": _triple, "matmul_triple": _matmul_triple, "matmul_grads": _matmul_grads, "square": _square, "trunc": _trunc,
          "and_triple": _and_triple, "sign": _sign, "select": _select, "select_scales": _select_scales, "sign_gates": _sign_gates, "trunc_products": _trunc_products, "dp_noise": _dp_noise,
          "dp_laplace": _dp_laplace}
 
@@ -277,6 +293,7 @@ MAX_EXTENT = 1 << 48     # elements a shape may span, counting only its non-zero
 # kind -> {parameter: "shape" or (least, greatest) integer}: every request is checked against it
 PARAMETERS = {"triple": {"shape_a": "shape", "shape_b": "shape"},
               "matmul_triple": {"shape_a": "shape", "shape_b": "shape"},
+              "matmul_grads": {"shape_a": "shape", "shape_b": "shape", "grad_a": (0, 1), "grad_b": (0, 1)},
               "square": {"shape": "shape"},
               "trunc": {"shape": "shape", "bits": (0, RING_BITS - 1)},
               "and_triple": {"words": (0, 1 << 40)},

@@ -12,7 +12,7 @@ import math
 
 from mpcft.kernels import ring_matmul
 from mpcft.protocols import activations, beaver, fixed, layernorm, reciprocal, softmax
-from mpcft.protocols.truncation import truncate
+from mpcft.protocols.truncation import truncate, truncate_many
 from mpcft.tensor import Function, SharedTensor
 
 
@@ -38,28 +38,49 @@ def _product(ctx, x, weight, transpose: bool):
     return truncate(ctx, ring_matmul(x.contiguous(), w.contiguous()))
 
 
+def _truncated(ctx, products) -> list:
+    """The ring products (None kept) truncated by f together: one round."""
+    present = [p for p in products if p is not None]
+    done = iter(truncate_many(ctx, [(p, ctx.frac_bits) for p in present]) if present else ())
+    return [None if p is None else next(done) for p in products]
+
+
 class LinearFunction(Function):
-    """y = x W^T + b. Backward: dW = g^T x, db = sum g, dx = g W."""
+    """y = x W^T + b. Backward: dW = g^T x, db = sum g, dx = g W. A secret weight's product
+    keeps its Beaver masks for the backward (beaver.MatmulWithGrads) unless the weight takes
+    per-example gradients (grad_sample, from the saved x instead)."""
 
     @staticmethod
     def forward(fctx, x, weight, bias):
-        ctx = fctx.mpc
-        fctx.weight = weight
-        if fctx.needs_input_grad[1]:
+        ctx, needs = fctx.mpc, fctx.needs_input_grad
+        fctx.weight, fctx.product = weight, None
+        sampled = getattr(weight, "grad_sample_enabled", False)
+        if needs[1] and sampled:
             fctx.x = x
-        fctx.out_features = weight.shape[0]
-        y = _product(ctx, x, weight, transpose=True)
+        if weight.secret and (needs[0] or needs[1] and not sampled):
+            fctx.product = beaver.MatmulWithGrads(ctx, x.reshape(-1, x.shape[-1]), weight.data.mT.contiguous(),
+                                                  grad_x=needs[0], grad_y=needs[1] and not sampled)
+            y = truncate(ctx, fctx.product.out).reshape(*x.shape[:-1], weight.shape[0])
+        else:
+            if needs[1]:
+                fctx.x = x
+            y = _product(ctx, x, weight, transpose=True)
         return y if bias is None else y + bias.share()
 
     @staticmethod
     def backward(fctx, grad):
         ctx, needs = fctx.mpc, fctx.needs_input_grad
         gx = gw = gb = None
-        if needs[1]:
-            g2, x2 = grad.reshape(-1, grad.shape[-1]), fctx.x.reshape(-1, fctx.x.shape[-1])
-            gw = fixed.matmul(ctx, g2.mT.contiguous(), x2)
+        g2 = grad.reshape(-1, grad.shape[-1])
         if needs[2]:
-            gb = grad.reshape(-1, grad.shape[-1]).sum(0)
+            gb = g2.sum(0)
+        if fctx.product is not None and (needs[0] or needs[1]):
+            gx, gw_t = _truncated(ctx, fctx.product.backward(g2))
+            gx = None if gx is None or not needs[0] else gx.reshape(grad.shape[:-1] + (gx.shape[-1],))
+            gw = None if gw_t is None or not needs[1] else gw_t.mT.contiguous()
+            return gx, gw, gb
+        if needs[1]:
+            gw = fixed.matmul(ctx, g2.mT.contiguous(), fctx.x.reshape(-1, fctx.x.shape[-1]))
         if needs[0]:
             gx = _product(ctx, grad, fctx.weight, transpose=False)
         return gx, gw, gb
@@ -73,37 +94,35 @@ def linear(x: SharedTensor, weight, bias=None) -> SharedTensor:
 
 class AttentionFunction(Function):
     """Multi-head scaled dot-product attention of q, k, v [B, T, H] under a shared 0/1 key mask
-    [B, 1, 1, T]: p = softmax(q k^T / sqrt(dh), mask), out = p v (heads merged)."""
+    [B, 1, 1, T]: p = softmax(q k^T / sqrt(dh), mask), out = p v (heads merged). Where a
+    gradient is needed, both products keep their Beaver masks for the backward
+    (beaver.MatmulWithGrads): it opens g_c and g_scores once each, and nothing else."""
 
     @staticmethod
     def forward(fctx, q, k, v, mask, heads):
-        ctx = fctx.mpc
+        ctx, (need_q, need_k, need_v) = fctx.mpc, fctx.needs_input_grad[:3]
         q, k, v = (_split(t, heads) for t in (q, k, v))
-        fctx.scale = 1 / math.sqrt(q.shape[-1])
-        scores = fixed.mul_public(ctx, fixed.matmul(ctx, q, k.mT.contiguous()), fctx.scale)
-        p = softmax.softmax(ctx, scores, clamp=True, shared_mask=mask)
-        c = fixed.matmul(ctx, p, v)
-        if any(fctx.needs_input_grad):
-            fctx.saved = q, k, v, p
-        return _merge(c)
+        fctx.scale, fctx.heads = 1 / math.sqrt(q.shape[-1]), heads
+        if not (need_q or need_k or need_v):
+            scores = fixed.mul_public(ctx, fixed.matmul(ctx, q, k.mT.contiguous()), fctx.scale)
+            return _merge(fixed.matmul(ctx, softmax.softmax(ctx, scores, clamp=True, shared_mask=mask), v))
+        fctx.qk = beaver.MatmulWithGrads(ctx, q, k.mT.contiguous(), need_q, need_k)
+        scores = fixed.mul_public(ctx, truncate(ctx, fctx.qk.out), fctx.scale)
+        fctx.p = softmax.softmax(ctx, scores, clamp=True, shared_mask=mask)
+        fctx.pv = beaver.MatmulWithGrads(ctx, fctx.p, v, need_q or need_k, need_v)
+        return _merge(truncate(ctx, fctx.pv.out))
 
     @staticmethod
     def backward(fctx, grad):
-        ctx, (need_q, need_k, need_v) = fctx.mpc, fctx.needs_input_grad[:3]
-        q, k, v, p = fctx.saved
-        g_c = _split(grad, q.shape[1])
-        g_q = g_k = g_v = None
+        ctx, (need_q, need_k) = fctx.mpc, fctx.needs_input_grad[:2]
+        g_p, g_v = _truncated(ctx, fctx.pv.backward(_split(grad, fctx.heads)))
+        g_q = g_k = None
         if need_q or need_k:
-            g_p = fixed.matmul(ctx, g_c, v.mT.contiguous())
-        if need_v:
-            g_v = _merge(fixed.matmul(ctx, p.mT.contiguous(), g_c))
-        if need_q or need_k:
-            g_scores = fixed.mul_public(ctx, softmax.softmax_backward(ctx, p, g_p), fctx.scale)
-            if need_q:
-                g_q = _merge(fixed.matmul(ctx, g_scores, k))
-            if need_k:
-                g_k = _merge(fixed.matmul(ctx, g_scores.mT.contiguous(), q))
-        return g_q, g_k, g_v, None, None
+            g_scores = fixed.mul_public(ctx, softmax.softmax_backward(ctx, fctx.p, g_p), fctx.scale)
+            g_q, g_k_t = _truncated(ctx, fctx.qk.backward(g_scores))
+            g_k = None if g_k_t is None else _merge(g_k_t.mT)
+            g_q = None if g_q is None else _merge(g_q)
+        return g_q, g_k, None if g_v is None else _merge(g_v), None, None
 
 
 def _split(t, heads: int):   # [B, T, H] -> [B, heads, T, H / heads]

@@ -99,6 +99,31 @@ def ring_products(session, x_ring, y_ring, batched, device=None):
 
 
 
+def products_with_grads(session, x_ring, y_ring, g_ring, grad_x, grad_y):
+    """beaver.MatmulWithGrads of x (party 0's) and y (party n-1's), backward on g (party 0's):
+    the opened x @ y, g y^T, x^T g (None where not asked) and the measured costs."""
+    ctx = MPCContext(session)
+    n = session.world_size
+    xs = sharing.share(ctx, x_ring if ctx.rank == 0 else None, 0, x_ring.shape)
+    ys = sharing.share(ctx, y_ring if ctx.rank == n - 1 else None, n - 1, y_ring.shape)
+    gs = sharing.share(ctx, g_ring if ctx.rank == 0 else None, 0, g_ring.shape)
+    product, forward = measured(session, lambda: beaver.MatmulWithGrads(ctx, xs, ys, grad_x, grad_y))
+    grads, backward = measured(session, lambda: product.backward(gs))
+    return ([sharing.open_(ctx, t) if t is not None else None for t in (product.out, *grads)],
+            forward, backward)
+
+
+def product_grads_transcript(session, x, y, g):
+    """Every party's view of a MatmulWithGrads of x (party 0's) and y (party 1's) and its backward
+    on g (party 0's)."""
+    recording = RecordingSession(session)
+    ctx = MPCContext(recording)
+    X, Y, G = owned(ctx, x, 0), owned(ctx, y, 1), owned(ctx, g, 0)
+    start = len(recording.received)
+    beaver.MatmulWithGrads(ctx, X.share, Y.share, True, True).backward(G.share)
+    return [t.reshape(-1) for t in recording.received[start:]]
+
+
 class RecordingSession:
     """A session proxy that keeps every tensor this party receives from others (its view)."""
 

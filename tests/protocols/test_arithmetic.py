@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mpcft.protocols import beaver, fixed, sharing
+from mpcft.protocols.context import MPCContext
 from mpcft.protocols.correlations import CorrelationDealer
 from mpcft.protocols.cost import Cost, open_cost
 from mpcft.protocols.truncation import truncate_cost
@@ -127,3 +128,38 @@ def test_ring_beaver_products_are_exact(n, batched):
     for z, cost in results:
         assert torch.equal(z, want)
         assert cost == astuple(formula(n, x.numel(), y.numel()))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n", [2, 3, 5])
+@pytest.mark.parametrize("grads", [(True, True), (True, False), (False, True)])
+def test_a_product_whose_masks_serve_its_backward_is_exact(n, grads):
+    from mpcft.kernels import PRG, fresh_seed, ring_matmul
+    prg = PRG(fresh_seed())
+    x, y, g = prg.ring((2, 3, 5, 7)), prg.ring((2, 3, 7, 4)), prg.ring((2, 3, 5, 4))
+    results = run_threads(programs.products_with_grads, n, x, y, g, *grads, dealer_handler=CorrelationDealer)
+    for (z, gx, gy), forward, backward in results:
+        assert torch.equal(z, ring_matmul(x, y))
+        assert torch.equal(gx, ring_matmul(g, y.mT.contiguous())) if grads[0] else gx is None
+        assert torch.equal(gy, ring_matmul(x.mT.contiguous(), g)) if grads[1] else gy is None
+        assert forward == astuple(beaver.matmul_cost(n, x.numel(), y.numel()))
+        assert backward == astuple(beaver.MatmulWithGrads.backward_cost(n, g.numel()))   # g alone is opened
+
+
+def test_a_product_with_grads_refuses_other_batches_and_a_second_backward():
+    from mpcft.protocols.correlations import correction_bytes
+    with pytest.raises(ValueError, match="same batch"):
+        correction_bytes("matmul_grads", {"shape_a": [2, 5, 7], "shape_b": [7, 4], "grad_a": 1, "grad_b": 1})
+    # dealer bytes: A B, then C B^T and A^T C where asked
+    base = {"shape_a": [5, 7], "shape_b": [7, 4]}
+    assert [correction_bytes("matmul_grads", dict(base, grad_a=a, grad_b=b)) for a, b in ((0, 0), (1, 0), (1, 1))] == [
+        8 * 20, 8 * (20 + 35), 8 * (20 + 35 + 28)]
+
+    def program(session):
+        ctx = MPCContext(session)
+        x = programs.owned(ctx, torch.ones(5, 7, dtype=torch.float64), 0).share
+        product = beaver.MatmulWithGrads(ctx, x, x.mT.contiguous(), True, False)
+        product.backward(product.out)
+        with pytest.raises(RuntimeError, match="once"):
+            product.backward(product.out)
+    run_threads(program, 2, dealer_handler=CorrelationDealer)

@@ -36,6 +36,10 @@ def test_triples_pairs_and_truncation_material_are_correct(n):
     assert sum(c[0].numel() for c in corrections) == 40_000 and max(c[0].numel() for c in corrections) <= 40_000 // n + 2
     (a, b, c), _ = reconstruct("matmul_triple", {"shape_a": [2, 4, 6], "shape_b": [6, 3]}, n)
     assert torch.equal(c, ring_matmul(a, b))
+    (a, b, c, ab, cb, ac), _ = reconstruct(
+        "matmul_grads", {"shape_a": [2, 4, 6], "shape_b": [2, 6, 3], "grad_a": 1, "grad_b": 1}, n)
+    assert c.shape == (2, 4, 3) and torch.equal(ab, ring_matmul(a, b))
+    assert torch.equal(cb, ring_matmul(c, b.mT.contiguous())) and torch.equal(ac, ring_matmul(a.mT.contiguous(), c))
     (a, aa), _ = reconstruct("square", {"shape": [10]}, n)
     assert torch.equal(aa, a * a)
     (r, top, mid), _ = reconstruct("trunc", {"shape": [1000], "bits": 20}, n)

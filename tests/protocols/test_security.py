@@ -81,6 +81,19 @@ def test_gated_truncation_views_are_distributed_alike(n):
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("n", [2, 3])
+def test_product_backward_views_are_distributed_alike(n):
+    views = [run_threads(programs.product_grads_transcript, n, torch.full((32, 48), x, dtype=torch.float64),
+                         torch.full((48, 40), y, dtype=torch.float64), torch.full((32, 40), g, dtype=torch.float64),
+                         dealer_handler=CorrelationDealer) for x, y, g in ((0.0, 0.0, 0.0), (1000.0, -0.001, 77.0))]
+    for rank in range(n):
+        ha, hb = (byte_histogram(view[rank]) for view in views)
+        assert chi_square_uniform(ha) < 350 and chi_square_uniform(hb) < 350, rank
+        assert chi_square_two_sample(ha, hb) < 350, rank
+        assert [t.numel() for t in views[0][rank]] == [t.numel() for t in views[1][rank]]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n", [2, 3])
 def test_select_times_views_are_distributed_alike(n):
     shape = (64, 64)
     views = [run_threads(programs.select_times_transcript, n, torch.full(shape, x, dtype=torch.float64),
