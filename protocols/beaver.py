@@ -48,6 +48,69 @@ def square_cost(n: int, numel: int) -> Cost:
     return open_cost(n, numel)
 
 
+class MaskedFactor:
+    """Beaver products of one x with several factors y_k (each of the shape listed for it,
+    broadcasting to x's) and, optionally, its square, with x opened masked once. The dealer's
+    a (uniform), b_k, a^2 and a b_k ("factor_products"): the first use opens d = x - a beside
+    its e_k = y_k - b_k, later uses only their e_k (a square after the first use: nothing):
+      x y_k = d e_k + d b_k + a e_k + a b_k,    x^2 = d^2 + 2 d a + a^2    (d e_k, d^2 at party 0).
+    Uses come in the listed order, the square any time. Reveals nothing: d and the e_k are
+    uniform. Cost: masked_factor_cost(n, x.numel(), [each use's factor numel, 0 for the square]).
+
+        factor = MaskedFactor(ctx, x, [y.shape, z.shape])
+        xy = factor.times(y)          # opens x - a and y - b_1
+        xz = factor.times(z)          # opens z - b_2 only
+    """
+
+    def __init__(self, ctx, x: torch.Tensor, factors: list, square: bool = False):
+        self.ctx, self._x, self._factors = ctx, x, [tuple(f) for f in factors]
+        self._correlation = ctx.correlation("factor_products", shape=list(x.shape),
+                                            factors=[list(f) for f in self._factors], square=int(square))
+        self._d, self._used, self._square, self._squares = None, 0, bool(square), int(square)
+
+    def _open(self, others: list) -> list:
+        """Opens x - a on the first use, beside `others`; returns the others opened."""
+        first_use = self._d is None
+        opened = open_many(self.ctx, ([self._x - self._correlation.random[0]] if first_use else []) + others)
+        if first_use:
+            self._d, self._x = opened[0], None
+            return opened[1:]
+        return opened
+
+    def square(self) -> torch.Tensor:
+        """Shares of x^2 (exact ring product); once."""
+        if not self._square:
+            raise ValueError("this MaskedFactor has no square: ask for it with square=True")
+        self._square = False
+        if self._d is None:
+            self._open([])
+        a, d = self._correlation.random[0], self._d
+        z = self._correlation.derived()[0] + 2 * d * a
+        return z + d * d if self.ctx.rank == 0 else z
+
+    def times(self, y: torch.Tensor) -> torch.Tensor:
+        """Shares of x * y for the next listed factor (exact ring product)."""
+        k = self._used
+        if k == len(self._factors) or tuple(y.shape) != self._factors[k]:
+            raise ValueError(f"MaskedFactor expected its factors of shapes {self._factors} in order; use {k + 1} "
+                             f"got {tuple(y.shape)}")
+        self._used += 1
+        a, b = self._correlation.random[0], self._correlation.random[1 + k]
+        (e,) = self._open([y - b])
+        ab = self._correlation.derived()[self._squares + k]
+        return ab + self._d * (b + e if self.ctx.rank == 0 else b) + a * e
+
+
+def masked_factor_cost(n: int, numel: int, uses: list) -> Cost:
+    """MaskedFactor of numel values used in order for factors of uses[k] values (0: the
+    square): x - a is opened with the first use, then each factor's e_k."""
+    total = open_cost(n, numel + uses[0])
+    for used in uses[1:]:
+        if used:
+            total = total + open_cost(n, used)
+    return total
+
+
 def matmul(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Shares of x @ y mod 2^64 ([..., m, k] @ [..., k, n], batch dims broadcast).
 

@@ -26,6 +26,9 @@ Kinds (params -> values, all as additive shares):
 - "matmul_grads"(shape_a, shape_b, grad_a, grad_b): "matmul_triple" for [..., m, k] @ [..., k, n]
   (the same batch dimensions) plus a uniform C of the product's shape, and C B^T where grad_a,
   A^T C where grad_b: the masks of a product that its backward reuses (beaver.MatmulWithGrads).
+- "factor_products"(shape, factors, square): a uniform of `shape`, b_k uniform of each shape in
+  `factors` (each broadcasting to `shape`); a^2 where square, and a * b_k: one x's products
+  with several factors and its square, x opened masked once (beaver.MaskedFactor).
 - "square"(shape): a uniform; a^2.
 - "trunc"(shape, bits): r uniform; r_top = msb(r); r_mid = (r mod 2^63) >> bits.
 - "and_triple"(words): binary (XOR-shared) packed words a, b uniform; c = a AND b.
@@ -123,6 +126,20 @@ def _matmul_grads(p):
     return [(a, ARITH), (b, ARITH), (out, ARITH)], [(out, ARITH)] + [(a, ARITH)] * grad_a + [(b, ARITH)] * grad_b, derive
 
 
+def _factor_products(p):
+    shape, factors, square = _shape(p["shape"]), p["factors"], int(p["square"])
+    if not 1 <= len(factors) + square or len(factors) > MAX_FACTORS:
+        raise ValueError(f"'factor_products': 1 to {MAX_FACTORS} factors (or a square), got {factors!r}")
+    for factor in factors:
+        _check_parameter("factor_products", "factors", factor, "shape")
+        if _broadcast(_shape(factor), shape) != shape:
+            raise ValueError(f"'factor_products': factor {factor} does not broadcast to shape {list(shape)}")
+
+    def derive(a, *bs):
+        return [a * a] * square + [a * b for b in bs]
+    return [(shape, ARITH)] + [(_shape(f), ARITH) for f in factors], [(shape, ARITH)] * (square + len(factors)), derive
+
+
 def _square(p):
     shape = _shape(p["shape"])
     return [(shape, ARITH)], [(shape, ARITH)], lambda a: [a * a]
@@ -197,6 +214,7 @@ def _select_scales(p):
 
 MAX_FUSED_TRUNCATIONS = 64
 MAX_LATER_FACTORS = 8
+MAX_FACTORS = 8
 
 
 def _check_shifts(kind: str, name: str, shifts) -> None:
@@ -284,7 +302,7 @@ def _dp_laplace(p):
 
 
 # kind -> params -> ([(shape, how)] random inputs, [(shape, how)] derived values, derive)
-KINDS = {"triple": _triple, "matmul_triple": _matmul_triple, "matmul_grads": _matmul_grads, "square": _square, "trunc": _trunc,
+KINDS = {"triple": _triple, "matmul_triple": _matmul_triple, "matmul_grads": _matmul_grads, "factor_products": _factor_products, "square": _square, "trunc": _trunc,
          "and_triple": _and_triple, "sign": _sign, "select": _select, "select_scales": _select_scales, "sign_gates": _sign_gates, "trunc_products": _trunc_products, "dp_noise": _dp_noise,
          "dp_laplace": _dp_laplace}
 
@@ -294,6 +312,7 @@ MAX_EXTENT = 1 << 48     # elements a shape may span, counting only its non-zero
 PARAMETERS = {"triple": {"shape_a": "shape", "shape_b": "shape"},
               "matmul_triple": {"shape_a": "shape", "shape_b": "shape"},
               "matmul_grads": {"shape_a": "shape", "shape_b": "shape", "grad_a": (0, 1), "grad_b": (0, 1)},
+              "factor_products": {"shape": "shape", "factors": "list", "square": (0, 1)},
               "square": {"shape": "shape"},
               "trunc": {"shape": "shape", "bits": (0, RING_BITS - 1)},
               "and_triple": {"words": (0, 1 << 40)},

@@ -4,7 +4,9 @@ xhat = (x - mean) * rstd, rstd = 1 / sqrt(var + eps), var = mean((x - mean)^2):
 two truncations for the moments, inv_sqrt with range reduction for rstd (reciprocal.py),
 one broadcast product. The affine part (gamma, beta) is left to the caller, which knows
 whether they are public (frozen) or shared (trained).
-Backward, with g = dL/dxhat: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
+Backward, with g = dL/dxhat: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)). Both passes
+open the value that two products share masked once (beaver.MaskedFactor): x - mean for its
+square and its product with rstd, xhat for its products with g and mean(g * xhat).
 Accuracy: relative error of rstd below 1e-4 for var + eps in [var_lo, var_hi].
 Reveals nothing but the output shares.
 """
@@ -26,11 +28,12 @@ def layernorm(ctx, x: torch.Tensor, eps: float = 1e-12, var_lo: float = 1e-4, va
     """
     d = x.shape[-1]
     centred = x - fixed.mean_last(ctx, x)
-    squares = truncate(ctx, beaver.square(ctx, centred).sum(-1, keepdim=True))
+    factor = beaver.MaskedFactor(ctx, centred, [centred.shape[:-1] + (1,)], square=True)
+    squares = truncate(ctx, factor.square().sum(-1, keepdim=True))
     total = squares + ctx.public(d * eps)
     rstd = inv_sqrt(ctx, total, lo=d * var_lo, hi=d * var_hi, bits=_sum_bits(d, var_hi),
                     multiplier=math.sqrt(d))
-    return fixed.mul(ctx, centred, rstd), rstd
+    return truncate(ctx, factor.times(rstd)), rstd
 
 
 def _sum_bits(d: int, var_hi: float) -> int:
@@ -40,8 +43,9 @@ def _sum_bits(d: int, var_hi: float) -> int:
 
 def layernorm_backward(ctx, grad: torch.Tensor, xhat: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
     mean_g = fixed.mean_last(ctx, grad)
-    mean_gx = fixed.mean_last(ctx, fixed.mul(ctx, grad, xhat))
-    inner = grad - mean_g - fixed.mul(ctx, xhat, mean_gx)
+    factor = beaver.MaskedFactor(ctx, xhat, [grad.shape, rstd.shape])      # xhat opened masked once
+    mean_gx = fixed.mean_last(ctx, truncate(ctx, factor.times(grad)))
+    inner = grad - mean_g - truncate(ctx, factor.times(mean_gx))
     return fixed.mul(ctx, inner, rstd)
 
 
@@ -49,14 +53,14 @@ def layernorm_cost(n: int, shape, var_lo: float = 1e-4, var_hi: float = 1e4) -> 
     numel = int(torch.tensor(shape).prod())
     rows = numel // shape[-1]
     d = shape[-1]
-    return (fixed.mul_public_cost(n, rows, fixed.MEAN_EXTRA_BITS) + beaver.square_cost(n, numel) + truncate_cost(n, rows)
-            + inv_sqrt_cost(n, rows, d * var_lo, d * var_hi, _sum_bits(d, var_hi), multiplier=math.sqrt(d))
-            + fixed.mul_cost(n, numel, rows, numel))
+    return (fixed.mul_public_cost(n, rows, fixed.MEAN_EXTRA_BITS) + beaver.masked_factor_cost(n, numel, [0, rows])
+            + truncate_cost(n, rows) + truncate_cost(n, numel)
+            + inv_sqrt_cost(n, rows, d * var_lo, d * var_hi, _sum_bits(d, var_hi), multiplier=math.sqrt(d)))
 
 
 def layernorm_backward_cost(n: int, shape) -> Cost:
     numel = int(torch.tensor(shape).prod())
     rows = numel // shape[-1]
-    return (fixed.mul_public_cost(n, rows, fixed.MEAN_EXTRA_BITS) + fixed.mul_cost(n, numel, numel)
-            + fixed.mul_public_cost(n, rows, fixed.MEAN_EXTRA_BITS)
-            + fixed.mul_cost(n, numel, rows, numel) + fixed.mul_cost(n, numel, rows, numel))
+    return (beaver.masked_factor_cost(n, numel, [numel, rows]) + truncate_cost(n, numel) + truncate_cost(n, numel)
+            + fixed.mul_public_cost(n, rows, fixed.MEAN_EXTRA_BITS) + fixed.mul_public_cost(n, rows, fixed.MEAN_EXTRA_BITS)
+            + fixed.mul_cost(n, numel, rows, numel))

@@ -25,6 +25,7 @@ from .comparison import max_along, max_along_cost, resolution_bits_within
 from .cost import Cost
 from .exponential import exp, exp_cost
 from .reciprocal import log, reciprocal, reciprocal_cost
+from .truncation import truncate, truncate_cost
 
 _MASK_OFFSET = 1024.0
 
@@ -72,9 +73,12 @@ def softmax(ctx, x: torch.Tensor, mask=None, clamp: bool = False, bits: int = 32
 
 
 def softmax_backward(ctx, y: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """dL/dx = y * (g - sum(g * y)) for y = softmax(x), g = dL/dy."""
-    gy = fixed.mul(ctx, grad, y)
-    return gy - fixed.mul(ctx, y, gy.sum(-1, keepdim=True))
+    """dL/dx = y * (g - sum(g * y)) for y = softmax(x), g = dL/dy; y opened masked once for
+    both products (beaver.MaskedFactor)."""
+    rows = y.shape[:-1] + (1,)
+    factor = beaver.MaskedFactor(ctx, y, [grad.shape, rows])
+    gy = truncate(ctx, factor.times(grad))
+    return gy - truncate(ctx, factor.times(gy.sum(-1, keepdim=True)))
 
 
 def cross_entropy(ctx, logits: torch.Tensor, labels: torch.Tensor, with_loss: bool = False,
@@ -108,4 +112,4 @@ def softmax_cost(n: int, shape, clamp: bool = False, bits: int = 32,
 def softmax_backward_cost(n: int, shape) -> Cost:
     numel = int(torch.tensor(shape).prod())
     rows = numel // shape[-1]
-    return fixed.mul_cost(n, numel, numel) + fixed.mul_cost(n, numel, rows, numel)
+    return beaver.masked_factor_cost(n, numel, [numel, rows]) + truncate_cost(n, numel) + truncate_cost(n, numel)

@@ -141,6 +141,7 @@ square = {"kind": "square", "seq": 0}
 WARM_UP = [{"kind": "triple", "params": {"shape_a": [2], "shape_b": [2]}},
            {"kind": "matmul_triple", "params": {"shape_a": [2, 3], "shape_b": [3, 2]}},
            {"kind": "matmul_grads", "params": {"shape_a": [2, 3], "shape_b": [3, 2], "grad_a": 1, "grad_b": 1}},
+           {"kind": "factor_products", "params": {"shape": [2, 3], "factors": [[2, 3], [2, 1]], "square": 1}},
            {"kind": "square", "params": {"shape": [2]}},
            {"kind": "trunc", "params": {"shape": [2], "bits": 20}},
            {"kind": "and_triple", "params": {"words": 2}},

@@ -113,6 +113,29 @@ def products_with_grads(session, x_ring, y_ring, g_ring, grad_x, grad_y):
             forward, backward)
 
 
+def masked_factor_products(session, x_ring, y_ring, z_ring):
+    """beaver.MaskedFactor of x (party 0's) times y and z (party n-1's) and squared: the opened
+    x y, x^2, x z and each use's measured cost."""
+    ctx = MPCContext(session)
+    n = session.world_size
+    xs = sharing.share(ctx, x_ring if ctx.rank == 0 else None, 0, x_ring.shape)
+    ys, zs = (sharing.share(ctx, t if ctx.rank == n - 1 else None, n - 1, t.shape) for t in (y_ring, z_ring))
+    factor = beaver.MaskedFactor(ctx, xs, [y_ring.shape, z_ring.shape], square=True)
+    results = [measured(session, use) for use in (lambda: factor.times(ys), factor.square, lambda: factor.times(zs))]
+    return [sharing.open_(ctx, t) for t, _ in results], [cost for _, cost in results]
+
+
+def masked_factor_transcript(session, x, y, z):
+    """Every party's view of a MaskedFactor of x (party 0's) with y and z (party 1's), squared."""
+    recording = RecordingSession(session)
+    ctx = MPCContext(recording)
+    X, Y, Z = owned(ctx, x, 0), owned(ctx, y, 1), owned(ctx, z, 1)
+    start = len(recording.received)
+    factor = beaver.MaskedFactor(ctx, X.share, [y.shape, z.shape], square=True)
+    factor.times(Y.share), factor.square(), factor.times(Z.share)
+    return [t.reshape(-1) for t in recording.received[start:]]
+
+
 def product_grads_transcript(session, x, y, g):
     """Every party's view of a MatmulWithGrads of x (party 0's) and y (party 1's) and its backward
     on g (party 0's)."""

@@ -163,3 +163,40 @@ def test_a_product_with_grads_refuses_other_batches_and_a_second_backward():
         with pytest.raises(RuntimeError, match="once"):
             product.backward(product.out)
     run_threads(program, 2, dealer_handler=CorrelationDealer)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_one_masked_factor_serves_several_products_exactly(n):
+    from mpcft.kernels import PRG, fresh_seed
+    prg = PRG(fresh_seed())
+    x, y, z = prg.ring((6, 5)), prg.ring((6, 5)), prg.ring((6, 1))        # z broadcasts: a row factor
+    results = run_threads(programs.masked_factor_products, n, x, y, z, dealer_handler=CorrelationDealer)
+    for (xy, xx, xz), costs in results:
+        assert torch.equal(xy, x * y) and torch.equal(xx, x * x) and torch.equal(xz, x * z)
+        # the first use opens x and y; the square is then local; z alone is opened
+        assert costs == [astuple(open_cost(n, 60)), (0, 0), astuple(open_cost(n, 6))]
+        assert sum(c[1] for c in costs) == beaver.masked_factor_cost(n, 30, [30, 0, 6]).bytes_sent
+
+
+def test_masked_factor_misuse_and_layouts_are_refused():
+    from mpcft.protocols.correlations import correction_bytes
+    base = {"shape": [6, 5], "factors": [[6, 5], [6, 1]], "square": 1}
+    assert correction_bytes("factor_products", base) == 8 * 30 * 3      # a^2, a b_1, a b_2
+    for bad in ({"factors": [[6, 4]]}, {"factors": [], "square": 0}, {"factors": [[6, 5]] * 9},
+                {"factors": [[-1]]}, {"factors": "x"}, {"square": 2}):
+        with pytest.raises(ValueError):
+            correction_bytes("factor_products", dict(base, **bad))
+
+    def program(session):
+        ctx = MPCContext(session)
+        x = programs.owned(ctx, torch.ones(6, 5, dtype=torch.float64), 0).share
+        factor = beaver.MaskedFactor(ctx, x, [(6, 1)])
+        with pytest.raises(ValueError, match="no square"):
+            factor.square()
+        with pytest.raises(ValueError, match="in order"):
+            factor.times(x)
+        factor.times(x[:, :1].contiguous())
+        with pytest.raises(ValueError, match="in order"):
+            factor.times(x[:, :1].contiguous())
+    run_threads(program, 2, dealer_handler=CorrelationDealer)

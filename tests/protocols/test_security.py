@@ -94,6 +94,18 @@ def test_product_backward_views_are_distributed_alike(n):
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("n", [2, 3])
+def test_masked_factor_views_are_distributed_alike(n):
+    views = [run_threads(programs.masked_factor_transcript, n, torch.full((64, 64), x, dtype=torch.float64),
+                         torch.full((64, 64), y, dtype=torch.float64), torch.full((64, 1), z, dtype=torch.float64),
+                         dealer_handler=CorrelationDealer) for x, y, z in ((0.0, 0.0, 0.0), (1000.0, -0.001, 3.0))]
+    for rank in range(n):
+        ha, hb = (byte_histogram(view[rank]) for view in views)
+        assert chi_square_uniform(ha) < 350 and chi_square_uniform(hb) < 350, rank
+        assert chi_square_two_sample(ha, hb) < 350, rank
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n", [2, 3])
 def test_select_times_views_are_distributed_alike(n):
     shape = (64, 64)
     views = [run_threads(programs.select_times_transcript, n, torch.full(shape, x, dtype=torch.float64),
