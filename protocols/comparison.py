@@ -114,7 +114,7 @@ def _sign(ctx, x: torch.Tensor, bits: int, digit_bits: int, factor: torch.Tensor
     r = correlation.random[0]
     first = ctx.rank == 0
     c_share = x_high + r + (1 << bits) if first else x_high + r
-    # only c mod 2^(bits+1) is used: each party sends ceil((bits + 1) / 8) bytes of its share
+    # only c mod 2^(bits+1) is used: each party sends those bits + 1 bits of its share, packed
     parts = [(c_share, bits + 1)] + ([(factor - correlation.random[2], RING_BITS)] if factor is not None else [])
     opened = open_low(ctx, parts)
     c = opened[0]

@@ -7,14 +7,17 @@ Traffic with the dealer is accounted separately and is not part of these formula
 
 Formulas are stated for the all-to-all opening (MPCContext(opening="all")). Each one built with
 + from opening_cost (open_cost, open_low_cost, ...) keeps the list of its openings, each a tuple
-of segments (numel, bytes per element), so `cost.with_opening("king")` restates it exactly for
-MPCContext(opening="king"): an opening's 1 round and (n-1) sum(numel * width) bytes become
-2 rounds and sum 2 (n-1) ceil(numel / n) width bytes (king_open_cost per segment).
+of segments (numel, bits per element), so `cost.with_opening("king")` restates it exactly for
+MPCContext(opening="king"): an opening's 1 round and (n-1) sum(ceil(numel * bits / 8)) bytes
+(bits packed end to end) become 2 rounds and sum 2 (n-1) ceil(ceil(numel / n) bits / 8) bytes
+(king_open_cost per segment).
 Cost(rounds, bytes) written as bare numbers has unknown openings and with_opening("king")
 refuses it; Cost(rounds, bytes, ()) declares traffic that is no opening (open_to's gather),
 the same in both modes.
 """
 from dataclasses import dataclass, field
+
+from mpcft.kernels.packing import packed_bytes
 
 RING_BYTES = 8
 OPENINGS = ("all", "king")
@@ -24,7 +27,7 @@ OPENINGS = ("all", "king")
 class Cost:
     rounds: int
     bytes_sent: int
-    # ((n, ((numel, width), ...)), ...): one entry per opening; None: not known
+    # ((n, ((numel, bits), ...)), ...): one entry per opening; None: not known
     openings: tuple | None = field(default=None, compare=False, repr=False)
 
     def __add__(self, other: "Cost") -> "Cost":
@@ -43,8 +46,8 @@ class Cost:
         rounds, sent = self.rounds, self.bytes_sent
         for n, segments in self.openings:
             rounds += 1
-            sent += sum(king_open_cost(n, numel, width).bytes_sent - numel * width * (n - 1)
-                        for numel, width in segments)
+            sent += sum(king_open_cost(n, numel, bits).bytes_sent - packed_bytes(numel, bits) * (n - 1)
+                        for numel, bits in segments)
         return Cost(rounds, sent)
 
 
@@ -57,19 +60,19 @@ def check_opening(opening: str) -> None:
 
 
 def opening_cost(n: int, segments) -> Cost:
-    """One all-to-all opening of `segments`, (numel, bytes per element) pairs sent together:
-    1 round, each party sends its share to the n-1 others."""
-    segments = tuple((int(numel), int(width)) for numel, width in segments)
-    return Cost(1, sum(numel * width for numel, width in segments) * (n - 1), ((n, segments),))
+    """One all-to-all opening of `segments`, (numel, bits per element) pairs sent together,
+    each packed end to end: 1 round, each party sends its share to the n-1 others."""
+    segments = tuple((int(numel), int(bits)) for numel, bits in segments)
+    return Cost(1, sum(packed_bytes(numel, bits) for numel, bits in segments) * (n - 1), ((n, segments),))
 
 
 def open_cost(n: int, numel: int) -> Cost:
     """Opening N ring elements to everybody: each party sends its share to the n-1 others."""
-    return opening_cost(n, [(numel, RING_BYTES)])
+    return opening_cost(n, [(numel, 8 * RING_BYTES)])
 
 
-def king_open_cost(n: int, numel: int, width: int = RING_BYTES) -> Cost:
-    """Opening N elements of `width` bytes through kings (MPCContext(opening="king")): padded
-    to n chunks of ceil(N / n), each party sends the other n-1 kings their chunk, then its
-    own chunk's sum to the n-1 others: 2 rounds."""
-    return Cost(2, 2 * (n - 1) * -(-numel // n) * width)
+def king_open_cost(n: int, numel: int, bits: int = 8 * RING_BYTES) -> Cost:
+    """Opening N elements of `bits` bits through kings (MPCContext(opening="king")): padded
+    to n chunks of ceil(N / n), each packed end to end; each party sends the other n-1 kings
+    their chunk, then its own chunk's sum to the n-1 others: 2 rounds."""
+    return Cost(2, 2 * (n - 1) * packed_bytes(-(-numel // n), bits))

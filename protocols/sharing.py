@@ -10,7 +10,8 @@ elements). Both reveal the same: the opened value.
 import torch
 
 from mpcft.kernels.prg import PRG, derive_seed
-from mpcft.kernels.ring import RING_BITS, add_low_bytes, check_ring, join_low_bytes, low_bits, low_bytes
+from mpcft.kernels.packing import pack_low_bits, packed_bytes, unpack_low_bits
+from mpcft.kernels.ring import RING_BITS, check_ring, low_bits
 
 from .cost import FREE, RING_BYTES, Cost, open_cost, opening_cost
 
@@ -110,43 +111,44 @@ def open_many(ctx, shares) -> list:
 
 def open_low(ctx, parts) -> list:
     """[x mod 2^bits for (x, bits) in parts] in one round, each party sending only the low
-    w = ceil(bits / 8) bytes of each share (a sum mod 2^bits needs no more). Reveals x mod 2^(8w)
-    (the sum of those bytes), x itself for bits = 64. Values in [0, 2^bits) (any int64 for 64).
-    With opening "king", each part is chunked on element boundaries and king j returns its
-    chunks' x mod 2^bits, in w bytes: 2 rounds. Cost: open_low_cost(n, [(numel, bits), ...])."""
-    widths = [-(-int(bits) // 8) for _, bits in parts]
+    `bits` bits of each share, packed end to end (kernels.packing: a sum mod 2^bits needs no
+    more). Reveals x mod 2^bits, x itself for bits = 64. Values in [0, 2^bits) (any int64 for
+    64). With opening "king", each part is chunked on element boundaries and king j returns
+    its chunks' x mod 2^bits, in w = ceil(bits / 8) bytes a value: 2 rounds.
+    Cost: open_low_cost(n, [(numel, bits), ...])."""
     if any(not 1 <= int(bits) <= RING_BITS for _, bits in parts):
         raise ValueError(f"open_low opens 1 to {RING_BITS} low bits, got {[bits for _, bits in parts]}")
     if ctx.opening == "king":
-        return _open_low_at_kings(ctx, parts, widths)
-    packed = torch.cat([low_bytes(x.reshape(-1), w) for (x, _), w in zip(parts, widths)])
+        return _open_low_at_kings(ctx, parts)
+    packed = torch.cat([pack_low_bits(x, int(bits)) for x, bits in parts])
     gathered = ctx.session.all_gather(packed)
     out, start = [], 0
-    for (x, bits), width in zip(parts, widths):
-        end = start + x.numel() * width
-        value = join_low_bytes(gathered[0][start:end], width)
+    for x, bits in parts:
+        end = start + packed_bytes(x.numel(), bits)
+        value = unpack_low_bits(gathered[0][start:end], x.numel(), bits)
         for g in gathered[1:]:
-            add_low_bytes(value, g[start:end], width)
+            unpack_low_bits(g[start:end], x.numel(), bits, out=value, add=True)
         out.append((value if bits == RING_BITS else low_bits(value, bits)).reshape(x.shape))
         start = end
     return out
 
 
-def _open_low_at_kings(ctx, parts, widths) -> list:
+def _open_low_at_kings(ctx, parts) -> list:
     """open_low through kings: chunk j holds elements [j m, (j+1) m) of every part (m =
-    ceil(numel / n) for that part), as low bytes; king j returns x mod 2^bits of them."""
+    ceil(numel / n) for that part), their low bits packed; king j returns x mod 2^bits of them."""
     n = ctx.world_size
     per_king = [-(-x.numel() // n) for x, _ in parts]
-    rows = [low_bytes(torch.cat([x.reshape(-1), x.new_zeros(n * m - x.numel())]), w).reshape(n, m * w)
-            for (x, _), m, w in zip(parts, per_king, widths)]
+    sizes = [packed_bytes(m, bits) for m, (_, bits) in zip(per_king, parts)]
+    rows = [torch.stack([pack_low_bits(chunk, bits) for chunk in
+                         torch.cat([x.reshape(-1), x.new_zeros(n * m - x.numel())]).reshape(n, m)])
+            for (x, bits), m in zip(parts, per_king)]
 
     def values(chunk):      # a chunk's bytes -> one int64 tensor per part
-        return [join_low_bytes(b, w) for b, w in zip(chunk.split([m * w for m, w in zip(per_king, widths)]), widths)]
+        return [unpack_low_bits(b, m, bits) for b, m, (_, bits) in zip(chunk.split(sizes), per_king, parts)]
 
     def combine(chunks):
         sums = [_sum(list(shares)) for shares in zip(*map(values, chunks))]
-        return torch.cat([low_bytes(v if bits == RING_BITS else low_bits(v, bits), w)
-                          for v, (_, bits), w in zip(sums, parts, widths)])
+        return torch.cat([pack_low_bits(v, bits) for v, (_, bits) in zip(sums, parts)])
 
     opened = [values(chunk) for chunk in reduce_at_kings(ctx, list(torch.cat(rows, 1)), combine)]
     return [torch.cat(list(chunks))[:x.numel()].reshape(x.shape) for chunks, (x, _) in zip(zip(*opened), parts)]
@@ -154,7 +156,7 @@ def _open_low_at_kings(ctx, parts, widths) -> list:
 
 def open_low_cost(n: int, parts) -> Cost:
     """parts: (numel, bits) pairs opened together by open_low (one segment each)."""
-    return opening_cost(n, [(numel, -(-bits // 8)) for numel, bits in parts])
+    return opening_cost(n, list(parts))
 
 
 def open_to(ctx, share_: torch.Tensor, receiver: int):

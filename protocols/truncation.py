@@ -1,8 +1,8 @@
 """Probabilistic truncation that never fails catastrophically, for any number of parties.
 
 truncate(x, m) returns shares of y, x / 2^m rounded stochastically: |y - x / 2^m| < 3/2 and
-E[y] = x / 2^m - e, 0 <= e < 2^-(m + 1) units; where m < 8 + log2(n + 1) (no bits left out
-of the opening, below), y is floor(x / 2^m) or + 1 and E[y] = x / 2^m exactly. For every x
+E[y] = x / 2^m - e, 0 <= e < 2^-(m + 1) units; where 2^m <= n + 1 (no bits left out of the
+opening, below), y is floor(x / 2^m) or + 1 and E[y] = x / 2^m exactly. For every x
 with |x| < 2^62 - 2^(m - 1) (as a signed ring element); no wrap goes uncorrected.
 (Escudero, Ghosh, Keller, Rachuri, Scholl, CRYPTO 2020; SPU semi2k TruncAPr.)
 
@@ -13,8 +13,9 @@ With dealer shares of r (uniform), r_top = msb(r) and r_mid = (r mod 2^63) >> m:
 b in {0, 1}, P(b = 1) = (x mod 2^m) / 2^m. Reveals only c, which is uniform whatever x is.
 
 The opening leaves out low bits (open_masked): each party sends floor(c_i / 2^k) mod 2^(64 - k)
-of its share c_i (party 0 first adds O = floor((n - 1)(2^k - 1) / 2)), in 8 - k/8 bytes (6 for
-m = 20), k = dropped_bits(n, m) the largest multiple of 8 with (n + 1) 2^k <= 2^m. The sum,
+of its share c_i (party 0 first adds O = floor((n - 1)(2^k - 1) / 2)), 64 - k bits packed end
+to end (46 for m = 20 and 2 or 3 parties), k = dropped_bits(n, m) the largest with
+(n + 1) 2^k <= 2^m. The sum,
 times 2^k, is x - D + 2^62 + r with D = sum_i rho_i - O, rho_i = (c_i (+ O)) mod 2^k: exactly
 the protocol above on x - D, |D| <= 2^(m - 1). The rounding bit now comes from r's bits k..m-1
 only, so E[y] = (x - D + (r mod 2^k)) / 2^m, and O makes E[D] = E[r mod 2^k] up to 1/2:
@@ -45,7 +46,7 @@ def input_bound(bits: int) -> int:
 def truncate(ctx, x: torch.Tensor, bits: int | None = None) -> torch.Tensor:
     """Shares of x / 2^bits with stochastic rounding (default: the context's fractional bits).
 
-    Cost: truncate_cost(n, numel, bits): 1 round, (8 - dropped_bits(n, bits) / 8) * numel *
+    Cost: truncate_cost(n, numel, bits): 1 round, ceil((64 - dropped_bits(n, bits)) numel / 8)
     (n-1) bytes per party.
     """
     bits = ctx.frac_bits if bits is None else int(bits)
@@ -77,8 +78,8 @@ def truncate_many(ctx, parts) -> list:
 
 def dropped_bits(n: int, bits: int) -> int:
     """k: the low bits of its share of c that each party leaves out of a truncation by `bits`,
-    the largest multiple of 8 with (n + 1) 2^k <= 2^bits (module docstring)."""
-    return max(0, 8 * ((int(bits) - math.ceil(math.log2(n + 1))) // 8))
+    the largest with (n + 1) 2^k <= 2^bits (module docstring)."""
+    return max(0, int(bits) - math.ceil(math.log2(n + 1)))
 
 
 def open_masked(ctx, parts) -> list:

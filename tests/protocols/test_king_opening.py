@@ -57,7 +57,7 @@ def test_king_openings_equal_all_to_all_at_the_king_cost(n, device):
             assert out[name, "all"][1] == astuple(open_cost(n, numel)), name
             assert out[name, "king"][1] == astuple(king_open_cost(n, numel)) == (2, 16 * (n - 1) * -(-numel // n))
         low = open_low_cost(n, [(x.numel(), b) for x, b in zip(xs, LOW_BITS)])
-        chunks = sum(king_open_cost(n, x.numel(), -(-b // 8)).bytes_sent for x, b in zip(xs, LOW_BITS))
+        chunks = sum(king_open_cost(n, x.numel(), b).bytes_sent for x, b in zip(xs, LOW_BITS))
         assert out["open_low", "all"][1] == astuple(low)
         assert out["open_low", "king"][1] == astuple(low.with_opening("king")) == (2, chunks)
 

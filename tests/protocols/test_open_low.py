@@ -1,4 +1,4 @@
-"""open_low: x mod 2^bits from the low bytes of each share, against the sum of the shares."""
+"""open_low: x mod 2^bits from the low bits of each share, against the sum of the shares."""
 import pytest
 import torch
 
@@ -30,7 +30,8 @@ def test_low_bits_of_the_sum_in_one_round(n):
             expected = x if b == 64 else x & ((1 << b) - 1)
             assert got.shape == x.shape and torch.equal(got, expected), b
         declared = open_low_cost(n, [(x.numel(), b) for x, b in zip(xs, bits)])
-        assert cost == (declared.rounds, declared.bytes_sent) == (1, 150 * (1 + 1 + 1 + 2 + 2 + 5 + 8 + 8) * (n - 1))
+        # each part's bits packed end to end in 64-bit words: 8 ceil(150 b / 64) bytes
+        assert cost == (declared.rounds, declared.bytes_sent) == (1, sum(8 * -(-150 * b // 64) for b in bits) * (n - 1))
 
 
 def test_bits_out_of_range_are_refused():
