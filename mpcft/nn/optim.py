@@ -34,7 +34,7 @@ class _Optimizer:
             raise ValueError(f"{type(self).__name__} got no trainable parameters")
         self.ctx = self.params[0].ctx
         self.grad_scale = int(grad_scale)
-        self._extra_bits = max(0, self.grad_scale.bit_length() - 1)
+        self._extra_bits = scale_bits(self.grad_scale)
         self.steps = 0
 
     def _flat(self, tensors) -> torch.Tensor:
@@ -146,8 +146,7 @@ class AdamW(_Optimizer):
         b1, b2 = self.betas
         a = b1 * (1 - b1 ** (t - 1)) / (1 - b1 ** t)
         c = b2 * (1 - b2 ** (t - 1)) / (1 - b2 ** t)
-        # g^2 scaled by K: (S g 2^f)^2 carries 2f + 2 log2 S fractional bits, K adds k more
-        square_shift = f + 2 * self._extra_bits - self.v_scale_bits
+        square_shift = adamw_square_shift(f, self._extra_bits, self.clip)
         g_square = beaver.square(ctx, g)
         m_num = g * ctx.fp.encode(torch.tensor(1 - a)) + (self.m * ctx.fp.encode(torch.tensor(a)) if a else 0)
         self.m, g_square = truncate_many(ctx, [(m_num, f), (g_square, square_shift)])
@@ -162,8 +161,19 @@ class AdamW(_Optimizer):
         self._write(weights - update)
 
 
+def scale_bits(grad_scale: int) -> int:
+    """The extra fractional bits that gradients scaled by grad_scale S carry: floor(log2 S)."""
+    return max(0, int(grad_scale).bit_length() - 1)
+
+
 def adamw_v_scale_bits(clip: float) -> int:
     return 18 - 2 * math.ceil(math.log2(clip))
+
+
+def adamw_square_shift(frac_bits: int, extra_bits: int, clip: float) -> int:
+    """The truncation of g^2 into v's scale K: (S g 2^f)^2 carries 2f + 2 log2 S fractional
+    bits, K adds adamw_v_scale_bits(clip) more."""
+    return frac_bits + 2 * extra_bits - adamw_v_scale_bits(clip)
 
 
 def adamw_range(clip: float, eps: float) -> tuple[float, float]:
@@ -179,17 +189,15 @@ def adamw_range(clip: float, eps: float) -> tuple[float, float]:
 def sgd_cost(n: int, numel: int, momentum: bool = True, weight_decay: bool = False, grad_scale: int = 1,
              frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
     """From the second step on (the first has no momentum product)."""
-    extra = max(0, int(grad_scale).bit_length() - 1)
-    shifts = [frac_bits] * (int(momentum) + int(weight_decay)) + [frac_bits + extra]
+    shifts = [frac_bits] * (int(momentum) + int(weight_decay)) + [frac_bits + scale_bits(grad_scale)]
     return sum((truncate_cost(n, numel, m) for m in shifts), FREE)
 
 
 def adamw_cost(n: int, numel: int, clip: float = 1.0, eps: float = 1e-4, grad_scale: int = 1,
                frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
     lo, hi = adamw_range(clip, eps)
-    f, extra = frac_bits, max(0, int(grad_scale).bit_length() - 1)
-    square_shift = f + 2 * extra - adamw_v_scale_bits(clip)
+    f, extra = frac_bits, scale_bits(grad_scale)
     return (comparison.clamp_cost(n, numel) + beaver.square_cost(n, numel)
-            + truncations_cost(n, [(numel, f), (numel, square_shift)])
+            + truncations_cost(n, [(numel, f), (numel, adamw_square_shift(f, extra, clip))])
             + truncate_cost(n, numel, f) + reciprocal.inv_sqrt_cost(n, numel, lo, hi, multiplier=2.0 ** 10, frac_bits=f)
             + fixed.mul_cost(n, numel, numel, frac_bits=f) + truncate_cost(n, numel, f + 10 + extra))
