@@ -28,6 +28,14 @@ def chi_square_two_sample(c1, c2) -> float:
     return float(((k1 * c1 - k2 * c2) ** 2 / (c1 + c2)).sum())
 
 
+def assert_views_alike(views_a, views_b) -> None:
+    """Every party's received bytes look uniform, for either secret, and alike across the two."""
+    for rank, (a, b) in enumerate(zip(views_a, views_b)):
+        ha, hb = byte_histogram(a), byte_histogram(b)
+        assert chi_square_uniform(ha) < 350 and chi_square_uniform(hb) < 350, rank
+        assert chi_square_two_sample(ha, hb) < 350, rank
+
+
 def share_of_fixed_secret(session, value):
     from mpcft.protocols.context import MPCContext
     ctx = MPCContext(session)
@@ -67,29 +75,12 @@ def test_views_are_distributed_alike_for_different_secrets(n, opening):
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("n", [2, 3])
-def test_gated_truncation_views_are_distributed_alike(n):
-    shape = (64, 64)
-    view_a = run_threads(programs.gate_transcript, n, torch.full(shape, -3.0, dtype=torch.float64),
-                         torch.zeros(shape, dtype=torch.float64), dealer_handler=CorrelationDealer)
-    view_b = run_threads(programs.gate_transcript, n, torch.full(shape, 5.0, dtype=torch.float64),
-                         torch.full(shape, 1000.0, dtype=torch.float64), dealer_handler=CorrelationDealer)
-    for rank in range(n):
-        ha, hb = byte_histogram(view_a[rank]), byte_histogram(view_b[rank])
-        assert chi_square_uniform(ha) < 350 and chi_square_uniform(hb) < 350, rank
-        assert chi_square_two_sample(ha, hb) < 350, rank
-
-
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("n", [2, 3])
 def test_product_backward_views_are_distributed_alike(n):
     views = [run_threads(programs.product_grads_transcript, n, torch.full((32, 48), x, dtype=torch.float64),
                          torch.full((48, 40), y, dtype=torch.float64), torch.full((32, 40), g, dtype=torch.float64),
                          dealer_handler=CorrelationDealer) for x, y, g in ((0.0, 0.0, 0.0), (1000.0, -0.001, 77.0))]
-    for rank in range(n):
-        ha, hb = (byte_histogram(view[rank]) for view in views)
-        assert chi_square_uniform(ha) < 350 and chi_square_uniform(hb) < 350, rank
-        assert chi_square_two_sample(ha, hb) < 350, rank
-        assert [t.numel() for t in views[0][rank]] == [t.numel() for t in views[1][rank]]
+    assert_views_alike(*views)
+    assert [[t.numel() for t in view] for view in views[0]] == [[t.numel() for t in view] for view in views[1]]
 
 
 @pytest.mark.timeout(120)
@@ -98,36 +89,24 @@ def test_masked_factor_views_are_distributed_alike(n):
     views = [run_threads(programs.masked_factor_transcript, n, torch.full((64, 64), x, dtype=torch.float64),
                          torch.full((64, 64), y, dtype=torch.float64), torch.full((64, 1), z, dtype=torch.float64),
                          dealer_handler=CorrelationDealer) for x, y, z in ((0.0, 0.0, 0.0), (1000.0, -0.001, 3.0))]
-    for rank in range(n):
-        ha, hb = (byte_histogram(view[rank]) for view in views)
-        assert chi_square_uniform(ha) < 350 and chi_square_uniform(hb) < 350, rank
-        assert chi_square_two_sample(ha, hb) < 350, rank
+    assert_views_alike(*views)
+
+
+TWO_INPUT_VIEWS = {      # program (party 0's x, party 1's y): shape, the two secrets (x, y)
+    "gated truncation": (programs.gate_transcript, (64, 64), ((-3.0, 0.0), (5.0, 1000.0))),
+    "select times": (programs.select_times_transcript, (64, 64), ((-3.0, 0.0), (5.0, 1000.0))),
+    "threshold scale": (programs.threshold_scale_transcript, (4096,), ((0.5, 0.0), (100.0, 1000.0))),
+}
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("n", [2, 3])
-def test_select_times_views_are_distributed_alike(n):
-    shape = (64, 64)
-    views = [run_threads(programs.select_times_transcript, n, torch.full(shape, x, dtype=torch.float64),
-                         torch.full(shape, y, dtype=torch.float64), dealer_handler=CorrelationDealer)
-             for x, y in ((-3.0, 0.0), (5.0, 1000.0))]
-    for rank in range(n):
-        ha, hb = (byte_histogram(view[rank]) for view in views)
-        assert chi_square_uniform(ha) < 350 and chi_square_uniform(hb) < 350, rank
-        assert chi_square_two_sample(ha, hb) < 350, rank
-
-
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("n", [2, 3])
-def test_threshold_scale_views_are_distributed_alike(n):
-    shape = (4096,)
-    views = [run_threads(programs.threshold_scale_transcript, n, torch.full(shape, x, dtype=torch.float64),
-                         torch.full(shape, v, dtype=torch.float64), dealer_handler=CorrelationDealer)
-             for x, v in ((0.5, 0.0), (100.0, 1000.0))]
-    for rank in range(n):
-        ha, hb = (byte_histogram(view[rank]) for view in views)
-        assert chi_square_uniform(ha) < 350 and chi_square_uniform(hb) < 350, rank
-        assert chi_square_two_sample(ha, hb) < 350, rank
+@pytest.mark.parametrize("name", sorted(TWO_INPUT_VIEWS))
+def test_views_of_a_comparison_then_a_value_are_distributed_alike(n, name):
+    program, shape, secrets = TWO_INPUT_VIEWS[name]
+    views = [run_threads(program, n, torch.full(shape, x, dtype=torch.float64), torch.full(shape, y, dtype=torch.float64),
+                         dealer_handler=CorrelationDealer) for x, y in secrets]
+    assert_views_alike(*views)
 
 
 @pytest.mark.timeout(120)
