@@ -66,7 +66,8 @@ class MaskedFactor:
         self.ctx, self._x, self._factors = ctx, x, [tuple(f) for f in factors]
         self._correlation = ctx.correlation("factor_products", shape=list(x.shape),
                                             factors=[list(f) for f in self._factors], square=int(square))
-        self._d, self._used, self._square, self._squares = None, 0, bool(square), int(square)
+        self._d, self._used = None, 0
+        self._square_pending, self._squares = bool(square), int(square)     # a^2 first among the derived
 
     def _open(self, others: list) -> list:
         """Opens x - a on the first use, beside `others`; returns the others opened."""
@@ -79,9 +80,9 @@ class MaskedFactor:
 
     def square(self) -> torch.Tensor:
         """Shares of x^2 (exact ring product); once."""
-        if not self._square:
+        if not self._square_pending:
             raise ValueError("this MaskedFactor has no square: ask for it with square=True")
-        self._square = False
+        self._square_pending = False
         if self._d is None:
             self._open([])
         a, d = self._correlation.random[0], self._d

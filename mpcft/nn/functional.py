@@ -55,16 +55,14 @@ class LinearFunction(Function):
         ctx, needs = fctx.mpc, fctx.needs_input_grad
         fctx.weight, fctx.product = weight, None
         sampled = getattr(weight, "grad_sample_enabled", False)
-        if needs[1] and sampled:
-            fctx.x = x
         if weight.secret and (needs[0] or needs[1] and not sampled):
             fctx.product = beaver.MatmulWithGrads(ctx, x.reshape(-1, x.shape[-1]), weight.data.mT.contiguous(),
                                                   grad_x=needs[0], grad_y=needs[1] and not sampled)
             y = truncate(ctx, fctx.product.out).reshape(*x.shape[:-1], weight.shape[0])
         else:
-            if needs[1]:
-                fctx.x = x
             y = _product(ctx, x, weight, transpose=True)
+        if needs[1] and (sampled or fctx.product is None):
+            fctx.x = x                  # the weight's (per-example) gradients come from the input
         return y if bias is None else y + bias.share()
 
     @staticmethod
