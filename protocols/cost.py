@@ -8,9 +8,9 @@ Traffic with the dealer is accounted separately and is not part of these formula
 Formulas are stated for the all-to-all opening (MPCContext(opening="all")). Each one built with
 + from opening_cost (open_cost, open_low_cost, ...) keeps the list of its openings, each a tuple
 of segments (numel, bits per element), so `cost.with_opening("king")` restates it exactly for
-MPCContext(opening="king"): an opening's 1 round and (n-1) sum(ceil(numel * bits / 8)) bytes
-(bits packed end to end) become 2 rounds and sum 2 (n-1) ceil(ceil(numel / n) bits / 8) bytes
-(king_open_cost per segment).
+MPCContext(opening="king"): an opening's 1 round and (n-1) sum(8 ceil(numel bits / 64)) bytes
+(bits packed end to end in 64-bit words, kernels.packing) become 2 rounds and
+sum 2 (n-1) 8 ceil(ceil(numel / n) bits / 64) bytes (king_open_cost per segment).
 Cost(rounds, bytes) written as bare numbers has unknown openings and with_opening("king")
 refuses it; Cost(rounds, bytes, ()) declares traffic that is no opening (open_to's gather),
 the same in both modes.
