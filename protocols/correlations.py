@@ -302,9 +302,10 @@ def _dp_laplace(p):
 
 
 # kind -> params -> ([(shape, how)] random inputs, [(shape, how)] derived values, derive)
-KINDS = {"triple": _triple, "matmul_triple": _matmul_triple, "matmul_grads": _matmul_grads, "factor_products": _factor_products, "square": _square, "trunc": _trunc,
-         "and_triple": _and_triple, "sign": _sign, "select": _select, "select_scales": _select_scales, "sign_gates": _sign_gates, "trunc_products": _trunc_products, "dp_noise": _dp_noise,
-         "dp_laplace": _dp_laplace}
+KINDS = {"triple": _triple, "matmul_triple": _matmul_triple, "matmul_grads": _matmul_grads,
+         "factor_products": _factor_products, "square": _square, "trunc": _trunc, "and_triple": _and_triple,
+         "sign": _sign, "select": _select, "select_scales": _select_scales, "sign_gates": _sign_gates,
+         "trunc_products": _trunc_products, "dp_noise": _dp_noise, "dp_laplace": _dp_laplace}
 
 MAX_DIMS = 16
 MAX_EXTENT = 1 << 48     # elements a shape may span, counting only its non-zero sizes

@@ -114,7 +114,7 @@ def open_low(ctx, parts) -> list:
     `bits` bits of each share, packed end to end (kernels.packing: a sum mod 2^bits needs no
     more). Reveals x mod 2^bits, x itself for bits = 64. Values in [0, 2^bits) (any int64 for
     64). With opening "king", each part is chunked on element boundaries and king j returns
-    its chunks' x mod 2^bits, in w = ceil(bits / 8) bytes a value: 2 rounds.
+    its chunks' x mod 2^bits, packed alike: 2 rounds.
     Cost: open_low_cost(n, [(numel, bits), ...])."""
     if any(not 1 <= int(bits) <= RING_BITS for _, bits in parts):
         raise ValueError(f"open_low opens 1 to {RING_BITS} low bits, got {[bits for _, bits in parts]}")
