@@ -33,8 +33,10 @@ from benchmarks.netns import Hosts
 
 SEEDS = "5e" * 32
 TIMEOUT = 20                                           # seconds per protocol step in these runs
-OPTIONS = ["--mode", "head", "--max-train", "48", "--epochs", "2",
-           "--checkpoint-every", "2"]                  # 12 steps, checkpoints at 2, 4, ..., 10
+# 24 steps, checkpoints at 2, 4, ..., 22; faults strike after step 2 to 8 (wait_for_checkpoint),
+# so at least 16 steps are left: a head-mode step takes a fraction of a second, and a fault that
+# came after the last exchange would find nothing left to break
+OPTIONS = ["--mode", "head", "--max-train", "48", "--epochs", "4", "--checkpoint-every", "2"]
 RUN = OPTIONS + ["--timeout", str(TIMEOUT)]
 
 
