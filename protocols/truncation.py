@@ -46,8 +46,8 @@ def input_bound(bits: int) -> int:
 def truncate(ctx, x: torch.Tensor, bits: int | None = None) -> torch.Tensor:
     """Shares of x / 2^bits with stochastic rounding (default: the context's fractional bits).
 
-    Cost: truncate_cost(n, numel, bits): 1 round, ceil((64 - dropped_bits(n, bits)) numel / 8)
-    (n-1) bytes per party.
+    Cost: truncate_cost(n, numel, bits): 1 round, 8 ceil((64 - dropped_bits(n, bits)) numel / 64)
+    (n-1) bytes per party (packed in 64-bit words).
     """
     bits = ctx.frac_bits if bits is None else int(bits)
     if not 0 < bits < VALID_BITS:
