@@ -9,6 +9,9 @@ from Crypto.Protocol.KDF import HKDF
 from mpcft.kernels import PRG, derive_seed, fresh_seed
 
 SEED = bytes(range(32))
+# The statistical tests below read fixed seeds: AES-CTR's output for them is one fixed sample, so
+# a bias in the construction fails every run, and a fresh seed's 1-in-10^4 tail never fails CI.
+OTHER_SEED = bytes(range(32, 64))
 
 
 def expected_stream(seed: bytes, nbytes: int, start_block: int = 0) -> bytes:
@@ -50,8 +53,8 @@ def test_reproducible_from_seed_and_seed_lengths():
 
 
 def test_distinct_seeds_give_independent_streams():
-    x = PRG(fresh_seed()).ring_numpy(1 << 16).view(np.uint64)
-    y = PRG(fresh_seed()).ring_numpy(1 << 16).view(np.uint64)
+    x = PRG(SEED).ring_numpy(1 << 16).view(np.uint64)
+    y = PRG(OTHER_SEED).ring_numpy(1 << 16).view(np.uint64)
     same_bits = np.unpackbits((x ^ y).view(np.uint8)).mean()
     assert abs(same_bits - 0.5) < 0.005  # 4M bits: 5 sigma is 0.0012
     corr = np.corrcoef((x >> np.uint64(11)).astype(float), (y >> np.uint64(11)).astype(float))[0, 1]
@@ -59,7 +62,7 @@ def test_distinct_seeds_give_independent_streams():
 
 
 def test_bytes_are_uniform_chi_square():
-    data = PRG(fresh_seed()).ring_numpy(1 << 17).view(np.uint8)
+    data = PRG(SEED).ring_numpy(1 << 17).view(np.uint8)
     counts = np.bincount(data, minlength=256)
     expected = data.size / 256
     chi2 = ((counts - expected) ** 2 / expected).sum()
@@ -67,7 +70,7 @@ def test_bytes_are_uniform_chi_square():
 
 
 def test_bits_are_balanced_and_binary():
-    bits = PRG(fresh_seed()).bits((1000, 100))
+    bits = PRG(SEED).bits((1000, 100))
     assert bits.shape == (1000, 100) and bits.dtype == torch.int64
     assert set(bits.unique().tolist()) == {0, 1}
     assert abs(bits.double().mean().item() - 0.5) < 0.01
@@ -75,7 +78,7 @@ def test_bits_are_balanced_and_binary():
 
 @pytest.mark.parametrize("bound", [1, 2, 3, 1000, 2**62 + 12345, 2**63])
 def test_below_is_in_range_and_unbiased(bound):
-    values = PRG(fresh_seed()).below(bound, 20000)
+    values = PRG(OTHER_SEED).below(bound, 20000)
     assert values.min() >= 0 and (values.double() < bound).all()
     if bound == 3:
         counts = torch.bincount(values, minlength=3).double()

@@ -10,12 +10,9 @@ from mpcft.protocols.context import MPCContext
 from mpcft.protocols.correlations import CorrelationDealer
 from mpcft.runtime import run_threads
 
-from .test_security import byte_histogram, chi_square_two_sample, chi_square_uniform
+from .test_security import UNIFORM_LIMIT, byte_histogram, chi_square_two_sample, chi_square_uniform
 
 COORDS = 200_000
-# chi-square over 255 degrees of freedom at p = 1e-6: 12 checks per run would fail one run in
-# ~500 at the usual p = 1e-4 (it happened); a skewed share scores in the thousands
-UNIFORM_LIMIT = stats.chi2.isf(1e-6, 255)
 
 
 def noise_shares(session, variance, source, colluders=None):
