@@ -9,7 +9,7 @@ MeanPool: sum_t m_t h_t / sum_t m_t with the shared mask, as sentence-transforme
 Every weight starts public and frozen (pretrained); mpcft.nn.peft chooses what is trained.
 """
 from . import functional as F
-from .layers import GELU, LayerNorm, Linear
+from .layers import GELU, LayerNorm, Linear, project
 from .module import Module
 
 
@@ -24,7 +24,7 @@ class Attention(Module):
         self.output = Linear.from_torch(ctx, hf_attention.output.dense)
 
     def forward(self, x, mask):
-        q, k, v = self.query(x), self.key(x), self.value(x)
+        q, k, v = project(x, [self.query, self.key, self.value])          # their rounds shared
         return self.output(F.attention(q, k, v, mask, self.heads))
 
 

@@ -10,6 +10,8 @@ are shares. Backward computes only what `needs_input_grad` asks for.
 """
 import math
 
+import torch
+
 from mpcft.kernels import ring_matmul
 from mpcft.protocols import activations, beaver, fixed, layernorm, reciprocal, softmax
 from mpcft.protocols.truncation import truncate, truncate_many
@@ -88,6 +90,150 @@ def linear(x: SharedTensor, weight, bias=None) -> SharedTensor:
     """x W^T + b for x [..., in], W [out, in] (nn.Parameter), b [out] or None."""
     _fixed_point(x, "linear")
     return LinearFunction.apply(x, weight, bias)
+
+
+# a LoRA scaling alpha / r is encoded with f + 10 fractional bits into the truncation it joins
+_SCALING_EXTRA_BITS = 10
+
+
+class ProjectionsFunction(Function):
+    """Projections of one input x [..., in], concatenated: y_j = x W_j^T + b_j, plus
+    s_j (x A_j^T) B_j^T where projection j has a LoRA adapter (A_j [r_j, in], B_j [out_j, r_j],
+    s_j = alpha / r). One Function, so that the projections share their rounds:
+      forward: one Beaver product of x with [W^T of the secret W_j | every A_j^T] (x opened
+        masked once); the adapters' h_j = s_j x A_j^T truncated together, s_j folded into the
+        truncation; one product of [h_j] with the block diagonal of the B_j^T; then every
+        output (public x W_j^T local) truncated in one round: 4 rounds, 1 without secrets;
+      backward: the mirror image (each product keeps its masks: beaver.MatmulWithGrads): G's
+        adapter columns opened against the B product, dB_j and s_j dh_j truncated together,
+        [G of the secret W_j | s_j dh_j] opened against the x product, then dx (with the
+        public G_j W_j local), dW_j and dA_j truncated in one round: 4 rounds.
+    A weight with per-example gradients keeps to LinearFunction (mpcft.nn.layers.project)."""
+
+    @staticmethod
+    def forward(fctx, x, layout, *params):
+        ctx, needs = fctx.mpc, fctx.needs_input_grad
+        fctx.layout, fctx.params, fctx.in_shape = layout, params, x.shape
+        x2 = x.reshape(-1, x.shape[-1]).contiguous()
+        parts = _projection_parts(layout)
+        fctx.parts = parts
+        need = lambda i: needs[2 + i]                                        # noqa: E731
+        secret = [j for j, p in enumerate(parts) if params[p["w"]].secret]
+        adapted = [j for j, p in enumerate(parts) if p["lora"] is not None]
+        fctx.secret, fctx.adapted = secret, adapted
+        grad_h = needs[0] or any(need(parts[j]["lora"][0]) for j in adapted)
+        columns = [params[parts[j]["w"]].data.mT for j in secret] + [params[parts[j]["lora"][0]].data.mT
+                                                                     for j in adapted]
+        fctx.x_product = fctx.b_product = None
+        if columns:
+            grad_y = any(need(parts[j]["w"]) for j in secret) or any(need(parts[j]["lora"][0]) for j in adapted)
+            fctx.x_product, x_out = _product_with_grads(ctx, x2, torch.cat(columns, 1).contiguous(), needs[0], grad_y)
+            x_out = x_out.split([params[parts[j]["w"]].shape[0] for j in secret]
+                                + [params[parts[j]["lora"][0]].shape[0] for j in adapted], 1)
+        lora_out = []
+        if adapted:
+            hidden = truncate_many(ctx, [(x_out[len(secret) + i] * _scaling(ctx, parts[j]["scaling"]),
+                                          ctx.frac_bits + _SCALING_EXTRA_BITS) for i, j in enumerate(adapted)])
+            diagonal = torch.block_diag(*(params[parts[j]["lora"][1]].data.mT for j in adapted)).contiguous()
+            fctx.b_product, out = _product_with_grads(ctx, torch.cat(hidden, 1).contiguous(), diagonal, grad_h,
+                                                      any(need(parts[j]["lora"][1]) for j in adapted))
+            lora_out = out.split([parts[j]["out"] for j in adapted], 1)
+        raw = []
+        for j, p in enumerate(parts):
+            weight = params[p["w"]]
+            y = x_out[secret.index(j)] if weight.secret else ring_matmul(x2, weight.data.mT.contiguous())
+            raw.append(y + lora_out[adapted.index(j)] if j in adapted else y)
+        y = truncate(ctx, torch.cat(raw, 1))
+        bias = torch.cat([params[p["b"]].share() if p["b"] is not None else y.new_zeros(p["out"]) for p in parts])
+        return (y + bias).reshape(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(fctx, grad):
+        ctx, needs, parts, params = fctx.mpc, fctx.needs_input_grad, fctx.parts, fctx.params
+        secret, adapted = fctx.secret, fctx.adapted
+        need = lambda i: needs[2 + i]                                        # noqa: E731
+        g2 = grad.reshape(-1, grad.shape[-1])
+        g = g2.split([p["out"] for p in parts], 1)
+        grads = [None] * len(params)
+        for p, g_j in zip(parts, g):
+            if p["b"] is not None and need(p["b"]):
+                grads[p["b"]] = g_j.sum(0)
+        wanted, scaled_dh = [], []                                  # (param index, raw, shift)
+        if fctx.b_product is not None and (fctx.b_product.grad_x or fctx.b_product.grad_y):
+            g_h, g_diag = fctx.b_product.backward(torch.cat([g[j] for j in adapted], 1).contiguous())
+            rows = cols = 0
+            for i, j in enumerate(adapted):
+                a, b = parts[j]["lora"]
+                rank, out = params[b].shape[1], parts[j]["out"]
+                if need(b):
+                    wanted.append((b, g_diag[rows:rows + rank, cols:cols + out].mT.contiguous(), ctx.frac_bits))
+                if g_h is not None:
+                    scaled_dh.append((g_h[:, rows:rows + rank] * _scaling(ctx, parts[j]["scaling"]),
+                                      ctx.frac_bits + _SCALING_EXTRA_BITS))
+                rows, cols = rows + rank, cols + out
+        dh = iter(())
+        if wanted or scaled_dh:
+            done = truncate_many(ctx, [(raw, shift) for _, raw, shift in wanted] + scaled_dh)
+            for (index, _, _), value in zip(wanted, done):
+                grads[index] = value
+            dh = iter(done[len(wanted):])
+        wanted, gx = [], None
+        if fctx.x_product is not None and (fctx.x_product.grad_x or fctx.x_product.grad_y):
+            # columns of A_j whose h_j carries no gradient (no dh) get zeros: only their masks open
+            g_cols = [g[j] for j in secret] + [next(dh, None) for _ in adapted]
+            g_cols = [c if c is not None else g2.new_zeros(g2.shape[0], params[parts[j]["lora"][0]].shape[0])
+                      for c, j in zip(g_cols, secret + adapted)]
+            gx, g_y = fctx.x_product.backward(torch.cat(g_cols, 1).contiguous())
+            if g_y is not None:
+                indices = [parts[j]["w"] for j in secret] + [parts[j]["lora"][0] for j in adapted]
+                for index, part in zip(indices, g_y.split([params[i].shape[0] for i in indices], 1)):
+                    if need(index):
+                        wanted.append((index, part.mT.contiguous()))
+        if needs[0]:
+            public = [ring_matmul(g[j].contiguous(), params[p["w"]].data) for j, p in enumerate(parts)
+                      if not params[p["w"]].secret]
+            gx = sum(public, gx if gx is not None else 0)
+        done = _truncated(ctx, [gx if needs[0] else None] + [raw for _, raw in wanted])
+        for (index, _), value in zip(wanted, done[1:]):
+            grads[index] = value
+        gx = done[0].reshape(fctx.in_shape) if needs[0] else None
+        return (gx, None, *grads)
+
+
+def _projection_parts(layout) -> list:
+    """Per projection: its out features, the indices of W, b (or None) and (A, B) (or None) in
+    the flat parameter list, and the LoRA scaling."""
+    parts, i = [], 0
+    for out, has_bias, scaling in layout:
+        part = {"out": out, "w": i, "b": i + 1 if has_bias else None, "scaling": scaling, "lora": None}
+        i += 1 + int(has_bias)
+        if scaling is not None:
+            part["lora"], i = (i, i + 1), i + 2
+        parts.append(part)
+    return parts
+
+
+def _scaling(ctx, scaling: float) -> int:
+    return round(scaling * 2.0 ** _SCALING_EXTRA_BITS)
+
+
+def _product_with_grads(ctx, x, y, grad_x: bool, grad_y: bool):
+    """(the product object or None, x @ y untruncated): masks kept where a gradient will follow."""
+    if grad_x or grad_y:
+        product = beaver.MatmulWithGrads(ctx, x, y, grad_x, grad_y)
+        return product, product.out
+    return None, beaver.matmul(ctx, x, y)
+
+
+def projections(x: SharedTensor, parts) -> SharedTensor:
+    """x's projections concatenated along the last dim (ProjectionsFunction); parts: one
+    (W, b or None, (A, B, scaling) or None) per projection, nn.Parameters."""
+    _fixed_point(x, "projections")
+    layout, params = [], []
+    for weight, bias, lora in parts:
+        layout.append((weight.shape[0], bias is not None, None if lora is None else float(lora[2])))
+        params += [weight] + ([bias] if bias is not None else []) + ([] if lora is None else list(lora[:2]))
+    return ProjectionsFunction.apply(x, tuple(layout), *params)
 
 
 class AttentionFunction(Function):

@@ -29,9 +29,15 @@ def share_from(ctx, value, owner, bits_only=False):
                                    frac_bits=0 if bits_only else None)
 
 
-def _model(ctx, encoder, labels, mode, layers):
-    model = Classifier(ctx, encoder, labels.shape[1], mpc_layers=0 if mode == "head" else layers)
-    return prepare(model, mode)
+def _model(ctx, encoder, labels, mode, layers, lora_b=None):
+    """The classifier prepared for `mode`; lora_b: the value every LoRA B starts from instead of zero."""
+    from mpcft.nn.layers import LoRALinear
+    from mpcft.nn.module import Parameter
+    model = prepare(Classifier(ctx, encoder, labels.shape[1], mpc_layers=0 if mode == "head" else layers), mode)
+    for m in model.modules():
+        if lora_b is not None and isinstance(m, LoRALinear):
+            m.lora_b.weight = Parameter(ctx, lora_b, secret=True, requires_grad=True)
+    return model
 
 
 def _inputs(session, ctx, inputs, mask, labels):
@@ -40,10 +46,11 @@ def _inputs(session, ctx, inputs, mask, labels):
     return x, m, share_from(ctx, labels, session.world_size - 1)
 
 
-def gradients(session, inputs, mask, labels, mode, layers, encoder, device=None):
-    """Forward, cross-entropy backward; revealed logits, loss and trainable gradients by name."""
+def gradients(session, inputs, mask, labels, mode, layers, encoder, device=None, lora_b=None):
+    """Forward, cross-entropy backward; revealed logits, loss and trainable gradients by name
+    (lora_b: as in _model)."""
     ctx = MPCContext(session, device=device)
-    model = _model(ctx, encoder, labels, mode, layers)
+    model = _model(ctx, encoder, labels, mode, layers, lora_b)
     x, m, y = _inputs(session, ctx, inputs, mask, labels)
     logits = model(x, m)
     loss = cross_entropy(logits, y)
@@ -55,14 +62,9 @@ def gradients(session, inputs, mask, labels, mode, layers, encoder, device=None)
 
 def per_example_gradients(session, inputs, mask, labels, mode, layers, encoder, lora_b=None):
     """Revealed per-example gradients (grad_sample) and summed gradients, by parameter name;
-    lora_b: the value every LoRA B starts from instead of zero (mode lora)."""
-    from mpcft.nn.layers import LoRALinear
-    from mpcft.nn.module import Parameter
+    lora_b: as in _model."""
     ctx = MPCContext(session)
-    model = _model(ctx, encoder, labels, mode, layers)
-    for m in model.modules():
-        if lora_b is not None and isinstance(m, LoRALinear):
-            m.lora_b.weight = Parameter(ctx, lora_b, secret=True, requires_grad=True)
+    model = _model(ctx, encoder, labels, mode, layers, lora_b)
     model.track_per_example()
     x, m, y = _inputs(session, ctx, inputs, mask, labels)
     cross_entropy(model(x, m), y, value=False).backward(model.grad_scale)

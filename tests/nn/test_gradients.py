@@ -115,18 +115,21 @@ def test_per_example_gradients_match_torch(mode, layers):
         assert (sample.sum(0) - total).abs().max() < 1e-4, name
 
 
-@pytest.mark.timeout(600)
-def test_lora_per_example_gradients_match_the_plaintext_baseline():
-    """LoRA on the top layer: the per-example gradients of the adapters and the head under MPC
-    equal those of the model `--plaintext-baseline` hands to Opacus (mpcft.finetune.plaintext),
-    with B started away from zero so that A's gradient does not vanish."""
+LORA_NAMES = {"layer0.attention.query.lora_a.weight": "adapters.0.0.a",
+              "layer0.attention.query.lora_b.weight": "adapters.0.0.b",
+              "layer0.attention.value.lora_a.weight": "adapters.0.1.a",
+              "layer0.attention.value.lora_b.weight": "adapters.0.1.b", "head.weight": "head_w", "head.bias": "head_b"}
+
+
+def lora_case():
+    """LoRA on the top layer of the tiny BERT, with B started away from zero so that A's
+    gradient does not vanish: (encoder, B's start, the plaintext per-example gradients of the
+    model `--plaintext-baseline` hands to Opacus (mpcft.finetune.plaintext), by LORA_NAMES)."""
     from mpcft.finetune.plaintext import _LoRA, _Model, _per_example_gradients
     inputs, mask, labels = case("top")
     encoder, rank, alpha = programs.tiny_bert(), 8, 16.0      # mpcft.nn.prepare's defaults
     hidden = encoder.config.hidden_size
     lora_b = torch.randn(hidden, rank, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 0.3
-    got = run_threads(programs.per_example_gradients, 2, inputs, mask, labels, "lora", 1, encoder, lora_b,
-                      dealer_handler=CorrelationDealer, timeout=580)[0]
     layer = encoder.encoder.layer[-1]
     adapters = [_LoRA(layer.attention.self.query, rank, alpha, 0), _LoRA(layer.attention.self.value, rank, alpha, 0)]
     for adapter in adapters:
@@ -135,11 +138,32 @@ def test_lora_per_example_gradients_match_the_plaintext_baseline():
     model = _Model([layer], [adapters], encoder.config.num_attention_heads, torch.nn.Parameter(head_w),
                    torch.nn.Parameter(torch.zeros(LABELS, dtype=torch.float64)))
     params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
-    want = _per_example_gradients(model, params, inputs, mask, labels.argmax(1))
-    names = {"layer0.attention.query.lora_a.weight": "adapters.0.0.a", "layer0.attention.query.lora_b.weight":
-             "adapters.0.0.b", "layer0.attention.value.lora_a.weight": "adapters.0.1.a",
-             "layer0.attention.value.lora_b.weight": "adapters.0.1.b", "head.weight": "head_w", "head.bias": "head_b"}
-    assert set(got) == set(names)
-    errors = {name: relative(got[name][0] * B, want[names[name]]) for name in names}
+    return encoder, lora_b, _per_example_gradients(model, params, inputs, mask, labels.argmax(1))
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("n", [2, 3])
+def test_lora_gradients_match_the_plaintext_baseline(n):
+    """LoRA's fused projections (q, k, v in shared rounds: mpcft.nn.layers.project): the batch
+    gradients of the adapters and the head equal the plaintext model's."""
+    inputs, mask, labels = case("top")
+    encoder, lora_b, per_example = lora_case()
+    got = run_threads(programs.gradients, n, inputs, mask, labels, "lora", 1, encoder, None, lora_b,
+                      dealer_handler=CorrelationDealer, timeout=580)[0]["grads"]
+    assert set(got) == set(LORA_NAMES)
+    errors = {name: relative(got[name], per_example[LORA_NAMES[name]].mean(0)) for name in LORA_NAMES}
+    print(f"max relative gradient error, lora, {n} parties: {max(errors.values()):.2e}")
+    assert max(errors.values()) < 1e-2, errors
+
+
+@pytest.mark.timeout(600)
+def test_lora_per_example_gradients_match_the_plaintext_baseline():
+    """The same with per-example gradients (the adapters' layers then run one by one)."""
+    inputs, mask, labels = case("top")
+    encoder, lora_b, want = lora_case()
+    got = run_threads(programs.per_example_gradients, 2, inputs, mask, labels, "lora", 1, encoder, lora_b,
+                      dealer_handler=CorrelationDealer, timeout=580)[0]
+    assert set(got) == set(LORA_NAMES)
+    errors = {name: relative(got[name][0] * B, want[LORA_NAMES[name]]) for name in LORA_NAMES}
     print(errors)
     assert max(errors.values()) < 1e-2, errors
