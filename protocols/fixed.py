@@ -115,12 +115,15 @@ def ring_constant(ctx, value: float, frac_bits: int) -> int:
 def combine(ctx, terms, coeffs, constant=0.0, extra_bits: int = 0) -> torch.Tensor:
     """constant + sum_k coeffs[k] * terms[k] for public coefficients: one truncation.
     extra_bits: coefficients get f + extra_bits fractional bits, as in mul_public."""
-    acc, scale = None, 2.0 ** (ctx.frac_bits + extra_bits)
-    for term, c in zip(terms, coeffs):
-        product = term * round(float(c) * scale)
-        acc = product if acc is None else acc + product
-    acc = truncate(ctx, acc, ctx.frac_bits + extra_bits)
+    acc = truncate(ctx, *combination(ctx, terms, coeffs, extra_bits))
     return acc + ctx.public(constant) if constant else acc
+
+
+def combination(ctx, terms, coeffs, extra_bits: int = 0) -> tuple:
+    """(sum_k coeffs[k] * terms[k] untruncated, the shift f + extra_bits that truncates it back
+    to the terms' scale): combine's sum, for callers that truncate several together."""
+    scale = 2.0 ** (ctx.frac_bits + extra_bits)
+    return sum(term * round(float(c) * scale) for term, c in zip(terms, coeffs)), ctx.frac_bits + extra_bits
 
 
 def polynomial(ctx, raw: torch.Tensor, bits: int, coeffs) -> torch.Tensor:

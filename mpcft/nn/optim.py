@@ -14,7 +14,7 @@ import torch
 
 from mpcft.kernels import DEFAULT_FRACTIONAL_BITS
 from mpcft.protocols import beaver, comparison, fixed, reciprocal
-from mpcft.protocols.cost import FREE, Cost
+from mpcft.protocols.cost import Cost
 from mpcft.protocols.truncation import truncate_cost, truncate_many, truncations_cost
 
 
@@ -82,8 +82,9 @@ class _Optimizer:
 class SGD(_Optimizer):
     """v <- mu v + g, w <- w - lr v, with g including weight decay wd w (as torch.optim.SGD).
 
-    Cost per step: 2 truncation rounds (3 with weight decay) over all N parameters, 8 N (n-1)
-    bytes per party each (sgd_cost)."""
+    One round a step: v's new part mu v + wd S w and the whole update (lr / S)(mu v + g + wd S w),
+    both linear in the old v, g and w, are truncated together (the update from the exact sum,
+    not from the rounded v). Cost per step over all N parameters: sgd_cost."""
     _buffers = ("velocity",)
 
     def __init__(self, parameters, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
@@ -96,14 +97,19 @@ class SGD(_Optimizer):
     def step(self) -> None:
         ctx = self.ctx
         grad, weights = self._gradients_and_weights()
+        carried = []                                          # (shares, coefficient) of v's new part
         if self.weight_decay:
-            grad = grad + fixed.mul_public(ctx, weights, self.weight_decay * self.grad_scale)
+            carried.append((weights, self.weight_decay * self.grad_scale))
         if self.momentum and self.velocity is not None:
-            self.velocity = fixed.mul_public(ctx, self.velocity, self.momentum) + grad
-        else:
-            self.velocity = grad
-        self._write(weights - fixed.mul_public(ctx, self.velocity, self.lr / self.grad_scale,
-                                               extra_bits=self._extra_bits))
+            carried.append((self.velocity, self.momentum))
+        rate = self.lr / self.grad_scale
+        terms, coeffs = [grad] + [t for t, _ in carried], [rate] + [rate * c for _, c in carried]
+        parts = [fixed.combination(ctx, terms, coeffs, self._extra_bits)]
+        if carried:
+            parts.append(fixed.combination(ctx, [t for t, _ in carried], [c for _, c in carried]))
+        truncated = truncate_many(ctx, parts)
+        self.velocity = grad + truncated[1] if carried else grad
+        self._write(weights - truncated[0])
 
 
 class AdamW(_Optimizer):
@@ -188,9 +194,9 @@ def adamw_range(clip: float, eps: float) -> tuple[float, float]:
 
 def sgd_cost(n: int, numel: int, momentum: bool = True, weight_decay: bool = False, grad_scale: int = 1,
              frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
-    """From the second step on (the first has no momentum product)."""
-    shifts = [frac_bits] * (int(momentum) + int(weight_decay)) + [frac_bits + scale_bits(grad_scale)]
-    return sum((truncate_cost(n, numel, m) for m in shifts), FREE)
+    """From the second step on (the first carries no momentum): one round."""
+    carried = [(numel, frac_bits)] if momentum or weight_decay else []
+    return truncations_cost(n, [(numel, frac_bits + scale_bits(grad_scale))] + carried)
 
 
 def adamw_cost(n: int, numel: int, clip: float = 1.0, eps: float = 1e-4, grad_scale: int = 1,
