@@ -11,12 +11,13 @@ where it may be 1; with it ReLU(x) = x - x [x < 0] and |x| = x (1 - 2 [x < 0]). 
 x >= 0 for negative is harmless: the identities hold on both branches (0 - g(-x) = x Phi(x),
 -(1 - 2 r(-x)) = tanh(x), and likewise for the derivative), and the fits cover t >= -1/16;
 the comparison is 16 + ceil(log2(n - 1)) bits wide instead of 32 (two parties: a round and
-half the digits fewer). One truncation round gives u = |x| / 4 and a coarse
-|x| at resolution 1/4; a short comparison (14 bits) of the coarse value gives [|x| < T]
-(exact except for |x| within 1/4 of T, where the correction is below 2e-4 either way);
-2 more rounds of truncations give the powers of u (fixed.powers: products of truncated
-values are local); one truncation of the combination, which the short comparison's bit
-multiplies locally as it is truncated (comparison.SignGate: no Beaver product). tanh and
+half the digits fewer). Then, side by side (protocols.parallel: the rounds of the longer), 3
+rounds of truncations give the powers of u = |x| / 4 (fixed.powers: products of truncated
+values are local), and a second coarse comparison, of |x| - (T - 1/4) at resolution
+2^-2 / (n - 1) (14 bits for two parties), gives [|x| < T] (exact but for |x| in [T - 1/4, T),
+where the fits still hold and dropping the correction errs by at most 3.3e-4 for GELU,
+1.2e-3 for its derivative and 1.1e-3 for tanh) as a comparison.SignGate, whose bit multiplies the combination of the
+powers locally as one truncation brings it back to f bits (no Beaver product). tanh and
 GELU's derivative take sgn(x) = 1 - 2 [x < 0] times a last value by one masked opening of it
 against the first comparison's bit (comparison.Select.times: half a Beaver product's bytes).
 Saturation is exact: beyond +-T the outputs are ReLU(x) and +-1 (up to 2^-f).
@@ -30,14 +31,15 @@ import torch
 from mpcft.kernels import DEFAULT_FRACTIONAL_BITS
 
 from . import fixed
-from .comparison import Select, SignGate, resolution_bits_within, select_times_cost, sign_cost, sign_gate_cost
+from .comparison import Select, SignGate, resolution_bits_within, select_times_cost, sign_cost
 from .cost import Cost  # noqa: F401  (cost formulas below return Cost)
+from .parallel import parallel, parallel_cost
+from .truncation import truncations_cost
 
 DEGREE = 8
 T = 4.0
 _U_SHIFT = 2            # u = |x| / 2^2 = |x| / T
-_COARSE_BITS = 2        # coarse |x| keeps 2 fractional bits
-_INSIDE_BITS = 14       # |coarse - 4T| < 2^13 for |x| < 2^11
+_INSIDE_BAND = 2        # [|x| < T] exact but for |x| in [T - 2^-2, T)
 
 
 _LOWEST_U = -1 / 64     # u = |x| / T of a small x >= 0 that the coarse sign took for negative
@@ -46,6 +48,11 @@ _LOWEST_U = -1 / 64     # u = |x| / T of a small x >= 0 that the coarse sign too
 def _sign_resolution(n: int, frac_bits: int) -> int:
     """k for the coarse sign of x: (n - 1) 2^k <= 2^f / 16, i.e. u >= _LOWEST_U."""
     return resolution_bits_within(n, frac_bits - 4)
+
+
+def _inside_resolution(n: int, frac_bits: int) -> int:
+    """k for the coarse [|x| - (T - 1/4) < 0]: (n - 1) 2^k <= 2^(f - 2), a band of 1/4 below T."""
+    return resolution_bits_within(n, frac_bits - _INSIDE_BAND)
 
 
 def _fit(f, T: float) -> np.ndarray:
@@ -67,21 +74,19 @@ TANH_COEFFS = _fit(lambda t: 1 / (1 + np.exp(2 * t)), T)
 def _pieces(ctx, x: torch.Tensor, bits: int, polynomials: list, later: int = 0):
     """ReLU(x), the comparison.Select of [x < 0] (with `later` products to come) and
     [|x| < T] * p(u) for each coefficient list p of `polynomials`, u = |x| / T: the powers of u
-    (fixed.powers), their combinations, and a comparison whose bit gates the combinations as
-    they are truncated (comparison.SignGate)."""
+    (fixed.powers) beside a comparison (parallel), whose bit gates the combinations of the
+    powers as they are truncated (comparison.SignGate)."""
     select = Select(ctx, x, bits, resolution_bits=_sign_resolution(ctx.world_size, ctx.frac_bits), later=later)
     neg_part = select.negative_part
     relu = x - neg_part
     absolute = relu - neg_part
-    powers, (coarse,) = fixed.powers(ctx, absolute, _U_SHIFT, DEGREE,
-                                     extra=[(absolute, ctx.frac_bits - _COARSE_BITS)])
-    combined = [fixed.combine_powers(ctx, powers, p[1:], p[0]) for p in polynomials]
-    # [|x| < T] = [coarse - 4T < 0]
-    inside = SignGate(ctx, coarse - ctx.public(T * 2 ** _COARSE_BITS, frac_bits=0), _INSIDE_BITS,
-                      gates=[shift for _, shift in combined])
-    return relu, select, inside.truncate([value for value, _ in combined])
-
-
+    f, shift = ctx.frac_bits, fixed.combined_shift(ctx.frac_bits)
+    (powers, _), inside = parallel(
+        ctx, lambda c: fixed.powers(c, absolute, _U_SHIFT, DEGREE),
+        lambda c: SignGate(c, absolute - c.public(T - 2.0 ** -_INSIDE_BAND, x.shape), bits, [shift] * len(polynomials),
+                           resolution_bits=_inside_resolution(c.world_size, f)))
+    combined = [fixed.combine_powers(ctx, powers, p[1:], p[0])[0] for p in polynomials]
+    return relu, select, inside.truncate(combined)
 def gelu(ctx, x: torch.Tensor, bits: int = 32, with_grad: bool = False):
     """GELU(x) = x Phi(x); with_grad also returns GELU'(x) (shares), reusing the powers.
 
@@ -118,9 +123,10 @@ def _encode_bits(ctx, bits):
 
 def _pieces_cost(n: int, numel: int, bits: int, polynomials: int, frac_bits: int) -> Cost:
     compared = bits - _sign_resolution(n, frac_bits)
+    inside = bits - _inside_resolution(n, frac_bits)
     return (sign_cost(n, numel, compared, factor=numel)
-            + fixed.powers_cost(n, numel, DEGREE, _U_SHIFT, [frac_bits - _COARSE_BITS], frac_bits)
-            + sign_gate_cost(n, numel, _INSIDE_BITS, [fixed.combined_shift(frac_bits)] * polynomials))
+            + parallel_cost(fixed.powers_cost(n, numel, DEGREE, _U_SHIFT, (), frac_bits), sign_cost(n, numel, inside))
+            + truncations_cost(n, [(numel, fixed.combined_shift(frac_bits))] * polynomials))
 
 
 def gelu_cost(n: int, numel: int, bits: int = 32, with_grad: bool = False,

@@ -163,7 +163,8 @@ def sign_bit(ctx, x: torch.Tensor, bits: int = FULL_BITS, digit_bits: int | None
 
 
 class SignGate:
-    """s = [x < 0] (sign_bit), and truncations of later values that s multiplies locally.
+    """s = [x < 0] (sign_bit; coarse with resolution_bits k > 0, as in the module docstring),
+    and truncations of later values that s multiplies locally.
 
     A truncated y = P + M (protocols/truncation.py: P public once its c is open,
     M = -r_mid + t (1 - 2 c_top) r_top, t = 2^(63-m)) and s = A + B beta (A, B public) give
@@ -176,9 +177,11 @@ class SignGate:
         (w,) = gate.truncate([v])                      # one round: w = (v / 2^36) * [z < 0]
     """
 
-    def __init__(self, ctx, x: torch.Tensor, bits: int, gates: list, digit_bits: int | None = None):
+    def __init__(self, ctx, x: torch.Tensor, bits: int, gates: list, digit_bits: int | None = None,
+                 resolution_bits: int = 0):
         self.ctx, self.gates = ctx, [int(m) for m in gates]
-        self._a, self._b, self._beta, _, self._correlation = _sign(ctx, x, bits, digit_bits, gates=self.gates)
+        self._a, self._b, self._beta, _, self._correlation = _sign(ctx, x, bits, digit_bits, gates=self.gates,
+                                                                   resolution_bits=resolution_bits)
         self.bit = _constant(ctx, self._a) + self._b * self._beta
         self._truncated = False
 
@@ -209,7 +212,7 @@ def _beta_times_truncated(c, m: int, beta, top_beta, mid_beta):
 
 def sign_gate_cost(n: int, numel: int, bits: int, gates: list, digit_bits: int | None = None) -> Cost:
     """Cost of SignGate and its truncate (by the shifts `gates`): the comparison, then one
-    truncation round."""
+    truncation round (bits: those compared, L - k)."""
     return sign_cost(n, numel, bits, digit_bits) + truncations_cost(n, [(numel, m) for m in gates])
 
 

@@ -6,18 +6,21 @@ Every squaring multiplies the output of a truncation by itself, which is local
 For x in [-EXP_MIN_INPUT, EXP_MAX_INPUT] the absolute error is about 1e-4 near x = 0
 (fixed-point rounding, doubled by each squaring) and far smaller below; the approximation
 error e^x * |x|^5 / (120 * 64^4) is < 1e-8. Outside that range p(y)^64 is meaningless:
-softmax subtracts the row maximum first (inputs <= 1), and can clamp with clamp=True: a
-coarse relu (comparison.relu, resolution 2^f: it may also clamp x in [-150, -150 + n - 1),
-whose e^x is 0 at any f <= 60 either way) over bits - f bits.
-Reveals nothing (truncations only). Cost: exp_cost() (9 rounds).
+softmax subtracts the row maximum first (inputs <= 1), and can clamp with clamp=True: then a
+coarse comparison (resolution 2^f, over bits - f bits) gives s = [x > -150] beside the
+polynomial and squarings (protocols.parallel: no rounds of its own) and gates the last
+truncation (comparison.SignGate: local), so e^x below -150 (and up to n - 1 above, where
+e^x is 0 at any f <= 60 either way) is exactly 0 whatever p made of it.
+Reveals nothing (truncations and a comparison only). Cost: exp_cost() (9 rounds, clamped too).
 """
 import torch
 
 from mpcft.kernels import DEFAULT_FRACTIONAL_BITS
 
 from . import fixed
-from .comparison import relu, sign_cost
-from .cost import FREE, Cost
+from .comparison import SignGate, sign_cost
+from .cost import Cost
+from .parallel import parallel, parallel_cost
 from .truncation import FusedTruncations, truncate, truncate_cost
 
 SQUARINGS = 6
@@ -27,10 +30,17 @@ _TAYLOR = [1.0, 1.0, 1 / 2, 1 / 6, 1 / 24]
 
 
 def exp(ctx, x: torch.Tensor, clamp: bool = False, bits: int = 32) -> torch.Tensor:
-    """Shares of e^x for x in [-150, 7]; clamp=True maps x < -150 to -150 first (one relu)."""
-    if clamp:  # max(x, -m) = -m + relu(x + m)
-        m = EXP_MIN_INPUT
-        x = relu(ctx, x + ctx.public(m), bits, resolution_bits=ctx.frac_bits) + ctx.public(-m)
+    """Shares of e^x for x in [-150, 7]; clamp=True gives 0 for x < -150 (any |x| < 2^(bits - f))."""
+    if not clamp:
+        return truncate(ctx, _untruncated(ctx, x))
+    f = ctx.frac_bits
+    above = lambda c: SignGate(c, c.public(-EXP_MIN_INPUT, x.shape) - x, bits, [f], resolution_bits=f)  # noqa: E731
+    gate, acc = parallel(ctx, above, lambda c: _untruncated(c, x))      # gate.bit = [-150 - x < 0]
+    return gate.truncate([acc])[0]
+
+
+def _untruncated(ctx, x: torch.Tensor) -> torch.Tensor:
+    """p(x / 64)^64 at 2f fractional bits, before its last truncation."""
     terms, _ = fixed.powers(ctx, x, SQUARINGS, len(_TAYLOR) - 1)     # y = x / 64 and its powers
     acc, shift = fixed.combine_powers(ctx, terms, _TAYLOR[1:], _TAYLOR[0])
     shifts = [shift] + [ctx.frac_bits] * (SQUARINGS - 1)
@@ -38,13 +48,19 @@ def exp(ctx, x: torch.Tensor, clamp: bool = False, bits: int = 32) -> torch.Tens
     for i in range(SQUARINGS):                    # acc: p(y)^(2^i), untruncated
         squarings.truncate({i: acc})
         acc = squarings.product(i, i)
-    return truncate(ctx, acc)
+    return acc
 
 
 def exp_cost(n: int, numel: int, clamp: bool = False, bits: int = 32,
              frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
-    total = sign_cost(n, numel, bits - frac_bits, factor=numel) if clamp else FREE
-    total = total + fixed.powers_cost(n, numel, len(_TAYLOR) - 1, SQUARINGS, (), frac_bits)
-    for shift in [fixed.combined_shift(frac_bits)] + [frac_bits] * SQUARINGS:   # squarings, then the last
+    untruncated = _untruncated_cost(n, numel, frac_bits)
+    if clamp:
+        untruncated = parallel_cost(sign_cost(n, numel, bits - frac_bits), untruncated)
+    return untruncated + truncate_cost(n, numel, frac_bits)
+
+
+def _untruncated_cost(n: int, numel: int, frac_bits: int) -> Cost:
+    total = fixed.powers_cost(n, numel, len(_TAYLOR) - 1, SQUARINGS, (), frac_bits)
+    for shift in [fixed.combined_shift(frac_bits)] + [frac_bits] * (SQUARINGS - 1):
         total = total + truncate_cost(n, numel, shift)
     return total
