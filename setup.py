@@ -25,6 +25,7 @@ setup(
         "numba>=0.60",
         "torch>=2.4",
         "pycryptodome>=3.20",
+        "greenlet>=3.0",        # protocols.parallel: independent protocols' rounds shared, on one thread
         "cryptography>=42",
         "tqdm>=4.66",
         # 5.25 requires Hugging Face's `kernels` package and imports it by that name, which finds

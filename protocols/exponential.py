@@ -35,7 +35,7 @@ def exp(ctx, x: torch.Tensor, clamp: bool = False, bits: int = 32) -> torch.Tens
         return truncate(ctx, _untruncated(ctx, x))
     f = ctx.frac_bits
     above = lambda c: SignGate(c, c.public(-EXP_MIN_INPUT, x.shape) - x, bits, [f], resolution_bits=f)  # noqa: E731
-    gate, acc = parallel(ctx, above, lambda c: _untruncated(c, x))      # gate.bit = [-150 - x < 0]
+    acc, gate = parallel(ctx, lambda c: _untruncated(c, x), above)      # gate.bit = [-150 - x < 0]
     return gate.truncate([acc])[0]
 
 
@@ -55,7 +55,7 @@ def exp_cost(n: int, numel: int, clamp: bool = False, bits: int = 32,
              frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
     untruncated = _untruncated_cost(n, numel, frac_bits)
     if clamp:
-        untruncated = parallel_cost(sign_cost(n, numel, bits - frac_bits), untruncated)
+        untruncated = parallel_cost(untruncated, sign_cost(n, numel, bits - frac_bits))
     return untruncated + truncate_cost(n, numel, frac_bits)
 
 

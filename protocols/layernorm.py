@@ -4,9 +4,10 @@ xhat = (x - mean) * rstd, rstd = 1 / sqrt(var + eps), var = mean((x - mean)^2):
 two truncations for the moments, inv_sqrt with range reduction for rstd (reciprocal.py),
 one broadcast product. The affine part (gamma, beta) is left to the caller, which knows
 whether they are public (frozen) or shared (trained).
-Backward, with g = dL/dxhat: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)). Both passes
-open the value that two products share masked once (beaver.MaskedFactor): x - mean for its
-square and its product with rstd, xhat for its products with g and mean(g * xhat).
+Backward, with g = dL/dxhat: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), mean(g)
+beside the rest (protocols.parallel). Both passes open the value that two products share
+masked once (beaver.MaskedFactor): x - mean for its square and its product with rstd, xhat
+for its products with g and mean(g * xhat).
 Accuracy: relative error of rstd below 1e-4 for var + eps in [var_lo, var_hi].
 Reveals nothing but the output shares.
 """
@@ -16,6 +17,7 @@ import torch
 
 from . import beaver, fixed
 from .cost import Cost
+from .parallel import parallel, parallel_cost
 from .reciprocal import inv_sqrt, inv_sqrt_cost
 from .truncation import truncate, truncate_cost
 
@@ -42,11 +44,15 @@ def _sum_bits(d: int, var_hi: float) -> int:
 
 
 def layernorm_backward(ctx, grad: torch.Tensor, xhat: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
-    mean_g = fixed.mean_last(ctx, grad)
-    factor = beaver.MaskedFactor(ctx, xhat, [grad.shape, rstd.shape])      # xhat opened masked once
-    mean_gx = fixed.mean_last(ctx, truncate(ctx, factor.times(grad)))
-    inner = grad - mean_g - truncate(ctx, factor.times(mean_gx))
-    return fixed.mul(ctx, inner, rstd)
+    """mean(g) beside the rest (protocols.parallel: its round is shared); mean(g * xhat) from
+    the row sums of the untruncated products, truncated as rows."""
+    def projected(c):
+        factor = beaver.MaskedFactor(c, xhat, [grad.shape, rstd.shape])      # xhat opened masked once
+        summed = truncate(c, factor.times(grad).sum(-1, keepdim=True))
+        mean_gx = fixed.mul_public(c, summed, 1.0 / grad.shape[-1], extra_bits=fixed.MEAN_EXTRA_BITS)
+        return truncate(c, factor.times(mean_gx))
+    along_xhat, mean_g = parallel(ctx, projected, lambda c: fixed.mean_last(c, grad))
+    return fixed.mul(ctx, grad - mean_g - along_xhat, rstd)
 
 
 def layernorm_cost(n: int, shape, var_lo: float = 1e-4, var_hi: float = 1e4) -> Cost:
@@ -61,6 +67,7 @@ def layernorm_cost(n: int, shape, var_lo: float = 1e-4, var_hi: float = 1e4) -> 
 def layernorm_backward_cost(n: int, shape) -> Cost:
     numel = int(torch.tensor(shape).prod())
     rows = numel // shape[-1]
-    return (beaver.masked_factor_cost(n, numel, [numel, rows]) + truncate_cost(n, numel) + truncate_cost(n, numel)
-            + fixed.mul_public_cost(n, rows, fixed.MEAN_EXTRA_BITS) + fixed.mul_public_cost(n, rows, fixed.MEAN_EXTRA_BITS)
+    projected = (beaver.masked_factor_cost(n, numel, [numel, rows]) + truncate_cost(n, rows)
+                 + fixed.mul_public_cost(n, rows, fixed.MEAN_EXTRA_BITS) + truncate_cost(n, numel))
+    return (parallel_cost(projected, fixed.mul_public_cost(n, rows, fixed.MEAN_EXTRA_BITS))
             + fixed.mul_cost(n, numel, rows, numel))

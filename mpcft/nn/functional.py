@@ -14,6 +14,7 @@ import torch
 
 from mpcft.kernels import ring_matmul
 from mpcft.protocols import activations, beaver, fixed, layernorm, reciprocal, softmax
+from mpcft.protocols.parallel import parallel
 from mpcft.protocols.truncation import truncate, truncate_many
 from mpcft.tensor import Function, SharedTensor
 
@@ -92,8 +93,9 @@ def linear(x: SharedTensor, weight, bias=None) -> SharedTensor:
     return LinearFunction.apply(x, weight, bias)
 
 
-# a LoRA scaling alpha / r is encoded with f + 10 fractional bits into the truncation it joins
-_SCALING_EXTRA_BITS = 10
+# a LoRA scaling s = alpha / r joins a truncation encoded at 2^-12 (exact for powers of two),
+# valid while |s h| < 2^(62 - 2f - 12) = 1024 at f = 20 (h = x A^T, and likewise g B backward)
+_SCALING_EXTRA_BITS = 12
 
 
 class ProjectionsFunction(Function):
@@ -347,14 +349,15 @@ def gelu(x: SharedTensor) -> SharedTensor:
 class MeanPoolFunction(Function):
     """sum_t m_t h_t / sum_t m_t over the tokens of h [B, T, H] for the shared 0/1 mask [B, T],
     as sentence-transformers pools; the counts' reciprocal is computed under MPC, exactly
-    (protocols.reciprocal.count_reciprocal)."""
+    (protocols.reciprocal.count_reciprocal), beside the masked sum (protocols.parallel)."""
 
     @staticmethod
     def forward(fctx, h, mask):
         ctx = fctx.mpc
         m = mask.unsqueeze(-1)
-        summed = beaver.mul(ctx, h, m).sum(1)                      # mask has scale 1: no truncation
-        inverse = reciprocal.count_reciprocal(ctx, mask.sum(1, keepdim=True), h.shape[1])
+        summed, inverse = parallel(                                # mask has scale 1: no truncation
+            ctx, lambda c: beaver.mul(c, h, m).sum(1),
+            lambda c: reciprocal.count_reciprocal(c, mask.sum(1, keepdim=True), h.shape[1]))
         if fctx.needs_input_grad[0]:
             fctx.inverse, fctx.mask = inverse, m
         return fixed.mul(ctx, summed, inverse)
