@@ -406,6 +406,8 @@ def nonlinear(session, inputs, device=None):
     run("sigmoid", lambda: activations.sigmoid(ctx, shared["gelu"]))
     run("softmax", lambda: softmax.softmax(ctx, shared["softmax"]))
     run("softmax_masked", lambda: softmax.softmax(ctx, shared["softmax"], mask=inputs["mask"]))
+    secret_mask = sharing.share(ctx, inputs["mask"].long() if ctx.rank == 0 else None, 0, inputs["mask"].shape)
+    run("softmax_secret_mask", lambda: softmax.softmax(ctx, shared["softmax"], clamp=True, shared_mask=secret_mask))
     y = softmax.softmax(ctx, shared["softmax"])
     run("softmax_backward", lambda: softmax.softmax_backward(ctx, y, shared["softmax_grad"]))
     run("layernorm", lambda: layernorm.layernorm(ctx, shared["layernorm"]))

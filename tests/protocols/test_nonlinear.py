@@ -65,14 +65,15 @@ def expected(inp):
         "inv_sqrt_wide": 384 ** 0.5 / torch.sqrt(inp["inv_sqrt_wide"]),
         "inv_sqrt_wide_many": 384 ** 0.5 / torch.sqrt(inp["inv_sqrt_wide_many"]),
         "log": torch.log(inp["log"]), "gelu": [gelu, dgelu], "tanh": torch.tanh(x),
-        "sigmoid": torch.sigmoid(x), "softmax": y, "softmax_masked": masked,
+        "sigmoid": torch.sigmoid(x), "softmax": y, "softmax_masked": masked, "softmax_secret_mask": masked,
         "softmax_backward": sm_grad, "layernorm": [xhat.detach(), rstd],
         "layernorm_backward": ln_grad, "cross_entropy": [ce_grad, loss.detach()],
     }
 
 
 BOUNDS = {"exp": 2e-4, "exp_clamped": 2e-4, "log": 1e-3, "gelu": [2e-3, 5e-3], "tanh": 2e-3,
-          "sigmoid": 2e-3, "softmax": 1e-3, "softmax_masked": 1e-3, "softmax_backward": 2e-3,
+          "sigmoid": 2e-3, "softmax": 1e-3, "softmax_masked": 1e-3, "softmax_secret_mask": 1e-3,
+          "softmax_backward": 2e-3,
           "layernorm": [2e-3, None], "layernorm_backward": 2e-3, "cross_entropy": [2e-3, 2e-3]}
 RELATIVE = {"reciprocal": 1e-3, "inv_sqrt": 1e-3, "reciprocal_many": 1e-3, "inv_sqrt_wide": 1e-3,
             "inv_sqrt_wide_many": 1e-3}
@@ -154,6 +155,8 @@ def test_measured_communication_equals_declared_costs(n):
         "log": R.log_cost(n, 300), "gelu": A.gelu_cost(n, 1001, with_grad=True),
         "tanh": A.tanh_cost(n, 1001), "sigmoid": A.sigmoid_cost(n, 1001),
         "softmax": S.softmax_cost(n, (6, 16)), "softmax_masked": S.softmax_cost(n, (6, 16)),
+        "softmax_secret_mask": S.softmax_cost(n, (6, 16), clamp=True, shared_mask=(6, 16)),
+        "cross_entropy": S.cross_entropy_cost(n, 4, 3, with_loss=True),
         "softmax_backward": S.softmax_backward_cost(n, (6, 16)),
         "layernorm": L.layernorm_cost(n, (6, 384)), "layernorm_backward": L.layernorm_backward_cost(n, (6, 384)),
     }
