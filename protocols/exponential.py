@@ -9,8 +9,8 @@ error e^x * |x|^5 / (120 * 64^4) is < 1e-8. Outside that range p(y)^64 is meanin
 softmax subtracts the row maximum first (inputs <= 1), and can clamp with clamp=True: then a
 coarse comparison (resolution 2^f, over bits - f bits) gives s = [x > -150] beside the
 polynomial and squarings (protocols.parallel: no rounds of its own) and gates the last
-truncation (comparison.SignGate: local), so e^x below -150 (and up to n - 1 above, where
-e^x is 0 at any f <= 60 either way) is exactly 0 whatever p made of it.
+truncation (comparison.SignGate: local), so the result is exactly 0 below -150 - (n - 1),
+whatever p made of it there, and p(x / 64)^64 < 1e-18 (0 at any f <= 60) in between.
 Reveals nothing (truncations and a comparison only). Cost: exp_cost() (9 rounds, clamped too).
 """
 import torch

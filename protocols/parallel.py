@@ -30,8 +30,7 @@ class _Abort(BaseException):
 
 
 class _Branch:
-    def __init__(self, index: int):
-        self.index = index
+    def __init__(self):
         self.request = self.reply = self.result = self.error = self.coroutine = None
         self.started = self.done = False
 
@@ -87,7 +86,7 @@ class _Scheduler:
 
     def run(self, ctx, functions) -> list:
         self.home = getcurrent()
-        self.lead, *self.others = branches = [_Branch(i) for i in range(len(functions))]
+        self.lead, *self.others = branches = [_Branch() for _ in functions]
         for branch, function in zip(self.others, functions[1:]):
             branch.coroutine = greenlet(lambda b=branch, f=function: self._body(ctx, b, f), parent=self.home)
         try:

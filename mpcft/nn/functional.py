@@ -105,7 +105,8 @@ class ProjectionsFunction(Function):
       forward: one Beaver product of x with [W^T of the secret W_j | every A_j^T] (x opened
         masked once); the adapters' h_j = s_j x A_j^T truncated together, s_j folded into the
         truncation; one product of [h_j] with the block diagonal of the B_j^T; then every
-        output (public x W_j^T local) truncated in one round: 4 rounds, 1 without secrets;
+        output (public x W_j^T local) truncated in one round: 4 rounds (2 without adapters, 1
+        with public weights only);
       backward: the mirror image (each product keeps its masks: beaver.MatmulWithGrads): G's
         adapter columns opened against the B product, dB_j and s_j dh_j truncated together,
         [G of the secret W_j | s_j dh_j] opened against the x product, then dx (with the
@@ -115,7 +116,7 @@ class ProjectionsFunction(Function):
     @staticmethod
     def forward(fctx, x, layout, *params):
         ctx, needs = fctx.mpc, fctx.needs_input_grad
-        fctx.layout, fctx.params, fctx.in_shape = layout, params, x.shape
+        fctx.params, fctx.in_shape = params, x.shape
         x2 = x.reshape(-1, x.shape[-1]).contiguous()
         parts = _projection_parts(layout)
         fctx.parts = parts
@@ -134,7 +135,7 @@ class ProjectionsFunction(Function):
                                 + [params[parts[j]["lora"][0]].shape[0] for j in adapted], 1)
         lora_out = []
         if adapted:
-            hidden = truncate_many(ctx, [(x_out[len(secret) + i] * _scaling(ctx, parts[j]["scaling"]),
+            hidden = truncate_many(ctx, [(x_out[len(secret) + i] * _scaling(parts[j]["scaling"]),
                                           ctx.frac_bits + _SCALING_EXTRA_BITS) for i, j in enumerate(adapted)])
             diagonal = torch.block_diag(*(params[parts[j]["lora"][1]].data.mT for j in adapted)).contiguous()
             fctx.b_product, out = _product_with_grads(ctx, torch.cat(hidden, 1).contiguous(), diagonal, grad_h,
@@ -160,7 +161,7 @@ class ProjectionsFunction(Function):
         for p, g_j in zip(parts, g):
             if p["b"] is not None and need(p["b"]):
                 grads[p["b"]] = g_j.sum(0)
-        wanted, scaled_dh = [], []                                  # (param index, raw, shift)
+        b_grads, scaled_dh = [], []                                # (param index, raw, shift)
         if fctx.b_product is not None and (fctx.b_product.grad_x or fctx.b_product.grad_y):
             g_h, g_diag = fctx.b_product.backward(torch.cat([g[j] for j in adapted], 1).contiguous())
             rows = cols = 0
@@ -168,18 +169,18 @@ class ProjectionsFunction(Function):
                 a, b = parts[j]["lora"]
                 rank, out = params[b].shape[1], parts[j]["out"]
                 if need(b):
-                    wanted.append((b, g_diag[rows:rows + rank, cols:cols + out].mT.contiguous(), ctx.frac_bits))
+                    b_grads.append((b, g_diag[rows:rows + rank, cols:cols + out].mT.contiguous(), ctx.frac_bits))
                 if g_h is not None:
-                    scaled_dh.append((g_h[:, rows:rows + rank] * _scaling(ctx, parts[j]["scaling"]),
+                    scaled_dh.append((g_h[:, rows:rows + rank] * _scaling(parts[j]["scaling"]),
                                       ctx.frac_bits + _SCALING_EXTRA_BITS))
                 rows, cols = rows + rank, cols + out
         dh = iter(())
-        if wanted or scaled_dh:
-            done = truncate_many(ctx, [(raw, shift) for _, raw, shift in wanted] + scaled_dh)
-            for (index, _, _), value in zip(wanted, done):
+        if b_grads or scaled_dh:
+            done = truncate_many(ctx, [(raw, shift) for _, raw, shift in b_grads] + scaled_dh)
+            for (index, _, _), value in zip(b_grads, done):
                 grads[index] = value
-            dh = iter(done[len(wanted):])
-        wanted, gx = [], None
+            dh = iter(done[len(b_grads):])
+        wanted, gx = [], None                                       # (param index, raw)
         if fctx.x_product is not None and (fctx.x_product.grad_x or fctx.x_product.grad_y):
             # columns of A_j whose h_j carries no gradient (no dh) get zeros: only their masks open
             g_cols = [g[j] for j in secret] + [next(dh, None) for _ in adapted]
@@ -215,7 +216,7 @@ def _projection_parts(layout) -> list:
     return parts
 
 
-def _scaling(ctx, scaling: float) -> int:
+def _scaling(scaling: float) -> int:
     return round(scaling * 2.0 ** _SCALING_EXTRA_BITS)
 
 
