@@ -11,7 +11,8 @@ by a public offset and their exponentials multiplied by 0, so they contribute no
 secret mask m (shares of 0/1, scale 1, e.g. padding that must stay private) lowers the
 logits by 1024 (1 - m), locally; with clamp=True, exp's gate then makes the masked
 exponentials exactly 0 (no round, no bytes) while a masked logit is at most 850 above its
-row's largest kept one and |x| < 3072 (attention scores are far inside both); without
+row's largest kept one and a row's logits span less than 3072 (the max's comparisons take
+differences below 4096, less the offset; attention scores are far inside both); without
 clamp it multiplies the exponentials in one Beaver round instead.
 Backward: dx = y * (g - sum(g * y)). Cross-entropy with shared one-hot labels: gradient
 (softmax - labels) / batch, and optionally the mean loss via log of the row sums.
