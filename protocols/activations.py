@@ -16,8 +16,9 @@ rounds of truncations give the powers of u = |x| / 4 (fixed.powers: products of 
 values are local), and a second coarse comparison, of |x| - (T - 1/4) at resolution
 2^-2 / (n - 1) (14 bits for two parties), gives [|x| < T] (exact but for |x| in [T - 1/4, T),
 where the fits still hold and dropping the correction errs by at most 3.3e-4 for GELU,
-1.2e-3 for its derivative and 1.1e-3 for tanh) as a comparison.SignGate, whose bit multiplies the combination of the
-powers locally as one truncation brings it back to f bits (no Beaver product). tanh and
+1.2e-3 for its derivative and 1.1e-3 for tanh) as a comparison.SignGate, whose bit
+multiplies the combination of the powers locally as one truncation brings it back to f bits
+(no Beaver product). tanh and
 GELU's derivative take sgn(x) = 1 - 2 [x < 0] times a last value by one masked opening of it
 against the first comparison's bit (comparison.Select.times: half a Beaver product's bytes).
 Saturation is exact: beyond +-T the outputs are ReLU(x) and +-1 (up to 2^-f).
@@ -83,10 +84,12 @@ def _pieces(ctx, x: torch.Tensor, bits: int, polynomials: list, later: int = 0):
     f, shift = ctx.frac_bits, fixed.combined_shift(ctx.frac_bits)
     (powers, _), inside = parallel(
         ctx, lambda c: fixed.powers(c, absolute, _U_SHIFT, DEGREE),
-        lambda c: SignGate(c, absolute - c.public(T - 2.0 ** -_INSIDE_BAND, x.shape), bits, [shift] * len(polynomials),
-                           resolution_bits=_inside_resolution(c.world_size, f)))
+        lambda c: SignGate(c, absolute - c.public(T - 2.0 ** -_INSIDE_BAND, x.shape), bits,
+                           [shift] * len(polynomials), resolution_bits=_inside_resolution(c.world_size, f)))
     combined = [fixed.combine_powers(ctx, powers, p[1:], p[0])[0] for p in polynomials]
     return relu, select, inside.truncate(combined)
+
+
 def gelu(ctx, x: torch.Tensor, bits: int = 32, with_grad: bool = False):
     """GELU(x) = x Phi(x); with_grad also returns GELU'(x) (shares), reusing the powers.
 

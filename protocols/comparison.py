@@ -230,8 +230,9 @@ class Select:
     the comparison's correlation ("select" with later), and s = A + B beta gives
       y s = A y + B ((y - a_k) beta + a_k beta),
     one opening of y - a_k (8 bytes per element to each peer, a round): half a Beaver
-    product's bytes, and as many dealer bytes as one. Reveals what select_negative does and the uniform
-    y - a_k. Cost: sign_cost(n, numel, bits - k, factor=numel), and select_times_cost per times().
+    product's bytes, and as many dealer bytes as one. Reveals what select_negative does and
+    the uniform y - a_k. Cost: sign_cost(n, numel, bits - k, factor=numel), and
+    select_times_cost per times().
 
         select = Select(ctx, x, later=1)        # select.bit = [x < 0], select.negative_part = x [x < 0]
         y_negative = select.times(y)            # y [x < 0], one round

@@ -32,7 +32,12 @@ MEAN_EXTRA_BITS = 10
 def mean_last(ctx, x: torch.Tensor) -> torch.Tensor:
     """Mean over the last dim (kept), 1/d encoded with MEAN_EXTRA_BITS = 10 extra bits:
     |mean| < 4096. Cost: mul_public_cost(n, rows, MEAN_EXTRA_BITS)."""
-    return mul_public(ctx, x.sum(-1, keepdim=True), 1.0 / x.shape[-1], extra_bits=MEAN_EXTRA_BITS)
+    return mean_of_sums(ctx, x.sum(-1, keepdim=True), x.shape[-1])
+
+
+def mean_of_sums(ctx, sums: torch.Tensor, count: int) -> torch.Tensor:
+    """sums / count, as mean_last divides (for sums formed, or truncated, by the caller)."""
+    return mul_public(ctx, sums, 1.0 / count, extra_bits=MEAN_EXTRA_BITS)
 
 
 def matmul(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

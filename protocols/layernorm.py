@@ -48,8 +48,7 @@ def layernorm_backward(ctx, grad: torch.Tensor, xhat: torch.Tensor, rstd: torch.
     the row sums of the untruncated products, truncated as rows."""
     def projected(c):
         factor = beaver.MaskedFactor(c, xhat, [grad.shape, rstd.shape])      # xhat opened masked once
-        summed = truncate(c, factor.times(grad).sum(-1, keepdim=True))
-        mean_gx = fixed.mul_public(c, summed, 1.0 / grad.shape[-1], extra_bits=fixed.MEAN_EXTRA_BITS)
+        mean_gx = fixed.mean_of_sums(c, truncate(c, factor.times(grad).sum(-1, keepdim=True)), grad.shape[-1])
         return truncate(c, factor.times(mean_gx))
     along_xhat, mean_g = parallel(ctx, projected, lambda c: fixed.mean_last(c, grad))
     return fixed.mul(ctx, grad - mean_g - along_xhat, rstd)

@@ -116,23 +116,26 @@ def _exponentials_cost(n: int, shape, clamp: bool, bits: int, frac_bits: int, sh
     total = max_along_cost(n, numel, size, bits, k) + exp_cost(n, numel, clamp, bits, frac_bits)
     if shared_mask is not None and not clamp:
         total = total + beaver.mul_cost(n, numel, int(torch.tensor(shared_mask).prod()))
-    rows = numel // size
-    return total + reciprocal_cost(n, rows, 0.5, _row_sum_bound(size), bits)
+    return total
+
+
+def _inverse_cost(n: int, rows: int, size: int, bits: int) -> Cost:
+    return reciprocal_cost(n, rows, 0.5, _row_sum_bound(size), bits)
 
 
 def softmax_cost(n: int, shape, clamp: bool = False, bits: int = 32,
                  frac_bits: int = DEFAULT_FRACTIONAL_BITS, shared_mask=None) -> Cost:
     """shared_mask: the shape of a secret mask, if one is given."""
-    numel = int(torch.tensor(shape).prod())
+    numel, size = int(torch.tensor(shape).prod()), shape[-1]
     return (_exponentials_cost(n, shape, clamp, bits, frac_bits, shared_mask)
-            + fixed.mul_cost(n, numel, numel // shape[-1], numel))
+            + _inverse_cost(n, numel // size, size, bits) + fixed.mul_cost(n, numel, numel // size, numel))
 
 
 def cross_entropy_cost(n: int, batch: int, classes: int, with_loss: bool = False, bits: int = 32,
                        frac_bits: int = DEFAULT_FRACTIONAL_BITS) -> Cost:
     numel = batch * classes
-    total = (_exponentials_cost(n, (batch, classes), True, bits, frac_bits) + beaver.mul_cost(n, numel, batch)
-             + truncate_cost(n, numel, 2 * frac_bits))
+    total = (_exponentials_cost(n, (batch, classes), True, bits, frac_bits) + _inverse_cost(n, batch, classes, bits)
+             + beaver.mul_cost(n, numel, batch) + truncate_cost(n, numel, 2 * frac_bits))
     if with_loss:
         total = (total + fixed.mul_cost(n, numel, numel) + log_cost(n, batch, 0.5, _row_sum_bound(classes), bits)
                  + fixed.mul_public_cost(n, 1, frac_bits=frac_bits))
