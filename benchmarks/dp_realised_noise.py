@@ -15,6 +15,7 @@ the Kolmogorov-Smirnov p-value against the expected normal, and the residual of 
 update w_(t-1) - w_t - lr v_t. A diagnostic: it opens values only a measurement should see.
 """
 import argparse
+import contextlib
 import math
 
 import scipy.stats
@@ -34,12 +35,16 @@ class _Enough(Exception):
     """Raised at every party after the last measured step: the run stops there."""
 
 
-def measure(config: FinetuneConfig, parties: int, steps: int) -> list[dict]:
-    """Per measured step: {"step", "coordinates", "sigma", "sensitivity", "ratio" (std(z) / (sigma C')),
-    "expected" (its expected value), "mean", "kurtosis", "ks_p", "clipped_norm", "residual"}."""
-    rows, step = [], DPOptimizer.step
+@contextlib.contextmanager
+def observed_steps(on_step):
+    """Within the block, every DPOptimizer.step also opens, at every party, what the run keeps
+    shared around it and calls on_step(dp_optimizer, opened); opened: "clipped" (the clipped sum
+    c / B_exp), "velocity" and "new_velocity" (the SGD velocity before and after), "before" and
+    "after" (the weights), flat in the order of the optimizer's parameters, and "noise", the
+    noise the step received, z = (v_t - mu v_(t-1) - c) B_exp. Openings add rounds, not error."""
+    step = DPOptimizer.step
 
-    def measured(self):
+    def observed(self):
         ctx, sgd = self.ctx, self.optimizer
         def reveal(share):
             return SharedTensor(ctx, share).reveal()
@@ -55,29 +60,46 @@ def measure(config: FinetuneConfig, parties: int, steps: int) -> list[dict]:
         finally:
             del self.clipped_sum
         clipped, after, new_velocity = reveal(kept["c"]), weights(), reveal(sgd.velocity)
+        noise = ((new_velocity - sgd.momentum * velocity - clipped) * self.expected_batch_size).double()
+        on_step(self, dict(clipped=clipped, velocity=velocity, new_velocity=new_velocity, before=before,
+                           after=after, noise=noise))
+
+    DPOptimizer.step = observed
+    try:
+        yield
+    finally:
+        DPOptimizer.step = step
+
+
+def measure(config: FinetuneConfig, parties: int, steps: int) -> list[dict]:
+    """Per measured step: {"step", "coordinates", "sigma", "sensitivity", "ratio" (std(z) / (sigma C')),
+    "expected" (its expected value), "mean", "kurtosis", "ks_p", "clipped_norm", "residual"}."""
+    rows = []
+
+    def on_step(self, opened):
+        sgd, ctx = self.optimizer, self.ctx
         if ctx.rank == 0:
-            noise = ((new_velocity - sgd.momentum * velocity - clipped) * self.expected_batch_size).double()
+            noise = opened["noise"]
             scale = self.noise_multiplier * self.sensitivity
             n = ctx.world_size
             expected = math.sqrt(n / (n - (self.colluders or n - 1))) if self.noise_source == "parties" else 1.0
+            residual = (opened["before"] - opened["after"]) / sgd.lr - opened["new_velocity"]
             rows.append(dict(step=sgd.steps, coordinates=noise.numel(), sigma=self.noise_multiplier,
                              sensitivity=self.sensitivity, ratio=float(noise.std()) / scale, expected=expected,
                              mean=float(noise.mean()) / scale, kurtosis=float(scipy.stats.kurtosis(noise.numpy())),
                              ks_p=float(scipy.stats.kstest(noise.numpy() / (scale * expected), "norm").pvalue),
-                             clipped_norm=float((clipped * self.expected_batch_size).norm()),
-                             residual=float(((before - after) / sgd.lr - new_velocity).abs().max())))
+                             clipped_norm=float((opened["clipped"] * self.expected_batch_size).norm()),
+                             residual=float(residual.abs().max())))
             print(f"step {sgd.steps}: std(z) / (sigma C') = {rows[-1]['ratio']:.4f} (expected {expected:.4f})",
                   flush=True)
         if sgd.steps >= steps:
             raise _Enough()
 
-    DPOptimizer.step = measured
     try:
-        run_threads(trainer.train, parties, config, dealer_handler=CorrelationDealer, timeout=3600)
+        with observed_steps(on_step):
+            run_threads(trainer.train, parties, config, dealer_handler=CorrelationDealer, timeout=3600)
     except _Enough:
         pass
-    finally:
-        DPOptimizer.step = step
     return rows
 
 

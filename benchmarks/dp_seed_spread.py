@@ -51,6 +51,23 @@ def mpcft_runs(folders, epsilons) -> dict:
     return runs
 
 
+def checked_runs(parser, args, check=None) -> FinetuneConfig:
+    """The base configuration of a benchmark's DP runs at each of args.epsilons, every run's
+    options and data checked (and `check(base)`) before the first trains; parser.error's one
+    line otherwise."""
+    try:
+        base = FinetuneConfig.from_args(args)
+        if check:
+            check(base)
+        for epsilon in args.epsilons:
+            config = dataclasses.replace(base, dp=True, target_epsilon=epsilon, noise_multiplier=None)
+            config.check(args.parties)
+            check_data(config, args.parties)
+    except (ConfigError, DataError, ValueError) as exc:
+        parser.error(str(exc))
+    return base
+
+
 def percent(value) -> str:
     return "" if value is None else f"{100 * value:.2f}"
 
@@ -65,14 +82,7 @@ def main():
     add_arguments(parser)
     args = parser.parse_args()
     one_compute_thread()
-    try:                      # every run's options and data, checked before the first trains
-        base = FinetuneConfig.from_args(args)
-        for epsilon in args.epsilons:
-            config = dataclasses.replace(base, dp=True, target_epsilon=epsilon, noise_multiplier=None)
-            config.check(args.parties)
-            check_data(config, args.parties)
-    except (ConfigError, DataError, ValueError) as exc:
-        parser.error(str(exc))
+    base = checked_runs(parser, args)
     runs = mpcft_runs(args.mpcft_runs, args.epsilons)
     rows, detail = [], []
     for epsilon in args.epsilons:

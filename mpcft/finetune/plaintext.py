@@ -5,6 +5,7 @@ Same data split among owners, same frozen features, public schedule, initialisat
 LoRA), optimizer and hyper-parameters as mpcft.finetune.trainer; only the arithmetic differs. It needs
 every owner's training data, so it is for benchmarking on one machine, not for deployments.
 """
+import dataclasses
 import math
 
 import torch
@@ -36,6 +37,41 @@ class AdamW(torch.optim.Optimizer):
                 state["m"] = a * state.get("m", torch.zeros_like(g)) + (1 - a) * g
                 state["v"] = c * state.get("v", torch.zeros_like(g)) + (1 - c) * g * g
                 p -= lr * (state["m"] / (state["v"] + eps ** 2).sqrt() + group["weight_decay"] * p)
+
+
+@dataclasses.dataclass
+class Replay:
+    """An MPC DP run's random draws, for a paired baseline (common random numbers): its Poisson
+    schedule and, per step, the noise z its optimizer received by mpcft parameter name, in
+    per-example gradient units (the step's gradient is (clipped sum + z) / B_exp)."""
+    schedule: list
+    noise: list
+
+
+def _mpcft_name(name: str) -> str:
+    """The mpcft.nn.Classifier name of a trained parameter of _Model (head and LoRA modes)."""
+    if name in ("head_w", "head_b"):
+        return {"head_w": "head.weight", "head_b": "head.bias"}[name]
+    _, layer, which, factor = name.split(".")          # adapters.<layer>.<0 query, 1 value>.<a, b>
+    return f"layer{layer}.attention.{('query', 'value')[int(which)]}.lora_{factor}.weight"
+
+
+def _dp_optimizer(optimizer, config, noise_multiplier, expected_batch_size, names, noise=None):
+    """Opacus's DPOptimizer over `optimizer`; with `noise` (an iterable of {mpcft name: z} per
+    step), one whose add_noise adds those draws instead of its own ({id(p): _Model name} `names`)."""
+    from opacus.optimizers import DPOptimizer
+
+    class ReplayedNoise(DPOptimizer):
+        def add_noise(self):
+            z = next(draws)
+            for p in self.params:
+                p.grad = (p.summed_grad + z[_mpcft_name(names[id(p)])].to(p.summed_grad).view_as(p.summed_grad)
+                          ).view_as(p)
+
+    draws = iter(noise) if noise is not None else None
+    return (DPOptimizer if noise is None else ReplayedNoise)(
+        optimizer, noise_multiplier=noise_multiplier, max_grad_norm=config.max_grad_norm,
+        expected_batch_size=expected_batch_size)
 
 
 def make_optimizer(config, params):
@@ -107,11 +143,11 @@ def _per_example_gradients(model, params, x, m, y) -> dict:
     return torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0, 0))(params, x, m, y)
 
 
-def train_plaintext(config, names, counts, test, noise_multiplier: float | None = None):
+def train_plaintext(config, names, counts, test, noise_multiplier: float | None = None, replay: Replay | None = None):
     """(test accuracy, loss per step) of the plaintext run of FinetuneConfig `config`. With
     config.dp, DP-SGD by Opacus's DPOptimizer at `noise_multiplier` (the MPC run's), the same
-    clipping norm, Poisson rate and steps (its own public schedule), per-example gradients
-    from torch.func."""
+    clipping norm, Poisson rate and steps (its own public schedule and noise draws, or those
+    of an MPC run in `replay`: head and LoRA modes), per-example gradients from torch.func."""
     tokenizer, encoder = load_encoder(config.model or default_model_path())
     hf = encoder.config
     count = mpc_layer_count(config.mode, hf.num_hidden_layers, config.layers)
@@ -136,13 +172,13 @@ def train_plaintext(config, names, counts, test, noise_multiplier: float | None 
     if not config.dp:
         batches = schedule(counts, config.batch_size, config.epochs, config.seed)
     else:
-        from opacus.optimizers import DPOptimizer
         from mpcft.kernels import derive_seed
         from mpcft.privacy.sampling import poisson_plan, poisson_schedule
         rate, steps = poisson_plan(sum(counts), config.batch_size, config.epochs)
-        batches = poisson_schedule(counts, rate, steps, derive_seed(bytes(32), "plaintext", config.seed))
-        optimizer = DPOptimizer(optimizer, noise_multiplier=noise_multiplier, max_grad_norm=config.max_grad_norm,
-                                expected_batch_size=rate * sum(counts))
+        batches = (replay.schedule if replay is not None else
+                   poisson_schedule(counts, rate, steps, derive_seed(bytes(32), "plaintext", config.seed)))
+        optimizer = _dp_optimizer(optimizer, config, noise_multiplier, rate * sum(counts),
+                                  {id(p): name for name, p in trained.items()}, replay and replay.noise)
     losses = []
     for batch in batches:
         x, m, y = (torch.cat([owners[o][k][idx] for o, idx in by_owner(batch).items()]) if batch else
