@@ -1,9 +1,12 @@
-"""Binary (XOR) sharing of packed bits: opening and Beaver AND.
+"""Binary (XOR) sharing of packed bits: opening, and products of many bits in one round.
 
-A bit vector is shared as x = XOR_i x_i, 64 elements per int64 word (kernels/bits.py). With
-a dealer AND triple (a, b, c = a AND b) the parties open d = x XOR a and e = y XOR b (uniform
-words, revealing nothing) and set z = c XOR (d AND b) XOR (e AND a) XOR [party 0](d AND e).
+A bit vector is shared as x = XOR_i x_i, 64 elements per int64 word (kernels/bits.py).
+Beaver's AND (open x XOR a, y XOR b for a dealer triple) generalises to any set of monomials
+over K shared words in one round: each word is opened masked once and the dealer supplies
+the products of the masks that the monomials' expansions need (and_products).
 """
+import itertools
+
 import torch
 
 from .cost import Cost, open_cost
@@ -26,17 +29,50 @@ def _xor(shares: list) -> torch.Tensor:
     return total
 
 
-def and_(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """XOR shares of x AND y for equal-shape packed words. Cost: and_cost(n, x.numel())."""
-    correlation = ctx.correlation("and_triple", words=x.numel())
-    a, b = (t.reshape(x.shape) for t in correlation.random)
-    opened = open_bits(ctx, torch.cat([(x ^ a).reshape(-1), (y ^ b).reshape(-1)]))
-    d, e = opened[:x.numel()].reshape(x.shape), opened[x.numel():].reshape(x.shape)
-    z = correlation.derived()[0].reshape(x.shape) ^ (d & b) ^ (e & a)
-    if ctx.rank == 0:
-        z ^= d & e
-    return z
+def product_sets(monomials) -> list:
+    """Every subset of two or more factors of some monomial (sorted index lists, in a fixed
+    order): the products of masks an and_products correlation carries."""
+    sets = set()
+    for monomial in monomials:
+        members = sorted(set(monomial))
+        for size in range(2, len(members) + 1):
+            sets.update(itertools.combinations(members, size))
+    return [list(s) for s in sorted(sets, key=lambda s: (len(s), s))]
 
 
-def and_cost(n: int, words: int) -> Cost:
-    return open_cost(n, 2 * words)
+def and_products(ctx, factors: torch.Tensor, monomials: list) -> torch.Tensor:
+    """XOR shares [len(monomials), *words] of AND_{k in M} factors[k] for each monomial M (a list
+    of indices into the packed words factors [K, *words]), in one round. With dealer masks r_k
+    and XOR shares of R_S = AND_{k in S} r_k for every S of product_sets, the parties open
+    d_k = x_k XOR r_k (uniform: reveals nothing) and AND_{k in M} (d_k XOR r_k) =
+    XOR_{S in M} (AND_{k in M \ S} d_k) AND R_S is local (R_{} = 1, added by party 0).
+    Cost: and_products_cost(n, words, K); the dealer sends len(product_sets) words per word."""
+    sets = product_sets(monomials)
+    words = factors[0].numel()
+    correlation = ctx.correlation("and_products", words=words, factors=len(factors), sets=sets)
+    masks = correlation.random[0].reshape(factors.shape)
+    opened = open_bits(ctx, factors ^ masks)
+    derived = correlation.derived()[0].reshape((len(sets),) + factors.shape[1:])
+    shares = {(k,): masks[k] for k in range(len(factors))}
+    shares.update((tuple(s), derived[j]) for j, s in enumerate(sets))
+    ones = torch.full_like(opened[0], -1)
+    out = []
+    for monomial in monomials:
+        members = sorted(set(monomial))
+        z = torch.zeros_like(opened[0])
+        for size in range(len(members) + 1):
+            for chosen in itertools.combinations(members, size):
+                public = ones
+                for k in members:
+                    if k not in chosen:
+                        public = public & opened[k]
+                if chosen:
+                    z ^= public & shares[chosen]
+                elif ctx.rank == 0:
+                    z ^= public
+        out.append(z)
+    return torch.stack(out)
+
+
+def and_products_cost(n: int, words: int, factors: int) -> Cost:
+    return open_cost(n, factors * words)

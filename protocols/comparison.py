@@ -8,7 +8,10 @@ bit_L(r) XOR beta and a random bit beta in arithmetic form:
      where bit_L(x') = bit_L(c) XOR bit_L(r) XOR borrow, borrow = [c mod 2^L < r mod 2^L];
   2. compare digit by digit (base 2^digit_bits): for each digit the one-hot planes give XOR
      shares of [c_g < r_g] and [c_g == r_g] locally, since c is public; combine the digits
-     in a log-depth tree, lt = lt_hi XOR (eq_hi AND lt_lo), eq = eq_hi AND eq_lo;
+     in a tree whose every level joins G consecutive blocks in one round (binary.and_products),
+     lt = lt_0 XOR_(i>0) (eq_0 AND ... AND eq_(i-1) AND lt_i), eq = AND_i eq_i (block 0 the
+     most significant); G of 2 to 4 (tree_group_for) trades a round against the dealer's
+     products of masks (2^G - G - 1 and fewer per group and value);
   3. open p = borrow XOR bit_L(r) XOR beta and convert: s = 1 XOR bit_L(c) XOR p XOR beta,
      linear in the arithmetic shares of beta.
 Everything opened is uniform (c, the AND maskings, p), so only s's shares result.
@@ -21,9 +24,10 @@ x * s local: relu(x) = x - x*s exact, with no truncation; below_thresholds likew
 x [x < t_j] local for many public t_j, opening x - a once. Select.times multiplies s by a
 value known only later for one opening of it, masked (half a Beaver product); SignGate
 multiplies s by values truncated later, locally (their docstrings).
-Rounds: 2 + ceil(log2(ceil((L - k) / digit_bits))), digit_bits = digit_bits_for(number of
+Rounds: 2 + ceil(log_G(ceil((L - k) / digit_bits))), digit_bits = digit_bits_for(number of
 values, L - k) unless given. Bytes: sign_cost(n, numel, L - k).
 """
+import functools
 import math
 
 import torch
@@ -32,7 +36,7 @@ from mpcft.kernels.bits import compare_leaves, unpack_bits, words_for
 from mpcft.kernels.fused import trunc_reconstruct, truncation_public
 from mpcft.kernels.ring import RING_BITS, bit, low_bits, msb
 
-from .binary import and_, and_cost, open_bits
+from .binary import and_products, and_products_cost, open_bits, product_sets
 from .cost import FREE, Cost, open_cost
 from .sharing import open_low, open_low_cost
 from .truncation import open_masked, truncate_cost, truncations_cost
@@ -47,14 +51,28 @@ ROUND_BYTES = 250_000
 
 def digit_bits_for(numel: int, bits: int = FULL_BITS) -> int:
     """The digit width of a comparison of numel values over `bits` bits: of 4 to 8 bits, the
-    one whose digit tree's levels (rounds) and one-hot planes (numel * digits * 2^d / 8
-    dealer bytes) cost least, a round priced at ROUND_BYTES; the narrower on a tie. Wide
-    digits pay where values are few (7,168 values of 40 bits: 5-bit digits, a level fewer
-    for 86 kB; 32 bits of at most ~2,000 values: 8-bit digits)."""
+    one whose digit tree's rounds and dealer bytes (the one-hot planes, numel * digits * 2^d / 8,
+    and the tree's products of masks) cost least, a round priced at ROUND_BYTES, with the tree's
+    grouping chosen for it (tree_group_for); the narrower on a tie. Wide digits pay where
+    values are few (32 bits of at most ~2,000 values: 8-bit digits)."""
     def price(width):
         digits = -(-bits // width)
-        return len(_tree_levels(digits)) * ROUND_BYTES + numel * digits * (1 << width) // 8
+        return _tree_price(numel, digits, tree_group_for(numel, digits)) + numel * digits * (1 << width) // 8
     return min(range(DIGIT_BITS, WIDEST_DIGIT_BITS + 1), key=lambda width: (price(width), width))
+
+
+TREE_GROUPS = (2, 3, 4)     # blocks that one level of the digit tree joins
+
+
+def tree_group_for(numel: int, digits: int) -> int:
+    """G of the digit tree for numel values: the fewest rounds (priced at ROUND_BYTES) plus the
+    dealer's products of masks (a bit per value each), the smaller G on a tie."""
+    return min(TREE_GROUPS, key=lambda group: (_tree_price(numel, digits, group), group))
+
+
+def _tree_price(numel: int, digits: int, group: int) -> int:
+    levels = _tree_levels(digits, group)
+    return len(levels) * ROUND_BYTES + numel * sum(sets for _, sets in levels) // 8
 
 
 def resolution_bits_within(n: int, budget_bits: int, repeats: int = 1) -> int:
@@ -63,15 +81,44 @@ def resolution_bits_within(n: int, budget_bits: int, repeats: int = 1) -> int:
     return max(0, budget_bits - math.ceil(math.log2(max(1, repeats * (n - 1)))))
 
 
-def _tree_levels(digits: int) -> list[tuple[int, int]]:
-    """Per level of the digit tree: (ANDs per word for lt, ANDs per word for eq)."""
+@functools.lru_cache(maxsize=None)
+def _tree_level(blocks: int, group: int) -> tuple:
+    """One level of the digit tree over `blocks` (lt, eq) pairs, most significant first, joined
+    `group` at a time: (factors, monomials, outputs). factors: ("lt" or "eq", block) opened
+    masked; monomials: factor indices for binary.and_products; outputs, one per new block:
+    (block whose lt starts it, monomials XORed into lt, monomial of eq or None where nobody
+    needs it: the lowest group's, or "same" for a block passed through)."""
+    factors, monomials, outputs = [], [], []
+    for start in range(0, blocks, group):
+        end = min(start + group, blocks)
+        if end - start == 1:
+            outputs.append((start, (), "same"))
+            continue
+        eq_needed = end < blocks                  # the lowest group's eq is never used
+        eqs = {}
+        for j in range(start, end - 1 + eq_needed):
+            eqs[j] = len(factors)
+            factors.append(("eq", j))
+        terms = []
+        for i in range(start + 1, end):
+            factors.append(("lt", i))
+            monomials.append(tuple(eqs[j] for j in range(start, i)) + (len(factors) - 1,))
+            terms.append(len(monomials) - 1)
+        if eq_needed:
+            monomials.append(tuple(eqs[j] for j in range(start, end)))
+        outputs.append((start, tuple(terms), len(monomials) - 1 if eq_needed else None))
+    return tuple(factors), tuple(monomials), tuple(outputs)
+
+
+@functools.lru_cache(maxsize=None)
+def _tree_levels(digits: int, group: int) -> tuple:
+    """Per level of the digit tree: (factors opened per word, products of masks per word)."""
     levels, blocks = [], digits
     while blocks > 1:
-        pairs = blocks // 2
-        # the lowest block's eq is never used (it is always the low half of a pair)
-        levels.append((pairs, pairs - 1 if blocks % 2 == 0 else pairs))
-        blocks = pairs + blocks % 2
-    return levels
+        factors, monomials, outputs = _tree_level(blocks, group)
+        levels.append((len(factors), len(product_sets(monomials))))
+        blocks = len(outputs)
+    return tuple(levels)
 
 
 def sign_cost(n: int, numel: int, bits: int = FULL_BITS, digit_bits: int | None = None,
@@ -80,11 +127,10 @@ def sign_cost(n: int, numel: int, bits: int = FULL_BITS, digit_bits: int | None 
     (select_negative, relu: numel; below_thresholds: the compared value's), opened whole
     beside the first round."""
     digit_bits = digit_bits or digit_bits_for(numel, bits)
-    words = words_for(numel)
-    levels = _tree_levels(-(-bits // digit_bits))
+    words, digits = words_for(numel), -(-bits // digit_bits)
     total = open_low_cost(n, [(numel, bits + 1)] + ([(factor, 64)] if factor else []))
-    for lt, eq in levels:
-        total = total + and_cost(n, (lt + eq) * words)
+    for factors, _ in _tree_levels(digits, tree_group_for(numel, digits)):
+        total = total + and_products_cost(n, words, factors)
     return total + open_cost(n, words)      # the opening of p
 
 
@@ -122,7 +168,7 @@ def _sign(ctx, x: torch.Tensor, bits: int, digit_bits: int, factor: torch.Tensor
     factor_beta = opened[1] * beta + correlation.derived()[3] if factor is not None else None
     # leaves: XOR shares of [c_g < r_g] and [c_g == r_g] for every digit g (local: c is public)
     lt, eq = compare_leaves(low_bits(c, bits), onehot, digit_bits)
-    borrow = _borrow_tree(ctx, list(lt.flip(0)), list(eq.flip(0)))
+    borrow = _borrow_tree(ctx, list(lt.flip(0)), list(eq.flip(0)), tree_group_for(numel, len(lt)))
     p = unpack_bits(open_bits(ctx, borrow ^ masked_rbit), numel).reshape(shape)
     q = 1 - bit(c, bits)                      # public: s = q XOR (p XOR beta)
     coeff_a = q + (1 - 2 * q) * p             # with p XOR beta = p + (1 - 2p) beta:
@@ -130,24 +176,21 @@ def _sign(ctx, x: torch.Tensor, bits: int, digit_bits: int, factor: torch.Tensor
     return coeff_a, coeff_b, beta, factor_beta, correlation
 
 
-def _borrow_tree(ctx, lt: list, eq: list) -> torch.Tensor:
-    """Combine per-digit (lt, eq), most significant first, into XOR shares of [c_low < r_low]."""
+def _borrow_tree(ctx, lt: list, eq: list, group: int) -> torch.Tensor:
+    """Combine per-digit (lt, eq), most significant first, into XOR shares of [c_low < r_low],
+    `group` blocks a level, a round each (_tree_level)."""
     while len(lt) > 1:
-        pairs = len(lt) // 2
-        his, los = range(0, 2 * pairs, 2), range(1, 2 * pairs, 2)
-        lowest = len(lt) - 1                      # its eq is never needed
-        eq_needed = [i for i in los if i != lowest]
-        x = torch.stack([eq[h] for h in his] + [eq[i - 1] for i in eq_needed])
-        y = torch.stack([lt[i] for i in los] + [eq[i] for i in eq_needed])
-        z = and_(ctx, x, y)
-        new_lt = [lt[h] ^ z[k] for k, h in enumerate(his)]
-        new_eq = [None] * pairs
-        for k, i in enumerate(eq_needed):
-            new_eq[(i - 1) // 2] = z[pairs + k]
-        if len(lt) % 2:
-            new_lt.append(lt[-1])
-            new_eq.append(eq[-1])
-        lt, eq = new_lt, new_eq
+        factors, monomials, outputs = _tree_level(len(lt), group)
+        z = and_products(ctx, torch.stack([(lt if kind == "lt" else eq)[j] for kind, j in factors]),
+                         [list(m) for m in monomials])
+        joined_lt, joined_eq = [], []
+        for start, terms, eq_out in outputs:
+            value = lt[start]
+            for t in terms:
+                value = value ^ z[t]
+            joined_lt.append(value)
+            joined_eq.append(eq[start] if eq_out == "same" else None if eq_out is None else z[eq_out])
+        lt, eq = joined_lt, joined_eq
     return lt[0]
 
 

@@ -31,7 +31,9 @@ Kinds (params -> values, all as additive shares):
   with several factors and its square, x opened masked once (beaver.MaskedFactor).
 - "square"(shape): a uniform; a^2.
 - "trunc"(shape, bits): r uniform; r_top = msb(r); r_mid = (r mod 2^63) >> bits.
-- "and_triple"(words): binary (XOR-shared) packed words a, b uniform; c = a AND b.
+- "and_products"(words, factors, sets): binary (XOR-shared) packed masks r_k uniform, `factors`
+  of them of `words` words; per entry S of `sets` (distinct sorted index lists of two or more
+  masks) R_S = AND_{k in S} r_k (binary.and_products).
 - "sign"(shape, bits, digit_bits): r, s uniform; the digit planes of r, bit_L(r) XOR beta and
   beta = s mod 2 (protocols/comparison.py).
 - "select"(shape, bits, digit_bits, factor, later): "sign" plus a uniform a of shape `factor`
@@ -156,9 +158,26 @@ def _trunc(p):
     return [(shape, ARITH)], [(shape, bits + 1), (shape, ARITH)], lambda r: _trunc_masks(r, bits)
 
 
-def _and_triple(p):
-    words = (int(p["words"]),)
-    return [(words, BINARY)] * 2, [(words, BINARY)], lambda a, b: [a & b]
+MAX_AND_FACTORS = 64
+
+
+def _and_products(p):
+    words, factors, sets = int(p["words"]), int(p["factors"]), p["sets"]
+    well_formed = all(isinstance(s, list) and len(s) >= 2 and s == sorted(set(s))
+                      and all(isinstance(k, int) and not isinstance(k, bool) and 0 <= k < factors for k in s)
+                      for s in sets)
+    if len(sets) > 1 << 12 or not well_formed or len({tuple(s) for s in sets}) != len(sets):
+        raise ValueError(f"'and_products': sets must be at most 4096 distinct sorted lists of two or more "
+                         f"indices below {factors}, got {sets!r}")
+
+    def derive(masks):
+        out = torch.empty((len(sets), words), dtype=torch.int64)
+        for j, s in enumerate(sets):
+            out[j] = masks[s[0]]
+            for k in s[1:]:
+                out[j] &= masks[k]
+        return [out]
+    return [((factors, words), BINARY)], [((len(sets), words), BINARY)], derive
 
 
 def _sign(p):
@@ -303,7 +322,7 @@ def _dp_laplace(p):
 
 # kind -> params -> ([(shape, how)] random inputs, [(shape, how)] derived values, derive)
 KINDS = {"triple": _triple, "matmul_triple": _matmul_triple, "matmul_grads": _matmul_grads,
-         "factor_products": _factor_products, "square": _square, "trunc": _trunc, "and_triple": _and_triple,
+         "factor_products": _factor_products, "square": _square, "trunc": _trunc, "and_products": _and_products,
          "sign": _sign, "select": _select, "select_scales": _select_scales, "sign_gates": _sign_gates,
          "trunc_products": _trunc_products, "dp_noise": _dp_noise, "dp_laplace": _dp_laplace}
 
@@ -316,7 +335,7 @@ PARAMETERS = {"triple": {"shape_a": "shape", "shape_b": "shape"},
               "factor_products": {"shape": "shape", "factors": "list", "square": (0, 1)},
               "square": {"shape": "shape"},
               "trunc": {"shape": "shape", "bits": (0, RING_BITS - 1)},
-              "and_triple": {"words": (0, 1 << 40)},
+              "and_products": {"words": (0, 1 << 40), "factors": (1, MAX_AND_FACTORS), "sets": "list"},
               "sign": {"shape": "shape", "bits": (1, RING_BITS - 2), "digit_bits": (1, 8)},
               "select": {"shape": "shape", "bits": (1, RING_BITS - 2), "digit_bits": (1, 8), "factor": "shape",
                          "later": (0, MAX_LATER_FACTORS)},

@@ -3,6 +3,8 @@
 Inputs are passed to every party for convenience, but only the owner's copy is ever read
 (others hand None to the protocols), exactly as real data owners would.
 """
+import functools
+import operator
 
 from mpcft.protocols import beaver, fixed, sharing
 from mpcft.protocols.context import MPCContext
@@ -284,6 +286,19 @@ def signs_with_digits(session, x, bits, digit_bits):
     s, cost = measured(session, lambda: comparison.sign_bit(ctx, X.share, bits, digit_bits))
     negative, _ = comparison.select_negative(ctx, X.share, bits, digit_bits)
     return sharing.open_(ctx, s), ctx.fp.decode(sharing.open_(ctx, negative)), cost
+
+
+def many_ands(session, words, monomials):
+    """binary.and_products on XOR shares of `words` [K, W] dealt by party 0: the opened products
+    and their cost."""
+    from mpcft.kernels import PRG, fresh_seed
+    from mpcft.protocols import binary
+    ctx = MPCContext(session)
+    share = PRG(fresh_seed()).ring(words.shape)                 # XOR shares: party 0 holds the rest
+    others = session.all_gather(share)
+    mine = functools.reduce(operator.xor, others, words) ^ share if session.rank == 0 else share
+    z, cost = measured(session, lambda: binary.and_products(ctx, mine, monomials))
+    return binary.open_bits(ctx, z), cost
 
 
 def coarse_maxima(session, x, y, bits, resolution_bits):

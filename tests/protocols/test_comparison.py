@@ -3,9 +3,11 @@ import pytest
 import torch
 
 from mpcft.kernels import FixedPoint
-from mpcft.protocols.comparison import (Select, clamp_cost, digit_bits_for, max_along_cost, select_times_cost,
-                                        sign_cost, sign_gate_cost,
-                                       threshold_scale_cost)
+from mpcft.protocols import comparison
+from mpcft.protocols.binary import and_products_cost
+from mpcft.protocols.comparison import (TREE_GROUPS, Select, clamp_cost, digit_bits_for, max_along_cost,
+                                        select_times_cost, sign_cost, sign_gate_cost, threshold_scale_cost,
+                                        tree_group_for)
 from mpcft.protocols.correlations import CorrelationDealer, correction_bytes
 from mpcft.runtime import run_threads, spawn
 
@@ -74,7 +76,12 @@ def test_comparisons_in_processes(n):
 @pytest.mark.parametrize("n", [2, 3])
 @pytest.mark.parametrize("digit_bits", [1, 4, 5, 6, 8])
 def test_every_digit_width(n, digit_bits):
-    x = inputs((9, 40), 100.0, 5)
+    check_signs(n, digit_bits, 5)
+
+
+def check_signs(n, digit_bits, seed):
+    """sign_bit and select_negative of 30-bit inputs against plaintext, and sign_bit's cost."""
+    x = inputs((9, 40), 100.0, seed)
     xe = FP.decode(FP.encode(x))
     for s, negative, cost in run_threads(programs.signs_with_digits, n, x, 30, digit_bits,
                                          dealer_handler=CorrelationDealer):
@@ -164,16 +171,42 @@ def test_sign_gates_and_select_layouts():
 
 def test_rounds_formula():
     big = 1 << 20                                         # 4-bit digits
+    assert tree_group_for(big, 16) == 2                   # many values: pairs, the fewest mask products
     assert sign_cost(2, big).rounds == 6                  # 62 bits: 16 digits, 4 tree levels
     assert sign_cost(2, big, bits=31).rounds == 5         # 8 digits
-    assert sign_cost(2, 1000).rounds == 5                 # few values: 8-bit digits, 8 of them
-    assert sign_cost(2, 1000, bits=32).rounds == 4        # 4 digits, 2 tree levels
-    assert digit_bits_for(7168, 40) == 5                  # 8 digits, a level fewer for 86 kB
-    assert digit_bits_for(8, 12) == 6                     # 2 digits: one level, the narrowest
+    assert sign_cost(2, 1000).rounds == 4                 # few values: 8-bit digits, 8 of them, 3 a level
+    assert sign_cost(2, 1000, bits=32).rounds == 3        # 4 digits, one level of 4
+    assert tree_group_for(196_608, 3) == 3                # the row maximum's: 5 products a value for a round
+    assert digit_bits_for(8, 12) == 4                     # 3 digits in one level: the narrowest
     assert digit_bits_for(1 << 20, 14) == 4
-    # c in 63 bits a value, packed; the factor in 64; the digit tree's ANDs and p in words
-    assert sign_cost(2, 64, digit_bits=4, factor=64).bytes_sent == 64 * 63 // 8 + 8 * (
-        64 + (2 * (8 + 7) + 2 * (4 + 3) + 2 * (2 + 1) + 2 * (1 + 0)) + 1)
+    # c in 63 bits a value, packed; the factor in 64; 16 digits joined 4 a level: 27 then 6
+    # masked words opened (eq_0..eq_2 and lt_1..lt_3 of each group, eq_3 too but in the lowest); p
+    assert sign_cost(2, 64, digit_bits=4, factor=64).bytes_sent == 64 * 63 // 8 + 8 * (64 + 27 + 6 + 1)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n", [2, 3])
+def test_and_products_of_many_bits_in_one_round(n):
+    gen = torch.Generator().manual_seed(n)
+    words = torch.randint(-(1 << 62), 1 << 62, (5, 7), generator=gen)
+    monomials = [[0], [0, 1], [1, 2, 3], [0, 1, 2, 3, 4], [4, 2]]
+    for z, cost in run_threads(programs.many_ands, n, words, monomials, dealer_handler=CorrelationDealer):
+        for got, monomial in zip(z, monomials):
+            want = words[monomial[0]].clone()
+            for k in monomial[1:]:
+                want &= words[k]
+            assert torch.equal(got, want)
+        assert cost == astuple(and_products_cost(n, 7, 5))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("group", TREE_GROUPS)
+@pytest.mark.parametrize("digit_bits", [1, 4, 7])
+def test_every_tree_grouping(monkeypatch, n, group, digit_bits):
+    """The digit tree joined G blocks a level (30, 8 and 5 digits) against plaintext, its cost declared."""
+    monkeypatch.setattr(comparison, "tree_group_for", lambda numel, digits: group)
+    check_signs(n, digit_bits, 6)
 
 
 @pytest.mark.timeout(120)

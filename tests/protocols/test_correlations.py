@@ -45,8 +45,9 @@ def test_triples_pairs_and_truncation_material_are_correct(n):
     (r, top, mid), _ = reconstruct("trunc", {"shape": [1000], "bits": 20}, n)
     assert torch.equal(low_bits(top, 21), msb(r))         # read times 2^(63 - 20): mod 2^21
     assert torch.equal(mid, rshift_logical(low_bits(r, RING_BITS - 1), 20))
-    (a, b, c), corrections = reconstruct("and_triple", {"words": 100}, n)
-    assert torch.equal(c, a & b) and len(corrections[0]) == 1
+    (r, products), corrections = reconstruct("and_products", {"words": 100, "factors": 3, "sets": [[0, 2], [0, 1, 2]]}, n)
+    assert r.shape == (3, 100) and torch.equal(products, torch.stack([r[0] & r[2], r[0] & r[1] & r[2]]))
+    assert len(corrections[0]) == 1
     (r, _, onehot, masked, beta), _ = reconstruct("sign", {"shape": [5, 300], "bits": 30, "digit_bits": 4}, n)
     assert set(beta.unique().tolist()) == {0, 1} and abs(beta.double().mean() - 0.5) < 0.05
     (_, _, a, later, *_, select_beta, a_beta, later_beta), _ = reconstruct(
