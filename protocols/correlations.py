@@ -158,7 +158,7 @@ def _trunc(p):
     return [(shape, ARITH)], [(shape, bits + 1), (shape, ARITH)], lambda r: _trunc_masks(r, bits)
 
 
-MAX_AND_FACTORS = 64
+MAX_AND_FACTORS = 1 << 10
 
 
 def _and_products(p):

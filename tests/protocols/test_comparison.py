@@ -79,14 +79,14 @@ def test_every_digit_width(n, digit_bits):
     check_signs(n, digit_bits, 5)
 
 
-def check_signs(n, digit_bits, seed):
-    """sign_bit and select_negative of 30-bit inputs against plaintext, and sign_bit's cost."""
+def check_signs(n, digit_bits, seed, bits=30):
+    """sign_bit and select_negative of `bits`-bit inputs against plaintext, and sign_bit's cost."""
     x = inputs((9, 40), 100.0, seed)
     xe = FP.decode(FP.encode(x))
-    for s, negative, cost in run_threads(programs.signs_with_digits, n, x, 30, digit_bits,
+    for s, negative, cost in run_threads(programs.signs_with_digits, n, x, bits, digit_bits,
                                          dealer_handler=CorrelationDealer):
         assert torch.equal(s, (xe < 0).long()) and torch.equal(negative, xe.clamp(max=0))
-        assert cost == astuple(sign_cost(n, x.numel(), 30, digit_bits))
+        assert cost == astuple(sign_cost(n, x.numel(), bits, digit_bits))
 
 
 @pytest.mark.timeout(120)
@@ -207,6 +207,8 @@ def test_every_tree_grouping(monkeypatch, n, group, digit_bits):
     """The digit tree joined G blocks a level (30, 8 and 5 digits) against plaintext, its cost declared."""
     monkeypatch.setattr(comparison, "tree_group_for", lambda numel, digits: group)
     check_signs(n, digit_bits, 6)
+    if digit_bits == 1:         # 62 digits: over a hundred masked words a level
+        check_signs(n, digit_bits, 7, bits=62)
 
 
 @pytest.mark.timeout(120)
