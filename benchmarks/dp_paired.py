@@ -12,12 +12,14 @@ received at every coordinate. Opacus's DPOptimizer then trains the plaintext mod
 (mpcft.finetune.plaintext.train_plaintext) on that schedule with that z in place of its own
 draw, so the two runs differ only in MPC's arithmetic (fixed point, the protocols'
 approximations) and their accuracy difference is that arithmetic's cost. Opacus with its own
-draws runs beside, for the unpaired spread. Each pair is appended to --json as it ends. A
-diagnostic: it opens the noise, which only a measurement may see.
+draws runs beside, for the unpaired spread. Each pair is appended to --json as it ends (a run
+given the same file later goes on where it stopped). A diagnostic: it opens the noise, which
+only a measurement may see.
 """
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import tempfile
 
@@ -91,14 +93,20 @@ def main():
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--parties", type=int, default=3, help="compute parties (threads)")
-    parser.add_argument("--json", help="append each pair to this JSON-lines file as it ends")
+    parser.add_argument("--json", help="append each pair to this JSON-lines file as it ends; pairs already "
+                                       "in it are not run again")
     add_arguments(parser)
     args = parser.parse_args()
     one_compute_thread()
     base = checked_runs(parser, args, _pairable)
     pairs = []
+    if args.json and os.path.exists(args.json):      # pairs of an earlier, interrupted run are kept
+        with open(args.json) as f:
+            pairs = [p for p in map(json.loads, f) if p["seed"] in args.seeds and p["epsilon"] in args.epsilons]
     for seed in args.seeds:           # every epsilon at a seed before the next seed
         for epsilon in args.epsilons:
+            if any(p["seed"] == seed and p["epsilon"] == epsilon for p in pairs):
+                continue
             pairs.append(paired(base, args.parties, epsilon, seed))
             print(json.dumps(pairs[-1]), flush=True)
             if args.json:
