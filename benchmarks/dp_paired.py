@@ -17,8 +17,10 @@ given the same file later goes on where it stopped). A diagnostic: it opens the 
 only a measurement may see.
 """
 import argparse
+import concurrent.futures
 import dataclasses
 import json
+import multiprocessing
 import os
 import statistics
 import tempfile
@@ -67,12 +69,20 @@ def observed_run(config: FinetuneConfig, parties: int) -> tuple[dict, Replay]:
     return summary, Replay(schedules[0], noise)
 
 
+def _observed_run_alone(config: FinetuneConfig, parties: int) -> tuple[dict, Replay]:
+    one_compute_thread()
+    return observed_run(config, parties)
+
+
 def paired(base: FinetuneConfig, parties: int, epsilon: float, seed: int) -> dict:
-    """One pair at (epsilon, seed): mpcft's accuracy, Opacus's on the same draws and on its own."""
+    """One pair at (epsilon, seed): mpcft's accuracy, Opacus's on the same draws and on its own.
+    The MPC run (its parties and dealer in threads) runs in a process of its own, which gives
+    all its memory back when it ends."""
     with tempfile.TemporaryDirectory(prefix="mpcft-paired-") as out:
         config = dataclasses.replace(base, dp=True, target_epsilon=epsilon, noise_multiplier=None, seed=seed,
                                      out=out, plaintext_baseline=False)
-        summary, replay = observed_run(config, parties)
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            summary, replay = pool.submit(_observed_run_alone, config, parties).result()
     counts = check_data(config, parties)
     _, test, labels = load_data(config, 0, parties)
     sigma = dp_plan(config, sum(counts))[2]
