@@ -37,6 +37,9 @@ from mpcft.protocols.correlations import CorrelationDealer
 from mpcft.runtime import run_threads
 
 
+DEALER_HELD_BYTES = 1 << 30     # every party, the dealer and their data share one process's memory
+
+
 def observed_run(config: FinetuneConfig, parties: int) -> tuple[dict, Replay]:
     """(rank 0's summary, the run's Replay) of one `mpcft finetune --dp` run in threads."""
     schedules, names, noise = [], [], []
@@ -60,8 +63,8 @@ def observed_run(config: FinetuneConfig, parties: int) -> tuple[dict, Replay]:
     private.poisson_schedule, trainer.make_optimizer = recorded_schedule, named_optimizer
     try:
         with observed_steps(on_step):
-            summary = run_threads(trainer.train, parties, config, dealer_handler=CorrelationDealer,
-                                  timeout=4 * 3600)[0]
+            summary = run_threads(trainer.train, parties, config, timeout=4 * 3600,
+                                  dealer_handler=CorrelationDealer(max_held_bytes=DEALER_HELD_BYTES))[0]
     finally:
         private.poisson_schedule, trainer.make_optimizer = draw_schedule, make_optimizer
     if any(s != schedules[0] for s in schedules) or len(noise) != len(schedules[0]):
