@@ -10,8 +10,8 @@ bit_L(r) XOR beta and a random bit beta in arithmetic form:
      shares of [c_g < r_g] and [c_g == r_g] locally, since c is public; combine the digits
      in a tree whose every level joins G consecutive blocks in one round (binary.and_products),
      lt = lt_0 XOR_(i>0) (eq_0 AND ... AND eq_(i-1) AND lt_i), eq = AND_i eq_i (block 0 the
-     most significant); G of 2 to 4 (tree_group_for) trades a round against the dealer's
-     products of masks (2^G - G - 1 and fewer per group and value);
+     most significant); G of 2 to 4 (tree_group_for) trades rounds against the dealer's
+     products of masks (up to 2^(G+1) - 2G - 2 bits per group and value: 2, 8, 22);
   3. open p = borrow XOR bit_L(r) XOR beta and convert: s = 1 XOR bit_L(c) XOR p XOR beta,
      linear in the arithmetic shares of beta.
 Everything opened is uniform (c, the AND maskings, p), so only s's shares result.
