@@ -6,8 +6,8 @@
 Unpaired, one-epoch DP runs of either tool spread over about 4 points by their noise draws and
 Poisson schedules (RESULTS.md), so bounding the difference of the two tools' means by 2 points
 takes some 30 runs a side. Paired, with common random numbers: the CLI's MPC training
-(mpcft.finetune.trainer.train, the parties in threads with the dealer) is observed step by
-step (dp_realised_noise.observed_steps): its Poisson schedule and the noise z its optimizer
+(mpcft.finetune.trainer.train, every party and the dealer a process over loopback TLS) is
+observed step by step (dp_realised_noise.observed_steps): its Poisson schedule and the noise z its optimizer
 received at every coordinate. Opacus's DPOptimizer then trains the plaintext model
 (mpcft.finetune.plaintext.train_plaintext) on that schedule with that z in place of its own
 draw, so the two runs differ only in MPC's arithmetic (fixed point, the protocols'
@@ -17,10 +17,8 @@ given the same file later goes on where it stopped). A diagnostic: it opens the 
 only a measurement may see.
 """
 import argparse
-import concurrent.futures
 import dataclasses
 import json
-import multiprocessing
 import os
 import statistics
 import tempfile
@@ -34,14 +32,14 @@ from mpcft.finetune.config import ConfigError, FinetuneConfig, add_arguments
 from mpcft.finetune.plaintext import Replay, train_plaintext
 from mpcft.finetune.private import dp_plan
 from mpcft.protocols.correlations import CorrelationDealer
-from mpcft.runtime import run_threads
+from mpcft.runtime import spawn
 
 
-DEALER_HELD_BYTES = 1 << 30     # every party, the dealer and their data share one process's memory
-
-
-def observed_run(config: FinetuneConfig, parties: int) -> tuple[dict, Replay]:
-    """(rank 0's summary, the run's Replay) of one `mpcft finetune --dp` run in threads."""
+def _observed_party(session, config: FinetuneConfig):
+    """One party of an observed `mpcft finetune --dp` run (its own process): trainer.train with
+    its Poisson schedule and, per step, the noise its optimizer received by parameter name
+    recorded; (summary, Replay) at rank 0, None elsewhere."""
+    one_compute_thread()
     schedules, names, noise = [], [], []
     draw_schedule, make_optimizer = private.poisson_schedule, trainer.make_optimizer
 
@@ -50,10 +48,8 @@ def observed_run(config: FinetuneConfig, parties: int) -> tuple[dict, Replay]:
         return schedules[-1]
 
     def named_optimizer(config, model, grad_scale):
-        optimizer = make_optimizer(config, model, grad_scale)
-        if not names:
-            names.extend(name for name, p in model.named_parameters() if p.requires_grad)
-        return optimizer
+        names.extend(name for name, p in model.named_parameters() if p.requires_grad)
+        return make_optimizer(config, model, grad_scale)
 
     def on_step(dp, opened):
         if dp.ctx.rank == 0:
@@ -61,31 +57,27 @@ def observed_run(config: FinetuneConfig, parties: int) -> tuple[dict, Replay]:
             noise.append({name: z.reshape(p.shape) for name, z, p in zip(names, parts, dp.params)})
 
     private.poisson_schedule, trainer.make_optimizer = recorded_schedule, named_optimizer
-    try:
-        with observed_steps(on_step):
-            summary = run_threads(trainer.train, parties, config, timeout=4 * 3600,
-                                  dealer_handler=CorrelationDealer(max_held_bytes=DEALER_HELD_BYTES))[0]
-    finally:
-        private.poisson_schedule, trainer.make_optimizer = draw_schedule, make_optimizer
-    if any(s != schedules[0] for s in schedules) or len(noise) != len(schedules[0]):
-        raise RuntimeError("the parties' schedules differ or a step was not observed")
+    with observed_steps(on_step):
+        summary = trainer.train(session, config)
+    if session.rank != 0:
+        return None
+    if len(schedules) != 1 or len(noise) != len(schedules[0]):
+        raise RuntimeError("the schedule was not drawn once or a step was not observed")
     return summary, Replay(schedules[0], noise)
 
 
-def _observed_run_alone(config: FinetuneConfig, parties: int) -> tuple[dict, Replay]:
-    one_compute_thread()
-    return observed_run(config, parties)
+def observed_run(config: FinetuneConfig, parties: int) -> tuple[dict, Replay]:
+    """(rank 0's summary, the run's Replay) of one `mpcft finetune --dp` run, every party and
+    the dealer a process over loopback TLS, as the CLI runs them."""
+    return spawn(_observed_party, parties, config, dealer_handler=CorrelationDealer, timeout=4 * 3600)[0]
 
 
 def paired(base: FinetuneConfig, parties: int, epsilon: float, seed: int) -> dict:
-    """One pair at (epsilon, seed): mpcft's accuracy, Opacus's on the same draws and on its own.
-    The MPC run (its parties and dealer in threads) runs in a process of its own, which gives
-    all its memory back when it ends."""
+    """One pair at (epsilon, seed): mpcft's accuracy, Opacus's on the same draws and on its own."""
     with tempfile.TemporaryDirectory(prefix="mpcft-paired-") as out:
         config = dataclasses.replace(base, dp=True, target_epsilon=epsilon, noise_multiplier=None, seed=seed,
                                      out=out, plaintext_baseline=False)
-        with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            summary, replay = pool.submit(_observed_run_alone, config, parties).result()
+        summary, replay = observed_run(config, parties)
     counts = check_data(config, parties)
     _, test, labels = load_data(config, 0, parties)
     sigma = dp_plan(config, sum(counts))[2]
@@ -105,7 +97,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--parties", type=int, default=3, help="compute parties (threads)")
+    parser.add_argument("--parties", type=int, default=3, help="compute parties (processes)")
     parser.add_argument("--json", help="append each pair to this JSON-lines file as it ends; pairs already "
                                        "in it are not run again")
     add_arguments(parser)
