@@ -180,7 +180,7 @@ def test_rounds_formula():
     assert digit_bits_for(8, 12) == 4                     # 3 digits in one level: the narrowest
     assert digit_bits_for(1 << 20, 14) == 4
     # c in 63 bits a value, packed; the factor in 64; 16 digits joined 4 a level: 27 then 6
-    # masked words opened (eq_0..eq_2 and lt_1..lt_3 of each group, eq_3 too but in the lowest); p
+    # masked words opened (eq_0..eq_2 and lt_1..lt_3 of each group, eq_3 too except in the lowest); p
     assert sign_cost(2, 64, digit_bits=4, factor=64).bytes_sent == 64 * 63 // 8 + 8 * (64 + 27 + 6 + 1)
 
 
