@@ -93,6 +93,19 @@ def _pairable(base: FinetuneConfig) -> None:
         raise ConfigError("pairs DP-SGD runs in --mode head or lora with --optimizer sgd")
 
 
+def _earlier_pairs(parser, args) -> list:
+    """The pairs of an earlier, interrupted run in --json that this one asks for; parser.error's
+    one line where the file is not a JSON-lines file of pairs."""
+    if not args.json or not os.path.exists(args.json):
+        return []
+    try:
+        with open(args.json) as f:
+            earlier = [json.loads(line) for line in f if line.strip()]
+        return [p for p in earlier if p["seed"] in args.seeds and p["epsilon"] in args.epsilons]
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        parser.error(f"--json {args.json}: not a JSON-lines file of earlier pairs ({exc})")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0])
@@ -104,10 +117,7 @@ def main():
     args = parser.parse_args()
     one_compute_thread()
     base = checked_runs(parser, args, _pairable)
-    pairs = []
-    if args.json and os.path.exists(args.json):      # pairs of an earlier, interrupted run are kept
-        with open(args.json) as f:
-            pairs = [p for p in map(json.loads, f) if p["seed"] in args.seeds and p["epsilon"] in args.epsilons]
+    pairs = _earlier_pairs(parser, args)
     for seed in args.seeds:           # every epsilon at a seed before the next seed
         for epsilon in args.epsilons:
             if any(p["seed"] == seed and p["epsilon"] == epsilon for p in pairs):
