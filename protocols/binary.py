@@ -45,7 +45,7 @@ def and_products(ctx, factors: torch.Tensor, monomials: list) -> torch.Tensor:
     of indices into the packed words factors [K, *words]), in one round. With dealer masks r_k
     and XOR shares of R_S = AND_{k in S} r_k for every S of product_sets, the parties open
     d_k = x_k XOR r_k (uniform: reveals nothing) and AND_{k in M} (d_k XOR r_k) =
-    XOR_{S in M} (AND_{k in M \ S} d_k) AND R_S is local (R_{} = 1, added by party 0).
+    XOR_{S in M} (AND_{k in M - S} d_k) AND R_S is local (R_{} = 1, added by party 0).
     Cost: and_products_cost(n, words, K); the dealer sends len(product_sets) words per word."""
     sets = product_sets(monomials)
     words = factors[0].numel()
