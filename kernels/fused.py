@@ -49,6 +49,30 @@ def trunc_reconstruct_torch(c, r_top, r_mid, bits: int, first: bool):
     return y + (rshift_logical(c_low, bits) - (1 << (RING_BITS - 2 - bits)) if first else 0)
 
 
+@numba.njit(nogil=True, cache=True)
+def _mask_parts(r, bits, top, mid):
+    for i in range(r.size):
+        top[i] = (r[i] >> 63) & 1
+        mid[i] = (r[i] & _MASK63) >> bits
+
+
+def truncation_mask_parts(r, bits: int) -> list:
+    """[r_top, r_mid] = [msb(r), (r mod 2^63) >> bits] of a truncation mask r (the dealer's
+    part of protocols/truncation.py), in one pass on the CPU (one thread: the dealer's)."""
+    if not 0 <= bits < RING_BITS:
+        raise ValueError(f"a shift of 0 to {RING_BITS - 1} bits, got {bits}")
+    if r.device.type != "cpu":
+        return truncation_mask_parts_torch(r, bits)
+    top, mid = torch.empty(r.shape, dtype=torch.int64), torch.empty(r.shape, dtype=torch.int64)
+    _mask_parts(r.contiguous().numpy().reshape(-1), bits, top.numpy().reshape(-1), mid.numpy().reshape(-1))
+    return [top, mid]
+
+
+def truncation_mask_parts_torch(r, bits: int) -> list:
+    """truncation_mask_parts as torch operations (any device)."""
+    return [msb(r), rshift_logical(low_bits(r, RING_BITS - 1), bits)]
+
+
 @numba.njit(parallel=True, nogil=True, cache=True)
 def _truncated_product(c_i, c_j, y_i, y_j, mid_mid, mid_top, top_mid, top_top, bits_i, bits_j, top_top_coeff,
                        first, out):

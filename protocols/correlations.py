@@ -75,7 +75,8 @@ from mpcft.kernels import PRG, derive_seed, ring_matmul
 from mpcft.kernels.discrete_noise import (discrete_gaussian, discrete_laplace, laplace_scale_fraction,
                                           variance_fraction)
 from mpcft.kernels.bits import digit_planes, pack_bits, words_for
-from mpcft.kernels.ring import RING_BITS, bit, join_low_bytes, low_bits, low_bytes, msb, rshift_logical
+from mpcft.kernels.fused import truncation_mask_parts
+from mpcft.kernels.ring import RING_BITS, bit, join_low_bytes, low_bits, low_bytes, msb
 
 
 def _shape(value) -> tuple:
@@ -147,15 +148,10 @@ def _square(p):
     return [(shape, ARITH)], [(shape, ARITH)], lambda a: [a * a]
 
 
-def _trunc_masks(r, bits: int) -> list:
-    """[r_top, r_mid] of a truncation mask r: msb(r) and (r mod 2^63) >> bits."""
-    return [msb(r), rshift_logical(low_bits(r, RING_BITS - 1), bits)]
-
-
 def _trunc(p):
     shape, bits = _shape(p["shape"]), int(p["bits"])
     # r_top is read times 2^(63 - bits) (truncation.trunc_reconstruct): its low bits + 1
-    return [(shape, ARITH)], [(shape, bits + 1), (shape, ARITH)], lambda r: _trunc_masks(r, bits)
+    return [(shape, ARITH)], [(shape, bits + 1), (shape, ARITH)], lambda r: truncation_mask_parts(r, bits)
 
 
 MAX_AND_FACTORS = 1 << 10
@@ -223,7 +219,7 @@ def _select_scales(p):
     def derive(r, s, a, mask):
         out = derive_select(r, s, a)
         beta, top = out[2], msb(mask)
-        mids = torch.stack([_trunc_masks(mask, m)[1] for m in shifts])
+        mids = torch.stack([truncation_mask_parts(mask, m)[1] for m in shifts])
         return out + [top, *mids, beta * top, beta * mids[:-1], beta * mids[1:]]
     # r_top and its products with beta are read times 2^(63 - m_k): their low max(m_k) + 1 bits
     top = max(shifts) + 1
@@ -253,7 +249,7 @@ def _sign_gates(p):
         out = derive_sign(r, s)
         beta = out[2]
         for mask, m in zip(masks, gates):
-            top, mid = _trunc_masks(mask, m)
+            top, mid = truncation_mask_parts(mask, m)
             out += [top, mid, top * beta, mid * beta]
         return out
     # a top bit and its product with beta are read times 2^(63 - m): their low m + 1 bits
@@ -278,7 +274,7 @@ def _trunc_products(p):
                          f"got {pairs!r}")
 
     def derive(*masks):
-        tops, mids = zip(*(_trunc_masks(r, m) for r, m in zip(masks, bits)))
+        tops, mids = zip(*(truncation_mask_parts(r, m) for r, m in zip(masks, bits)))
         out = [v for top, mid in zip(tops, mids) for v in (top, mid)]
         for i, j in pairs:
             terms = [mids[i] * mids[j], mids[i] * tops[j]]
@@ -572,9 +568,9 @@ def dealer_corrections(kind: str, params: dict, number: int, seeds, epoch: int =
             for part in (slice(0, start), slice(stop, value.numel())):
                 (value[part].bitwise_xor_ if how == BINARY else value[part].sub_)(draws[part])
 
-    def run(value, how, cut):       # a correction in _width(how) bytes per element
+    def run(value, how, cut):       # a correction in _width(how) bytes per element (a view at 8)
         width, part = _width(how), value[cut[0]:cut[1]]
-        return part.clone() if width == 8 else low_bytes(part, width)
+        return part if width == 8 else low_bytes(part, width)
     return [[run(value, how, value_cuts[r]) for value, (_, how), value_cuts in zip(corrected, derived, cuts)]
             if _run_elements(derived, r, n) else [] for r in range(n)]
 

@@ -14,10 +14,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")   # before transformers loads: the 
 import argparse
 import sys
 
-import torch
-
 from mpcft.data import DataError
 from mpcft.encoder import quiet_transformers
+from mpcft.kernels.threads import set_compute_threads
 from mpcft.runtime import init
 from mpcft.runtime.errors import MPCRuntimeError, failure_report
 from mpcft.runtime.session import ENV_RANK
@@ -49,17 +48,9 @@ def parse(argv=None) -> FinetuneConfig:
         parser.error(f"--config-json: {exc}")
 
 
-def set_threads(threads: int) -> None:
-    """This process's torch and Numba threads (the parties of one host share its cores). Numba
-    first: starting its OpenMP threading layer can reset the count torch then uses."""
-    import numba
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    torch.set_num_threads(threads)
-
-
 def main(argv=None) -> int:
     config = parse(argv)
-    set_threads(config.threads)
+    set_compute_threads(config.threads)    # the parties of one host share its cores
     quiet_transformers()
     try:
         if config.resume:

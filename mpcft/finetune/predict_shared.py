@@ -28,6 +28,7 @@ import torch
 
 from mpcft.data import DataError
 from mpcft.encoder import frozen_features, quiet_transformers
+from mpcft.kernels.threads import set_compute_threads
 from mpcft.nn import Classifier, no_grad, prepare
 from mpcft.protocols import beaver, comparison, softmax
 from mpcft.protocols.context import MPCContext
@@ -36,7 +37,6 @@ from mpcft.runtime.errors import MPCRuntimeError, failure_report
 from mpcft.runtime.session import ENV_RANK
 from mpcft.tensor import SharedTensor
 
-from .__main__ import set_threads
 from .config import ConfigError, HelpFormatter
 from .predict import add_text_arguments, requested_texts, write_predictions
 from .shares import SharesError, check_run, load_run_encoder, load_shares, read_manifest, run_config
@@ -151,7 +151,7 @@ def parse(argv=None):
 
 def main(argv=None) -> int:
     args = parse(argv)
-    set_threads(max(args.threads, 1))
+    set_compute_threads(max(args.threads, 1))
     quiet_transformers()
     try:
         with init() as session:

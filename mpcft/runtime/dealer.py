@@ -31,6 +31,8 @@ import traceback
 import numpy as np
 import torch
 
+from mpcft.kernels.threads import set_compute_threads
+
 from .config import DEFAULT_DEALER_IDLE_TIMEOUT, DEFAULT_TIMEOUT, fixed_seed
 from .errors import (PEER_FAILED_STATUS, ConfigError, FrameError, MPCRuntimeError,
                      MPCTimeoutError, PeerError)
@@ -154,12 +156,13 @@ class DealerServer:
     """The dealer process of a cluster: `DealerServer(config, handler).run()` -> exit status."""
 
     def __init__(self, cluster_config, handler=DEFAULT_HANDLER, log=sys.stderr, threads=None):
-        """threads: torch compute threads for the handler (default: torch's choice)."""
+        """threads: compute threads for the handler, torch's and Numba's (default: their choice)."""
         if cluster_config.dealer is None:
             raise ConfigError("the cluster file has no [dealer] section")
         keep_freed_memory()
+        self._threads = threads
         if threads:
-            torch.set_num_threads(threads)
+            set_compute_threads(threads)
         if isinstance(handler, str):
             handler = load_handler(handler)
         self.config = cluster_config
@@ -175,6 +178,8 @@ class DealerServer:
         self._watchdog = None
 
     def _serve(self, rank, sock):
+        if self._threads:       # Numba's count is per thread: this one computes correlations
+            set_compute_threads(self._threads)
         channel = TcpChannel(sock, f"party {rank}", min(self.config.max_frame_bytes,
                                                         MAX_REQUEST_BYTES),
                              self._watchdog, min(self.config.max_buffered_bytes,

@@ -1,11 +1,12 @@
 """Fused kernels against Python-int arithmetic and their torch formulation, bit-exact."""
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mpcft.kernels import PRG
 from mpcft.kernels.fused import (_truncated_product_torch, shifted_sum, trunc_reconstruct, trunc_reconstruct_torch,
-                                 truncated_product)
+                                 truncated_product, truncation_mask_parts, truncation_mask_parts_torch)
 
 from .refs import MOD, signed
 
@@ -78,3 +79,21 @@ def test_shifted_sum_bit_exact(seed, offset, bits, size):
     x = PRG(seed).ring(size)
     want = [signed(((v + offset) % MOD) >> bits) for v in x.tolist()]
     assert shifted_sum(x, offset, bits).tolist() == want
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.integers(0, 62), st.integers(1, 300))
+def test_truncation_mask_parts_bit_exact(seed, bits, size):
+    r = PRG(seed).ring(size)
+    want = [[(v % MOD) >> 63 for v in r.tolist()], [(v % 2**63) >> bits for v in r.tolist()]]
+    assert [t.tolist() for t in truncation_mask_parts(r, bits)] == want
+    assert [t.tolist() for t in truncation_mask_parts_torch(r, bits)] == want
+
+
+def test_truncation_mask_parts_keeps_shape_and_refuses_bad_shifts():
+    r = PRG(bytes(32)).ring((4, 6)).T              # non-contiguous
+    top, mid = truncation_mask_parts(r, 20)
+    assert top.shape == mid.shape == (6, 4)
+    assert torch.equal(mid, truncation_mask_parts_torch(r, 20)[1])
+    with pytest.raises(ValueError, match="shift"):
+        truncation_mask_parts(r, 64)
