@@ -3,14 +3,15 @@
     python -m benchmarks.bench_arithmetic [--parties 2 3] [--repeat 5]
 
 One compute thread per party (as in the CrypTen reference figures). Per operation: median
-wall time of the whole protocol (Beaver exchange + truncation, dealer requests included),
+wall time of the whole protocol (Beaver exchange + truncation, dealer requests included; after
+a warm-up, each run a step that asks the dealer ahead, timing.measure_steps),
 payload bytes each party sends, rounds, and max error against float64 torch; beside the
 plaintext float64 torch time in the same run.
 """
 import argparse
 import torch
 
-from benchmarks.timing import markdown_table, measure_counts, median_seconds, one_compute_thread
+from benchmarks.timing import markdown_table, measure_steps, median_seconds, one_compute_thread
 from mpcft.protocols.context import MPCContext
 from mpcft.protocols.correlations import CorrelationDealer
 from mpcft.runtime import spawn
@@ -43,8 +44,7 @@ def party(session, name, repeat):
     X = SharedTensor.from_plain(ctx, x if ctx.rank == 0 else None, 0, shape=x.shape)
     Y = SharedTensor.from_plain(ctx, y if ctx.rank == session.world_size - 1 else None,
                                 session.world_size - 1, shape=y.shape)
-    op(X, Y)  # warm-up: JIT, buffers, connections
-    seconds, counts, Z = measure_counts(session, lambda: op(X, Y), repeat)
+    seconds, counts, Z = measure_steps(session, ctx, lambda: op(X, Y), repeat)
     error = (Z.reveal() - op(x, y)).abs().max().item()
     return seconds, counts.bytes_sent, counts.rounds, error, counts
 

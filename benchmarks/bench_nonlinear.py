@@ -2,7 +2,8 @@
 
     python -m benchmarks.bench_nonlinear [--parties 2 3] [--repeat 3] [--only relu softmax ...]
 
-Per function: median wall time, payload bytes each party sends, rounds, the dealer's bytes to
+Per function: median wall time (after a warm-up, each run a step that asks the dealer ahead,
+timing.measure_steps), payload bytes each party sends, rounds, the dealer's bytes to
 all parties together (its corrections), max error against float64 torch, the plaintext torch
 time, and CrypTen 0.4.1's figures as quoted in the issue (measured on this kind of machine, 2
 parties, 3 in brackets).
@@ -10,7 +11,7 @@ parties, 3 in brackets).
 import argparse
 import torch
 
-from benchmarks.timing import markdown_table, measure_counts, median_seconds, one_compute_thread
+from benchmarks.timing import markdown_table, measure_steps, median_seconds, one_compute_thread
 from mpcft.protocols import activations, comparison, exponential, layernorm, reciprocal, sharing, softmax
 from mpcft.protocols.context import MPCContext
 from mpcft.protocols.correlations import CorrelationDealer
@@ -49,7 +50,7 @@ def party(session, name, repeat):
     x = _inputs(name)
     share = sharing.share(ctx, ctx.fp.encode(x) if ctx.rank == 0 else None, 0, x.shape)
     fn = FUNCTIONS[name][0]
-    seconds, counts, y = measure_counts(session, lambda: fn(ctx, share), repeat)
+    seconds, counts, y = measure_steps(session, ctx, lambda: fn(ctx, share), repeat)
     error = (ctx.fp.decode(sharing.open_(ctx, y)) - FUNCTIONS[name][1](x)).abs().max().item()
     return seconds, counts.bytes_sent, counts.rounds, error, counts
 

@@ -4,9 +4,9 @@
         [--only multiply matmul softmax block] [--crypten-venv DIR] [--crypten-compat DIR]
 
 mpcft: the party functions of bench_arithmetic (multiply 10^6, matmul 1024^3), bench_nonlinear
-(softmax on 8x12x128x128 logits in [-15, 15]; that harness has no warm-up run, so its median
-leaves out a slow first run only from --repeat 3 up) and bench_block (a BERT block's forward +
-backward, every weight trained) under `spawn`, dealer at one thread,
+(softmax on 8x12x128x128 logits in [-15, 15]) and bench_block (a BERT block's forward +
+backward, every weight trained) under `spawn`, dealer at one thread, each measured run after a
+warm-up and in a step that asks the dealer ahead for its correlations (as training runs),
 mutual TLS unless --plaintext: the slowest party's median seconds, the most payload bytes a
 party sends, party 0's rounds. CrypTen: benchmarks.bench_crypten.crypten_figures (its own
 counts of bytes and rounds, see that module); the CrypTen columns stay empty, after one line

@@ -2,6 +2,8 @@
 import statistics
 import time
 
+from mpcft.kernels.threads import set_compute_threads
+
 
 def median_seconds(fn, repeat: int = 7, warmup: int = 1) -> float:
     for _ in range(warmup):
@@ -21,13 +23,8 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 
 def one_compute_thread() -> None:
-    """One torch and one Numba thread per party, as in the CrypTen reference figures. Numba
-    first: starting its OpenMP threading layer resets OpenMP's thread count, which torch (and
-    mpcft's kernels, through torch.get_num_threads()) would then use instead of one."""
-    import numba
-    import torch
-    numba.set_num_threads(1)
-    torch.set_num_threads(1)
+    """One torch and one Numba thread per party, as in the CrypTen reference figures."""
+    set_compute_threads(1)
 
 
 def measure_counts(session, fn, repeat: int):
@@ -41,6 +38,17 @@ def measure_counts(session, fn, repeat: int):
         times.append(time.perf_counter() - start)
         delta = session.comm.snapshot() - before
     return statistics.median(times), delta.total, result
+
+
+def measure_steps(session, ctx, fn, repeat: int, name: str = "step"):
+    """measure_counts of fn() run as mpcft's training and evaluation loops run their work: a
+    warm-up call (kernels compiled, the dealer plan recorded), then each measured call in
+    `ctx.step(name)`, which asks the dealer for the step's correlations ahead of their use."""
+    def step():
+        with ctx.step(name):
+            return fn()
+    step()
+    return measure_counts(session, step, repeat)
 
 
 def measure_protocol(session, fn, repeat: int):

@@ -26,8 +26,9 @@ Model, for a link of rate B bit/s and round-trip time RTT:
 
 What the model leaves out: it adds compute and transfer, where a run overlaps some of them
 (faster than predicted where compute is a large share); and it lets each link carry its bytes
-whenever it is free, where a dealer reply that the protocol waits for (no `ctx.step`
-prefetch, as in the bare multiply) holds up the round after it (slower than predicted).
+whenever it is free, where a dealer reply that the protocol waits for (a step's first ones,
+as in the bare multiply, whose step asks for them as it starts) holds up the round after it
+(slower than predicted).
 
 Validation (--validate, root and iproute2 with tc): the parties and the dealer each on a host
 of benchmarks.netns.Hosts, every link shaped to the same rate both ways (tc tbf,
