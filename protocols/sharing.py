@@ -10,8 +10,8 @@ elements). Both reveal the same: the opened value.
 import torch
 
 from mpcft.kernels.prg import PRG, derive_seed
-from mpcft.kernels.packing import pack_low_bits, packed_bytes, unpack_low_bits
-from mpcft.kernels.ring import RING_BITS, check_ring, low_bits
+from mpcft.kernels.packing import add_unpacked, pack_low_bits, packed_bytes, unpack_low_bits
+from mpcft.kernels.ring import RING_BITS, check_ring
 
 from .cost import FREE, RING_BYTES, Cost, open_cost, opening_cost
 
@@ -101,12 +101,17 @@ def open_many(ctx, shares) -> list:
     """[open_(x) for x in shares] in one round: flattened, concatenated, opened, split back.
     Reveals exactly the listed values. Cost: open_cost(n, total numel) (king: king_open_cost)."""
     shares = list(shares)
-    opened = open_(ctx, torch.cat([s.reshape(-1) for s in shares]))
+    opened = open_(ctx, _joined([s.reshape(-1) for s in shares]))
     out, start = [], 0
     for s in shares:
         out.append(opened[start:start + s.numel()].reshape(s.shape))
         start += s.numel()
     return out
+
+
+def _joined(flats: list) -> torch.Tensor:
+    """The flat tensors end to end (a single one as it is: torch.cat would copy it)."""
+    return flats[0] if len(flats) == 1 else torch.cat(flats)
 
 
 def open_low(ctx, parts) -> list:
@@ -120,15 +125,12 @@ def open_low(ctx, parts) -> list:
         raise ValueError(f"open_low opens 1 to {RING_BITS} low bits, got {[bits for _, bits in parts]}")
     if ctx.opening == "king":
         return _open_low_at_kings(ctx, parts)
-    packed = torch.cat([pack_low_bits(x, int(bits)) for x, bits in parts])
-    gathered = ctx.session.all_gather(packed)
+    packed = _joined([pack_low_bits(x, int(bits)) for x, bits in parts])
+    peers = [g for rank, g in enumerate(ctx.session.all_gather(packed)) if rank != ctx.rank]
     out, start = [], 0
     for x, bits in parts:
         end = start + packed_bytes(x.numel(), bits)
-        value = unpack_low_bits(gathered[0][start:end], x.numel(), bits)
-        for g in gathered[1:]:
-            unpack_low_bits(g[start:end], x.numel(), bits, out=value, add=True)
-        out.append((value if bits == RING_BITS else low_bits(value, bits)).reshape(x.shape))
+        out.append(add_unpacked(x, [g[start:end] for g in peers], bits).reshape(x.shape))
         start = end
     return out
 
