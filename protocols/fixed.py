@@ -107,7 +107,7 @@ def combine_powers(ctx, terms, coeffs, constant: float = 0.0) -> tuple:
         raise ValueError(f"combine_powers needs f <= 30 fractional bits, got {f}")
     acc = terms[0] * round(float(coeffs[0]) * 2.0 ** (f + extra))
     for term, c in zip(terms[1:], coeffs[1:]):
-        acc = acc + term * round(float(c) * 2.0 ** extra)
+        acc.add_(term, alpha=round(float(c) * 2.0 ** extra))      # one pass, wrapping as * does
     return acc + ring_constant(ctx, constant, 2 * f + extra), combined_shift(f)
 
 
@@ -128,7 +128,10 @@ def combination(ctx, terms, coeffs, extra_bits: int = 0) -> tuple:
     """(sum_k coeffs[k] * terms[k] untruncated, the shift f + extra_bits that truncates it back
     to the terms' scale): combine's sum, for callers that truncate several together."""
     scale = 2.0 ** (ctx.frac_bits + extra_bits)
-    return sum(term * round(float(c) * scale) for term, c in zip(terms, coeffs)), ctx.frac_bits + extra_bits
+    acc = terms[0] * round(float(coeffs[0]) * scale)
+    for term, c in zip(terms[1:], coeffs[1:]):
+        acc = acc.add(term, alpha=round(float(c) * scale))        # broadcasting terms: not in place
+    return acc, ctx.frac_bits + extra_bits
 
 
 def polynomial(ctx, raw: torch.Tensor, bits: int, coeffs) -> torch.Tensor:
