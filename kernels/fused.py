@@ -136,18 +136,20 @@ def _truncated_product_torch(c_i, c_j, y_i, y_j, mask_products, bits_i, bits_j, 
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
-def _shifted_sum(x, offset, bits, out):
+def _shifted_sum(x, mask, offset, bits, out):
     for i in numba.prange(x.size):
-        out[i] = np.int64(np.uint64(x[i] + offset) >> np.uint64(bits))
+        out[i] = np.int64(np.uint64(x[i] + mask[i] + offset) >> np.uint64(bits))
 
 
-def shifted_sum(x, offset: int, bits: int):
-    """floor((x + offset) / 2^bits) with x + offset read as unsigned mod 2^64 (one pass on the
-    CPU): the top 64 - bits bits of a share, as protocols/truncation.open_masked sends them."""
+def shifted_sum(x, mask, offset: int, bits: int):
+    """floor((x + mask + offset) / 2^bits) with the sum read as unsigned mod 2^64 (one pass on
+    the CPU where x and mask have one shape): the top 64 - bits bits of a share of a masked
+    value, as protocols/truncation.open_masked sends them."""
     if not 0 <= bits < RING_BITS:
         raise ValueError(f"a shift of 0 to {RING_BITS - 1} bits, got {bits}")
-    if x.device.type != "cpu":
-        return rshift_logical(x + offset, bits)
+    if x.device.type != "cpu" or mask.device.type != "cpu" or x.shape != mask.shape:
+        return rshift_logical(x + mask + offset, bits)
     out = torch.empty(x.shape, dtype=torch.int64)
-    _shifted_sum(x.contiguous().numpy().reshape(-1), np.int64(to_ring(offset)), bits, out.numpy().reshape(-1))
+    _shifted_sum(x.contiguous().numpy().reshape(-1), mask.contiguous().numpy().reshape(-1),
+                 np.int64(to_ring(offset)), bits, out.numpy().reshape(-1))
     return out

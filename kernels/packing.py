@@ -63,19 +63,20 @@ def unpack_low_bits(data: torch.Tensor, numel: int, bits: int, out: torch.Tensor
     return out.add_(value.reshape(out.shape)) if add else out.copy_(value.reshape(out.shape))
 
 
-def add_unpacked(own: torch.Tensor, peers: list, bits: int) -> torch.Tensor:
-    """(own + the values packed in each of `peers`) mod 2^bits, a fresh flat int64 tensor: a
-    party's share plus its peers' packed low bits (pack_low_bits of tensors of own's numel),
-    read in one pass per peer on the CPU instead of unpacking, adding and masking apart."""
-    bits, numel = _check_bits(bits), own.numel()
+def add_unpacked(own: torch.Tensor, peers: list, bits: int, shift: int = 0) -> torch.Tensor:
+    """((own + the values packed in each of `peers`) mod 2^bits) * 2^shift mod 2^64, a fresh flat
+    int64 tensor: a party's share plus its peers' packed low bits (pack_low_bits of tensors of
+    own's numel), read in one pass per peer on the CPU instead of unpacking, adding, masking
+    and shifting apart."""
+    bits, numel, shift = _check_bits(bits), own.numel(), int(shift)
+    if not 0 <= shift < RING_BITS:
+        raise ValueError(f"a shift of 0 to {RING_BITS - 1} bits, got {shift}")
     flat = own.reshape(-1)
-    if not peers:
-        return flat & ((1 << bits) - 1) if bits < RING_BITS else flat.clone()
-    if flat.device.type != "cpu" or sys.byteorder != "little":     # the words are the bytes' order
+    if not peers or flat.device.type != "cpu" or sys.byteorder != "little":   # Numba: words in the bytes' order
         total = flat.clone()
         for data in peers:
             unpack_low_bits(data, numel, bits, out=total, add=True)
-        return total & ((1 << bits) - 1) if bits < RING_BITS else total
+        return (total & ((1 << bits) - 1) if bits < RING_BITS else total) << shift
     for data in peers:
         if data.dtype != torch.uint8 or data.numel() != packed_bytes(numel, bits):
             raise ValueError(f"{numel} values of {bits} bits take {packed_bytes(numel, bits)} bytes, got "
@@ -83,8 +84,9 @@ def add_unpacked(own: torch.Tensor, peers: list, bits: int) -> torch.Tensor:
     out, base = torch.empty(numel, dtype=torch.int64), flat.contiguous().numpy()
     keep = np.int64(-1 if bits == RING_BITS else (1 << bits) - 1)
     for k, data in enumerate(peers):
+        last = k == len(peers) - 1
         _unpack_sum(data.contiguous().numpy().view(np.uint64), bits, base if k == 0 else out.numpy(),
-                    out.numpy(), keep if k == len(peers) - 1 else np.int64(-1))
+                    out.numpy(), keep if last else np.int64(-1), shift if last else 0)
     return out
 
 
@@ -141,14 +143,14 @@ def _unpack_words(words, bits, values, add):
 
 
 @numba.njit(nogil=True, cache=True)
-def _unpack_sum(words, bits, base, values, keep):
-    """values = (base + the packed values) & keep (base may be values itself)."""
+def _unpack_sum(words, bits, base, values, keep, shift):
+    """values = ((base + the packed values) & keep) << shift (base may be values itself)."""
     mask = (np.uint64(1) << np.uint64(bits)) - np.uint64(1) if bits < 64 else ~np.uint64(0)
     inner = min(values.size, max(0, words.size - 1) * 64 // bits)
     for i in range(inner):
-        values[i] = (base[i] + _value(words, bits, mask, i, False)) & keep
+        values[i] = ((base[i] + _value(words, bits, mask, i, False)) & keep) << shift
     for i in range(inner, values.size):
-        values[i] = (base[i] + _value(words, bits, mask, i, True)) & keep
+        values[i] = ((base[i] + _value(words, bits, mask, i, True)) & keep) << shift
 
 
 def _pack_torch(flat: torch.Tensor, bits: int, words: int) -> torch.Tensor:

@@ -235,7 +235,7 @@ class SignGate:
         self._truncated = True
         ctx, first = self.ctx, self.ctx.rank == 0
         masks = self._correlation.random[2:]
-        opened = open_masked(ctx, [(v + r, m) for v, r, m in zip(values, masks, self.gates)])
+        opened = open_masked(ctx, [(v, r, m) for v, r, m in zip(values, masks, self.gates)])
         derived = self._correlation.derived()[3:]
         out = []
         for k, (c, m) in enumerate(zip(opened, self.gates)):
@@ -357,7 +357,7 @@ class ThresholdScale:
         self._truncated = True
         ctx, first = self.ctx, self.ctx.rank == 0
         mask = self._correlation.random[3]
-        (c,) = open_masked(ctx, [(value + mask, min(self.shifts))])
+        (c,) = open_masked(ctx, [(value, mask, min(self.shifts))])
         top, *rest = self._correlation.derived()[4:]
         mids, (top_beta, prev_beta, next_beta) = rest[:len(self.shifts)], rest[len(self.shifts):]
         m = self.shifts

@@ -164,8 +164,10 @@ class _Scheduler:
 
 
 def _joined(tensors: list) -> torch.Tensor:
+    """The tensors' bytes end to end (a single one's as they are: torch.cat would copy them)."""
     device = tensors[0].device if all(t.device == tensors[0].device for t in tensors) else torch.device("cpu")
-    return torch.cat([t.contiguous().reshape(-1).view(torch.uint8).to(device) for t in tensors])
+    flats = [t.contiguous().reshape(-1).view(torch.uint8).to(device) for t in tensors]
+    return flats[0] if len(flats) == 1 else torch.cat(flats)
 
 
 def _viewed(chunk: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -114,23 +114,24 @@ def _joined(flats: list) -> torch.Tensor:
     return flats[0] if len(flats) == 1 else torch.cat(flats)
 
 
-def open_low(ctx, parts) -> list:
+def open_low(ctx, parts, shifts=None) -> list:
     """[x mod 2^bits for (x, bits) in parts] in one round, each party sending only the low
     `bits` bits of each share, packed end to end (kernels.packing: a sum mod 2^bits needs no
     more). Reveals x mod 2^bits, x itself for bits = 64. Values in [0, 2^bits) (any int64 for
-    64). With opening "king", each part is chunked on element boundaries and king j returns
-    its chunks' x mod 2^bits, packed alike: 2 rounds.
-    Cost: open_low_cost(n, [(numel, bits), ...])."""
+    64), each times 2^shifts[k] mod 2^64 where shifts are given. With opening "king", each part
+    is chunked on element boundaries and king j returns its chunks' x mod 2^bits, packed alike:
+    2 rounds. Cost: open_low_cost(n, [(numel, bits), ...])."""
     if any(not 1 <= int(bits) <= RING_BITS for _, bits in parts):
         raise ValueError(f"open_low opens 1 to {RING_BITS} low bits, got {[bits for _, bits in parts]}")
+    shifts = shifts or [0] * len(parts)
     if ctx.opening == "king":
-        return _open_low_at_kings(ctx, parts)
+        return [value << shift for value, shift in zip(_open_low_at_kings(ctx, parts), shifts)]
     packed = _joined([pack_low_bits(x, int(bits)) for x, bits in parts])
     peers = [g for rank, g in enumerate(ctx.session.all_gather(packed)) if rank != ctx.rank]
     out, start = [], 0
-    for x, bits in parts:
+    for (x, bits), shift in zip(parts, shifts):
         end = start + packed_bytes(x.numel(), bits)
-        out.append(add_unpacked(x, [g[start:end] for g in peers], bits).reshape(x.shape))
+        out.append(add_unpacked(x, [g[start:end] for g in peers], bits, shift).reshape(x.shape))
         start = end
     return out
 

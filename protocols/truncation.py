@@ -56,7 +56,7 @@ def truncate(ctx, x: torch.Tensor, bits: int | None = None) -> torch.Tensor:
     correlation = ctx.correlation("trunc", shape=list(shape), bits=bits)
     (r,) = correlation.random
     first = ctx.rank == 0
-    (c,) = open_masked(ctx, [(x + r, bits)])
+    (c,) = open_masked(ctx, [(x, r, bits)])
     r_top, r_mid = correlation.derived()
     return trunc_reconstruct(c, r_top, r_mid, bits, first)
 
@@ -68,7 +68,7 @@ def truncate_many(ctx, parts) -> list:
             raise ValueError(f"truncation by {bits} bits is outside (0, {VALID_BITS})")
     first = ctx.rank == 0
     correlations = [ctx.correlation("trunc", shape=list(x.shape), bits=bits) for x, bits in parts]
-    masked = [(x + c.random[0], bits) for (x, bits), c in zip(parts, correlations)]
+    masked = [(x, c.random[0], bits) for (x, bits), c in zip(parts, correlations)]
     out = []
     for (x, bits), correlation, c in zip(parts, correlations, open_masked(ctx, masked)):
         r_top, r_mid = correlation.derived()
@@ -83,14 +83,14 @@ def dropped_bits(n: int, bits: int) -> int:
 
 
 def open_masked(ctx, parts) -> list:
-    """For [(share of x + r, m), ...], the truncations' masked values c = x + r + 2^62 opened in
-    one round as c - D (module docstring): each party sends the top 64 - k bits of its share.
-    Reveals no more than c. Cost: truncations_cost(n, [(numel, m), ...])."""
+    """For [(share of x, share of r, m), ...], the truncations' masked values c = x + r + 2^62
+    opened in one round as c - D (module docstring): each party sends the top 64 - k bits of its
+    share. Reveals no more than c. Cost: truncations_cost(n, [(numel, m), ...])."""
     n, first = ctx.world_size, ctx.rank == 0
-    dropped = [dropped_bits(n, m) for _, m in parts]
-    high = [(shifted_sum(v, ((1 << VALID_BITS) + (n - 1) * ((1 << k) - 1) // 2) if first else 0, k), RING_BITS - k)
-            for (v, _), k in zip(parts, dropped)]
-    return [c << k for c, k in zip(open_low(ctx, high), dropped)]
+    dropped = [dropped_bits(n, m) for _, _, m in parts]
+    high = [(shifted_sum(x, r, ((1 << VALID_BITS) + (n - 1) * ((1 << k) - 1) // 2) if first else 0, k),
+             RING_BITS - k) for (x, r, _), k in zip(parts, dropped)]
+    return open_low(ctx, high, shifts=dropped)
 
 
 def truncations_cost(n: int, parts) -> Cost:
@@ -140,7 +140,7 @@ class FusedTruncations:
             raise ValueError(f"truncations {sorted(parts)}: each index of {len(self.bits)} is truncated once")
         ctx, first = self.ctx, self.ctx.rank == 0
         masks = self.correlation.random
-        opened = open_masked(ctx, [(x + masks[i], self.bits[i]) for i, x in parts.items()])
+        opened = open_masked(ctx, [(x, masks[i], self.bits[i]) for i, x in parts.items()])
         derived = self.correlation.derived()
         out = []
         for i, c in zip(parts, opened):

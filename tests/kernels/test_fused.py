@@ -76,9 +76,12 @@ def test_truncated_product_bit_exact(seed, bits_i, bits_j, first, size):
 @settings(max_examples=50, deadline=None)
 @given(st.binary(min_size=32, max_size=32), st.integers(-2**64, 2**64), st.integers(0, 63), st.integers(1, 300))
 def test_shifted_sum_bit_exact(seed, offset, bits, size):
-    x = PRG(seed).ring(size)
-    want = [signed(((v + offset) % MOD) >> bits) for v in x.tolist()]
-    assert shifted_sum(x, offset, bits).tolist() == want
+    prg = PRG(seed)
+    x, mask = prg.ring(size), prg.ring(size)
+    want = [signed(((v + r + offset) % MOD) >> bits) for v, r in zip(x.tolist(), mask.tolist())]
+    assert shifted_sum(x, mask, offset, bits).tolist() == want
+    assert shifted_sum(x, mask[:1], offset, bits).tolist() == [signed(((v + mask[0].item() + offset) % MOD) >> bits)
+                                                                  for v in x.tolist()]   # broadcast: torch
 
 
 @settings(max_examples=50, deadline=None)

@@ -50,25 +50,27 @@ def test_unpacking_adds_in_the_ring_and_writes_in_place(a, bits):
 
 
 @settings(deadline=None)
-@given(st.integers(0, 40), st.integers(1, 64), st.integers(0, 3), st.binary(min_size=8, max_size=8),
-       st.booleans())
-def test_add_unpacked_is_the_ring_sum_of_low_bits(size, bits, peers, seed, words_order):
+@given(st.integers(0, 40), st.integers(1, 64), st.integers(0, 3), st.integers(0, 63),
+       st.binary(min_size=8, max_size=8), st.booleans())
+def test_add_unpacked_is_the_shifted_ring_sum_of_low_bits(size, bits, peers, shift, seed, words_order):
     gen = torch.Generator().manual_seed(int.from_bytes(seed, "little"))
     own, *others = (torch.randint(-2**63, 2**63 - 1, (size,), generator=gen) for _ in range(peers + 1))
-    want = [sum(v) % (1 << bits) for v in zip(*(as_ints(t.numpy()).tolist() for t in [own] + others))]
+    want = [(sum(v) % (1 << bits) << shift) % MOD for v in zip(*(as_ints(t.numpy()).tolist() for t in [own] + others))]
     if not words_order:        # the path that does not read packed bytes as 64-bit words
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(packing.sys, "byteorder", "big")
-            got = add_unpacked(own, [pack_low_bits(t, bits) for t in others], bits)
+            got = add_unpacked(own, [pack_low_bits(t, bits) for t in others], bits, shift)
     else:                      # own given as a strided view
-        got = add_unpacked(torch.stack([own, own], 1)[:, 0], [pack_low_bits(t, bits) for t in others], bits)
+        got = add_unpacked(torch.stack([own, own], 1)[:, 0], [pack_low_bits(t, bits) for t in others], bits, shift)
     assert [v % MOD for v in got.tolist()] == want
 
 
-def test_add_unpacked_refuses_a_wrong_length():
+def test_add_unpacked_refuses_a_wrong_length_or_shift():
     own = torch.arange(10, dtype=torch.int64)
     with pytest.raises(ValueError, match="take 24 bytes"):
         add_unpacked(own, [pack_low_bits(own, 13)[:-8]], 13)
+    with pytest.raises(ValueError, match="shift"):
+        add_unpacked(own, [pack_low_bits(own, 13)], 13, 64)
 
 
 def test_packing_refuses_bad_widths_lengths_and_outputs():
