@@ -8,7 +8,7 @@ import numba
 import numpy as np
 import torch
 
-from .ring import RING_BITS, low_bits, msb, rshift_logical, to_ring
+from .ring import RING_BITS, bit, low_bits, msb, rshift_logical, to_ring
 
 _MASK63 = (1 << 63) - 1
 
@@ -47,6 +47,29 @@ def trunc_reconstruct_torch(c, r_top, r_mid, bits: int, first: bool):
     u = r_top * (1 - 2 * c_top) + (c_top if first else 0)
     y = (u << (RING_BITS - 1 - bits)) - r_mid
     return y + (rshift_logical(c_low, bits) - (1 << (RING_BITS - 2 - bits)) if first else 0)
+
+
+@numba.njit(nogil=True, cache=True)
+def _sign_coefficients(c, p, bits, a, b):
+    for i in range(c.size):
+        flip = 2 * ((c[i] >> bits) & 1) - 1          # 1 - 2q, q = 1 - bit
+        a[i] = (1 - flip) // 2 + flip * p[i]
+        b[i] = flip * (1 - 2 * p[i])
+
+
+def sign_coefficients(c, p, bits: int) -> tuple:
+    """(A, B) = (q + (1 - 2q) p, (1 - 2q)(1 - 2p)) for q = 1 - bit `bits` of c and bits p in
+    {0, 1} (protocols/comparison.py: a sign s = q XOR p XOR beta is A + B beta), one pass on the
+    CPU where c and p have one shape."""
+    if not 0 <= bits < RING_BITS:
+        raise ValueError(f"a bit index of 0 to {RING_BITS - 1}, got {bits}")
+    if c.device.type != "cpu" or p.device.type != "cpu" or c.shape != p.shape:
+        q = 1 - bit(c, bits)
+        return q + (1 - 2 * q) * p, (1 - 2 * q) * (1 - 2 * p)
+    a, b = torch.empty(c.shape, dtype=torch.int64), torch.empty(c.shape, dtype=torch.int64)
+    _sign_coefficients(c.contiguous().numpy().reshape(-1), p.contiguous().numpy().reshape(-1), bits,
+                       a.numpy().reshape(-1), b.numpy().reshape(-1))
+    return a, b
 
 
 @numba.njit(nogil=True, cache=True)
@@ -148,7 +171,7 @@ def shifted_sum(x, mask, offset: int, bits: int):
     if not 0 <= bits < RING_BITS:
         raise ValueError(f"a shift of 0 to {RING_BITS - 1} bits, got {bits}")
     if x.device.type != "cpu" or mask.device.type != "cpu" or x.shape != mask.shape:
-        return rshift_logical(x + mask + offset, bits)
+        return rshift_logical(x + mask + to_ring(offset), bits)
     out = torch.empty(x.shape, dtype=torch.int64)
     _shifted_sum(x.contiguous().numpy().reshape(-1), mask.contiguous().numpy().reshape(-1),
                  np.int64(to_ring(offset)), bits, out.numpy().reshape(-1))

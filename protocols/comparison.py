@@ -33,8 +33,8 @@ import math
 import torch
 
 from mpcft.kernels.bits import compare_leaves, unpack_bits, words_for
-from mpcft.kernels.fused import trunc_reconstruct, truncation_public
-from mpcft.kernels.ring import RING_BITS, bit, low_bits, msb
+from mpcft.kernels.fused import sign_coefficients, trunc_reconstruct, truncation_public
+from mpcft.kernels.ring import RING_BITS, low_bits, msb
 
 from .binary import and_products, and_products_cost, open_bits, product_sets
 from .cost import FREE, Cost, open_cost
@@ -170,9 +170,9 @@ def _sign(ctx, x: torch.Tensor, bits: int, digit_bits: int, factor: torch.Tensor
     lt, eq = compare_leaves(low_bits(c, bits), onehot, digit_bits)
     borrow = _borrow_tree(ctx, list(lt.flip(0)), list(eq.flip(0)), tree_group_for(numel, len(lt)))
     p = unpack_bits(open_bits(ctx, borrow ^ masked_rbit), numel).reshape(shape)
-    q = 1 - bit(c, bits)                      # public: s = q XOR (p XOR beta)
-    coeff_a = q + (1 - 2 * q) * p             # with p XOR beta = p + (1 - 2p) beta:
-    coeff_b = (1 - 2 * q) * (1 - 2 * p)       # s = A + B * beta
+    # q = 1 - bit `bits` of c is public: s = q XOR (p XOR beta), and with p XOR beta =
+    # p + (1 - 2p) beta, s = A + B * beta for A = q + (1 - 2q) p, B = (1 - 2q)(1 - 2p)
+    coeff_a, coeff_b = sign_coefficients(c, p, bits)
     return coeff_a, coeff_b, beta, factor_beta, correlation
 
 

@@ -6,7 +6,8 @@ from hypothesis import strategies as st
 
 from mpcft.kernels import PRG
 from mpcft.kernels.fused import (_truncated_product_torch, shifted_sum, trunc_reconstruct, trunc_reconstruct_torch,
-                                 truncated_product, truncation_mask_parts, truncation_mask_parts_torch)
+                                 sign_coefficients, truncated_product, truncation_mask_parts,
+                                 truncation_mask_parts_torch)
 
 from .refs import MOD, signed
 
@@ -100,3 +101,19 @@ def test_truncation_mask_parts_keeps_shape_and_refuses_bad_shifts():
     assert torch.equal(mid, truncation_mask_parts_torch(r, 20)[1])
     with pytest.raises(ValueError, match="shift"):
         truncation_mask_parts(r, 64)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.integers(0, 63), st.integers(1, 300))
+def test_sign_coefficients_bit_exact(seed, bits, size):
+    prg = PRG(seed)
+    c, p = prg.ring(size), prg.bits(size)
+    want_a, want_b = [], []
+    for ci, pi in zip(c.tolist(), p.tolist()):
+        q = 1 - (((ci % MOD) >> bits) & 1)
+        want_a.append(q + (1 - 2 * q) * pi)
+        want_b.append((1 - 2 * q) * (1 - 2 * pi))
+    a, b = sign_coefficients(c, p, bits)
+    assert a.tolist() == want_a and b.tolist() == want_b
+    a, b = sign_coefficients(c, p[:1], bits)          # broadcast: the torch formulation
+    assert b.shape == c.shape
