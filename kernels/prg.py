@@ -2,7 +2,7 @@
 
 `PRG(seed)` expands a 16- or 32-byte secret seed into a stream of pseudorandom bytes with
 AES-128 in counter mode (OpenSSL through `cryptography`, pipelined AES-NI: about 5x the
-throughput of pycryptodome's CTR here, the same stream): the key is HKDF-SHA256(seed) (pycryptodome), the
+throughput of pycryptodome's CTR here, the same stream): the key is HKDF-SHA256(seed) (OpenSSL too), the
 stream is AES_k(0) || AES_k(1) || ... (a 128-bit big-endian counter), and every draw continues
 where the previous one stopped, so two holders of one seed draw identical values in the same
 order. Large draws are split over threads at block offsets (both release the GIL). The output is
@@ -14,9 +14,9 @@ import threading
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from Crypto.Hash import SHA256
-from Crypto.Protocol.KDF import HKDF
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .threads import num_threads, run_parallel
 
@@ -38,7 +38,12 @@ def derive_seed(key: bytes, *labels) -> bytes:
     """
     _check_seed(key)
     info = b"mpcft\x00" + b"\x00".join(str(label).encode() for label in labels)
-    return HKDF(key, SEED_BYTES, salt=b"mpcft-derive-v1", hashmod=SHA256, context=info)
+    return _hkdf(bytes(key), SEED_BYTES, b"mpcft-derive-v1", info)
+
+
+def _hkdf(key: bytes, length: int, salt: bytes, info: bytes = b"") -> bytes:
+    """HKDF-SHA256 (RFC 5869) through OpenSSL: about 3 us, where pycryptodome's takes 33."""
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(key)
 
 
 def _check_seed(seed) -> None:
@@ -51,7 +56,7 @@ class PRG:
 
     def __init__(self, seed: bytes, threads: int | None = None):
         _check_seed(seed)
-        self._key = HKDF(bytes(seed), 16, salt=b"mpcft-prg-v1", hashmod=SHA256)
+        self._key = _hkdf(bytes(seed), 16, b"mpcft-prg-v1")
         self._block = 0  # next unused AES block
         self._threads = threads  # None: follow torch.get_num_threads()
         self._lock = threading.Lock()

@@ -30,6 +30,12 @@ def test_known_answer_against_pycryptodome_ecb():
     assert prg.bytes(48) == expected_stream(SEED, 48, start_block=7)
 
 
+def test_derived_seeds_are_hkdf_sha256_of_the_labels():
+    info = b"mpcft\x00corr\x00layout\x000\x007"
+    assert derive_seed(SEED, "corr", "layout", 0, 7) == HKDF(SEED, 32, salt=b"mpcft-derive-v1", hashmod=SHA256,
+                                                            context=info)
+
+
 def test_known_answer_multithreaded_large_draw():
     n = (9 << 20) + 40  # spans three thread chunks, not a multiple of the block size
     out = np.empty(n, np.uint8)
