@@ -50,6 +50,46 @@ def trunc_reconstruct_torch(c, r_top, r_mid, bits: int, first: bool):
 
 
 @numba.njit(nogil=True, cache=True)
+def _gated_truncation(c, top, mid, top_beta, mid_beta, a, b, beta, bits, first, out):
+    offset = np.int64(1) << (RING_BITS - 2 - bits)
+    for i in range(c.size):
+        ci = c[i]
+        c_top = (ci >> 63) & 1
+        public = ((ci & _MASK63) >> bits) + (c_top << (RING_BITS - 1 - bits)) - offset
+        u = top[i] * (1 - 2 * c_top)
+        y = -mid[i]
+        if first:
+            u += c_top
+            y += ((ci & _MASK63) >> bits) - offset
+        y += u << (RING_BITS - 1 - bits)
+        gated = public * beta[i] + (((1 - 2 * c_top) * top_beta[i]) << (RING_BITS - 1 - bits)) - mid_beta[i]
+        out[i] = a[i] * y + b[i] * gated
+
+
+def gated_truncation(c, top, mid, top_beta, mid_beta, a, b, beta, bits: int, first: bool):
+    """Shares of s y for a truncation output y (trunc_reconstruct of c, r_top, r_mid) and a
+    comparison's bit s = A + B beta (protocols/comparison.SignGate): A y + B beta y, where
+    beta y = P beta + 2^(63-bits) (1 - 2 c_top) (r_top beta) - r_mid beta for the public part
+    P of y (truncation_public) and the dealer's r_top beta, r_mid beta. One pass on the CPU
+    where all have one shape; the torch formulation elsewhere."""
+    tensors = (c, top, mid, top_beta, mid_beta, a, b, beta)
+    if any(t.device.type != "cpu" or t.shape != c.shape for t in tensors):
+        y = trunc_reconstruct(c, top, mid, bits, first)
+        return a * y + b * beta_times_truncated(c, bits, beta, top_beta, mid_beta)
+    out = torch.empty(c.shape, dtype=torch.int64)
+    _gated_truncation(*(t.contiguous().numpy().reshape(-1) for t in tensors), bits, first, out.numpy().reshape(-1))
+    return out
+
+
+def beta_times_truncated(c, bits: int, beta, top_beta, mid_beta):
+    """Shares of beta y for the truncation output y = P + M of the opened c by `bits`
+    (protocols/truncation.py): P beta + 2^(63-bits) (1 - 2 c_top) r_top beta - r_mid beta, from
+    the dealer's r_top beta and r_mid beta (torch, any device)."""
+    flip = 1 - 2 * msb(c)
+    return truncation_public(c, bits) * beta + ((flip * top_beta) << (RING_BITS - 1 - bits)) - mid_beta
+
+
+@numba.njit(nogil=True, cache=True)
 def _sign_coefficients(c, p, bits, a, b):
     for i in range(c.size):
         flip = 2 * ((c[i] >> bits) & 1) - 1          # 1 - 2q, q = 1 - bit

@@ -123,7 +123,6 @@ def _encode_bits(ctx, bits):
     return bits << ctx.frac_bits
 
 
-
 def _pieces_cost(n: int, numel: int, bits: int, polynomials: int, frac_bits: int) -> Cost:
     compared = bits - _sign_resolution(n, frac_bits)
     inside = bits - _inside_resolution(n, frac_bits)

@@ -5,6 +5,7 @@ Beaver's AND (open x XOR a, y XOR b for a dealer triple) generalises to any set 
 over K shared words in one round: each word is opened masked once and the dealer supplies
 the products of the masks that the monomials' expansions need (and_products).
 """
+import functools
 import itertools
 
 import torch
@@ -32,12 +33,18 @@ def _xor(shares: list) -> torch.Tensor:
 def product_sets(monomials) -> list:
     """Every subset of two or more factors of some monomial (sorted index lists, in a fixed
     order): the products of masks an and_products correlation carries."""
+    return [list(s) for s in _product_sets(tuple(tuple(m) for m in monomials))]
+
+
+@functools.lru_cache(maxsize=None)
+def _product_sets(monomials: tuple) -> tuple:
+    """product_sets as tuples, once per set of monomials (a comparison tree asks again each level)."""
     sets = set()
     for monomial in monomials:
         members = sorted(set(monomial))
         for size in range(2, len(members) + 1):
             sets.update(itertools.combinations(members, size))
-    return [list(s) for s in sorted(sets, key=lambda s: (len(s), s))]
+    return tuple(sorted(sets, key=lambda s: (len(s), s)))
 
 
 def and_products(ctx, factors: torch.Tensor, monomials: list) -> torch.Tensor:

@@ -33,8 +33,8 @@ import math
 import torch
 
 from mpcft.kernels.bits import compare_leaves, unpack_bits, words_for
-from mpcft.kernels.fused import sign_coefficients, trunc_reconstruct, truncation_public
-from mpcft.kernels.ring import RING_BITS, low_bits, msb
+from mpcft.kernels.fused import beta_times_truncated, gated_truncation, sign_coefficients, trunc_reconstruct
+from mpcft.kernels.ring import RING_BITS, low_bits
 
 from .binary import and_products, and_products_cost, open_bits, product_sets
 from .cost import FREE, Cost, open_cost
@@ -240,17 +240,8 @@ class SignGate:
         out = []
         for k, (c, m) in enumerate(zip(opened, self.gates)):
             top, mid, top_beta, mid_beta = derived[4 * k:4 * k + 4]
-            y = trunc_reconstruct(c, top, mid, m, first)
-            out.append(self._a * y + self._b * _beta_times_truncated(c, m, self._beta, top_beta, mid_beta))
+            out.append(gated_truncation(c, top, mid, top_beta, mid_beta, self._a, self._b, self._beta, m, first))
         return out
-
-
-def _beta_times_truncated(c, m: int, beta, top_beta, mid_beta):
-    """Shares of beta y for the truncation output y = P + M of the opened c by m bits
-    (protocols/truncation.py): P beta + 2^(63-m) (1 - 2 c_top) r_top beta - r_mid beta, from
-    the dealer's r_top beta and r_mid beta."""
-    flip = 1 - 2 * msb(c)
-    return truncation_public(c, m) * beta + ((flip * top_beta) << (RING_BITS - 1 - m)) - mid_beta
 
 
 def sign_gate_cost(n: int, numel: int, bits: int, gates: list, digit_bits: int | None = None) -> Cost:
@@ -365,8 +356,8 @@ class ThresholdScale:
         # threshold j (0-based) separates intervals j and j + 1
         steps = torch.stack([ys[j + 1] - ys[j] for j in range(len(ys) - 1)])
         beta_steps = torch.stack([
-            _beta_times_truncated(c, m[j + 1], self._beta[j], top_beta[j], next_beta[j])
-            - _beta_times_truncated(c, m[j], self._beta[j], top_beta[j], prev_beta[j]) for j in range(len(ys) - 1)])
+            beta_times_truncated(c, m[j + 1], self._beta[j], top_beta[j], next_beta[j])
+            - beta_times_truncated(c, m[j], self._beta[j], top_beta[j], prev_beta[j]) for j in range(len(ys) - 1)])
         return ys[-1] - (self._a * steps + self._b * beta_steps).sum(0)
 
 

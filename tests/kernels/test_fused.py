@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mpcft.kernels import PRG
-from mpcft.kernels.fused import (_truncated_product_torch, shifted_sum, trunc_reconstruct, trunc_reconstruct_torch,
+from mpcft.kernels.fused import (_truncated_product_torch, beta_times_truncated, gated_truncation, shifted_sum, trunc_reconstruct, trunc_reconstruct_torch,
                                  sign_coefficients, truncated_product, truncation_mask_parts,
                                  truncation_mask_parts_torch)
 
@@ -117,3 +117,19 @@ def test_sign_coefficients_bit_exact(seed, bits, size):
     assert a.tolist() == want_a and b.tolist() == want_b
     a, b = sign_coefficients(c, p[:1], bits)          # broadcast: the torch formulation
     assert b.shape == c.shape
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.integers(1, 61), st.booleans(), st.integers(1, 300))
+def test_gated_truncation_is_a_y_plus_b_beta_y(seed, bits, first, size):
+    prg = PRG(seed)
+    c, top, mid, top_beta, mid_beta, a, b, beta = (prg.ring(size) for _ in range(8))
+    y = trunc_reconstruct_torch(c, top, mid, bits, first)
+    want = (a * y + b * beta_times_truncated(c, bits, beta, top_beta, mid_beta)).tolist()
+    assert gated_truncation(c, top, mid, top_beta, mid_beta, a, b, beta, bits, first).tolist() == want
+    # a beta y written out with Python ints: P beta + 2^(63-m) (1 - 2 c_top) r_top beta - r_mid beta
+    for k in range(min(size, 5)):
+        cu = c[k].item() % MOD
+        public = (cu % 2**63 >> bits) + ((cu >> 63) << (63 - bits)) - 2 ** (62 - bits)
+        by = public * beta[k].item() + (1 - 2 * (cu >> 63)) * top_beta[k].item() * 2 ** (63 - bits) - mid_beta[k].item()
+        assert beta_times_truncated(c, bits, beta, top_beta, mid_beta)[k].item() == signed(by % MOD)
