@@ -95,6 +95,16 @@ def openmp_wait_policy(session):
     return os.environ.get("OMP_WAIT_POLICY")
 
 
+def thread_count_handler(rank, kind, params, seq, seeds):
+    """A dealer handler answering with the thread counts it runs at: Numba's (per thread) and torch's."""
+    import numba
+    return [torch.tensor([numba.get_num_threads(), torch.get_num_threads()])]
+
+
+def dealer_thread_counts(session):
+    return session.dealer_request("threads")[0].tolist()
+
+
 def own_key(session):
     """The key file of this party in the cluster file its session connected with."""
     return str(session.config.party(session.rank).key.name), session.config.tls

@@ -179,5 +179,13 @@ def test_party_processes_get_passive_openmp_workers():
 
 
 @pytest.mark.timeout(120)
+def test_the_dealer_computes_at_its_thread_count_in_the_threads_that_serve_parties():
+    """Numba's thread count is per thread: a dealer set to one thread must not run its kernels on more."""
+    counts = spawn(helpers.dealer_thread_counts, 2, dealer_handler=helpers.thread_count_handler, dealer_threads=1,
+                   timeout=90)
+    assert counts == [[1, 1], [1, 1]]
+
+
+@pytest.mark.timeout(120)
 def test_a_session_knows_its_cluster_config():
     assert spawn(helpers.own_key, 2, timeout=90) == [("party-0-key.pem", True), ("party-1-key.pem", True)]
