@@ -123,9 +123,11 @@ def open_low(ctx, parts, shifts=None) -> list:
     2 rounds. Cost: open_low_cost(n, [(numel, bits), ...])."""
     if any(not 1 <= int(bits) <= RING_BITS for _, bits in parts):
         raise ValueError(f"open_low opens 1 to {RING_BITS} low bits, got {[bits for _, bits in parts]}")
-    shifts = shifts or [0] * len(parts)
+    shifts = [0] * len(parts) if shifts is None else [int(s) for s in shifts]
+    if len(shifts) != len(parts):
+        raise ValueError(f"open_low: {len(shifts)} shifts for {len(parts)} parts")
     if ctx.opening == "king":
-        return [value << shift for value, shift in zip(_open_low_at_kings(ctx, parts), shifts)]
+        return [value << shift if shift else value for value, shift in zip(_open_low_at_kings(ctx, parts), shifts)]
     packed = _joined([pack_low_bits(x, int(bits)) for x, bits in parts])
     peers = [g for rank, g in enumerate(ctx.session.all_gather(packed)) if rank != ctx.rank]
     out, start = [], 0

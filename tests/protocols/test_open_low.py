@@ -34,10 +34,31 @@ def test_low_bits_of_the_sum_in_one_round(n):
         assert cost == (declared.rounds, declared.bytes_sent) == (1, sum(8 * -(-150 * b // 64) for b in bits) * (n - 1))
 
 
-def test_bits_out_of_range_are_refused():
+def shifted_program(session, xs, bits, shifts, opening):
+    from mpcft.protocols import sharing
+    from mpcft.protocols.context import MPCContext
+    ctx = MPCContext(session, opening=opening)
+    shares = [sharing.share(ctx, x if ctx.rank == 0 else None, 0, x.shape) for x in xs]
+    return sharing.open_low(ctx, list(zip(shares, bits)), shifts=shifts)
+
+
+@pytest.mark.parametrize("n,opening", [(2, "all"), (3, "all"), (3, "king")])
+def test_opened_low_bits_come_back_shifted(n, opening):
+    prg = PRG(fresh_seed())
+    bits, shifts = [5, 46, 64, 20], [3, 18, 0, 43]
+    xs = [prg.ring((7, 11)) for _ in bits]
+    for out in run_threads(shifted_program, n, xs, bits, shifts, opening, dealer_handler=CorrelationDealer):
+        for x, b, s, got in zip(xs, bits, shifts, out):
+            low = x if b == 64 else x & ((1 << b) - 1)
+            assert got.shape == x.shape and torch.equal(got, low << s), (b, s)
+
+
+def test_bits_out_of_range_and_shifts_not_matching_the_parts_are_refused():
     def bad(session):
         from mpcft.protocols import sharing
         from mpcft.protocols.context import MPCContext
         with pytest.raises(ValueError):
             sharing.open_low(MPCContext(session), [(torch.zeros(2, dtype=torch.int64), 65)])
+        with pytest.raises(ValueError, match="2 shifts for 1 parts"):
+            sharing.open_low(MPCContext(session), [(torch.zeros(2, dtype=torch.int64), 9)], shifts=[1, 2])
     run_threads(bad, 2, dealer_handler=CorrelationDealer)
