@@ -13,18 +13,24 @@ from .ring import RING_BITS, bit, low_bits, msb, rshift_logical, to_ring
 _MASK63 = (1 << 63) - 1
 
 
+@numba.njit(nogil=True, inline="always")
+def _public_part(ci, bits):
+    """P = (c_low >> bits) + 2^(63-bits) c_top - 2^(62-bits) of an opened c (truncation_public)."""
+    return (((ci & _MASK63) >> bits) + (((ci >> 63) & 1) << (RING_BITS - 1 - bits))
+            - (np.int64(1) << (RING_BITS - 2 - bits)))
+
+
+@numba.njit(nogil=True, inline="always")
+def _truncated_share(ci, r_top, r_mid, bits, first):
+    """A share of y = P + M, M = 2^(63-bits) (1 - 2 c_top) r_top - r_mid (P at the first party)."""
+    y = ((r_top * (1 - 2 * ((ci >> 63) & 1))) << (RING_BITS - 1 - bits)) - r_mid
+    return y + _public_part(ci, bits) if first else y
+
+
 @numba.njit(parallel=True, nogil=True, cache=True)
 def _trunc_reconstruct(c, r_top, r_mid, bits, first, out):
-    offset = np.int64(1) << (RING_BITS - 2 - bits)
     for i in numba.prange(c.size):
-        ci = c[i]
-        c_top = (ci >> 63) & 1
-        u = r_top[i] * (1 - 2 * c_top)
-        y = -r_mid[i]
-        if first:
-            u += c_top
-            y += ((ci & _MASK63) >> bits) - offset
-        out[i] = y + (u << (RING_BITS - 1 - bits))
+        out[i] = _truncated_share(c[i], r_top[i], r_mid[i], bits, first)
 
 
 def trunc_reconstruct(c, r_top, r_mid, bits: int, first: bool):
@@ -51,19 +57,11 @@ def trunc_reconstruct_torch(c, r_top, r_mid, bits: int, first: bool):
 
 @numba.njit(nogil=True, cache=True)
 def _gated_truncation(c, top, mid, top_beta, mid_beta, a, b, beta, bits, first, out):
-    offset = np.int64(1) << (RING_BITS - 2 - bits)
     for i in range(c.size):
         ci = c[i]
-        c_top = (ci >> 63) & 1
-        public = ((ci & _MASK63) >> bits) + (c_top << (RING_BITS - 1 - bits)) - offset
-        u = top[i] * (1 - 2 * c_top)
-        y = -mid[i]
-        if first:
-            u += c_top
-            y += ((ci & _MASK63) >> bits) - offset
-        y += u << (RING_BITS - 1 - bits)
-        gated = public * beta[i] + (((1 - 2 * c_top) * top_beta[i]) << (RING_BITS - 1 - bits)) - mid_beta[i]
-        out[i] = a[i] * y + b[i] * gated
+        y = _truncated_share(ci, top[i], mid[i], bits, first)
+        beta_y = _public_part(ci, bits) * beta[i] + _truncated_share(ci, top_beta[i], mid_beta[i], bits, False)
+        out[i] = a[i] * y + b[i] * beta_y
 
 
 def gated_truncation(c, top, mid, top_beta, mid_beta, a, b, beta, bits: int, first: bool):
@@ -140,11 +138,9 @@ def truncation_mask_parts_torch(r, bits: int) -> list:
 def _truncated_product(c_i, c_j, y_i, y_j, mid_mid, mid_top, top_mid, top_top, bits_i, bits_j, top_top_coeff,
                        first, out):
     t_i, t_j = np.int64(1) << (RING_BITS - 1 - bits_i), np.int64(1) << (RING_BITS - 1 - bits_j)
-    off_i, off_j = np.int64(1) << (RING_BITS - 2 - bits_i), np.int64(1) << (RING_BITS - 2 - bits_j)
     for k in numba.prange(out.size):
         top_i, top_j = (c_i[k] >> 63) & 1, (c_j[k] >> 63) & 1
-        p_i = ((c_i[k] & _MASK63) >> bits_i) + top_i * t_i - off_i
-        p_j = ((c_j[k] & _MASK63) >> bits_j) + top_j * t_j - off_j
+        p_i, p_j = _public_part(c_i[k], bits_i), _public_part(c_j[k], bits_j)
         s_i, s_j = 1 - 2 * top_i, 1 - 2 * top_j
         m_i, m_j = y_i[k], y_j[k]
         if first:

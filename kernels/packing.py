@@ -42,9 +42,7 @@ def unpack_low_bits(data: torch.Tensor, numel: int, bits: int, out: torch.Tensor
     """numel values in [0, 2^bits) from pack_low_bits' bytes, written into (add: added to) `out`,
     a contiguous int64 tensor of numel elements, where given."""
     bits, numel = _check_bits(bits), int(numel)
-    if data.dtype != torch.uint8 or data.numel() != packed_bytes(numel, bits):
-        raise ValueError(f"{numel} values of {bits} bits take {packed_bytes(numel, bits)} bytes, got "
-                         f"{data.numel()} of {data.dtype}")
+    _check_packed(data, numel, bits)
     if out is not None and (out.dtype != torch.int64 or out.numel() != numel or not out.is_contiguous()):
         raise ValueError(f"out must be a contiguous int64 tensor of {numel} elements")
     if add and out is None:
@@ -78,9 +76,7 @@ def add_unpacked(own: torch.Tensor, peers: list, bits: int, shift: int = 0) -> t
             unpack_low_bits(data, numel, bits, out=total, add=True)
         return (total & ((1 << bits) - 1) if bits < RING_BITS else total) << shift
     for data in peers:
-        if data.dtype != torch.uint8 or data.numel() != packed_bytes(numel, bits):
-            raise ValueError(f"{numel} values of {bits} bits take {packed_bytes(numel, bits)} bytes, got "
-                             f"{data.numel()} of {data.dtype}")
+        _check_packed(data, numel, bits)
     out, base = torch.empty(numel, dtype=torch.int64), flat.contiguous().numpy()
     keep = np.int64(-1 if bits == RING_BITS else (1 << bits) - 1)
     for k, data in enumerate(peers):
@@ -88,6 +84,12 @@ def add_unpacked(own: torch.Tensor, peers: list, bits: int, shift: int = 0) -> t
         _unpack_sum(data.contiguous().numpy().view(np.uint64), bits, base if k == 0 else out.numpy(),
                     out.numpy(), keep if last else np.int64(-1), shift if last else 0)
     return out
+
+
+def _check_packed(data: torch.Tensor, numel: int, bits: int) -> None:
+    if data.dtype != torch.uint8 or data.numel() != packed_bytes(numel, bits):
+        raise ValueError(f"{numel} values of {bits} bits take {packed_bytes(numel, bits)} bytes, got "
+                         f"{data.numel()} of {data.dtype}")
 
 
 def _check_bits(bits) -> int:

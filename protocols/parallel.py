@@ -22,6 +22,7 @@ import torch
 from greenlet import getcurrent, greenlet
 
 from .cost import Cost
+from .sharing import concatenated
 
 
 class _Abort(BaseException):
@@ -164,10 +165,9 @@ class _Scheduler:
 
 
 def _joined(tensors: list) -> torch.Tensor:
-    """The tensors' bytes end to end (a single one's as they are: torch.cat would copy them)."""
+    """The tensors' bytes end to end, on their device if they share one."""
     device = tensors[0].device if all(t.device == tensors[0].device for t in tensors) else torch.device("cpu")
-    flats = [t.contiguous().reshape(-1).view(torch.uint8).to(device) for t in tensors]
-    return flats[0] if len(flats) == 1 else torch.cat(flats)
+    return concatenated([t.contiguous().reshape(-1).view(torch.uint8).to(device) for t in tensors])
 
 
 def _viewed(chunk: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -101,7 +101,7 @@ def open_many(ctx, shares) -> list:
     """[open_(x) for x in shares] in one round: flattened, concatenated, opened, split back.
     Reveals exactly the listed values. Cost: open_cost(n, total numel) (king: king_open_cost)."""
     shares = list(shares)
-    opened = open_(ctx, _joined([s.reshape(-1) for s in shares]))
+    opened = open_(ctx, concatenated([s.reshape(-1) for s in shares]))
     out, start = [], 0
     for s in shares:
         out.append(opened[start:start + s.numel()].reshape(s.shape))
@@ -109,7 +109,7 @@ def open_many(ctx, shares) -> list:
     return out
 
 
-def _joined(flats: list) -> torch.Tensor:
+def concatenated(flats: list) -> torch.Tensor:
     """The flat tensors end to end (a single one as it is: torch.cat would copy it)."""
     return flats[0] if len(flats) == 1 else torch.cat(flats)
 
@@ -128,7 +128,7 @@ def open_low(ctx, parts, shifts=None) -> list:
         raise ValueError(f"open_low: {len(shifts)} shifts for {len(parts)} parts")
     if ctx.opening == "king":
         return [value << shift if shift else value for value, shift in zip(_open_low_at_kings(ctx, parts), shifts)]
-    packed = _joined([pack_low_bits(x, int(bits)) for x, bits in parts])
+    packed = concatenated([pack_low_bits(x, int(bits)) for x, bits in parts])
     peers = [g for rank, g in enumerate(ctx.session.all_gather(packed)) if rank != ctx.rank]
     out, start = [], 0
     for (x, bits), shift in zip(parts, shifts):
@@ -185,4 +185,4 @@ def open_to_cost(n: int, numel: int, rank: int, receiver: int) -> Cost:
 
 
 __all__ = ["share", "share_cost", "split_seeded", "seeded_share", "open_", "open_cost", "open_many", "open_low",
-           "open_low_cost", "open_at_kings", "reduce_at_kings", "open_to", "open_to_cost"]
+           "open_low_cost", "open_at_kings", "reduce_at_kings", "open_to", "open_to_cost", "concatenated"]
