@@ -1,5 +1,20 @@
-"""Shape rules of ring matrix products (torch.matmul's), shared by the CPU and CUDA routes."""
-import torch
+"""Shape rules of ring products (torch's broadcasting and torch.matmul's), shared by the CPU
+and CUDA routes and by the correlations' layouts."""
+
+
+class BroadcastError(ValueError):
+    """Two shapes that do not broadcast together."""
+
+
+def broadcast_shapes(shape_a, shape_b) -> tuple:
+    """torch.broadcast_shapes(shape_a, shape_b) as a tuple, in plain Python (a protocol step
+    asks hundreds of times, and torch's takes about 30 times as long); BroadcastError where
+    the shapes do not broadcast."""
+    a, b = tuple(shape_a), tuple(shape_b)
+    a, b = (1,) * (len(b) - len(a)) + a, (1,) * (len(a) - len(b)) + b
+    if any(x != y and x != 1 and y != 1 for x, y in zip(a, b)):
+        raise BroadcastError(f"shapes {list(shape_a)} and {list(shape_b)} do not broadcast")
+    return tuple(y if x == 1 else x for x, y in zip(a, b))
 
 
 def matmul_shapes(shape_a, shape_b):
@@ -14,7 +29,7 @@ def matmul_shapes(shape_a, shape_b):
     if k != k2:
         raise ValueError(f"ring_matmul shape mismatch: {tuple(shape_a)} @ {tuple(shape_b)} (inner {k} != {k2})")
     try:
-        batch = tuple(torch.broadcast_shapes(sa[:-2], sb[:-2]))
-    except RuntimeError:
+        batch = broadcast_shapes(sa[:-2], sb[:-2])
+    except BroadcastError:
         raise ValueError(f"ring_matmul batch shapes do not broadcast: {tuple(shape_a)} @ {tuple(shape_b)}") from None
     return batch, m, k, n, squeeze_a, squeeze_b

@@ -62,6 +62,7 @@ Kinds (params -> values, all as additive shares):
   scale_num / scale_den, P(z) proportional to exp(-|z| / scale).
 """
 import collections
+import functools
 import hashlib
 import json
 import math
@@ -77,6 +78,7 @@ from mpcft.kernels.discrete_noise import (discrete_gaussian, discrete_laplace, l
 from mpcft.kernels.bits import digit_planes, pack_bits, words_for
 from mpcft.kernels.fused import truncation_mask_parts
 from mpcft.kernels.ring import RING_BITS, bit, join_low_bytes, low_bits, low_bytes, msb
+from mpcft.kernels.shapes import BroadcastError, broadcast_shapes
 
 
 def _shape(value) -> tuple:
@@ -84,13 +86,13 @@ def _shape(value) -> tuple:
 
 
 def _broadcast(a, b) -> tuple:
-    return tuple(torch.broadcast_shapes(a, b))
+    return broadcast_shapes(a, b)
 
 
 def _matmul_shape(a, b) -> tuple:
     if len(a) < 2 or len(b) < 2 or a[-1] != b[-2]:     # a request's shapes, checked before use
         raise ValueError(f"shapes {list(a)} @ {list(b)} do not multiply as matrices")
-    return tuple(torch.broadcast_shapes(a[:-2], b[:-2])) + (a[-2], b[-1])
+    return broadcast_shapes(a[:-2], b[:-2]) + (a[-2], b[-1])
 
 
 # How a value's shares combine, the second entry of each (shape, how) of a spec: BINARY, XOR
@@ -362,24 +364,38 @@ def _check_parameter(kind: str, name: str, value, rule) -> None:
 
 def _spec(kind: str, params: dict):
     """(random, derived, derive) of a checked request: unknown kinds, missing or extra
-    parameters, values out of range and shapes that do not combine raise ValueError."""
+    parameters, values out of range and shapes that do not combine raise ValueError.
+    Checked once per layout: a step asks for the same layouts every time."""
     if kind not in KINDS:
         raise ValueError(f"unknown correlation kind {kind!r}; known: {sorted(KINDS)}")
-    rules = PARAMETERS[kind]
-    if not isinstance(params, dict) or set(params) != set(rules):
+    if not isinstance(params, dict) or set(params) != set(PARAMETERS[kind]):
         got = sorted(params) if isinstance(params, dict) else params
-        raise ValueError(f"{kind!r} takes parameters {sorted(rules)}, got {got!r}")
-    for name, rule in rules.items():
+        raise ValueError(f"{kind!r} takes parameters {sorted(PARAMETERS[kind])}, got {got!r}")
+    return _checked_spec(_canonical(kind, params))
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_spec(canonical: str):
+    kind, params = json.loads(canonical)
+    for name, rule in PARAMETERS[kind].items():
         _check_parameter(kind, name, params[name], rule)
     try:
         return KINDS[kind](params)
-    except RuntimeError as exc:      # torch: shapes that do not broadcast or multiply
+    except BroadcastError as exc:
         raise ValueError(f"{kind!r}: shapes {params} do not combine ({exc})") from None
+
+
+def _canonical(kind: str, params: dict) -> str:
+    return json.dumps([kind, params], sort_keys=True, separators=(",", ":"))
 
 
 def layout_id(kind: str, params: dict) -> str:
     """H(L): SHA-256 of the canonical JSON of (kind, params), the layout a correlation is bound to."""
-    canonical = json.dumps([kind, params], sort_keys=True, separators=(",", ":"))
+    return _digest(_canonical(kind, params))
+
+
+@functools.lru_cache(maxsize=4096)
+def _digest(canonical: str) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -95,3 +95,16 @@ def test_bad_operands_are_rejected_clearly():
         K.ring_matmul(a, torch.zeros((3, 2), dtype=torch.int64))
     with pytest.raises(ValueError, match="route"):
         K.ring_matmul(a, np.zeros((3, 2), np.int64), route="magic")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 3), max_size=4), st.lists(st.integers(0, 3), max_size=4))
+def test_broadcast_shapes_follows_torch(a, b):
+    from mpcft.kernels.shapes import BroadcastError, broadcast_shapes
+    try:
+        expected = tuple(torch.broadcast_shapes(a, b))
+    except RuntimeError:
+        with pytest.raises(BroadcastError, match="do not broadcast"):
+            broadcast_shapes(a, b)
+    else:
+        assert broadcast_shapes(a, b) == expected

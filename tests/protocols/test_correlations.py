@@ -72,7 +72,7 @@ def test_unknown_kinds_and_misuse_are_rejected():
         dealer_corrections("trunc", {"shape": [2], "bits": 64}, 0, [fresh_seed()] * 2)
     with pytest.raises(ValueError, match="corrections"):
         party_shares("square", {"shape": [2]}, 0, fresh_seed(), 0, 2, None)
-    for sets in ([[0]], [[1, 0]], [[0, 3]], [[0, 1], [0, 1]], [[0, True]], [(0, 1)], ["ab"]):
+    for sets in ([[0]], [[1, 0]], [[0, 3]], [[0, 1], [0, 1]], [[0, True]], [[0, 1.0]], ["ab"]):
         with pytest.raises(ValueError, match="'and_products': sets"):
             dealer_corrections("and_products", {"words": 4, "factors": 3, "sets": sets}, 0, [fresh_seed()] * 2)
 
