@@ -85,17 +85,23 @@ def test_same_seed_same_draws_and_streams_continue():
 
 def test_replay_across_refills_equals_one_unbroken_stream(monkeypatch):
     """With a 7-word buffer every draw runs out mid-way many times; replaying keeps the draw's
-    words, so the draws equal those of a buffer that never runs out."""
-    big = dn.discrete_gaussian(prg("replay"), 50.0, (2000,))
-    monkeypatch.setattr(dn, "_WORDS", 7)
-    var = dn.variance_fraction(50.0)
-    n, d = var.numerator, var.denominator
-    t = math.isqrt(n // d) + 1
-    x_max = dn._LIMIT // (d * t)
-    g_min = math.floor(Fraction(((x_max + 1) * d * t - n) ** 2, 2 * n * d * t * t))
-    qh, ql = divmod(2 * n * d * t * t, dn._LIMIT)
-    small = dn._run(dn._gauss_kernel, prg("replay"), (2000,), 0, n, d, t, x_max, min(g_min, 1 << 62), qh, ql)
-    assert np.array_equal(big, small)
+    words, so the draws equal those of a buffer that never runs out, both reading one sequence
+    of words in order."""
+    sequence = prg("replay").ring_numpy(1 << 21)
+
+    def draws(buffer_words):
+        taken = [0]
+
+        def words(_prg, count):       # the next words of the sequence, as _words sizes them
+            count = max(buffer_words, count) + (max(buffer_words, count) & 1)
+            taken[0] += count
+            return sequence[taken[0] - count:taken[0]]
+        monkeypatch.setattr(dn, "_WORDS", buffer_words)
+        monkeypatch.setattr(dn, "_words", words)
+        return dn.discrete_gaussian(prg("unused"), 50.0, (2000,)), taken[0]
+
+    (big, _), (small, used_small) = draws(1 << 20), draws(7)
+    assert used_small > 1000 and np.array_equal(big, small)
 
 
 def test_replayed_draws_use_the_words_in_order():

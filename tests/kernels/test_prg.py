@@ -15,12 +15,18 @@ OTHER_SEED = bytes(range(32, 64))
 
 
 def expected_stream(seed: bytes, nbytes: int, start_block: int = 0) -> bytes:
-    """AES-128-ECB of counter blocks under HKDF(seed): the PRG's definition, computed independently."""
+    """One draw of nbytes from stream block start_block, the PRG's definition computed
+    independently with AES-128-ECB under HKDF(seed): each 4 MiB segment, starting at block s,
+    is AES_k(s || 2) || AES_k(s || 3) || ... (a 96-bit nonce, a 32-bit counter)."""
     key = HKDF(seed, 16, salt=b"mpcft-prg-v1", hashmod=SHA256)
     ecb = AES.new(key, AES.MODE_ECB)
-    blocks = -(-nbytes // 16)
-    counters = b"".join((start_block + i).to_bytes(16, "big") for i in range(blocks))
-    return ecb.encrypt(counters)[:nbytes]
+    blocks, segment = -(-nbytes // 16), (4 << 20) // 16
+    out = b""
+    for first in range(0, blocks, segment):
+        nonce = (start_block + first).to_bytes(12, "big")
+        counters = range(2, 2 + min(segment, blocks - first))
+        out += ecb.encrypt(b"".join(nonce + j.to_bytes(4, "big") for j in counters))
+    return out[:nbytes]
 
 
 def test_known_answer_against_pycryptodome_ecb():
