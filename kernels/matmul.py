@@ -4,9 +4,10 @@ ring_matmul(a, b) = a @ b mod 2^64 with torch.matmul's shape rules ([..., m, k] 
 with broadcast batch dimensions). Two exact routes, chosen by shape:
 - "rows": a Numba kernel, parallel over (batch, 4-row block) tasks, whose inner loop is a
   vectorised 64-bit multiply-add over a row of b; best while a k x n operand stays in L2
-  (the per-head attention products).
-- "tiles": torch's int64 GEMM kernel (single-threaded in torch) on row tiles spread over a
-  thread pool; best for large 2-D products.
+  and, on one thread, b is narrow (n < 64: 5.5-7 against 4-4.5 G multiply-adds/s).
+- "tiles": torch's int64 GEMM kernel (fbgemm, single-threaded in torch) on row tiles spread
+  over a thread pool; best for large 2-D products, and on one thread from n = 64 on (8-10
+  against 5.5-6.5 G multiply-adds/s on the per-head attention products).
 Both wrap modulo 2^64 (two's complement int64 arithmetic), so results are bit-exact.
 CUDA tensors (both on one device) go to cuda_matmul.ring_matmul_cuda.
 """
@@ -19,6 +20,7 @@ from .shapes import matmul_shapes
 from .threads import num_threads, run_parallel
 
 _ROWS_MAX_KN = 1 << 17  # k*n*8 bytes = 1 MiB: b of a "rows" task stays in L2
+_ROWS_MIN_N = 64        # on one thread, "tiles" from this width of b on
 _SMALL_OPS = 1 << 15    # below this many multiply-adds, threads cost more than they save
 
 
@@ -112,7 +114,7 @@ def _matmul3(a: np.ndarray, b: np.ndarray, threads: int, route: str) -> np.ndarr
     n = b.shape[2]
     b = np.ascontiguousarray(b)
     if route == "auto":
-        route = "rows" if k * n <= _ROWS_MAX_KN else "tiles"
+        route = "rows" if k * n <= _ROWS_MAX_KN and (n < _ROWS_MIN_N or threads > 1) else "tiles"
     if route == "rows":
         out = np.zeros((batch, m, n), dtype=np.int64)
         if out.size and k:
