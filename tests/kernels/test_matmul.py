@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from mpcft import kernels as K
+from mpcft.kernels.shapes import BroadcastError, broadcast_shapes
 
 from .refs import as_ints, to_int64
 
@@ -100,7 +101,6 @@ def test_bad_operands_are_rejected_clearly():
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.integers(0, 3), max_size=4), st.lists(st.integers(0, 3), max_size=4))
 def test_broadcast_shapes_follows_torch(a, b):
-    from mpcft.kernels.shapes import BroadcastError, broadcast_shapes
     try:
         expected = tuple(torch.broadcast_shapes(a, b))
     except RuntimeError:
