@@ -85,10 +85,6 @@ def _shape(value) -> tuple:
     return tuple(int(s) for s in value)
 
 
-def _broadcast(a, b) -> tuple:
-    return broadcast_shapes(a, b)
-
-
 def _matmul_shape(a, b) -> tuple:
     if len(a) < 2 or len(b) < 2 or a[-1] != b[-2]:     # a request's shapes, checked before use
         raise ValueError(f"shapes {list(a)} @ {list(b)} do not multiply as matrices")
@@ -110,7 +106,7 @@ def _width(how: int) -> int:
 
 def _triple(p):
     a, b = _shape(p["shape_a"]), _shape(p["shape_b"])
-    return [(a, ARITH), (b, ARITH)], [(_broadcast(a, b), ARITH)], lambda x, y: [x * y]
+    return [(a, ARITH), (b, ARITH)], [(broadcast_shapes(a, b), ARITH)], lambda x, y: [x * y]
 
 
 def _matmul_triple(p):
@@ -137,7 +133,7 @@ def _factor_products(p):
         raise ValueError(f"'factor_products': 1 to {MAX_FACTORS} factors (or a square), got {factors!r}")
     for factor in factors:
         _check_parameter("factor_products", "factors", factor, "shape")
-        if _broadcast(_shape(factor), shape) != shape:
+        if broadcast_shapes(_shape(factor), shape) != shape:
             raise ValueError(f"'factor_products': factor {factor} does not broadcast to shape {list(shape)}")
 
     def derive(a, *bs):
@@ -197,7 +193,7 @@ def _with_factors(p, later: int):
     """"sign" plus a uniform a of shape `factor` and `later` more a_k of the full shape, with
     each one's product with beta."""
     shape, factor = _shape(p["shape"]), _shape(p["factor"])
-    if _broadcast(factor, shape) != shape:
+    if broadcast_shapes(factor, shape) != shape:
         raise ValueError(f"'select': factor {list(factor)} does not broadcast to shape {list(shape)}")
     random, derived, derive_sign = _sign(p)
 
@@ -366,12 +362,19 @@ def _spec(kind: str, params: dict):
     """(random, derived, derive) of a checked request: unknown kinds, missing or extra
     parameters, values out of range and shapes that do not combine raise ValueError.
     Checked once per layout: a step asks for the same layouts every time."""
+    return _checked_layout(kind, params)[1]
+
+
+def _checked_layout(kind: str, params: dict) -> tuple:
+    """(layout_id, _spec) of a request, from one canonical form of it."""
     if kind not in KINDS:
         raise ValueError(f"unknown correlation kind {kind!r}; known: {sorted(KINDS)}")
     if not isinstance(params, dict) or set(params) != set(PARAMETERS[kind]):
         got = sorted(params) if isinstance(params, dict) else params
         raise ValueError(f"{kind!r} takes parameters {sorted(PARAMETERS[kind])}, got {got!r}")
-    return _checked_spec(_canonical(kind, params))
+    canonical = _canonical(kind, params)
+    spec = _checked_spec(canonical)
+    return _digest(canonical), spec
 
 
 @functools.lru_cache(maxsize=4096)
@@ -529,8 +532,8 @@ def party_correlation(kind: str, params: dict, number: int, seed: bytes, rank: i
     the dealer's corrections (a list of flat tensors, one per derived value, or a callable
     returning it once they arrive; None where `receives` is False).
     """
-    random, derived, _ = _spec(kind, params)
-    prg = _stream(seed, layout_id(kind, params), number, epoch)
+    layout, (random, derived, _) = _checked_layout(kind, params)
+    prg = _stream(seed, layout, number, epoch)
     shares = [prg.ring(shape) for shape, _ in random]
     cuts = _runs(derived, rank, world_size)
     if all(start == stop for start, stop in cuts):
@@ -566,8 +569,8 @@ def party_shares(kind: str, params: dict, number: int, seed: bytes, rank: int, w
 def dealer_corrections(kind: str, params: dict, number: int, seeds, epoch: int = 0) -> list:
     """Every party's corrections, [party r's list of flat tensors]: on run r of each derived
     value, c_r = c - sum_{i != r} c_i (XOR for binary values); [] for a party without runs."""
-    random, derived, derive = _spec(kind, params)
-    layout, n = layout_id(kind, params), len(seeds)
+    layout, (random, derived, derive) = _checked_layout(kind, params)
+    n = len(seeds)
     streams = [_stream(seeds[i], layout, number, epoch) for i in range(n)]
     values = []
     for shape, how in random:
@@ -645,14 +648,13 @@ class CorrelationDealer:
         layout.pop("epoch", None)
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
             raise ValueError(f"a key epoch is an integer >= 0, got {epoch!r}")
-        spec, n = _spec(kind, layout), len(seeds)
+        (key, spec), n = _checked_layout(kind, layout), len(seeds)
         if _elements(spec) > self.max_elements:
             raise ValueError(f"{kind!r} {layout} asks for {_elements(spec)} ring elements, "
                              f"more than this dealer's limit of {self.max_elements}")
         runs = [_run_bytes(spec[1], r, n) for r in range(n)]     # correction bytes per party
         if not runs[rank]:
             raise ValueError(f"party {rank} receives no corrections for {kind!r} {layout}")
-        key = layout_id(kind, layout)
         with self._lock:
             if epoch < self._epoch:
                 raise ValueError(f"{kind!r} {layout}: asked for key epoch {epoch}, but epoch {self._epoch} "

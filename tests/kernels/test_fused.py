@@ -5,9 +5,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mpcft.kernels import PRG
-from mpcft.kernels.fused import (_truncated_product_torch, beta_times_truncated, gated_truncation, shifted_sum, trunc_reconstruct, trunc_reconstruct_torch,
-                                 sign_coefficients, truncated_product, truncation_mask_parts,
-                                 truncation_mask_parts_torch)
+from mpcft.kernels.fused import (_truncated_product_torch, beta_times_truncated, gated_truncation, shifted_sum,
+                                 sign_coefficients, trunc_reconstruct, trunc_reconstruct_torch, truncated_product,
+                                 truncation_mask_parts, truncation_mask_parts_torch)
 
 from .refs import MOD, signed
 
