@@ -9,8 +9,9 @@ to the hosts. The CA's private key stays in a folder of its own (0700, default t
 certificates are for TLS servers and clients; owner certificates carry only OWNER_USAGE, so a
 TLS handshake with one fails. Both sides of every connection present a certificate signed by
 the cluster CA and check that the peer's common name is the identity they expect, so each
-party knows exactly who it talks to. TLS 1.3 (AES-GCM) hides contents from a network
-observer, who still sees message sizes and timing.
+party knows exactly who it talks to. The TLS 1.3 session then keys the AES-256-GCM records
+that carry the frames (records.py), which hide contents from a network observer, who still
+sees message sizes and timing.
 """
 import datetime
 import ipaddress

@@ -20,16 +20,18 @@ straight into its tensor. A header that does not match what the announced or wai
 expects fails the channel at once, before its payload is read.
 
 * `MemoryChannel`: both ends in one process (threads), frames encoded and validated as on TCP.
-* `TcpChannel`: one TCP connection, mutual TLS 1.3 unless the cluster runs in (insecure)
-  plaintext mode. Tensors are written straight from their memory (`sendall(memoryview)`) and
-  read with `recv_into` into a fresh buffer that becomes the received tensor (without copies,
-  but for the pieces of a large frame that arrived before its step announced it).
-  Under TLS a network observer learns frame sizes and timing only; in plaintext mode, everything.
+* `TcpChannel`: one TCP connection, keyed by mutual TLS 1.3 and carried in AES-256-GCM records
+  (records.py) unless the cluster runs in (insecure) plaintext mode. Tensors are encrypted
+  straight from their memory and decrypted into a fresh buffer that becomes the received
+  tensor (without copies, but for the pieces of a large frame that arrived before its step
+  announced it). A network observer learns frame sizes and timing only; in plaintext mode,
+  everything.
 
 Connection set-up (`connect_party`): every party listens on its port; the lower rank of each
 pair connects to the higher one and each party connects to the dealer. The connecting side
 sends a hello frame (role, rank, world size), which the accepting side checks against the
 certificate's common name and answers with its own hello; any malformed hello is refused.
+Under TLS both sides then key their records (records.seal) and close TLS.
 Connecting retries until the connect deadline, so processes may start in any order.
 """
 import collections
@@ -42,7 +44,7 @@ import time
 
 import numpy as np
 
-from . import frames, tls
+from . import frames, records, tls
 from .errors import CertificateError, FrameError, MPCTimeoutError, PeerError
 from .frames import FrameType
 
@@ -210,8 +212,10 @@ class MemoryChannel(Channel):
 
 
 def _raw_shutdown(sock, how):
+    """Shut the TCP connection down (a channel's socket: plain or a records.SealedSocket, never
+    an SSL socket, whose shutdown would race its reader), ignoring a connection already gone."""
     try:
-        socket.socket.shutdown(sock, how)   # the plain socket call, also on SSL sockets
+        sock.shutdown(how)
     except OSError:
         pass
 
@@ -588,8 +592,10 @@ class Acceptor:
         try:
             role = "dealer" if self.me.rank is None else "party"
             write_frame(sock, FrameType.HELLO, _hello(role, self.me.rank, self.config.world_size), 0)
-        except OSError as exc:
-            self._refuse(sock, address, f"cannot answer the hello: {exc}")
+            if self.context is not None:
+                sock = records.seal(sock, False, f"party {rank}")
+        except (OSError, PeerError) as exc:
+            self._refuse(sock, address, f"cannot answer the hello and key the records: {exc}")
             return
         sock.settimeout(None)
         with self._lock:
@@ -702,6 +708,15 @@ def _client_handshake(sock, config, me, target, context, step, where):
     role, rank = ("dealer" if target.rank is None else "party"), hello.get("rank")
     if hello.get("role") != role or type(rank) is not type(target.rank) or rank != target.rank:
         raise PeerError(f"{step}: {where} answered as {_brief(hello.get('role'))} {_brief(rank)}")
+    if context is not None:
+        try:
+            sock = records.seal(sock, True, target.name)
+        except ssl.SSLError as exc:
+            raise PeerError(f"{step}: keying records with {where} failed: {exc}") from None
+        except (TimeoutError, socket.timeout):
+            raise MPCTimeoutError(f"{step}: {where} did not key the records in time") from None
+        except PeerError as exc:
+            raise PeerError(f"{step}: {exc}") from None
     sock.settimeout(None)
     return sock
 
@@ -741,5 +756,5 @@ def connect_party(config, rank):
                            config.max_buffered_bytes) for r in sorted(sockets)}
     dealer_channel = (TcpChannel(dealer, "dealer", config.max_frame_bytes, watchdog,
                                  config.max_buffered_bytes) if dealer is not None else None)
-    return Transport("tcp+tls" if config.tls else "tcp (INSECURE plaintext)", peers,
+    return Transport("tcp+tls (AES-GCM records)" if config.tls else "tcp (INSECURE plaintext)", peers,
                      dealer_channel, watchdog)

@@ -5,11 +5,12 @@ import pathlib
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import torch
 
-from mpcft.runtime import frames, transport
+from mpcft.runtime import Session, frames, transport
 
 
 def descendants(pid=None):
@@ -108,6 +109,24 @@ def dealer_thread_counts(session):
 def own_key(session):
     """The key file of this party in the cluster file its session connected with."""
     return str(session.config.party(session.rank).key.name), session.config.tls
+
+
+def connect_all(config):
+    """Session.connect for every rank in threads: ({rank: session}, {rank: exception})."""
+    sessions, errors = {}, {}
+
+    def run(rank):
+        try:
+            sessions[rank] = Session.connect(config, rank)
+        except Exception as exc:  # noqa: BLE001 - inspected by the tests
+            errors[rank] = exc
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(config.world_size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return sessions, errors
 
 
 def raw_header(frame_type=3, code=6, shape=(), seq=1, nbytes=0, ndim=None, magic=b"MPCF",

@@ -10,25 +10,9 @@ from mpcft.runtime import (CertificateError, FrameError, MPCTimeoutError, Sessio
                            make_ca, make_cert)
 from mpcft.runtime.tls import default_ca_dir, load_ca
 
+from runtime_helpers import connect_all
+
 pytestmark = pytest.mark.timeout(60)
-
-
-def connect_all(config):
-    """Session.connect for every rank in threads: ({rank: session}, {rank: exception})."""
-    sessions, errors = {}, {}
-
-    def run(rank):
-        try:
-            sessions[rank] = Session.connect(config, rank)
-        except Exception as exc:  # noqa: BLE001 - inspected by the tests
-            errors[rank] = exc
-
-    threads = [threading.Thread(target=run, args=(r,)) for r in range(config.world_size)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    return sessions, errors
 
 
 def with_party(config, rank, **changes):
