@@ -145,12 +145,17 @@ def low_bytes(x: torch.Tensor, width: int) -> torch.Tensor:
 def join_low_bytes(data: torch.Tensor, width: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """Inverse of low_bytes: int64 values from their low `width` bytes (higher bytes zero),
     written into `out` (a contiguous int64 tensor of as many elements) where given."""
-    return _join(data, _check_width(width), out, add=False)
+    return _join(data, _check_width(width), out, _JOIN)
 
 
 def add_low_bytes(out: torch.Tensor, data: torch.Tensor, width: int) -> torch.Tensor:
     """out += join_low_bytes(data, width), in one pass on the CPU; returns out."""
-    return _join(data, _check_width(width), out, add=True)
+    return _join(data, _check_width(width), out, _ADD)
+
+
+def sub_low_bytes(out: torch.Tensor, data: torch.Tensor, width: int) -> torch.Tensor:
+    """out -= join_low_bytes(data, width), in one pass on the CPU; returns out."""
+    return _join(data, _check_width(width), out, _SUB)
 
 
 def _check_width(width) -> int:
@@ -159,23 +164,25 @@ def _check_width(width) -> int:
     return int(width)
 
 
-def _join(data, width, out, add):
+def _join(data, width, out, mode):
     numel = data.numel() // width
     if out is None:
         out = torch.empty(numel, dtype=torch.int64, device=data.device)
     elif out.dtype != torch.int64 or out.numel() != numel or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous int64 tensor of {numel} elements")
     if data.device.type == "cpu" and out.device.type == "cpu":
-        _bytes(out.numpy().reshape(-1), data.contiguous().numpy().reshape(-1), width, _ADD if add else _JOIN)
+        _bytes(out.numpy().reshape(-1), data.contiguous().numpy().reshape(-1), width, mode)
         return out
     raw = data.new_zeros(numel, 8)
     raw[:, :width] = data.reshape(-1, width)
     value = (raw if _LITTLE_ENDIAN else raw.flip(1)).contiguous().view(torch.int64).reshape(out.shape)
-    return out.add_(value.to(out.device)) if add else out.copy_(value)
+    if mode == _JOIN:
+        return out.copy_(value)
+    return (out.add_ if mode == _ADD else out.sub_)(value.to(out.device))
 
 
 # One loop per width, so that each is unrolled and vectorised (about 10x the generic loop's speed).
-_PACK, _JOIN, _ADD = 0, 1, 2      # data <- low bytes of values; values <- joined data; values += it
+_PACK, _JOIN, _ADD, _SUB = 0, 1, 2, 3    # data <- low bytes of values; values <- joined data, += it, -= it
 
 
 @numba.njit(nogil=True, inline="always")
@@ -190,7 +197,7 @@ def _bytes_of_width(values, data, width, mode):
         v = np.int64(0)
         for b in range(width):
             v |= np.int64(data[k * width + b]) << (8 * b)
-        values[k] = values[k] + v if mode == _ADD else v
+        values[k] = values[k] + v if mode == _ADD else values[k] - v if mode == _SUB else v
 
 
 @numba.njit(nogil=True, cache=True)

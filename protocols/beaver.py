@@ -13,14 +13,14 @@ import torch
 from mpcft.kernels import ring_matmul
 
 from .cost import Cost, open_cost
-from .sharing import open_, open_many
+from .sharing import open_, open_differences
 
 
 def mul(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Shares of x * y mod 2^64 (broadcasting). Cost: mul_cost(n, x.numel(), y.numel())."""
     correlation = ctx.correlation("triple", shape_a=list(x.shape), shape_b=list(y.shape))
     a, b = correlation.random
-    d, e = open_many(ctx, [x - a, y - b])
+    d, e = open_differences(ctx, [(x, a), (y, b)])
     (c,) = correlation.derived()
     return c + d * (b + e if ctx.rank == 0 else b) + a * e
 
@@ -70,9 +70,11 @@ class MaskedFactor:
         self._square_pending, self._squares = bool(square), int(square)     # a^2 first among the derived
 
     def _open(self, others: list) -> list:
-        """Opens x - a on the first use, beside `others`; returns the others opened."""
+        """Opens x - a on the first use, beside the differences y - b of `others` ((y, b)
+        pairs); returns the others opened."""
         first_use = self._d is None
-        opened = open_many(self.ctx, ([self._x - self._correlation.random[0]] if first_use else []) + others)
+        mine = [(self._x, self._correlation.random[0])] if first_use else []
+        opened = open_differences(self.ctx, mine + others)
         if first_use:
             self._d, self._x = opened[0], None
             return opened[1:]
@@ -97,7 +99,7 @@ class MaskedFactor:
                              f"got {tuple(y.shape)}")
         self._used += 1
         a, b = self._correlation.random[0], self._correlation.random[1 + k]
-        (e,) = self._open([y - b])
+        (e,) = self._open([(y, b)])
         ab = self._correlation.derived()[self._squares + k]
         return ab + self._d * (b + e if self.ctx.rank == 0 else b) + a * e
 
@@ -125,8 +127,8 @@ def matmuls(ctx, pairs) -> list:
     bytes of the products' matmul_cost summed."""
     correlations = [ctx.correlation("matmul_triple", shape_a=list(x.shape), shape_b=list(y.shape))
                     for x, y in pairs]
-    masked = [t for (x, y), c in zip(pairs, correlations) for t in (x - c.random[0], y - c.random[1])]
-    opened = open_many(ctx, masked)
+    opened = open_differences(ctx, [t for (x, y), c in zip(pairs, correlations)
+                                    for t in ((x, c.random[0]), (y, c.random[1]))])
     return [_from_masked(ctx, opened[2 * i], opened[2 * i + 1], *correlation.random, *correlation.derived())
             for i, correlation in enumerate(correlations)]
 
@@ -159,7 +161,7 @@ class MatmulWithGrads:
         self._correlation = ctx.correlation("matmul_grads", shape_a=list(x.shape), shape_b=list(y.shape),
                                             grad_a=int(self.grad_x), grad_b=int(self.grad_y))
         a, b, _ = self._correlation.random
-        self._e, self._f = open_many(ctx, [x - a, y - b])
+        self._e, self._f = open_differences(ctx, [(x, a), (y, b)])
         self.out = _from_masked(ctx, self._e, self._f, a, b, self._correlation.derived()[0])
         self._done = False
 
@@ -170,7 +172,7 @@ class MatmulWithGrads:
         self._done = True
         ctx, first = self.ctx, self.ctx.rank == 0
         a, b, c = self._correlation.random
-        (h,) = open_many(ctx, [grad - c])
+        (h,) = open_differences(ctx, [(grad, c)])
         derived = iter(self._correlation.derived()[1:])
         gx = gy = None
         if self.grad_x:

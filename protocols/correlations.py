@@ -77,7 +77,7 @@ from mpcft.kernels.discrete_noise import (discrete_gaussian, discrete_laplace, l
                                           variance_fraction)
 from mpcft.kernels.bits import digit_planes, pack_bits, words_for
 from mpcft.kernels.fused import truncation_mask_parts
-from mpcft.kernels.ring import RING_BITS, bit, join_low_bytes, low_bits, low_bytes, msb
+from mpcft.kernels.ring import RING_BITS, bit, join_low_bytes, low_bits, low_bytes, msb, sub_low_bytes
 from mpcft.kernels.shapes import BroadcastError, broadcast_shapes
 
 
@@ -366,7 +366,7 @@ def _spec(kind: str, params: dict):
 
 
 def _checked_layout(kind: str, params: dict) -> tuple:
-    """(layout_id, _spec) of a request, from one canonical form of it."""
+    """(layout_id, _spec, canonical JSON) of a request, from one canonical form of it."""
     if kind not in KINDS:
         raise ValueError(f"unknown correlation kind {kind!r}; known: {sorted(KINDS)}")
     if not isinstance(params, dict) or set(params) != set(PARAMETERS[kind]):
@@ -374,7 +374,7 @@ def _checked_layout(kind: str, params: dict) -> tuple:
         raise ValueError(f"{kind!r} takes parameters {sorted(PARAMETERS[kind])}, got {got!r}")
     canonical = _canonical(kind, params)
     spec = _checked_spec(canonical)
-    return _digest(canonical), spec
+    return _digest(canonical), spec, canonical
 
 
 @functools.lru_cache(maxsize=4096)
@@ -481,23 +481,19 @@ def correction_cuts(numel: int, world_size: int) -> list[tuple[int, int]]:
     return [(min(numel, r * size), min(numel, (r + 1) * size)) for r in range(world_size)]
 
 
-def _runs(derived: list, rank: int, world_size: int) -> list[tuple[int, int]]:
-    """Party `rank`'s run of each derived value of a spec (correction_cuts)."""
-    return [correction_cuts(math.prod(shape), world_size)[rank] for shape, _ in derived]
-
-
-def _run_elements(derived: list, rank: int, world_size: int) -> int:
-    return sum(stop - start for start, stop in _runs(derived, rank, world_size))
-
-
-def _run_bytes(derived: list, rank: int, world_size: int) -> int:
-    """Bytes of party `rank`'s corrections (_width per element)."""
-    return sum((stop - start) * _width(how) for (start, stop), (_, how) in zip(_runs(derived, rank, world_size), derived))
+@functools.lru_cache(maxsize=8192)
+def _party_runs(canonical: str, rank: int, world_size: int) -> tuple:
+    """(cuts, elements, bytes): party `rank`'s run of each derived value of a checked layout
+    (correction_cuts), their ring elements and their correction bytes (_width per element)."""
+    derived = _checked_spec(canonical)[1]
+    cuts = tuple(correction_cuts(math.prod(shape), world_size)[rank] for shape, _ in derived)
+    elements = sum(stop - start for start, stop in cuts)
+    return cuts, elements, sum((stop - start) * _width(how) for (start, stop), (_, how) in zip(cuts, derived))
 
 
 def receives(kind: str, params: dict, rank: int, world_size: int) -> bool:
     """Whether party `rank` has a run of some derived value to be corrected by the dealer."""
-    return _run_elements(_spec(kind, params)[1], rank, world_size) > 0
+    return _party_runs(_checked_layout(kind, params)[2], rank, world_size)[1] > 0
 
 
 def _draw_around(prg: PRG, numel: int, cut: tuple, width: int = 8) -> torch.Tensor:
@@ -519,9 +515,14 @@ def _draw_into(prg: PRG, out: torch.Tensor, width: int) -> None:
     if width == 8:
         prg.fill(out.numpy())
         return
-    raw = torch.empty(out.numel() * width, dtype=torch.uint8)
+    join_low_bytes(_narrow_draws(prg, out.numel(), width), width, out=out)
+
+
+def _narrow_draws(prg: PRG, numel: int, width: int) -> torch.Tensor:
+    """The stream's next numel values of `width` bytes each, as their bytes."""
+    raw = torch.empty(numel * width, dtype=torch.uint8)
     prg.fill(raw.numpy())
-    join_low_bytes(raw, width, out=out)
+    return raw
 
 
 def party_correlation(kind: str, params: dict, number: int, seed: bytes, rank: int, world_size: int,
@@ -532,10 +533,10 @@ def party_correlation(kind: str, params: dict, number: int, seed: bytes, rank: i
     the dealer's corrections (a list of flat tensors, one per derived value, or a callable
     returning it once they arrive; None where `receives` is False).
     """
-    layout, (random, derived, _) = _checked_layout(kind, params)
+    layout, (random, derived, _), canonical = _checked_layout(kind, params)
     prg = _stream(seed, layout, number, epoch)
     shares = [prg.ring(shape) for shape, _ in random]
-    cuts = _runs(derived, rank, world_size)
+    cuts = _party_runs(canonical, rank, world_size)[0]
     if all(start == stop for start, stop in cuts):
         return Correlation(shares, lambda: [_draw_around(prg, math.prod(shape), (0, 0), _width(how)).reshape(shape)
                                             for shape, how in derived])
@@ -569,7 +570,7 @@ def party_shares(kind: str, params: dict, number: int, seed: bytes, rank: int, w
 def dealer_corrections(kind: str, params: dict, number: int, seeds, epoch: int = 0) -> list:
     """Every party's corrections, [party r's list of flat tensors]: on run r of each derived
     value, c_r = c - sum_{i != r} c_i (XOR for binary values); [] for a party without runs."""
-    layout, (random, derived, derive) = _checked_layout(kind, params)
+    layout, (random, derived, derive), canonical = _checked_layout(kind, params)
     n = len(seeds)
     streams = [_stream(seeds[i], layout, number, epoch) for i in range(n)]
     values = []
@@ -583,15 +584,29 @@ def dealer_corrections(kind: str, params: dict, number: int, seeds, epoch: int =
     for i, prg in enumerate(streams):          # each stream's derived values, in order
         for value, (_, how), value_cuts in zip(corrected, derived, cuts):
             start, stop = value_cuts[i]
-            draws = _draw_around(prg, value.numel(), (start, stop), _width(how))
-            for part in (slice(0, start), slice(stop, value.numel())):
-                (value[part].bitwise_xor_ if how == BINARY else value[part].sub_)(draws[part])
+            _remove_draws(prg, value[:start], how)
+            prg.skip(_width(how) * (stop - start))
+            _remove_draws(prg, value[stop:], how)
 
     def run(value, how, cut):       # a correction in _width(how) bytes per element (a view at 8)
         width, part = _width(how), value[cut[0]:cut[1]]
         return part if width == 8 else low_bytes(part, width)
     return [[run(value, how, value_cuts[r]) for value, (_, how), value_cuts in zip(corrected, derived, cuts)]
-            if _run_elements(derived, r, n) else [] for r in range(n)]
+            if _party_runs(canonical, r, n)[1] else [] for r in range(n)]
+
+
+def _remove_draws(prg: PRG, part: torch.Tensor, how: int) -> None:
+    """part -= the stream's next draws of it (XOR for binary values), as _draw_into draws them:
+    in _width(how) bytes per element, subtracted as they are joined (one pass)."""
+    if not part.numel():
+        return
+    width = _width(how)
+    if width < 8:
+        sub_low_bytes(part, _narrow_draws(prg, part.numel(), width), width)
+        return
+    draws = torch.empty(part.numel(), dtype=torch.int64)
+    prg.fill(draws.numpy())
+    (part.bitwise_xor_ if how == BINARY else part.sub_)(draws)
 
 
 def _owned(tensors: list) -> list:
@@ -648,11 +663,11 @@ class CorrelationDealer:
         layout.pop("epoch", None)
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
             raise ValueError(f"a key epoch is an integer >= 0, got {epoch!r}")
-        (key, spec), n = _checked_layout(kind, layout), len(seeds)
+        (key, spec, canonical), n = _checked_layout(kind, layout), len(seeds)
         if _elements(spec) > self.max_elements:
             raise ValueError(f"{kind!r} {layout} asks for {_elements(spec)} ring elements, "
                              f"more than this dealer's limit of {self.max_elements}")
-        runs = [_run_bytes(spec[1], r, n) for r in range(n)]     # correction bytes per party
+        runs = [_party_runs(canonical, r, n)[2] for r in range(n)]     # correction bytes per party
         if not runs[rank]:
             raise ValueError(f"party {rank} receives no corrections for {kind!r} {layout}")
         with self._lock:
@@ -702,10 +717,10 @@ class CorrelationDealer:
 def correction_bytes(kind: str, params: dict, rank: int | None = None, world_size: int = 1) -> int:
     """Bytes of the dealer's corrections for one correlation of this layout: all of them (the
     derived values), or party `rank`'s runs among world_size parties."""
-    derived = _spec(kind, params)[1]
+    _, (_, derived, _), canonical = _checked_layout(kind, params)
     if rank is None:
         return sum(int(np.prod(shape, dtype=np.int64)) * _width(how) for shape, how in derived)
-    return _run_bytes(derived, rank, world_size)
+    return _party_runs(canonical, rank, world_size)[2]
 
 
 def random_count(kind: str, params: dict) -> int:

@@ -7,6 +7,8 @@ to the n-1 others, 1 round, (n-1) N elements sent per party) or "king" (reduce-s
 all-gather through the parties as kings, open_at_kings: 2 rounds, 2 (n-1) ceil(N / n)
 elements). Both reveal the same: the opened value.
 """
+import math
+
 import torch
 
 from mpcft.kernels.prg import PRG, derive_seed
@@ -101,11 +103,27 @@ def open_many(ctx, shares) -> list:
     """[open_(x) for x in shares] in one round: flattened, concatenated, opened, split back.
     Reveals exactly the listed values. Cost: open_cost(n, total numel) (king: king_open_cost)."""
     shares = list(shares)
-    opened = open_(ctx, concatenated([s.reshape(-1) for s in shares]))
+    return _split(open_(ctx, concatenated([s.reshape(-1) for s in shares])), [s.shape for s in shares])
+
+
+def open_differences(ctx, pairs) -> list:
+    """[open_(x - a) for (x, a) in pairs] in one round, each a of x's shape: the differences
+    are written straight into the one message (no copy to concatenate them). Reveals exactly
+    the listed differences. Cost: open_cost(n, total numel) (king: king_open_cost)."""
+    pairs = list(pairs)
+    message = torch.empty(sum(x.numel() for x, _ in pairs), dtype=torch.int64, device=pairs[0][0].device)
+    for (x, a), part in zip(pairs, _split(message, [x.shape for x, _ in pairs])):
+        torch.sub(x, a, out=part)
+    return _split(open_(ctx, message), [x.shape for x, _ in pairs])
+
+
+def _split(flat: torch.Tensor, shapes: list) -> list:
+    """Consecutive views of the contiguous `flat`, one of each shape."""
     out, start = [], 0
-    for s in shares:
-        out.append(opened[start:start + s.numel()].reshape(s.shape))
-        start += s.numel()
+    for shape in shapes:
+        size = math.prod(shape)
+        out.append(flat[start:start + size].view(shape))
+        start += size
     return out
 
 
@@ -184,5 +202,5 @@ def open_to_cost(n: int, numel: int, rank: int, receiver: int) -> Cost:
     return Cost(1, 0 if rank == receiver else numel * RING_BYTES, ())     # no opening: the same in both modes
 
 
-__all__ = ["share", "share_cost", "split_seeded", "seeded_share", "open_", "open_cost", "open_many", "open_low",
+__all__ = ["share", "share_cost", "split_seeded", "seeded_share", "open_", "open_cost", "open_many", "open_differences", "open_low",
            "open_low_cost", "open_at_kings", "reduce_at_kings", "open_to", "open_to_cost", "concatenated"]

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -84,6 +84,7 @@ def test_bad_inputs_are_rejected_clearly():
         K.rshift_arith(torch.zeros(3, dtype=torch.int64), -1)
 
 
+@settings(deadline=None)     # the first call compiles the Numba kernel
 @given(arrays, st.integers(1, 8))
 def test_low_bytes_and_their_join_match_python_ints(a, width):
     from mpcft.kernels.ring import join_low_bytes, low_bytes
@@ -99,14 +100,15 @@ def test_low_bytes_and_their_join_match_python_ints(a, width):
     assert into[0] == 7 and into[-1] == 7 and into[1:-1].tolist() == joined.tolist()
 
 
-@given(arrays, arrays, st.integers(1, 8))
-def test_add_low_bytes_adds_the_joined_values_in_the_ring(a, b, width):
-    from mpcft.kernels.ring import add_low_bytes, low_bytes
+@settings(deadline=None)
+@given(arrays, arrays, st.integers(1, 8), st.sampled_from([1, -1]))
+def test_add_and_sub_low_bytes_combine_the_joined_values_in_the_ring(a, b, width, sign):
+    from mpcft.kernels.ring import add_low_bytes, low_bytes, sub_low_bytes
     n = min(a.size, b.size)
     x, y = torch.from_numpy(a.reshape(-1)[:n].copy()), torch.from_numpy(b.reshape(-1)[:n].copy())
-    want = [(u + (v % MOD) % (1 << (8 * width))) % MOD for u, v in zip(as_ints(x.numpy()).tolist(),
-                                                                      as_ints(y.numpy()).tolist())]
-    out = add_low_bytes(x.clone(), low_bytes(y, width), width)
+    want = [(u + sign * ((v % MOD) % (1 << (8 * width)))) % MOD for u, v in zip(as_ints(x.numpy()).tolist(),
+                                                                               as_ints(y.numpy()).tolist())]
+    out = (add_low_bytes if sign == 1 else sub_low_bytes)(x.clone(), low_bytes(y, width), width)
     assert [v % MOD for v in out.tolist()] == want
 
 

@@ -1,5 +1,6 @@
 """Opening through kings (MPCContext(opening="king")): the values of the all-to-all opening,
-bit for bit, at the cost king_open_cost states, for open_, open_many, open_low and open_bits;
+bit for bit, at the cost king_open_cost states, for open_, open_many, open_differences, open_low
+and open_bits;
 a whole protocol (GELU and its derivative) at its declared cost restated with with_opening."""
 import functools
 import math
@@ -18,6 +19,7 @@ from ..devices import to_cpu
 from .programs import measured, owned
 
 LOW_BITS = [1, 7, 8, 9, 15, 33, 63, 64]
+DIFFERENCES = [0, 2, 3]     # open_differences opens x_k - 3 x_k for these k
 
 
 def openings(session, xs, words, device=None):
@@ -33,6 +35,8 @@ def openings(session, xs, words, device=None):
         out["open", mode] = measured(session, lambda: [sharing.open_(c, shares[0])])
         out["open_one", mode] = measured(session, lambda: [sharing.open_(c, shares[1])])
         out["open_many", mode] = measured(session, lambda: sharing.open_many(c, shares))
+        out["open_differences", mode] = measured(
+            session, lambda: sharing.open_differences(c, [(shares[k], 3 * shares[k]) for k in DIFFERENCES]))
         out["open_low", mode] = measured(session, lambda: sharing.open_low(c, list(zip(shares, LOW_BITS))))
         out["open_bits", mode] = measured(session, lambda: [binary.open_bits(c, words[session.rank].to(c.device))])
     return out
@@ -44,10 +48,11 @@ def test_king_openings_equal_all_to_all_at_the_king_cost(n, device):
     xs = [prg.ring((7, 11)), prg.ring((1,))] + [prg.ring((13 + i,)) for i in range(len(LOW_BITS) - 2)]
     xs[0][0, 0] = -1
     words = [prg.ring((3, 5)) for _ in range(n)]
-    plain = {"open": [xs[0]], "open_one": [xs[1]], "open_many": xs,
+    plain = {"open": [xs[0]], "open_one": [xs[1]], "open_many": xs, "open_differences": [-2 * xs[k] for k in DIFFERENCES],
              "open_low": [x if b == 64 else x & ((1 << b) - 1) for x, b in zip(xs, LOW_BITS)],
              "open_bits": [functools.reduce(operator.xor, words)]}
-    sizes = {"open": xs[0].numel(), "open_one": 1, "open_many": sum(x.numel() for x in xs), "open_bits": 15}
+    sizes = {"open": xs[0].numel(), "open_one": 1, "open_many": sum(x.numel() for x in xs), "open_bits": 15,
+             "open_differences": sum(xs[k].numel() for k in DIFFERENCES)}
     for out in to_cpu(run_threads(openings, n, xs, words, device, dealer_handler=CorrelationDealer)):
         for name, want in plain.items():
             for mode in ("all", "king"):
