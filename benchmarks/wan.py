@@ -20,9 +20,10 @@ Model, for a link of rate B bit/s and round-trip time RTT:
   plus its dealer requests, and receives its peers' wire bytes plus the dealer's replies
   (`dealer_bytes_received`); the dealer sends the sum of all replies. Inter-party and dealer
   traffic into one party share that party's link, so they add up there.
-- ON_LINK: what crosses the link per byte of payload: TLS 1.3 records (16 KiB + 22 bytes) in
-  TCP segments of 1448 bytes that take 1514 bytes on Ethernet (TCP with timestamps, IPv4,
-  Ethernet headers; MTU 1500). ACKs on the reverse direction are not counted.
+- ON_LINK: what crosses the link per byte of payload: mpcft's AES-GCM records (256 KiB + 20
+  bytes; mpcft.runtime.records) in TCP segments of 1448 bytes that take 1514 bytes on
+  Ethernet (TCP with timestamps, IPv4, Ethernet headers; MTU 1500). ACKs on the reverse
+  direction are not counted.
 
 What the model leaves out: it adds compute and transfer, where a run overlaps some of them
 (faster than predicted where compute is a large share); and it lets each link carry its bytes
@@ -49,6 +50,7 @@ import time
 from benchmarks.netns import Hosts, HostsUnavailable
 from benchmarks.timing import markdown_table
 from mpcft.runtime import Counts
+from mpcft.runtime.records import RECORD_BYTES, RECORD_OVERHEAD
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +64,7 @@ LINKS = {  # the link profiles of the table
     "metro": Link(rate_mbit=1_000, rtt_ms=5.0),
     "WAN": Link(rate_mbit=100, rtt_ms=20.0),
 }
-ON_LINK = (16384 + 22) / 16384 * 1514 / 1448  # link bytes per payload byte: TLS records, TCP/IP, Ethernet
+ON_LINK = (RECORD_BYTES + RECORD_OVERHEAD) / RECORD_BYTES * 1514 / 1448  # per payload byte: records, TCP/IP, Ethernet
 
 
 def busiest_direction_bytes(counts: list) -> int:
@@ -288,7 +290,7 @@ def main(argv=None):
           "payload a party sends (max over parties); dealer MB/party: the dealer's replies to the party that "
           "receives most (each party receives the corrections of its own run, about 1/n); busiest link MB: payload on the "
           f"busiest direction of any host's link (a party's peer and dealer traffic in, or the dealer's out); "
-          f"{ON_LINK:.4f}: TLS records, TCP/IP and Ethernet headers per payload byte.\n")
+          f"{ON_LINK:.4f}: AES-GCM records, TCP/IP and Ethernet headers per payload byte.\n")
     print(table({k: v for k, v in rows.items() if k[0] in args.only}))
     for parties in args.parties if args.validate else []:
         runs = []
