@@ -43,7 +43,7 @@ from mpcft.runtime import config as cluster_config
 from mpcft.runtime.dealer import DEFAULT_HANDLER, DealerServer
 from mpcft.runtime.errors import MPCRuntimeError, failure_report
 from mpcft.runtime.launch import launch
-from mpcft.runtime.local import use_heap_malloc
+from mpcft.runtime.memory import keep_freed_memory
 from mpcft.runtime.session import ENV_CLUSTER, ENV_RANK, ENV_WORLD_SIZE
 from mpcft.runtime.tls import default_ca_dir, load_ca, make_cert, make_certs
 
@@ -316,7 +316,7 @@ def main(argv=None):
     p.set_defaults(run=cmd_dealer)
 
     args = parser.parse_args(argv)
-    use_heap_malloc()            # this process; those it starts get PARTY_ENVIRONMENT
+    keep_freed_memory()          # this process; those it starts get PARTY_ENVIRONMENT
     try:
         return args.run(args)
     except MPCRuntimeError as exc:

@@ -37,7 +37,6 @@ from .config import DEFAULT_DEALER_IDLE_TIMEOUT, DEFAULT_TIMEOUT, fixed_seed
 from .errors import (PEER_FAILED_STATUS, ConfigError, FrameError, MPCRuntimeError,
                      MPCTimeoutError, PeerError)
 from .frames import Expected, FrameType, as_wire_array, json_tensor, tensor_json
-from .memory import keep_freed_memory
 from .transport import Acceptor, SendWatchdog, TcpChannel, contexts, warn_fixed_seeds, warn_plaintext
 
 DEFAULT_HANDLER = "mpcft.protocols.correlations:CorrelationDealer"  # the real correlations
@@ -159,7 +158,6 @@ class DealerServer:
         """threads: compute threads for the handler, torch's and Numba's (default: their choice)."""
         if cluster_config.dealer is None:
             raise ConfigError("the cluster file has no [dealer] section")
-        keep_freed_memory()
         self._threads = threads
         if threads:
             set_compute_threads(threads)

@@ -5,7 +5,6 @@
 certificates (the real transport). Both give each party's result by rank, re-raise the first
 failure, and never hang past `timeout`.
 """
-import ctypes
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -22,6 +21,7 @@ from . import config as config_module
 from . import tls
 from .dealer import DealerServer, DealerService
 from .errors import MPCTimeoutError, PartyFailed
+from .memory import HEAP_ENVIRONMENT
 from .session import Session
 from .transport import MemoryChannel, Transport
 
@@ -31,25 +31,7 @@ from .transport import MemoryChannel, Transport
 # block's forward and backward took 7.4 s spinning, 1.65 s passive, on 2 cores). Processes
 # started by mpcft get OMP_WAIT_POLICY=PASSIVE unless the user set it.
 PASSIVE_OPENMP = ("OMP_WAIT_POLICY", "PASSIVE")
-# A party allocates and frees share tensors of a few MB hundreds of times a step. glibc serves
-# allocations above its mmap threshold (128 kB, rising by itself to at most 32 MB) with fresh
-# mappings whose pages fault in on first touch: an elementwise ring product and shift on 786k
-# elements took 5.7-10.4 ms of CPU that way and 2.2-3.8 ms from the heap here. Up to 32 MB
-# from the heap, and up to 256 MB of freed heap kept for the next step.
-HEAP_MALLOC = (("MALLOC_MMAP_THRESHOLD_", str(32 << 20)), ("MALLOC_TRIM_THRESHOLD_", str(256 << 20)))
-PARTY_ENVIRONMENT = (PASSIVE_OPENMP,) + HEAP_MALLOC
-
-
-def use_heap_malloc() -> None:
-    """HEAP_MALLOC for the calling process, whose allocator read its environment at start
-    (glibc's mallopt; elsewhere nothing). For the CLI: library code never calls it."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 32 << 20)
-    libc.mallopt(m_trim_threshold, 256 << 20)
+PARTY_ENVIRONMENT = (PASSIVE_OPENMP,) + HEAP_ENVIRONMENT   # see runtime/memory.py
 
 
 def free_ports(count, host="127.0.0.1"):

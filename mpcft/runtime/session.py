@@ -29,7 +29,6 @@ from .comm import CommStats
 from .config import fixed_seed
 from .errors import ConfigError, DealerError, FrameError, MPCRuntimeError, MPCTimeoutError, PeerError
 from .frames import Expected, FrameType, as_wire_array, json_tensor, tensor_json
-from .memory import keep_freed_memory
 from .transport import connect_party, warn_fixed_seeds
 
 ENV_CLUSTER = "MPCFT_CLUSTER"
@@ -106,7 +105,6 @@ class Session:
         """Connect party `rank` of `config` (a ClusterConfig or a cluster file path) over TCP."""
         if not isinstance(config, config_module.ClusterConfig):
             config = config_module.load(config)
-        keep_freed_memory()  # a party process: reuse freed share buffers (runtime/memory.py)
         if config.insecure_fixed_seeds is not None:
             warn_fixed_seeds(f"party {rank}")
         session = cls(rank, config.world_size, connect_party(config, rank), config.timeout,
