@@ -11,6 +11,7 @@ products; fixed-point callers truncate afterwards (see truncation.py).
 import torch
 
 from mpcft.kernels import ring_matmul
+from mpcft.kernels.fused import beaver_product
 
 from .cost import Cost, open_cost
 from .sharing import open_, open_differences
@@ -22,7 +23,7 @@ def mul(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     a, b = correlation.random
     d, e = open_differences(ctx, [(x, a), (y, b)])
     (c,) = correlation.derived()
-    return c + d * (b + e if ctx.rank == 0 else b) + a * e
+    return beaver_product(c, d, e, a, b, ctx.rank == 0)
 
 
 def mul_cost(n: int, numel_x: int, numel_y: int) -> Cost:
@@ -101,7 +102,7 @@ class MaskedFactor:
         a, b = self._correlation.random[0], self._correlation.random[1 + k]
         (e,) = self._open([(y, b)])
         ab = self._correlation.derived()[self._squares + k]
-        return ab + self._d * (b + e if self.ctx.rank == 0 else b) + a * e
+        return beaver_product(ab, self._d, e, a, b, self.ctx.rank == 0)
 
 
 def masked_factor_cost(n: int, numel: int, uses: list) -> Cost:

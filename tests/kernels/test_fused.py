@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mpcft.kernels import PRG
-from mpcft.kernels.fused import (_truncated_product_torch, beta_times_truncated, gated_truncation, shifted_sum,
+from mpcft.kernels.fused import (_truncated_product_torch, beaver_product, beta_times_truncated, gated_truncation, shifted_sum,
                                  sign_coefficients, trunc_reconstruct, trunc_reconstruct_torch, truncated_product,
                                  truncation_mask_parts, truncation_mask_parts_torch)
 
@@ -133,3 +133,26 @@ def test_gated_truncation_is_a_y_plus_b_beta_y(seed, bits, first, size):
         public = (cu % 2**63 >> bits) + ((cu >> 63) << (63 - bits)) - 2 ** (62 - bits)
         by = public * beta[k].item() + (1 - 2 * (cu >> 63)) * top_beta[k].item() * 2 ** (63 - bits) - mid_beta[k].item()
         assert beta_times_truncated(c, bits, beta, top_beta, mid_beta)[k].item() == signed(by % MOD)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.booleans(), st.integers(1, 300))
+def test_beaver_product_bit_exact(seed, first, size):
+    prg = PRG(seed)
+    ab, d, e, a, b = (prg.ring(size) for _ in range(5))
+    want = [signed(abi + di * (bi + (ei if first else 0)) + ai * ei)
+            for abi, di, ei, ai, bi in zip(*(t.tolist() for t in (ab, d, e, a, b)))]
+    assert beaver_product(ab, d, e, a, b, first).tolist() == want
+
+
+def test_beaver_product_broadcasts_and_accepts_views():
+    prg = PRG(bytes(32))
+    d, a = prg.ring((6, 4)), prg.ring((6, 4))
+    e, b = prg.ring((4,)), prg.ring((4,))         # a factor broadcast along rows
+    ab = prg.ring((6, 4))
+    for first in (True, False):
+        want = ab + d * (b + e if first else b) + a * e
+        assert torch.equal(beaver_product(ab, d, e, a, b, first), want)
+        views = [t.T.contiguous().T for t in (ab, d, a)]       # same values, column-major strides
+        e2, b2 = e.expand(6, 4), b.expand(6, 4)
+        assert torch.equal(beaver_product(views[0], views[1], e2, views[2], b2, first), want)
