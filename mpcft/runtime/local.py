@@ -5,6 +5,7 @@
 certificates (the real transport). Both give each party's result by rank, re-raise the first
 failure, and never hang past `timeout`.
 """
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -162,6 +163,19 @@ def _spawned_dealer(path, handler, threads):
     sys.exit(DealerServer(config_module.load(path), handler, threads=threads).run())
 
 
+@contextlib.contextmanager
+def _party_environment():
+    """PARTY_ENVIRONMENT's variables that the caller has not set, in os.environ only while
+    processes start: the caller's environment is left as it was."""
+    added = {name: value for name, value in PARTY_ENVIRONMENT if name not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
 def spawn(fn, world_size, *args, dealer_handler=None, tls=True, timeout=120, step_timeout=None,
           dealer_threads=None):
     """Run `fn(session, *args)` for every rank in its own process over loopback TCP.
@@ -172,8 +186,6 @@ def spawn(fn, world_size, *args, dealer_handler=None, tls=True, timeout=120, ste
     (default: `timeout`) bounds each protocol step; `dealer_threads` sets the dealer's torch
     threads (1 for benchmarks that give every process one core's worth).
     """
-    for name, value in PARTY_ENVIRONMENT:     # inherited by the fork server and every party
-        os.environ.setdefault(name, value)
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["torch", "numpy", "mpcft.runtime"])
     step_timeout = step_timeout or timeout
@@ -183,17 +195,18 @@ def spawn(fn, world_size, *args, dealer_handler=None, tls=True, timeout=120, ste
                                 connect_timeout=min(timeout, 60.0))
         procs, pipes = {}, {}
         try:
-            for rank in range(world_size):
-                receiver, sender = context.Pipe(duplex=False)
-                procs[rank] = context.Process(target=_spawned_party, name=f"mpcft-rank-{rank}",
-                                              args=(str(path), rank, fn, args, sender))
-                procs[rank].start()
-                sender.close()
-                pipes[rank] = receiver
-            if dealer_handler is not None:
-                procs["dealer"] = context.Process(target=_spawned_dealer, name="mpcft-dealer",
-                                                  args=(str(path), dealer_handler, dealer_threads))
-                procs["dealer"].start()
+            with _party_environment():     # read by the fork server when the first start starts it
+                for rank in range(world_size):
+                    receiver, sender = context.Pipe(duplex=False)
+                    procs[rank] = context.Process(target=_spawned_party, name=f"mpcft-rank-{rank}",
+                                                  args=(str(path), rank, fn, args, sender))
+                    procs[rank].start()
+                    sender.close()
+                    pipes[rank] = receiver
+                if dealer_handler is not None:
+                    procs["dealer"] = context.Process(target=_spawned_dealer, name="mpcft-dealer",
+                                                      args=(str(path), dealer_handler, dealer_threads))
+                    procs["dealer"].start()
             return _collect(procs, pipes, world_size, time.monotonic() + timeout, timeout)
         finally:
             for proc in procs.values():

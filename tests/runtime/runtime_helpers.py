@@ -92,8 +92,9 @@ def raise_on_rank_one(session):
     return session.recv(1)
 
 
-def openmp_wait_policy(session):
-    return os.environ.get("OMP_WAIT_POLICY")
+def party_environment(session):
+    from mpcft.runtime.local import PARTY_ENVIRONMENT
+    return {name: os.environ.get(name) for name, _ in PARTY_ENVIRONMENT}
 
 
 def thread_count_handler(rank, kind, params, seq, seeds):

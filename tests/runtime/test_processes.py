@@ -12,6 +12,7 @@ import runtime_helpers as helpers
 from mpcft.runtime import PartyFailed, local_cluster, spawn
 from mpcft.runtime.dealer import echo_handler
 from mpcft.runtime.errors import PEER_FAILED_STATUS
+from mpcft.runtime.local import PARTY_ENVIRONMENT
 
 PROGRAM = str(pathlib.Path(__file__).with_name("party_program.py"))
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(pathlib.Path(__file__).parent)] + sys.path))
@@ -173,9 +174,15 @@ def test_certs_command_writes_ca_party_and_dealer_certificates(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_party_processes_get_passive_openmp_workers():
-    """Spinning OpenMP workers of one party would steal the cores the others need."""
-    assert spawn(helpers.openmp_wait_policy, 2, timeout=90) == ["PASSIVE", "PASSIVE"]
+def test_party_processes_get_passive_openmp_workers_and_heap_thresholds_and_the_caller_keeps_its_environment():
+    """Spinning OpenMP workers of one party would steal the cores the others need; mmap()ed
+    share buffers would fault in on every use (runtime/memory.py). spawn sets neither in the
+    caller's environment, and leaves a variable the caller set as it is."""
+    before = dict(os.environ)
+    wanted = {name: os.environ.get(name, value) for name, value in PARTY_ENVIRONMENT}
+    assert wanted["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert spawn(helpers.party_environment, 2, timeout=90) == [wanted, wanted]
+    assert dict(os.environ) == before
 
 
 @pytest.mark.timeout(120)
