@@ -2,11 +2,12 @@
 
     python -m benchmarks.bench_arithmetic [--parties 2 3] [--repeat 5]
 
-One compute thread per party (as in the CrypTen reference figures). Per operation: median
+One compute thread per party (as CrypTen gets in bench_side_by_side). Per operation: median
 wall time of the whole protocol (Beaver exchange + truncation, dealer requests included; after
 a warm-up, each run a step that asks the dealer ahead, timing.measure_steps),
 payload bytes each party sends, rounds, and max error against float64 torch; beside the
-plaintext float64 torch time in the same run.
+plaintext float64 torch time in the same run. CrypTen is measured beside mpcft in the same run
+by benchmarks.bench_side_by_side.
 """
 import argparse
 import torch
@@ -22,13 +23,6 @@ OPERATIONS = {
     "matmul 128x768 @ 768x768": ((128, 768), (768, 768), lambda x, y: x @ y),
     "matmul 1024x1024 @ 1024x1024": ((1024, 1024), (1024, 1024), lambda x, y: x @ y),
 }
-CRYPTEN = {  # CrypTen 0.4.1, this kind of machine, 1 thread per party: (2 parties s, MB), 3 parties s
-    "multiply 10^6": ((0.156, 32), 0.308),
-    "matmul 128x768 @ 768x768": ((0.087, 11), 0.161),
-    "matmul 1024x1024 @ 1024x1024": ((0.96, 34), 1.80),
-}
-
-
 def operands(name):
     shape_x, shape_y, _ = OPERATIONS[name]
     gen = torch.Generator().manual_seed(0)  # public benchmark data, not secret
@@ -68,14 +62,12 @@ def main():
             sent = max(r[1] for r in results)
             rounds = results[0][2]
             error = max(r[3] for r in results)
-            (ct2, ct2_mb), ct3 = CRYPTEN[name]
-            crypten = f"{ct2} s, {ct2_mb} MB" if n == 2 else f"{ct3} s"
             rows.append([name, n, f"{seconds:.4f}", f"{sent / 1e6:.2f}", rounds, f"{error:.2e}",
-                         f"{plain:.4f}", crypten, f"{(ct2 if n == 2 else ct3) / seconds:.1f}x"])
+                         f"{plain:.4f}"])
             print(rows[-1], flush=True)
     print(f"\nchannels: {'PLAINTEXT (insecure)' if args.plaintext else 'mutual TLS 1.3'}\n")
     print(markdown_table(["operation", "parties", "mpcft s", "MB sent/party", "rounds", "max error",
-                          "plaintext torch s", "CrypTen 0.4.1 (quoted)", "speed-up"], rows))
+                          "plaintext torch s"], rows))
 
 
 if __name__ == "__main__":

@@ -2,9 +2,8 @@
 
     python -m benchmarks.bench_block [--parties 2 3] [--repeat 2]
 
-Block: hidden 256, 4 heads, seq 64, batch 4, every weight trained (CrypTen 0.4.1 on this kind
-of machine, as quoted in the issue: 3.7 s and 330 MB per party for 2 parties, 12.1 s and
-660 MB for 3). Steps: one fine-tuning step of the MiniLM classifier (batch 8, seq 64) in each
+Block: hidden 256, 4 heads, seq 64, batch 4, every weight trained (beside CrypTen, measured in
+the same run: benchmarks.bench_side_by_side). Steps: one fine-tuning step of the MiniLM classifier (batch 8, seq 64) in each
 mode, beside the same step in float64 torch (one thread). One compute thread per party,
 dealer at one thread, mutual TLS; each measured run follows a warm-up run and prefetches its
 dealer correlations, as `mpcft finetune` does (`with ctx.step(...)`).
@@ -153,9 +152,8 @@ def main():
     for n in args.parties:
         s, sent, rounds, _ = max(spawn(party_block, n, model, args.repeat, dealer_handler=CorrelationDealer,
                                        dealer_threads=1, timeout=1800), key=lambda r: r[0])
-        crypten = "3.7 s, 330 MB" if n == 2 else "12.1 s, 660 MB"
         rows.append(["block 256/4 heads, seq 64, batch 4 (fwd+bwd)", n, f"{s:.2f}", f"{sent / 1e6:.0f}",
-                     rounds, f"{plain:.3f}", crypten])
+                     rounds, f"{plain:.3f}"])
         print(rows[-1], flush=True)
     if args.steps:
         from mpcft.encoder import default_model_path, load_encoder, quiet_transformers
@@ -168,11 +166,11 @@ def main():
                                                dealer_handler=CorrelationDealer, dealer_threads=1, timeout=3600),
                                          key=lambda r: r[0])
                 rows.append([f"MiniLM step, mode {mode}, {layers} MPC layer(s), batch 8, seq 64", n,
-                             f"{s:.2f}", f"{sent / 1e6:.0f}", rounds, f"{plain_step:.3f}", ""])
+                             f"{s:.2f}", f"{sent / 1e6:.0f}", rounds, f"{plain_step:.3f}"])
                 print(rows[-1], flush=True)
     print()
     print(markdown_table(["workload", "parties", "mpcft s", "MB sent/party", "rounds",
-                          "plaintext torch s", "CrypTen 0.4.1 (quoted)"], rows))
+                          "plaintext torch s"], rows))
 
 
 if __name__ == "__main__":

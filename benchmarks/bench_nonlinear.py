@@ -4,9 +4,8 @@
 
 Per function: median wall time (after a warm-up, each run a step that asks the dealer ahead,
 timing.measure_steps), payload bytes each party sends, rounds, the dealer's bytes to
-all parties together (its corrections), max error against float64 torch, the plaintext torch
-time, and CrypTen 0.4.1's figures as quoted in the issue (measured on this kind of machine, 2
-parties, 3 in brackets).
+all parties together (its corrections), max error against float64 torch and the plaintext torch
+time. CrypTen is measured beside mpcft in the same run by benchmarks.bench_side_by_side.
 """
 import argparse
 import torch
@@ -32,15 +31,14 @@ def _inputs(name):
     return torch.randn(N, generator=gen, dtype=torch.float64) * 4
 
 
-FUNCTIONS = {  # name: (protocol on shares, plaintext reference, CrypTen quote)
-    "relu": (lambda ctx, x: comparison.relu(ctx, x, bits=32), torch.relu, "4.1 s (11.1 s), 730 MB, 9 rounds"),
-    "gelu": (lambda ctx, x: activations.gelu(ctx, x), torch.nn.functional.gelu, "7.4 s, error 0.019"),
-    "exp": (lambda ctx, x: exponential.exp(ctx, x), torch.exp, "1.5 s, error 0.10"),
-    "reciprocal": (lambda ctx, x: reciprocal.reciprocal(ctx, x), torch.reciprocal, "11.2 s, 1.7 GB"),
-    "softmax": (lambda ctx, x: softmax.softmax(ctx, x), lambda x: torch.softmax(x, -1),
-                "13.2 s (68.8 s), 2.3 GB, 116 rounds, error 0.010"),
+FUNCTIONS = {  # name: (protocol on shares, plaintext reference)
+    "relu": (lambda ctx, x: comparison.relu(ctx, x, bits=32), torch.relu),
+    "gelu": (lambda ctx, x: activations.gelu(ctx, x), torch.nn.functional.gelu),
+    "exp": (lambda ctx, x: exponential.exp(ctx, x), torch.exp),
+    "reciprocal": (lambda ctx, x: reciprocal.reciprocal(ctx, x), torch.reciprocal),
+    "softmax": (lambda ctx, x: softmax.softmax(ctx, x), lambda x: torch.softmax(x, -1)),
     "layernorm": (lambda ctx, x: layernorm.layernorm(ctx, x)[0],
-                  lambda x: torch.nn.functional.layer_norm(x, x.shape[-1:], eps=1e-12), "no LayerNorm"),
+                  lambda x: torch.nn.functional.layer_norm(x, x.shape[-1:], eps=1e-12)),
 }
 
 
@@ -75,11 +73,11 @@ def main():
             dealer = sum(r[4].dealer_bytes_received for r in results)
             rows.append([name, tuple(x.shape), n, f"{seconds:.2f}", f"{max(r[1] for r in results) / 1e6:.1f}",
                          results[0][2], f"{dealer / 1e6:.1f}", f"{max(r[3] for r in results):.1e}",
-                         f"{plain:.4f}", FUNCTIONS[name][2]])
+                         f"{plain:.4f}"])
             print(rows[-1], flush=True)
     print(f"\nchannels: {'PLAINTEXT (insecure)' if args.plaintext else 'mutual TLS 1.3'}\n")
     print(markdown_table(["function", "shape", "parties", "mpcft s", "MB sent/party", "rounds",
-                          "dealer MB (all parties)", "max error", "plaintext s", "CrypTen 0.4.1 (quoted)"], rows))
+                          "dealer MB (all parties)", "max error", "plaintext s"], rows))
 
 
 if __name__ == "__main__":
