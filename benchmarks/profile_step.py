@@ -18,10 +18,15 @@ that time split into compute (what is left), sends to peers (serialising, TLS, s
 buffers), waits for peers' data, waits for the dealer's replies and PRG expansion of
 correlations; then megabytes sent, rounds and dealer megabytes received. "(outside
 operations)" is the step's time in no operation region: module glue in Python, autograd's
-walk, dealer prefetch requests. One line per party splits its whole step the same way.
+walk, dealer prefetch requests. One line per party splits its whole step the same way. A
+last line gives each party's CPU seconds per step and, on Linux, what the machine's other
+processes used beside them (the dealer, the kernel's loopback traffic): with three processes on
+two cores, a step's wall time follows the machine's CPU, not one party's.
 """
 import argparse
+import os
 import sys
+import time
 
 from benchmarks.bench_block import block_model, block_step, training_step
 from benchmarks.timing import markdown_table, one_compute_thread
@@ -37,19 +42,55 @@ WORKLOADS = {"block": "BERT block 256/4 heads, seq 64, batch 4, fwd+bwd",
 
 def party_profile(session, workload, repeat, encoder):
     """A warm-up step, then `repeat` steps in region "step": the median step's counts (a
-    CommSnapshot difference)."""
+    CommSnapshot difference), and (wall s, this process's CPU s, the machine's busy CPU s or
+    None) per step over all of them."""
     one_compute_thread()
     ctx = MPCContext(session)
     step = block_step(ctx, block_model()) if workload == "block" else training_step(ctx, encoder, "lora", 1)
     step()                       # warm-up: compiles kernels, records the dealer plan to prefetch
     runs = []
+    cpu, busy, start = process_cpu_seconds(), machine_busy_seconds(), time.perf_counter()
     for _ in range(repeat):
         before = session.comm.snapshot()
         with session.comm.region(STEP):
             step()
         runs.append(session.comm.snapshot() - before)
+    wall, cpu, busy = time.perf_counter() - start, process_cpu_seconds() - cpu, _minus(machine_busy_seconds(), busy)
     runs.sort(key=lambda run: run.region(STEP).seconds)
-    return runs[(len(runs) - 1) // 2]
+    return runs[(len(runs) - 1) // 2], (wall / repeat, cpu / repeat, None if busy is None else busy / repeat)
+
+
+def process_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all cores have spent busy since boot (Linux /proc/stat), None elsewhere."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")    # less idle and iowait
+
+
+def _minus(after, before):
+    return None if after is None or before is None else after - before
+
+
+def cpu_line(cpu_figures) -> str:
+    """Each party's CPU per step and what the machine's other processes (the dealer, the kernel's
+    network work) used beside them, from every measured step (not only the median one)."""
+    wall = max(w for w, _, _ in cpu_figures)
+    parties = [c for _, c, _ in cpu_figures]
+    line = (f"- CPU per step over all measured steps (wall {wall:.2f} s): "
+            + ", ".join(f"rank {r} {c:.2f} s" for r, c in enumerate(parties)))
+    busy = cpu_figures[0][2]
+    if busy is not None:
+        line += (f"; the dealer, the kernel and the rest {busy - sum(parties):.2f} s; "
+                 f"{busy / wall:.2f} of {os.cpu_count()} cores busy")
+    return line
 
 
 def operations(run) -> dict:
@@ -107,8 +148,9 @@ def main():
         quiet_transformers()
         _, encoder = load_encoder(default_model_path())
     for workload in args.workload:
-        runs = spawn(party_profile, args.parties, workload, args.repeat, encoder,
-                     dealer_handler=CorrelationDealer, dealer_threads=1, timeout=3600)
+        results = spawn(party_profile, args.parties, workload, args.repeat, encoder,
+                        dealer_handler=CorrelationDealer, dealer_threads=1, timeout=3600)
+        runs = [run for run, _ in results]
         slowest = max(range(args.parties), key=lambda rank: runs[rank].region(STEP).seconds)
         print(f"\n### {WORKLOADS[workload]}, {args.parties} parties: rank 0, median of "
               f"{args.repeat} measured step(s)\n")
@@ -117,6 +159,7 @@ def main():
         for rank, run in enumerate(runs):
             mark = " (slowest)" if rank == slowest else ""
             print(f"- rank {rank}{mark}: {split(run)}")
+        print(cpu_line([figures for _, figures in results]))
         sys.stdout.flush()
 
 
