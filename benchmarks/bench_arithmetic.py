@@ -23,6 +23,8 @@ OPERATIONS = {
     "matmul 128x768 @ 768x768": ((128, 768), (768, 768), lambda x, y: x @ y),
     "matmul 1024x1024 @ 1024x1024": ((1024, 1024), (1024, 1024), lambda x, y: x @ y),
 }
+
+
 def operands(name):
     shape_x, shape_y, _ = OPERATIONS[name]
     gen = torch.Generator().manual_seed(0)  # public benchmark data, not secret
