@@ -49,20 +49,15 @@ def party_profile(session, workload, repeat, encoder):
     step = block_step(ctx, block_model()) if workload == "block" else training_step(ctx, encoder, "lora", 1)
     step()                       # warm-up: compiles kernels, records the dealer plan to prefetch
     runs = []
-    cpu, busy, start = process_cpu_seconds(), machine_busy_seconds(), time.perf_counter()
+    cpu, busy, start = time.process_time(), machine_busy_seconds(), time.perf_counter()
     for _ in range(repeat):
         before = session.comm.snapshot()
         with session.comm.region(STEP):
             step()
         runs.append(session.comm.snapshot() - before)
-    wall, cpu, busy = time.perf_counter() - start, process_cpu_seconds() - cpu, _minus(machine_busy_seconds(), busy)
+    wall, cpu, busy = time.perf_counter() - start, time.process_time() - cpu, _minus(machine_busy_seconds(), busy)
     runs.sort(key=lambda run: run.region(STEP).seconds)
     return runs[(len(runs) - 1) // 2], (wall / repeat, cpu / repeat, None if busy is None else busy / repeat)
-
-
-def process_cpu_seconds() -> float:
-    times = os.times()
-    return times.user + times.system
 
 
 def machine_busy_seconds() -> float | None:
