@@ -130,13 +130,17 @@ def matmuls(ctx, pairs) -> list:
                     for x, y in pairs]
     opened = open_differences(ctx, [t for (x, y), c in zip(pairs, correlations)
                                     for t in ((x, c.random[0]), (y, c.random[1]))])
-    return [_from_masked(ctx, opened[2 * i], opened[2 * i + 1], *correlation.random, *correlation.derived())
+    return [_from_masked(ctx, opened[2 * i], opened[2 * i + 1], *correlation.random,
+                         lambda correlation=correlation: correlation.derived()[0])
             for i, correlation in enumerate(correlations)]
 
 
-def _from_masked(ctx, d, e, a, b, c) -> torch.Tensor:
-    """Shares of x @ y from the opened d = x - A, e = y - B and the triple (A, B, C = A @ B)."""
-    return ring_matmul(d, b + e if ctx.rank == 0 else b) + ring_matmul(a, e) + c
+def _from_masked(ctx, d, e, a, b, dealer_c) -> torch.Tensor:
+    """Shares of x @ y from the opened d = x - A, e = y - B and the triple (A, B, C = A @ B).
+    C (dealer_c()) is asked for after both local products, which the dealer's A @ B overlaps."""
+    z = ring_matmul(d, b + e if ctx.rank == 0 else b)
+    z += ring_matmul(a, e)
+    return z.add_(dealer_c())
 
 
 def matmul_cost(n: int, numel_x: int, numel_y: int) -> Cost:
@@ -163,7 +167,7 @@ class MatmulWithGrads:
                                             grad_a=int(self.grad_x), grad_b=int(self.grad_y))
         a, b, _ = self._correlation.random
         self._e, self._f = open_differences(ctx, [(x, a), (y, b)])
-        self.out = _from_masked(ctx, self._e, self._f, a, b, self._correlation.derived()[0])
+        self.out = _from_masked(ctx, self._e, self._f, a, b, lambda: self._correlation.derived()[0])
         self._done = False
 
     def backward(self, grad: torch.Tensor) -> tuple:
