@@ -20,7 +20,7 @@ import torch
 
 from benchmarks.timing import markdown_table
 from mpcft import kernels as K
-from mpcft.kernels import bits, cuda_matmul
+from mpcft.kernels import bits, digit_matmul
 from mpcft.kernels.fused import trunc_reconstruct, trunc_reconstruct_torch
 
 EXTREMES = [0, 1, -1, 2**63 - 1, -2**63]
@@ -157,9 +157,9 @@ def check_matmul(shape_a, shape_b, seed):
     want = K.ring_matmul(a, b)
     ad, bd = a.to(DEVICE), b.to(DEVICE)
     same(K.ring_matmul(ad, bd), want, "ring_matmul (auto)")
-    same(cuda_matmul.matmul_f64_limbs(ad, bd), want, "f64 limbs")
+    same(digit_matmul.matmul_f64_limbs(ad, bd), want, "f64 limbs")
     if INT8:
-        same(cuda_matmul.matmul_int8_digits(ad, bd), want, "int8 digits")
+        same(digit_matmul.matmul_int8_digits(ad, bd), want, "int8 digits")
 
 
 def check_int8_worst_case(k):
@@ -167,16 +167,16 @@ def check_int8_worst_case(k):
     a = torch.full((40, k), WORST8, dtype=torch.int64, device=DEVICE)
     b = torch.full((k, 24), WORST8, dtype=torch.int64, device=DEVICE)
     want = torch.full((40, 24), signed(WORST8 * WORST8 * k), dtype=torch.int64)
-    same(cuda_matmul.matmul_int8_digits(a, b), want, f"worst-case digits, K={k}")
+    same(digit_matmul.matmul_int8_digits(a, b), want, f"worst-case digits, K={k}")
 
 
 def check_large_product(shape_a, shape_b, seed):
     """A benchmarked product: int8 vs f64 routes in full, row and column slices vs the CPU."""
     a, b = ring(shape_a, seed), ring(shape_b, seed + 1)
     ad, bd = a.to(DEVICE), b.to(DEVICE)
-    f64 = cuda_matmul.matmul_f64_limbs(ad, bd)
+    f64 = digit_matmul.matmul_f64_limbs(ad, bd)
     if INT8:
-        diff = (cuda_matmul.matmul_int8_digits(ad, bd) != f64).sum().item()
+        diff = (digit_matmul.matmul_int8_digits(ad, bd) != f64).sum().item()
         if diff:
             raise AssertionError(f"int8 and f64 routes differ in {diff} entries")
     same(f64[..., :64, :], K.ring_matmul(a[..., :64, :], b), "first 64 rows")
@@ -212,8 +212,8 @@ def bench_table(shapes, repeat: int) -> str:
         a, b = ring(shape_a, 100, False).to(DEVICE), ring(shape_b, 101, False).to(DEVICE)
         ops = 2 * a.numel() * shape_b[-1]
         batched = len(shape_a) > 2
-        int8_ring = rate(lambda: cuda_matmul.matmul_int8_digits(a, b), ops, repeat) if INT8 else "n/a"
-        f64_ring = rate(lambda: cuda_matmul.matmul_f64_limbs(a, b), ops, repeat)
+        int8_ring = rate(lambda: digit_matmul.matmul_int8_digits(a, b), ops, repeat) if INT8 else "n/a"
+        f64_ring = rate(lambda: digit_matmul.matmul_f64_limbs(a, b), ops, repeat)
         auto = rate(lambda: K.ring_matmul(a, b), ops, repeat)
         af, bf = a.double(), b.double()
         f64_gemm = rate(lambda: torch.matmul(af, bf), ops, repeat)
@@ -309,7 +309,7 @@ def main():
     else:
         card = f"{args.device} (dry run)"
     started = time.perf_counter()
-    INT8 = cuda_matmul.int8_available(DEVICE)
+    INT8 = digit_matmul.int8_available(DEVICE)
     print(f"device: {card}; torch {torch.__version__}, CUDA {torch.version.cuda}; "
           f"int8 route (torch._int_mm): {'available' if INT8 else 'NOT available'}\n", flush=True)
 

@@ -20,7 +20,7 @@ echo "gpu_check rc=$? after $(( $(date +%s) - start )) s"
 grep -E "^(PASS|FAIL)|block fwd|^\||checks passed|^device" "$OUT/gpu_check.log"
 # the test files with CUDA variants (the others need flwr, not carried)
 timeout 300 python3 -m pytest -q -n 8 -p no:cacheprovider --timeout 150 -k cuda \
-    tests/kernels/test_cuda_matmul.py tests/nn/test_evaluation.py tests/nn/test_gradients.py \
+    tests/kernels/test_digit_matmul.py tests/nn/test_evaluation.py tests/nn/test_gradients.py \
     tests/protocols/test_arithmetic.py tests/protocols/test_comparison.py \
     tests/protocols/test_king_opening.py tests/protocols/test_nonlinear.py > "$OUT/pytest.log" 2>&1
 echo "pytest rc=$? after $(( $(date +%s) - start )) s"

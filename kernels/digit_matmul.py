@@ -1,8 +1,10 @@
-"""Exact matrix products over Z_2^64 for torch tensors without an int64 GEMM (CUDA).
+"""Exact matrix products over Z_2^64 from GEMMs that hardware is fast at: int8 and float64.
 
-Both routes split ring elements into balanced signed digits, multiply digit matrices with a
-GEMM the hardware is fast at, and recombine modulo 2^64. They are plain torch, so they run
-on CPU tensors as well (where CI checks them bit-exact).
+Ring elements are split into balanced signed digits, digit matrices are multiplied by an
+int8 GEMM (CUDA tensor cores; AMX tiles on the CPU) or a float64 one, and the products are
+recombined modulo 2^64. The torch routes serve CUDA tensors (and run on CPU tensors, where CI
+checks them bit-exact); matmul_int8_cpu serves numpy arrays on CPUs with AMX, its layouts
+built and recombined by Numba kernels.
 
 Digits. With w-bit fields and c = sum_i 2^(w-1) 2^(wi), the fields of (x + c) XOR c, read as
 signed w-bit integers (little-endian), are the d_i in [-2^(w-1), 2^(w-1)) with
@@ -25,9 +27,16 @@ most L * 2^(2w-2) in magnitude; the stacked dimension is cut into pieces that ke
 - float64 route (w = 16, 10 limb products in 4 GEMMs): every partial sum is an integer of
   magnitude <= L * 2^30, exact in float64 while L * 2^30 <= 2^53, i.e. L <= 2^23 terms per
   GEMM (one GEMM per shift while K <= 2^21).
+
+On the CPU (matmul_int8_cpu), b's digits are kept as row-major planes in reverse order,
+[B_{D-1}; ...; B_0] along K, so C_s is A's prefix against a suffix of rows: no transpose, and
+the planes are one pass over b. K is cut into chunks of at most 16383, each a full 8-GEMM
+product, accumulated modulo 2^64 as the int32 C_s are recombined.
 """
 import functools
 
+import numba
+import numpy as np
 import torch
 
 from .shapes import matmul_shapes
@@ -54,12 +63,91 @@ def balanced_digits(x: torch.Tensor, width: int = 8) -> torch.Tensor:
 
 @functools.cache
 def int8_available(device: torch.device) -> bool:
-    """Whether torch._int_mm runs, and accumulates exactly in int32, on `device` (probed once)."""
+    """Whether torch._int_mm runs, and accumulates exactly in int32, on `device` (probed once):
+    the extreme digit products, where a kernel that pairs products in saturating int16 (as
+    int8 GEMMs without VNNI or AMX may) would clip."""
     try:
-        x = torch.full((32, 32), -128, dtype=torch.int8, device=device)
-        return bool((torch._int_mm(x, x) == 32 << 14).all())
+        for u, v in ((-128, -128), (127, 127), (-128, 127), (127, -128)):
+            x = torch.full((32, 64), u, dtype=torch.int8, device=device)
+            y = torch.full((64, 32), v, dtype=torch.int8, device=device)
+            if not bool((torch._int_mm(x, y) == 64 * u * v).all()):
+                return False
+        return True
     except RuntimeError:
         return False
+
+
+@functools.cache
+def amx_int8() -> bool:
+    """Whether this CPU runs int8 GEMMs in AMX tiles (torch.cpu.get_capabilities) and
+    torch._int_mm is exact on it: where matmul_int8_cpu beats the int64 GEMM."""
+    capabilities = getattr(torch.cpu, "get_capabilities", dict)()
+    return bool(capabilities.get("amx_int8")) and int8_available(torch.device("cpu"))
+
+
+_BIAS8 = np.int64(sum(1 << (7 + 8 * i) for i in range(8)) - (1 << 64))   # c for w = 8
+_CPU_CHUNK = _INT8_TERMS // 8   # 16383: the largest K with one int8 GEMM per shift
+
+
+def matmul_int8_cpu(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """a @ b mod 2^64 for 2-D numpy int64 arrays, on the CPU's int8 GEMM (torch._int_mm),
+    written to `out` (m x n int64) where given.
+
+    36 digit products in 8 GEMMs per chunk of at most 16383 along K (module docstring); bit-
+    exact wherever int8_available(cpu). Runs on torch's intra-op threads.
+    """
+    (m, k), n = a.shape, b.shape[1]
+    out = np.empty((m, n), np.int64) if out is None else out
+    if not k:
+        out[...] = 0
+    if not (k and out.size):
+        return out
+    products = torch.empty((8, m, n), dtype=torch.int32)
+    for start in range(0, k, _CPU_CHUNK):
+        stop = min(k, start + _CPU_CHUNK)
+        width = stop - start
+        digits_a = np.empty((m, 8, width), np.int8)
+        digits_b = np.empty((8, width, n), np.int8)
+        _digit_rows(a[:, start:stop], digits_a)
+        _reversed_digit_planes(b[start:stop], digits_b)
+        rows = torch.from_numpy(digits_a).view(m, 8 * width)
+        planes = torch.from_numpy(digits_b).view(8 * width, n)
+        for s in range(8):
+            torch._int_mm(rows[:, :(s + 1) * width], planes[(7 - s) * width:], out=products[s])
+        _add_digit_products(products.numpy(), out, start > 0)
+    return out
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def _digit_rows(x, out):
+    """out[i, j, p] = digit j of x[i, p]: rows [A_0 | ... | A_7]."""
+    m, k = x.shape
+    for i in range(m):
+        for j in range(8):
+            for p in range(k):
+                out[i, j, p] = np.int8(((x[i, p] + _BIAS8) ^ _BIAS8) >> (8 * j))
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def _reversed_digit_planes(x, out):
+    """out[7 - j, p, q] = digit j of x[p, q]: planes [B_7; ...; B_0]."""
+    k, n = x.shape
+    for p in range(k):
+        for j in range(8):
+            for q in range(n):
+                out[7 - j, p, q] = np.int8(((x[p, q] + _BIAS8) ^ _BIAS8) >> (8 * j))
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def _add_digit_products(products, out, accumulate):
+    """out (+)= sum_s 2^(8s) products[s] mod 2^64 (Horner; int64 arithmetic wraps)."""
+    shifts, m, n = products.shape
+    for i in range(m):
+        for q in range(n):
+            total = np.int64(products[shifts - 1, i, q])
+            for s in range(shifts - 2, -1, -1):
+                total = (total << 8) + products[s, i, q]
+            out[i, q] = out[i, q] + total if accumulate else total
 
 
 def matmul_int8_digits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

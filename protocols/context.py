@@ -15,7 +15,7 @@ from .sources import CorrelationSource, DealerCorrelations
 class MPCContext:
     """device: where shares live (default CPU). With "cuda", correlations and input shares
     are drawn on the CPU (the same AES streams) and moved there; the session moves opened
-    values through pinned host memory; ring products run on the GPU (kernels.cuda_matmul).
+    values through pinned host memory; ring products run on the GPU (kernels.digit_matmul).
 
     opening: how shares are opened to all (sharing.open_, open_many, open_low, binary.open_bits),
     the same at every party. "all" (default): each party sends its share to the n-1 others, 1

@@ -1,4 +1,5 @@
-"""The CUDA backend's exact matmul routes, bit-exact on CPU tensors; CUDA checks skip without a GPU."""
+"""Exact matmuls from digit GEMMs: the CUDA routes bit-exact on CPU tensors (CUDA checks skip
+without a GPU) and the CPU's int8 route on numpy arrays."""
 import numpy as np
 import pytest
 import torch
@@ -7,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from mpcft import kernels as K
-from mpcft.kernels import cuda_matmul as C
+from mpcft.kernels import digit_matmul as C
 from mpcft.kernels.fused import trunc_reconstruct, truncated_product
 
 from .refs import MOD, as_ints, signed, to_int64
@@ -152,6 +153,57 @@ def test_ring_matmul_dispatch_rejects_mixed_and_unknown_devices():
         K.ring_matmul(a.to("meta"), torch.zeros((3, 2), dtype=torch.int64, device="meta"))
 
 
+# ---- the CPU's int8 route (matmul_int8_cpu) ------------------------------------------------
+
+cpu_int8 = pytest.mark.skipif(not C.int8_available(torch.device("cpu")),
+                              reason="torch._int_mm is missing or inexact on this CPU")
+
+
+@cpu_int8
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_cpu_int8_any_values(data):
+    m, k, n = (data.draw(st.integers(1, 9), label=x) for x in "mkn")
+    a = data.draw(hnp.arrays(np.int64, (m, k), elements=int64s))
+    b = data.draw(hnp.arrays(np.int64, (k, n), elements=int64s))
+    assert torch.equal(torch.from_numpy(C.matmul_int8_cpu(a, b)), python_matmul(torch.from_numpy(a), torch.from_numpy(b)))
+
+
+@cpu_int8
+def test_cpu_int8_chunks_of_k_accumulate(monkeypatch):
+    """With chunks of 5 along K, 23 terms take five full products summed mod 2^64; K = 0 gives 0."""
+    monkeypatch.setattr(C, "_CPU_CHUNK", 5)
+    a, b = uniform((4, 23), 24, True), uniform((23, 3), 25, True)
+    out = np.full((4, 3), 7, np.int64)
+    assert C.matmul_int8_cpu(a.numpy(), b.numpy(), out=out) is out
+    assert torch.equal(torch.from_numpy(out), python_matmul(a, b))
+    assert (C.matmul_int8_cpu(np.zeros((2, 0), np.int64), np.zeros((0, 3), np.int64)) == 0).all()
+
+
+@cpu_int8
+@pytest.mark.parametrize("k", [16383, 16384])
+def test_cpu_int8_worst_digits_at_the_int32_bound(k):
+    """All digits -128: 8 * 16383 products of 2^14 reach 2^31 - 2^17 in one GEMM; 16384 terms
+    take a second chunk."""
+    a = torch.full((2, k), WORST[8], dtype=torch.int64)
+    b = torch.full((k, 3), WORST[8], dtype=torch.int64)
+    b[0, 0] = 1
+    assert torch.equal(torch.from_numpy(C.matmul_int8_cpu(a.numpy(), b.numpy())), python_matmul(a, b))
+
+
+def test_int8_probe_rejects_a_saturating_gemm(monkeypatch):
+    """An int8 GEMM that adds digit products in pairs into saturating int16 (vpmaddubsw, on
+    CPUs without VNNI or AMX) gets 127 * 127 * 2 wrong: the probe says no."""
+    def saturating(x, y):
+        products = x.to(torch.int32)[:, :, None] * y.to(torch.int32)[None]
+        pairs = products.reshape(x.shape[0], -1, 2, y.shape[1]).sum(2).clamp(-2**15, 2**15 - 1)
+        return pairs.sum(1)
+    monkeypatch.setattr(torch, "_int_mm", saturating)
+    assert not C.int8_available.__wrapped__(torch.device("cpu"))
+    monkeypatch.setattr(torch, "_int_mm", lambda x, y: (x.to(torch.int32)[:, :, None] * y.to(torch.int32)[None]).sum(1))
+    assert C.int8_available.__wrapped__(torch.device("cpu"))
+
+
 # ---- CUDA: every ring operation bit-exact against the CPU backend -------------------------
 
 CUDA_SHAPES = [((3, 5), (5, 7)), ((64, 64), (64, 64)), ((100, 300), (300, 50)),
@@ -162,7 +214,7 @@ CUDA_SHAPES = [((3, 5), (5, 7)), ((64, 64), (64, 64)), ((100, 300), (300, 50)),
 @cuda
 @pytest.mark.parametrize("route", ["auto", "int8", "f64"])
 @pytest.mark.parametrize("shapes", CUDA_SHAPES, ids=lambda s: f"{s[0]}@{s[1]}")
-def test_cuda_matmul_matches_cpu(route, shapes):
+def test_digit_matmul_matches_cpu(route, shapes):
     if route == "int8" and not C.int8_available(torch.device("cuda")):
         pytest.skip("torch._int_mm does not run on this CUDA device")
     a, b = uniform(shapes[0], 20, True), uniform(shapes[1], 21, True)
@@ -172,7 +224,7 @@ def test_cuda_matmul_matches_cpu(route, shapes):
 
 
 @cuda
-def test_cuda_matmul_rejects_mixed_devices():
+def test_digit_matmul_rejects_mixed_devices():
     with pytest.raises(ValueError, match="different devices"):
         K.ring_matmul(uniform((3, 4), 22).cuda(), uniform((4, 2), 23))
 
