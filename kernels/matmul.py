@@ -9,9 +9,10 @@ with broadcast batch dimensions). Three exact routes, chosen by shape and CPU:
   over a thread pool; best for large 2-D products, and on one thread from n = 64 on (8-10
   against 5.5-6.5 G multiply-adds/s on the per-head attention products).
 - "int8": 8-bit digits on the int8 GEMM (digit_matmul.matmul_int8_cpu), where the CPU has AMX
-  tiles: 36 int8 digit products in 8 GEMMs beat one int64 product from about K = 384 and 256
-  rows and columns on (one thread: 1024^3 38 against 57 ms, 256x1024x256 3.4 against 3.9,
-  512x384x384 3.8 against 4.2; K = 256 stays with "tiles", 1.1-1.2x faster there).
+  tiles: 36 int8 digit products in 8 GEMMs beat one int64 product from K = 256, 128 rows and
+  256 columns on (one thread, medians of interleaved runs: 0.57 of "tiles"' time at 1024^3,
+  0.66 at 256x1024x256, 0.71 at 512x384x384, 0.82-0.88 at 256x256x(256-1024) and 128x768x768,
+  1.02 at 1024x256x256; 1.06-1.23 with K = 128, 64 rows or 64 columns).
 All wrap modulo 2^64 (two's complement int64 arithmetic), so results are bit-exact.
 CUDA tensors (both on one device) go to digit_matmul.ring_matmul_cuda.
 """
@@ -26,8 +27,9 @@ from .threads import num_threads, run_parallel
 _ROWS_MAX_KN = 1 << 17  # k*n*8 bytes = 1 MiB: b of a "rows" task stays in L2
 _ROWS_MIN_N = 64        # on one thread, "tiles" from this width of b on
 _SMALL_OPS = 1 << 15    # below this many multiply-adds, threads cost more than they save
-_INT8_MIN_K = 384        # "int8" (where the CPU has AMX) from this inner length ...
-_INT8_MIN_MN = 256       # ... and this many rows and columns
+_INT8_MIN_K = 256        # "int8" (where the CPU has AMX) from this inner length,
+_INT8_MIN_M = 128        # ... this many rows
+_INT8_MIN_N = 256        # ... and this many columns on
 
 
 @numba.njit(parallel=True, nogil=True, cache=True, boundscheck=False)
@@ -120,8 +122,8 @@ def _matmul3(a: np.ndarray, b: np.ndarray, threads: int, route: str) -> np.ndarr
     n = b.shape[2]
     b = np.ascontiguousarray(b)
     if route == "auto":
-        route = ("int8" if k >= _INT8_MIN_K and min(m, n) >= _INT8_MIN_MN and threads == torch.get_num_threads()
-                 and amx_int8() else
+        route = ("int8" if k >= _INT8_MIN_K and m >= _INT8_MIN_M and n >= _INT8_MIN_N
+                 and threads == torch.get_num_threads() and amx_int8() else
                  "rows" if k * n <= _ROWS_MAX_KN and (n < _ROWS_MIN_N or threads > 1) else "tiles")
     if route == "int8":
         if not int8_available(torch.device("cpu")):

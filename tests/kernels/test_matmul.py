@@ -100,8 +100,9 @@ def test_auto_route_takes_int8_for_large_products_where_the_cpu_has_amx(monkeypa
     a, b = uniform((2, 256, 384), 12), uniform((384, 256), 13)
     np.testing.assert_array_equal(K.ring_matmul(a, b), reference(a, b))
     assert used == [(512, 384)]             # a's batch folded into rows, one product
-    K.ring_matmul(uniform((256, 256), 14), uniform((256, 256), 15))     # K = 256: "tiles"
-    K.ring_matmul(uniform((128, 768), 16), uniform((768, 768), 17))     # 128 rows: "tiles"
+    K.ring_matmul(uniform((256, 128), 14), uniform((128, 256), 15))     # K = 128: "tiles"
+    K.ring_matmul(uniform((64, 768), 16), uniform((768, 768), 17))      # 64 rows: "tiles"
+    K.ring_matmul(uniform((256, 768), 16), uniform((768, 64), 17))      # 64 columns: "rows"
     assert used == [(512, 384)]
     monkeypatch.setattr(matmul, "amx_int8", lambda: False)
     K.ring_matmul(a, b)
