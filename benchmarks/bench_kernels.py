@@ -3,8 +3,11 @@
     python benchmarks/bench_kernels.py [--repeat 7]
 
 Gop/s counts 2*m*k*n operations per product (a multiply and an add), as GFLOP/s does.
-"torch int64" is torch.matmul on int64 (CrypTen's CPU path); "float64 BLAS" is torch.matmul
-on float64, the ceiling of limb-decomposition routes (which need >= 6 such products).
+"mpcft ring" is ring_matmul's automatic route; on one thread also its "tiles" (torch's int64
+GEMM) and "int8" (8-bit digits on torch._int_mm: AMX tiles where the CPU has them; n/a where
+that GEMM is inexact) routes. "torch int64" is torch.matmul on int64 (CrypTen's CPU path);
+"float64 BLAS" is torch.matmul on float64, the ceiling of float64-limb routes (which need >= 6
+such products).
 """
 import argparse
 import os
@@ -14,9 +17,12 @@ import torch
 
 from benchmarks.timing import markdown_table, median_seconds
 from mpcft.kernels import PRG, fresh_seed, ring_matmul
+from mpcft.kernels.digit_matmul import int8_available
 
 SHAPES = {
     "128x768 @ 768x768": ((128, 768), (768, 768)),
+    "256x256 @ 256x1024": ((256, 256), (256, 1024)),
+    "512x384 @ 384x1536": ((512, 384), (384, 1536)),
     "1024x1024 @ 1024x1024": ((1024, 1024), (1024, 1024)),
     "8x12x128x64 @ 8x12x64x128": ((8, 12, 128, 64), (8, 12, 64, 128)),
 }
@@ -24,6 +30,7 @@ SHAPES = {
 
 def matmul_table(repeat: int) -> str:
     cores = os.cpu_count()
+    int8 = int8_available(torch.device("cpu"))
     rows = []
     for name, (sa, sb) in SHAPES.items():
         prg = PRG(fresh_seed())
@@ -34,11 +41,15 @@ def matmul_table(repeat: int) -> str:
         row = [name]
         for threads in (1, cores):
             torch.set_num_threads(threads)
-            row += [rate(lambda: ring_matmul(a, b, threads=threads)), rate(lambda: a @ b),
-                    rate(lambda: af @ bf)]
+            row += [rate(lambda: ring_matmul(a, b, threads=threads))]
+            if threads == 1:
+                row += [rate(lambda: ring_matmul(a, b, threads=1, route="tiles")),
+                        rate(lambda: ring_matmul(a, b, threads=1, route="int8")) if int8 else "n/a"]
+            row += [rate(lambda: a @ b), rate(lambda: af @ bf)]
         rows.append(row)
-    header = ["shape"] + [f"{what} ({t} thr)" for t in (1, cores)
-                          for what in ("mpcft ring", "torch int64", "float64 BLAS")]
+    header = ["shape", "mpcft ring (1 thr)", "tiles (1 thr)", "int8 (1 thr)", "torch int64 (1 thr)",
+              "float64 BLAS (1 thr)"] + [f"{what} ({cores} thr)" for what in ("mpcft ring", "torch int64",
+                                                                               "float64 BLAS")]
     return markdown_table(header, rows)
 
 
