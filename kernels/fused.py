@@ -221,6 +221,31 @@ def _beaver_product(ab, d, e, a, b, first, out):
         out[i] = ab[i] + d[i] * bi + a[i] * e[i]
 
 
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _beaver_product_of_shares(ab, own, other, a, b, first, out):
+    n = ab.size
+    for i in numba.prange(n):
+        d, e = own[i] + other[i], own[n + i] + other[n + i]
+        bi = b[i] + e if first else b[i]
+        out[i] = ab[i] + d * bi + a[i] * e
+
+
+def beaver_product_of_shares(ab, own, others: list, a, b, first: bool):
+    """beaver_product with d and e given as the shares of their opening: `own` and each of
+    `others` hold [d | e] flat (sharing.exchange_differences), added as they are read (one
+    pass on the CPU where all have ab's shape and two parties take part)."""
+    other = others[0] if len(others) == 1 else sum(others[1:], others[0])
+    numel_d = a.numel()
+    if ab.device.type != "cpu" or not ab.shape == a.shape == b.shape or own.numel() != 2 * numel_d:
+        opened = own + other
+        d, e = opened[:numel_d].view(a.shape), opened[numel_d:].view(b.shape)
+        return beaver_product(ab, d, e, a, b, first)
+    out = torch.empty(ab.shape, dtype=torch.int64)
+    _beaver_product_of_shares(*(t.contiguous().numpy().reshape(-1) for t in (ab, own, other, a, b)), first,
+                              out.numpy().reshape(-1))
+    return out
+
+
 def beaver_product(ab, d, e, a, b, first: bool):
     """A share of x y from shares of a Beaver triple (a, b, ab) and the opened d = x - a and
     e = y - b: ab + d b + a e, plus d e at the first party (x y = (d + a)(e + b)), mod 2^64.

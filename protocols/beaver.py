@@ -11,16 +11,20 @@ products; fixed-point callers truncate afterwards (see truncation.py).
 import torch
 
 from mpcft.kernels import ring_matmul
-from mpcft.kernels.fused import beaver_product
+from mpcft.kernels.fused import beaver_product, beaver_product_of_shares
 
 from .cost import Cost, open_cost
-from .sharing import open_, open_differences
+from .sharing import exchange_differences, open_, open_differences
 
 
 def mul(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Shares of x * y mod 2^64 (broadcasting). Cost: mul_cost(n, x.numel(), y.numel())."""
     correlation = ctx.correlation("triple", shape_a=list(x.shape), shape_b=list(y.shape))
     a, b = correlation.random
+    if ctx.opening == "all":      # d and e added up inside the product
+        own, others = exchange_differences(ctx, [(x, a), (y, b)])
+        (c,) = correlation.derived()
+        return beaver_product_of_shares(c, own, others, a, b, ctx.rank == 0)
     d, e = open_differences(ctx, [(x, a), (y, b)])
     (c,) = correlation.derived()
     return beaver_product(c, d, e, a, b, ctx.rank == 0)

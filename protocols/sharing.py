@@ -111,10 +111,26 @@ def open_differences(ctx, pairs) -> list:
     are written straight into the one message (no copy to concatenate them). Reveals exactly
     the listed differences. Cost: open_cost(n, total numel) (king: king_open_cost)."""
     pairs = list(pairs)
+    return _split(open_(ctx, _differences(pairs)), [x.shape for x, _ in pairs])
+
+
+def exchange_differences(ctx, pairs) -> tuple:
+    """open_differences' shares before they are added up (opening "all"): (ours, [each other
+    party's]), flat int64 tensors of the differences end to end, whose sum mod 2^64 is
+    open_differences' values end to end; for kernels that add them as they read them. Reveals
+    exactly the listed differences. Cost: open_cost(n, total numel)."""
+    if ctx.opening != "all":
+        raise ValueError(f"exchange_differences opens all-to-all, not with opening {ctx.opening!r}")
+    message = _differences(list(pairs))
+    return message, [g for rank, g in enumerate(ctx.session.all_gather(message)) if rank != ctx.rank]
+
+
+def _differences(pairs: list) -> torch.Tensor:
+    """x - a for each (x, a) written end to end into one flat message (no concatenating copy)."""
     message = torch.empty(sum(x.numel() for x, _ in pairs), dtype=torch.int64, device=pairs[0][0].device)
     for (x, a), part in zip(pairs, _split(message, [x.shape for x, _ in pairs])):
         torch.sub(x, a, out=part)
-    return _split(open_(ctx, message), [x.shape for x, _ in pairs])
+    return message
 
 
 def _split(flat: torch.Tensor, shapes: list) -> list:
@@ -202,5 +218,6 @@ def open_to_cost(n: int, numel: int, rank: int, receiver: int) -> Cost:
     return Cost(1, 0 if rank == receiver else numel * RING_BYTES, ())     # no opening: the same in both modes
 
 
-__all__ = ["share", "share_cost", "split_seeded", "seeded_share", "open_", "open_cost", "open_many", "open_differences", "open_low",
+__all__ = ["share", "share_cost", "split_seeded", "seeded_share", "open_", "open_cost", "open_many", "open_differences",
+           "exchange_differences", "open_low",
            "open_low_cost", "open_at_kings", "reduce_at_kings", "open_to", "open_to_cost", "concatenated"]
