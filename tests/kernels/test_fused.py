@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mpcft.kernels import PRG
-from mpcft.kernels.fused import (_truncated_product_torch, beaver_product, beta_times_truncated, gated_truncation, shifted_sum,
+from mpcft.kernels.fused import (_truncated_product_torch, beaver_product, beaver_product_of_shares, beta_times_truncated, gated_truncation, shifted_sum,
                                  sign_coefficients, trunc_reconstruct, trunc_reconstruct_torch, truncated_product,
                                  truncation_mask_parts, truncation_mask_parts_torch)
 
@@ -143,6 +143,29 @@ def test_beaver_product_bit_exact(seed, first, size):
     want = [signed(abi + di * (bi + (ei if first else 0)) + ai * ei)
             for abi, di, ei, ai, bi in zip(*(t.tolist() for t in (ab, d, e, a, b)))]
     assert beaver_product(ab, d, e, a, b, first).tolist() == want
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.booleans(), st.integers(1, 200), st.integers(1, 3))
+def test_beaver_product_of_shares_adds_the_messages_as_it_reads(seed, first, size, others):
+    """[d | e] given as our message plus the others' (one peer: the fused kernel; more: summed first)."""
+    prg = PRG(seed)
+    ab, a, b, own = prg.ring(size), prg.ring(size), prg.ring(size), prg.ring(2 * size)
+    theirs = [prg.ring(2 * size) for _ in range(others)]
+    opened, before = sum(theirs, own), [t.clone() for t in [own] + theirs]
+    want = beaver_product(ab, opened[:size], opened[size:], a, b, first)
+    assert torch.equal(beaver_product_of_shares(ab, own, theirs, a, b, first), want)
+    assert all(torch.equal(t, u) for t, u in zip([own] + theirs, before))     # received buffers left alone
+
+
+def test_beaver_product_of_shares_broadcasts():
+    prg = PRG(bytes(32))
+    ab, a, b = prg.ring((6, 4)), prg.ring((6, 4)), prg.ring((4,))
+    own, other = prg.ring(28), prg.ring(28)
+    opened = own + other
+    for first in (True, False):
+        want = beaver_product(ab, opened[:24].view(6, 4), opened[24:], a, b, first)
+        assert torch.equal(beaver_product_of_shares(ab, own, [other], a, b, first), want)
 
 
 def test_beaver_product_broadcasts_and_accepts_views():
