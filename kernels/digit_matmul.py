@@ -118,24 +118,28 @@ def matmul_int8_cpu(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None)
     return out
 
 
+@numba.njit(nogil=True, inline="always")
+def _digit(value, j):
+    """Balanced 8-bit digit j of a ring element (module docstring: the int8 cast keeps its field)."""
+    return np.int8(((value + _BIAS8) ^ _BIAS8) >> (8 * j))
+
+
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def _digit_rows(x, out):
     """out[i, j, p] = digit j of x[i, p]: rows [A_0 | ... | A_7]."""
-    m, k = x.shape
-    for i in range(m):
+    for i in range(x.shape[0]):
         for j in range(8):
-            for p in range(k):
-                out[i, j, p] = np.int8(((x[i, p] + _BIAS8) ^ _BIAS8) >> (8 * j))
+            for p in range(x.shape[1]):
+                out[i, j, p] = _digit(x[i, p], j)
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def _reversed_digit_planes(x, out):
     """out[7 - j, p, q] = digit j of x[p, q]: planes [B_7; ...; B_0]."""
-    k, n = x.shape
-    for p in range(k):
+    for p in range(x.shape[0]):
         for j in range(8):
-            for q in range(n):
-                out[7 - j, p, q] = np.int8(((x[p, q] + _BIAS8) ^ _BIAS8) >> (8 * j))
+            for q in range(x.shape[1]):
+                out[7 - j, p, q] = _digit(x[p, q], j)
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)

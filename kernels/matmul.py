@@ -66,7 +66,8 @@ def ring_matmul(a, b, *, threads: int | None = None, route: str = "auto"):
     """a @ b mod 2^64 for numpy int64 arrays or torch int64 tensors (same kind out).
 
     threads: worker threads (default torch.get_num_threads(); the int8 route runs on torch's);
-    route: "auto", "rows", "tiles", "int8" on the CPU, "auto", "int8", "f64" for CUDA tensors (see digit_matmul; threads unused).
+    route: "auto", "rows", "tiles", "int8" on the CPU; "auto", "int8", "f64" for CUDA tensors
+    (see digit_matmul; threads unused).
     """
     as_torch = _check_operands(a, b)
     if as_torch and a.device.type == "cuda":

@@ -5,7 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mpcft.kernels import PRG
-from mpcft.kernels.fused import (_truncated_product_torch, beaver_product, beaver_product_of_shares, beta_times_truncated, gated_truncation, shifted_sum,
+from mpcft.kernels.fused import (_truncated_product_torch, beaver_product, beaver_product_of_shares, beta_times_truncated,
+                                 gated_truncation, shifted_sum,
                                  sign_coefficients, trunc_reconstruct, trunc_reconstruct_torch, truncated_product,
                                  truncation_mask_parts, truncation_mask_parts_torch)
 
