@@ -1,6 +1,6 @@
 """Ring kernels beside torch on the same shapes, in one run: ring matmul Gop/s, PRG MB/s.
 
-    python benchmarks/bench_kernels.py [--repeat 7]
+    python -m benchmarks.bench_kernels [--repeat 7]
 
 Gop/s counts 2*m*k*n operations per product (a multiply and an add), as GFLOP/s does.
 "mpcft ring" is ring_matmul's automatic route; on one thread also its "tiles" (torch's int64
