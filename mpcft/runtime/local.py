@@ -181,8 +181,9 @@ def spawn(fn, world_size, *args, dealer_handler=None, tls=True, timeout=120, ste
     """Run `fn(session, *args)` for every rank in its own process over loopback TCP.
 
     Mutual TLS with throw-away certificates unless `tls=False`; `fn` and `dealer_handler` must
-    be importable module-level functions; results come back pickled, by rank. If a rank fails,
-    every process is killed and `PartyFailed` names the rank and its error. `step_timeout`
+    be importable module-level functions; results come back pickled, by rank, once every
+    process has exited (those still running EXIT_GRACE s after the results are killed). If a
+    rank fails, every process is killed and `PartyFailed` names the rank and its error. `step_timeout`
     (default: `timeout`) bounds each protocol step; `dealer_threads` sets the dealer's torch
     threads (1 for benchmarks that give every process one core's worth).
     """
@@ -207,7 +208,9 @@ def spawn(fn, world_size, *args, dealer_handler=None, tls=True, timeout=120, ste
                     procs["dealer"] = context.Process(target=_spawned_dealer, name="mpcft-dealer",
                                                       args=(str(path), dealer_handler, dealer_threads))
                     procs["dealer"].start()
-            return _collect(procs, pipes, world_size, time.monotonic() + timeout, timeout)
+            results = _collect(procs, pipes, world_size, time.monotonic() + timeout, timeout)
+            _let_exit(procs.values(), EXIT_GRACE)
+            return results
         finally:
             for proc in procs.values():
                 if proc.is_alive():
@@ -216,6 +219,17 @@ def spawn(fn, world_size, *args, dealer_handler=None, tls=True, timeout=120, ste
                 proc.join()
             for pipe in pipes.values():
                 pipe.close()
+
+
+EXIT_GRACE = 10.0    # seconds the processes of a finished run get to exit on their own
+
+
+def _let_exit(procs, grace: float) -> None:
+    """Wait up to `grace` s in all for processes that have delivered their results to exit by
+    themselves (their resources released in order), before spawn kills what is left."""
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
 
 
 _CONSEQUENCES = ("PeerError", "MPCTimeoutError")  # what the survivors of a failure report

@@ -107,6 +107,18 @@ def dealer_thread_counts(session):
     return session.dealer_request("threads")[0].tolist()
 
 
+def slow_exit(session, marker_dir):
+    """Returns at once, but exits slowly: a multiprocessing finalizer (run as the process ends,
+    as the resource tracker's unregistrations are) writes a marker after 0.5 s."""
+    import multiprocessing.util
+
+    def finish():
+        time.sleep(0.5)
+        (pathlib.Path(marker_dir) / f"exited-{session.rank}").write_text("clean")
+    multiprocessing.util.Finalize(None, finish, exitpriority=1)
+    return session.rank
+
+
 def own_key(session):
     """The key file of this party in the cluster file its session connected with."""
     return str(session.config.party(session.rank).key.name), session.config.tls

@@ -194,5 +194,13 @@ def test_the_dealer_computes_at_its_thread_count_in_the_threads_that_serve_parti
 
 
 @pytest.mark.timeout(120)
+def test_processes_that_delivered_their_results_exit_by_themselves(tmp_path):
+    """spawn kills only what is still running after EXIT_GRACE: a party whose exit takes 0.5 s
+    (its finalizers, such as the resource tracker's) ends in order, not killed halfway."""
+    assert spawn(helpers.slow_exit, 2, str(tmp_path), timeout=90) == [0, 1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exited-0", "exited-1"]
+
+
+@pytest.mark.timeout(120)
 def test_a_session_knows_its_cluster_config():
     assert spawn(helpers.own_key, 2, timeout=90) == [("party-0-key.pem", True), ("party-1-key.pem", True)]
