@@ -1,6 +1,6 @@
 """Secret-shared multiply and matmul between real party processes on loopback (mutual TLS).
 
-    python -m benchmarks.bench_arithmetic [--parties 2 3] [--repeat 5]
+    python -m benchmarks.bench_arithmetic [--parties 2 3] [--repeat 5] [--plaintext] [--offline]
 
 One compute thread per party (as CrypTen gets in bench_side_by_side). Per operation: median
 wall time of the whole protocol (Beaver exchange + truncation, dealer requests included; after
@@ -8,13 +8,22 @@ a warm-up, each run a step that asks the dealer ahead, timing.measure_steps),
 payload bytes each party sends, rounds, and max error against float64 torch; beside the
 plaintext float64 torch time in the same run. CrypTen is measured beside mpcft in the same run
 by benchmarks.bench_side_by_side.
+
+--offline adds the online phase alone: the same runs with every correlation generated ahead
+(protocols.sources.write_offline, from the plan of a run with the dealer) and read from each
+party's file (FileCorrelations), so neither the dealer's work nor its corrections' transfer
+share the parties' time, as preprocessing-model tools report an online phase.
 """
 import argparse
+import os
+import tempfile
+
 import torch
 
 from benchmarks.timing import markdown_table, measure_steps, median_seconds, one_compute_thread
 from mpcft.protocols.context import MPCContext
 from mpcft.protocols.correlations import CorrelationDealer
+from mpcft.protocols.sources import DealerCorrelations, FileCorrelations, RecordingCorrelations, write_offline
 from mpcft.runtime import spawn
 from mpcft.tensor import SharedTensor
 
@@ -32,9 +41,11 @@ def operands(name):
             torch.randn(shape_y, generator=gen, dtype=torch.float64))
 
 
-def party(session, name, repeat):
+def party(session, name, repeat, correlations=None):
+    """Median seconds, bytes sent, rounds, max error and Counts of `repeat` runs after a warm-up
+    (correlations: the context's source, default the dealer)."""
     one_compute_thread()
-    ctx = MPCContext(session)
+    ctx = MPCContext(session, correlations=correlations)
     x, y = operands(name)
     op = OPERATIONS[name][2]
     X = SharedTensor.from_plain(ctx, x if ctx.rank == 0 else None, 0, shape=x.shape)
@@ -45,12 +56,36 @@ def party(session, name, repeat):
     return seconds, counts.bytes_sent, counts.rounds, error, counts
 
 
+def party_recording(session, name, repeat):
+    """party() with the dealer, returning the plan of correlations it asked for."""
+    recording = RecordingCorrelations(DealerCorrelations(session))
+    party(session, name, repeat, recording)
+    return recording.plan
+
+
+def party_from_files(session, name, repeat, directory):
+    """party() with this party's correlations read from write_offline's file in `directory`."""
+    rank = session.rank
+    return party(session, name, repeat, FileCorrelations(os.path.join(directory, f"party-{rank}.corr"), rank))
+
+
+def online_seconds(name, parties, repeat, tls) -> float:
+    """The slowest party's median of party() with every correlation generated ahead."""
+    plan = spawn(party_recording, parties, name, repeat, dealer_handler=CorrelationDealer,
+                 dealer_threads=1, tls=tls, timeout=600)[0]
+    with tempfile.TemporaryDirectory(prefix="mpcft-offline-") as directory:
+        write_offline(plan, parties, directory)
+        return max(r[0] for r in spawn(party_from_files, parties, name, repeat, directory, tls=tls, timeout=600))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parties", type=int, nargs="+", default=[2, 3])
     parser.add_argument("--plaintext", action="store_true",
                         help="INSECURE plaintext channels (to compare with engines that have no TLS)")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--offline", action="store_true",
+                        help="also time the online phase alone, correlations generated ahead into files")
     args = parser.parse_args()
     rows = []
     for name in OPERATIONS:
@@ -66,10 +101,12 @@ def main():
             error = max(r[3] for r in results)
             rows.append([name, n, f"{seconds:.4f}", f"{sent / 1e6:.2f}", rounds, f"{error:.2e}",
                          f"{plain:.4f}"])
+            if args.offline:
+                rows[-1].insert(3, f"{online_seconds(name, n, args.repeat, not args.plaintext):.4f}")
             print(rows[-1], flush=True)
     print(f"\nchannels: {'PLAINTEXT (insecure)' if args.plaintext else 'mutual TLS 1.3'}\n")
-    print(markdown_table(["operation", "parties", "mpcft s", "MB sent/party", "rounds", "max error",
-                          "plaintext torch s"], rows))
+    print(markdown_table(["operation", "parties", "mpcft s"] + (["online s (correlations from files)"] if args.offline else [])
+                         + ["MB sent/party", "rounds", "max error", "plaintext torch s"], rows))
 
 
 if __name__ == "__main__":
