@@ -105,7 +105,8 @@ def main():
                 rows[-1].insert(3, f"{online_seconds(name, n, args.repeat, not args.plaintext):.4f}")
             print(rows[-1], flush=True)
     print(f"\nchannels: {'PLAINTEXT (insecure)' if args.plaintext else 'mutual TLS 1.3'}\n")
-    print(markdown_table(["operation", "parties", "mpcft s"] + (["online s (correlations from files)"] if args.offline else [])
+    online = ["online s (correlations from files)"] if args.offline else []
+    print(markdown_table(["operation", "parties", "mpcft s"] + online
                          + ["MB sent/party", "rounds", "max error", "plaintext torch s"], rows))
 
 

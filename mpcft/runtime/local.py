@@ -183,9 +183,9 @@ def spawn(fn, world_size, *args, dealer_handler=None, tls=True, timeout=120, ste
     Mutual TLS with throw-away certificates unless `tls=False`; `fn` and `dealer_handler` must
     be importable module-level functions; results come back pickled, by rank, once every
     process has exited (those still running EXIT_GRACE s after the results are killed). If a
-    rank fails, every process is killed and `PartyFailed` names the rank and its error. `step_timeout`
-    (default: `timeout`) bounds each protocol step; `dealer_threads` sets the dealer's torch
-    threads (1 for benchmarks that give every process one core's worth).
+    rank fails, every process is killed and `PartyFailed` names the rank and its error.
+    `step_timeout` (default: `timeout`) bounds each protocol step; `dealer_threads` sets the
+    dealer's torch threads (1 for benchmarks that give every process one core's worth).
     """
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["torch", "numpy", "mpcft.runtime"])
