@@ -56,11 +56,10 @@ def party(session, name, repeat, correlations=None):
     return seconds, counts.bytes_sent, counts.rounds, error, counts
 
 
-def party_recording(session, name, repeat):
-    """party() with the dealer, returning the plan of correlations it asked for."""
+def party_with_plan(session, name, repeat):
+    """party() with the dealer, and the plan of the correlations it asked for (for --offline)."""
     recording = RecordingCorrelations(DealerCorrelations(session))
-    party(session, name, repeat, recording)
-    return recording.plan
+    return party(session, name, repeat, recording), recording.plan
 
 
 def party_from_files(session, name, repeat, directory):
@@ -69,10 +68,8 @@ def party_from_files(session, name, repeat, directory):
     return party(session, name, repeat, FileCorrelations(os.path.join(directory, f"party-{rank}.corr"), rank))
 
 
-def online_seconds(name, parties, repeat, tls) -> float:
-    """The slowest party's median of party() with every correlation generated ahead."""
-    plan = spawn(party_recording, parties, name, repeat, dealer_handler=CorrelationDealer,
-                 dealer_threads=1, tls=tls, timeout=600)[0]
+def online_seconds(name, parties, repeat, tls, plan) -> float:
+    """The slowest party's median of party() with every correlation of `plan` generated ahead."""
     with tempfile.TemporaryDirectory(prefix="mpcft-offline-") as directory:
         write_offline(plan, parties, directory)
         return max(r[0] for r in spawn(party_from_files, parties, name, repeat, directory, tls=tls, timeout=600))
@@ -93,8 +90,8 @@ def main():
         torch.set_num_threads(1)
         plain = median_seconds(lambda: OPERATIONS[name][2](x, y), args.repeat)
         for n in args.parties:
-            results = spawn(party, n, name, args.repeat, dealer_handler=CorrelationDealer,
-                            dealer_threads=1, tls=not args.plaintext, timeout=600)
+            results, plans = zip(*spawn(party_with_plan, n, name, args.repeat, dealer_handler=CorrelationDealer,
+                                        dealer_threads=1, tls=not args.plaintext, timeout=600))
             seconds = max(r[0] for r in results)
             sent = max(r[1] for r in results)
             rounds = results[0][2]
@@ -102,7 +99,7 @@ def main():
             rows.append([name, n, f"{seconds:.4f}", f"{sent / 1e6:.2f}", rounds, f"{error:.2e}",
                          f"{plain:.4f}"])
             if args.offline:
-                rows[-1].insert(3, f"{online_seconds(name, n, args.repeat, not args.plaintext):.4f}")
+                rows[-1].insert(3, f"{online_seconds(name, n, args.repeat, not args.plaintext, plans[0]):.4f}")
             print(rows[-1], flush=True)
     print(f"\nchannels: {'PLAINTEXT (insecure)' if args.plaintext else 'mutual TLS 1.3'}\n")
     online = ["online s (correlations from files)"] if args.offline else []

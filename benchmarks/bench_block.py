@@ -3,10 +3,11 @@
     python -m benchmarks.bench_block [--parties 2 3] [--repeat 2]
 
 Block: hidden 256, 4 heads, seq 64, batch 4, every weight trained (beside CrypTen, measured in
-the same run: benchmarks.bench_side_by_side). Steps: one fine-tuning step of the MiniLM classifier (batch 8, seq 64) in each
-mode, beside the same step in float64 torch (one thread). One compute thread per party,
-dealer at one thread, mutual TLS; each measured run follows a warm-up run and prefetches its
-dealer correlations, as `mpcft finetune` does (`with ctx.step(...)`).
+the same run: benchmarks.bench_side_by_side). Steps: one fine-tuning step of the MiniLM
+classifier (batch 8, seq 64) in each mode, beside the same step in float64 torch (one
+thread). One compute thread per party, dealer at one thread, mutual TLS; each measured run
+follows a warm-up run and prefetches its dealer correlations, as `mpcft finetune` does
+(`with ctx.step(...)`).
 """
 import argparse
 import copy
