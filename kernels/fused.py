@@ -4,10 +4,13 @@ Each replaces a chain of torch/numpy passes over large share tensors with one pa
 arithmetic wraps modulo 2^64 exactly as int64 does. CPU arrays go through Numba; other
 devices use the equivalent torch expression.
 """
+import sys
+
 import numba
 import numpy as np
 import torch
 
+from .packing import pack_low_bits, packed_bytes
 from .ring import RING_BITS, bit, low_bits, msb, rshift_logical, to_ring
 
 _MASK63 = (1 << 63) - 1
@@ -129,6 +132,55 @@ def truncation_mask_parts(r, bits: int) -> list:
     return [top, mid]
 
 
+@numba.njit(nogil=True, cache=True)
+def _triple_corrections(a, b, drawn, out):
+    for i in range(out.size):
+        out[i] = (a[0, i] + a[1, i]) * (b[0, i] + b[1, i]) - drawn[i]
+
+
+def triple_corrections(a, b, drawn):
+    """(a_0 + a_1) (b_0 + b_1) - drawn, from two parties' shares a = [a_0, a_1] and b (each
+    [2, numel]) and their drawn shares of the product: the dealer's corrections of a two-party
+    triple (protocols/correlations.py) in one pass (one thread: the dealer's)."""
+    out = torch.empty(drawn.shape, dtype=torch.int64)
+    _triple_corrections(a.numpy(), b.numpy(), drawn.numpy(), out.numpy())
+    return out
+
+
+@numba.njit(nogil=True, inline="always")
+def _truncation_mask_loop(r, bits, top_drawn, width, mid_drawn, top_out, mid_out):
+    for i in range(mid_out.size):
+        v = r[0, i] + r[1, i]
+        drawn = np.int64(0)
+        for byte in range(width):
+            drawn |= np.int64(top_drawn[i * width + byte]) << (8 * byte)
+        top = ((v >> 63) & 1) - drawn
+        for byte in range(width):
+            top_out[i * width + byte] = (top >> (8 * byte)) & 0xFF
+        mid_out[i] = ((v & _MASK63) >> bits) - mid_drawn[i]
+
+
+@numba.njit(nogil=True, cache=True)
+def _truncation_mask_corrections(r, bits, top_drawn, width, mid_drawn, top_out, mid_out):
+    if width == 3:           # m = 16 to 23 (the fractional bits): the byte loops unrolled
+        _truncation_mask_loop(r, bits, top_drawn, 3, mid_drawn, top_out, mid_out)
+    else:
+        _truncation_mask_loop(r, bits, top_drawn, width, mid_drawn, top_out, mid_out)
+
+
+def truncation_mask_corrections(r, bits: int, top_drawn, width: int, mid_drawn) -> list:
+    """truncation_mask_parts of r = r_0 + r_1 (r: [2, numel]) less the drawn shares: r_top's in
+    its low `width` bytes (top_drawn and the result: `width` bytes an element, least significant
+    first), r_mid's as int64; the dealer's corrections of a two-party truncation mask in one
+    pass (one thread: the dealer's)."""
+    if not 0 <= bits < RING_BITS:
+        raise ValueError(f"a shift of 0 to {RING_BITS - 1} bits, got {bits}")
+    top, mid = torch.empty(top_drawn.shape, dtype=torch.uint8), torch.empty(mid_drawn.shape, dtype=torch.int64)
+    _truncation_mask_corrections(r.numpy(), bits, top_drawn.numpy(), width, mid_drawn.numpy(), top.numpy(),
+                                 mid.numpy())
+    return [top, mid]
+
+
 def truncation_mask_parts_torch(r, bits: int) -> list:
     """truncation_mask_parts as torch operations (any device)."""
     return [msb(r), rshift_logical(low_bits(r, RING_BITS - 1), bits)]
@@ -212,6 +264,70 @@ def shifted_sum(x, mask, offset: int, bits: int):
     _shifted_sum(x.contiguous().numpy().reshape(-1), mask.contiguous().numpy().reshape(-1),
                  np.int64(to_ring(offset)), bits, out.numpy().reshape(-1))
     return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _masked_high(values, ab, own, other, a, b, first, mask, offset, k, high, words):
+    """high = (v + mask + offset) >> k (logical) and its 64 - k bit values packed end to end
+    into words (kernels/packing's layout), for v = values or, where values is empty, the Beaver
+    product share of _beaver_product_of_shares. One serial pass: the packing is inline, as a
+    separate call it would cost as much as the rest of the pass."""
+    n, bits, shift = mask.size, RING_BITS - k, np.uint64(k)
+    acc, filled, j = np.uint64(0), 0, 0
+    for i in range(n):
+        if values.size:
+            v = values[i]
+        else:
+            d, e = own[i] + other[i], own[n + i] + other[n + i]
+            v = ab[i] + d * (b[i] + e if first else b[i]) + a[i] * e
+        x = np.uint64(v + mask[i] + offset) >> shift
+        high[i] = np.int64(x)
+        acc |= x << np.uint64(filled)
+        filled += bits
+        if filled >= RING_BITS:
+            words[j] = acc
+            j += 1
+            filled -= RING_BITS
+            acc = x >> np.uint64(bits - filled) if filled else np.uint64(0)
+    if filled:
+        words[j] = acc
+
+
+def masked_high(x, mask, offset: int, k: int) -> tuple:
+    """(shifted_sum(x, mask, offset, k), pack_low_bits of it in 64 - k bits), in one pass on
+    the CPU where x and mask have one shape: the share a truncation sends, and its message."""
+    if not _packs_in_one_pass(x, mask, k):
+        high = shifted_sum(x, mask, offset, k)
+        return high, pack_low_bits(high, RING_BITS - k)
+    empty = np.empty(0, dtype=np.int64)
+    return _run_masked_high(x.contiguous().numpy().reshape(-1), empty, empty, empty, empty, empty, False,
+                            mask, offset, k)
+
+
+def product_masked_high(ab, own, others: list, a, b, first: bool, mask, offset: int, k: int) -> tuple:
+    """masked_high(beaver_product_of_shares(ab, own, others, a, b, first), mask, offset, k),
+    the product share formed inside the masking pass (one pass on the CPU where two parties
+    take part and all have one shape), never written out."""
+    if len(others) != 1 or not ab.shape == a.shape == b.shape or own.numel() != 2 * a.numel() \
+            or not _packs_in_one_pass(ab, mask, k):
+        return masked_high(beaver_product_of_shares(ab, own, others, a, b, first), mask, offset, k)
+    arrays = (t.contiguous().numpy().reshape(-1) for t in (ab, own, others[0], a, b))
+    return _run_masked_high(np.empty(0, dtype=np.int64), *arrays, first, mask, offset, k)
+
+
+def _packs_in_one_pass(x, mask, k: int) -> bool:
+    if not 0 <= k < RING_BITS:
+        raise ValueError(f"a shift of 0 to {RING_BITS - 1} bits, got {k}")
+    return x.device.type == "cpu" and mask.device.type == "cpu" and x.shape == mask.shape \
+        and sys.byteorder == "little"      # Numba writes the words in the bytes' order
+
+
+def _run_masked_high(values, ab, own, other, a, b, first, mask, offset, k) -> tuple:
+    high = torch.empty(mask.shape, dtype=torch.int64)
+    words = np.empty(packed_bytes(mask.numel(), RING_BITS - k) // 8, dtype=np.uint64)
+    _masked_high(values, ab, own, other, a, b, first, mask.contiguous().numpy().reshape(-1),
+                 np.int64(to_ring(offset)), k, high.numpy().reshape(-1), words)
+    return high, torch.from_numpy(words.view(np.uint8))
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)

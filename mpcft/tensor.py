@@ -19,7 +19,7 @@ import torch
 
 from mpcft.autograd import Node, is_grad_enabled, run_backward
 from mpcft.kernels import FixedPoint, ring_matmul
-from mpcft.protocols import (activations, beaver, comparison, exponential, reciprocal, sharing,
+from mpcft.protocols import (activations, beaver, comparison, exponential, fixed, reciprocal, sharing,
                              softmax)
 from mpcft.protocols.truncation import truncate
 
@@ -442,30 +442,45 @@ class _SharedProduct(Function):
     def forward(cls, fctx, x, y):
         bx, by = fctx.input_bits
         fctx.frac_bits, fctx.x, fctx.y = max(bx, by), x, y
-        return _truncated(fctx.mpc, cls.product(fctx.mpc, x, y), min(bx, by))
+        return cls.truncated(fctx.mpc, x, y, min(bx, by))
 
     @classmethod
     def backward(cls, fctx, grad):
         mpc, (bx, by) = fctx.mpc, fctx.input_bits
         gx = gy = None
         if fctx.needs_input_grad[0]:
-            gx = _truncated(mpc, cls.adjoint_x(mpc, grad, fctx.x, fctx.y), by)
+            gx = cls.adjoint_x(mpc, grad, fctx.x, fctx.y, by)
         if fctx.needs_input_grad[1]:
-            gy = _truncated(mpc, cls.adjoint_y(mpc, grad, fctx.x, fctx.y), bx)
+            gy = cls.adjoint_y(mpc, grad, fctx.x, fctx.y, bx)
         return gx, gy
+
+    @classmethod
+    def truncated(cls, mpc, x, y, bits):
+        return _truncated(mpc, cls.product(mpc, x, y), bits)
 
 
 class Mul(_SharedProduct):
     """x * y (broadcasting): dx = g y, dy = g x, summed over broadcast dimensions."""
     product = staticmethod(beaver.mul)
 
-    @staticmethod
-    def adjoint_x(mpc, grad, x, y):
-        return beaver.mul(mpc, grad, y).sum_to_size(x.shape)
+    @classmethod
+    def truncated(cls, mpc, x, y, bits):        # the product formed inside the truncation's pass
+        return fixed.mul_truncated(mpc, x, y, bits) if bits else beaver.mul(mpc, x, y)
 
-    @staticmethod
-    def adjoint_y(mpc, grad, x, y):
-        return beaver.mul(mpc, grad, x).sum_to_size(y.shape)
+    @classmethod
+    def adjoint_x(cls, mpc, grad, x, y, bits):
+        return cls._adjoint(mpc, grad, y, x.shape, bits)
+
+    @classmethod
+    def adjoint_y(cls, mpc, grad, x, y, bits):
+        return cls._adjoint(mpc, grad, x, y.shape, bits)
+
+    @classmethod
+    def _adjoint(cls, mpc, grad, factor, shape, bits):
+        """grad * factor summed to `shape`, truncated by `bits` after the sum."""
+        if grad.shape == factor.shape == shape:
+            return cls.truncated(mpc, grad, factor, bits)
+        return _truncated(mpc, beaver.mul(mpc, grad, factor).sum_to_size(shape), bits)
 
 
 class MatMul(_SharedProduct):
@@ -473,12 +488,12 @@ class MatMul(_SharedProduct):
     product = staticmethod(beaver.matmul)
 
     @staticmethod
-    def adjoint_x(mpc, grad, x, y):
-        return beaver.matmul(mpc, grad, y.mT.contiguous())
+    def adjoint_x(mpc, grad, x, y, bits):
+        return _truncated(mpc, beaver.matmul(mpc, grad, y.mT.contiguous()), bits)
 
     @staticmethod
-    def adjoint_y(mpc, grad, x, y):
-        return beaver.matmul(mpc, x.mT.contiguous(), grad)
+    def adjoint_y(mpc, grad, x, y, bits):
+        return _truncated(mpc, beaver.matmul(mpc, x.mT.contiguous(), grad), bits)
 
 
 class MatMulPublic(Function):

@@ -76,7 +76,7 @@ from mpcft.kernels import PRG, derive_seed, ring_matmul
 from mpcft.kernels.discrete_noise import (discrete_gaussian, discrete_laplace, laplace_scale_fraction,
                                           variance_fraction)
 from mpcft.kernels.bits import digit_planes, pack_bits, words_for
-from mpcft.kernels.fused import truncation_mask_parts
+from mpcft.kernels.fused import triple_corrections, truncation_mask_corrections, truncation_mask_parts
 from mpcft.kernels.ring import RING_BITS, bit, join_low_bytes, low_bits, low_bytes, msb, sub_low_bytes
 from mpcft.kernels.shapes import BroadcastError, broadcast_shapes
 
@@ -569,10 +569,31 @@ def party_shares(kind: str, params: dict, number: int, seed: bytes, rank: int, w
 
 def dealer_corrections(kind: str, params: dict, number: int, seeds, epoch: int = 0) -> list:
     """Every party's corrections, [party r's list of flat tensors]: on run r of each derived
-    value, c_r = c - sum_{i != r} c_i (XOR for binary values); [] for a party without runs."""
+    value, c_r = c - sum_{i != r} c_i (XOR for binary values); [] for a party without runs.
+    Two parties' triples of one shape and truncation masks take one pass (_two_party_kernel)."""
     layout, (random, derived, derive), canonical = _checked_layout(kind, params)
     n = len(seeds)
     streams = [_stream(seeds[i], layout, number, epoch) for i in range(n)]
+    cuts = [correction_cuts(math.prod(shape), n) for shape, _ in derived]
+    fused = _two_party_kernel(kind, params, random, n)
+    if fused is None:
+        corrections = _corrections(streams, random, derived, derive, cuts)
+    else:
+        corrections = fused(*_two_party_draws(streams, random, derived, cuts))
+    units = [_unit(how) for _, how in derived]
+    return [[c[unit * value_cuts[r][0]:unit * value_cuts[r][1]] for c, unit, value_cuts in zip(corrections, units, cuts)]
+            if _party_runs(canonical, r, n)[1] else [] for r in range(n)]
+
+
+def _unit(how: int) -> int:
+    """Entries of a correction tensor per element: its width in bytes if narrow (uint8), else 1."""
+    width = _width(how)
+    return 1 if width == 8 else width
+
+
+def _corrections(streams: list, random: list, derived: list, derive, cuts: list) -> list:
+    """Each derived value, flat, less every stream's draws of it outside that stream's run: in
+    full as int64, or its low _width(how) bytes (uint8) where narrow."""
     values = []
     for shape, how in random:
         value = streams[0].ring(shape)
@@ -580,19 +601,48 @@ def dealer_corrections(kind: str, params: dict, number: int, seeds, epoch: int =
             (value.bitwise_xor_ if how == BINARY else value.add_)(prg.ring(shape))
         values.append(value)
     corrected = [value.view(-1) for value in _owned(derive(*values))]
-    cuts = [correction_cuts(value.numel(), n) for value in corrected]
     for i, prg in enumerate(streams):          # each stream's derived values, in order
         for value, (_, how), value_cuts in zip(corrected, derived, cuts):
             start, stop = value_cuts[i]
             _remove_draws(prg, value[:start], how)
             prg.skip(_width(how) * (stop - start))
             _remove_draws(prg, value[stop:], how)
+    return [value if _width(how) == 8 else low_bytes(value, _width(how)) for value, (_, how) in zip(corrected, derived)]
 
-    def run(value, how, cut):       # a correction in _width(how) bytes per element (a view at 8)
-        width, part = _width(how), value[cut[0]:cut[1]]
-        return part if width == 8 else low_bytes(part, width)
-    return [[run(value, how, value_cuts[r]) for value, (_, how), value_cuts in zip(corrected, derived, cuts)]
-            if _party_runs(canonical, r, n)[1] else [] for r in range(n)]
+
+def _two_party_draws(streams: list, random: list, derived: list, cuts: list) -> tuple:
+    """Two streams' draws, as _corrections makes them: each random value's as rows [2, numel];
+    each derived value's, flat, by the party whose run an element is not in (in _unit(how)
+    entries an element)."""
+    drawn_random = [torch.empty((2, math.prod(shape)), dtype=torch.int64) for shape, _ in random]
+    for both in drawn_random:
+        for prg, row in zip(streams, both):
+            prg.fill(row.numpy())
+    drawn = [torch.empty(math.prod(shape) * _unit(how), dtype=torch.int64 if _width(how) == 8 else torch.uint8)
+             for shape, how in derived]
+    for i, prg in enumerate(streams):          # each stream's derived values, in order
+        for values, (_, how), value_cuts in zip(drawn, derived, cuts):
+            (start, stop), unit = value_cuts[i], _unit(how)
+            if start:
+                prg.fill(values[:unit * start].numpy())
+            prg.skip(_width(how) * (stop - start))
+            if stop * unit < values.numel():
+                prg.fill(values[unit * stop:].numpy())
+    return drawn_random, drawn
+
+
+def _two_party_kernel(kind: str, params: dict, random: list, n: int):
+    """The one-pass kernel of a kind's corrections from two parties' draws (_two_party_draws),
+    (random draws, derived draws) -> corrections, or None where the general pass runs: more
+    parties, random values of different shapes (broadcasting), or a full-width r_top."""
+    if n != 2 or len({shape for shape, _ in random}) != 1:
+        return None
+    if kind == "triple":
+        return lambda random, drawn: [triple_corrections(*random, *drawn)]
+    if kind == "trunc" and _width(int(params["bits"]) + 1) < 8:
+        bits = int(params["bits"])
+        return lambda random, drawn: truncation_mask_corrections(random[0], bits, drawn[0], _width(bits + 1), drawn[1])
+    return None
 
 
 def _remove_draws(prg: PRG, part: torch.Tensor, how: int) -> None:

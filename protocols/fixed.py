@@ -11,7 +11,7 @@ from mpcft.kernels import DEFAULT_FRACTIONAL_BITS
 
 from . import beaver
 from .cost import FREE, Cost
-from .truncation import FusedTruncations, truncate, truncate_cost, truncations_cost
+from .truncation import FusedTruncations, truncate, truncate_cost, truncate_product, truncations_cost
 
 
 def mul_public(ctx, x: torch.Tensor, value, extra_bits: int = 0) -> torch.Tensor:
@@ -48,7 +48,17 @@ def matmul(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def mul(ctx, x, y, shift: int = 0) -> torch.Tensor:
     """x * y (shift: also divide by 2^shift in the same truncation)."""
-    return truncate(ctx, beaver.mul(ctx, x, y), ctx.frac_bits + shift)
+    return mul_truncated(ctx, x, y, ctx.frac_bits + shift)
+
+
+def mul_truncated(ctx, x, y, bits: int) -> torch.Tensor:
+    """Shares of x y / 2^bits: a Beaver product, then a truncation (2 rounds); opened
+    all-to-all, the product share is formed inside the truncation's masking pass
+    (truncation.truncate_product). Reveals nothing. Cost: mul_cost(n, x.numel(), y.numel())
+    + truncate_cost(n, numel, bits)."""
+    if ctx.opening == "all":
+        return truncate_product(ctx, beaver.exchanged_product(ctx, x, y), bits)
+    return truncate(ctx, beaver.mul(ctx, x, y), bits)
 
 
 def square(ctx, x) -> torch.Tensor:

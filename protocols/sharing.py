@@ -148,11 +148,12 @@ def concatenated(flats: list) -> torch.Tensor:
     return flats[0] if len(flats) == 1 else torch.cat(flats)
 
 
-def open_low(ctx, parts, shifts=None) -> list:
+def open_low(ctx, parts, shifts=None, packed=None) -> list:
     """[x mod 2^bits for (x, bits) in parts] in one round, each party sending only the low
     `bits` bits of each share, packed end to end (kernels.packing: a sum mod 2^bits needs no
     more). Reveals x mod 2^bits, x itself for bits = 64. Values in [0, 2^bits) (any int64 for
-    64), each times 2^shifts[k] mod 2^64 where shifts are given. With opening "king", each part
+    64), each times 2^shifts[k] mod 2^64 where shifts are given. `packed`: each part's
+    pack_low_bits(x, bits), where the caller formed it with x. With opening "king", each part
     is chunked on element boundaries and king j returns its chunks' x mod 2^bits, packed alike:
     2 rounds. Cost: open_low_cost(n, [(numel, bits), ...])."""
     if any(not 1 <= int(bits) <= RING_BITS for _, bits in parts):
@@ -162,7 +163,9 @@ def open_low(ctx, parts, shifts=None) -> list:
         raise ValueError(f"open_low: {len(shifts)} shifts for {len(parts)} parts")
     if ctx.opening == "king":
         return [value << shift if shift else value for value, shift in zip(_open_low_at_kings(ctx, parts), shifts)]
-    packed = concatenated([pack_low_bits(x, int(bits)) for x, bits in parts])
+    if packed is None:
+        packed = [pack_low_bits(x, int(bits)) for x, bits in parts]
+    packed = concatenated(list(packed))
     peers = [g for rank, g in enumerate(ctx.session.all_gather(packed)) if rank != ctx.rank]
     out, start = [], 0
     for (x, bits), shift in zip(parts, shifts):

@@ -28,7 +28,7 @@ import math
 import torch
 
 from mpcft.kernels import DEFAULT_FRACTIONAL_BITS
-from mpcft.kernels.fused import shifted_sum, trunc_reconstruct, truncated_product
+from mpcft.kernels.fused import masked_high, product_masked_high, trunc_reconstruct, truncated_product
 from mpcft.kernels.ring import RING_BITS
 
 from .correlations import correction_bytes, cross_terms
@@ -61,6 +61,19 @@ def truncate(ctx, x: torch.Tensor, bits: int | None = None) -> torch.Tensor:
     return trunc_reconstruct(c, r_top, r_mid, bits, first)
 
 
+def truncate_product(ctx, product: tuple, bits: int) -> torch.Tensor:
+    """truncate(ctx, x y, bits) for a Beaver product given as beaver.exchanged_product's (c, own,
+    others, a, b): the product share is formed inside the truncation's masking pass and never
+    written out. The same values as truncate(ctx, beaver.mul(ctx, x, y), bits); cost:
+    truncate_cost(n, numel, bits) after the product's."""
+    if not 0 < bits < VALID_BITS:
+        raise ValueError(f"truncation by {bits} bits is outside (0, {VALID_BITS})")
+    correlation = ctx.correlation("trunc", shape=list(product[0].shape), bits=bits)
+    (c,) = open_masked(ctx, [(product, correlation.random[0], bits)])
+    r_top, r_mid = correlation.derived()
+    return trunc_reconstruct(c, r_top, r_mid, bits, ctx.rank == 0)
+
+
 def truncate_many(ctx, parts) -> list:
     """[truncate(x, bits) for (x, bits) in parts] with one opening: 1 round, same bytes."""
     for _, bits in parts:
@@ -85,12 +98,16 @@ def dropped_bits(n: int, bits: int) -> int:
 def open_masked(ctx, parts) -> list:
     """For [(share of x, share of r, m), ...], the truncations' masked values c = x + r + 2^62
     opened in one round as c - D (module docstring): each party sends the top 64 - k bits of its
-    share. Reveals no more than c. Cost: truncations_cost(n, [(numel, m), ...])."""
+    share. x may be a Beaver product's (c, own, others, a, b) as beaver.exchanged_product gives
+    it, whose share is then formed in the masking pass. Reveals no more than c. Cost:
+    truncations_cost(n, [(numel, m), ...])."""
     n, first = ctx.world_size, ctx.rank == 0
     dropped = [dropped_bits(n, m) for _, _, m in parts]
-    high = [(shifted_sum(x, r, ((1 << VALID_BITS) + (n - 1) * ((1 << k) - 1) // 2) if first else 0, k),
-             RING_BITS - k) for (x, r, _), k in zip(parts, dropped)]
-    return open_low(ctx, high, shifts=dropped)
+    offsets = [(1 << VALID_BITS) + (n - 1) * ((1 << k) - 1) // 2 if first else 0 for k in dropped]
+    high, packed = zip(*(product_masked_high(*x, first, r, offset, k) if isinstance(x, tuple)
+                         else masked_high(x, r, offset, k)
+                         for (x, r, _), offset, k in zip(parts, offsets, dropped)))
+    return open_low(ctx, [(h, RING_BITS - k) for h, k in zip(high, dropped)], shifts=dropped, packed=packed)
 
 
 def truncations_cost(n: int, parts) -> Cost:

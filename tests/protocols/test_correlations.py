@@ -5,6 +5,7 @@ import torch
 from mpcft.kernels import fresh_seed, ring_matmul
 from mpcft.kernels.bits import unpack_bits
 from mpcft.kernels.ring import RING_BITS, bit, low_bits, msb, rshift_logical
+from mpcft.protocols import correlations
 from mpcft.protocols.correlations import BINARY, KINDS, CorrelationDealer, dealer_corrections, party_shares
 from mpcft.protocols.sources import FileCorrelations, write_offline
 from mpcft.runtime import run_threads
@@ -61,6 +62,26 @@ def test_triples_pairs_and_truncation_material_are_correct(n):
         digit = (low >> (4 * g)) & 15
         for v in (0, 3, 15):
             assert torch.equal(unpack_bits(onehot[g, v], 1500), (digit == v).long())
+
+
+@pytest.mark.parametrize("numel", [1, 1000, 40_001])
+def test_two_party_fused_corrections_equal_the_general_pass(numel, monkeypatch):
+    # the dealer's one-pass kernels for two parties' triples and truncation masks send exactly
+    # what the general derive-then-subtract pass sends, runs split or not (SPLIT_FROM)
+    seeds = [fresh_seed() for _ in range(2)]
+    layouts = [("triple", {"shape_a": [numel], "shape_b": [numel]})] + \
+        [("trunc", {"shape": [numel], "bits": bits}) for bits in (1, 7, 20, 44, 61)]
+    fused = [dealer_corrections(kind, params, 3, seeds) for kind, params in layouts]
+    monkeypatch.setattr(correlations, "_two_party_kernel", lambda *args: None)
+    for (kind, params), got in zip(layouts, fused):
+        expected = dealer_corrections(kind, params, 3, seeds)
+        assert [[(t.dtype, t.shape) for t in party] for party in got] == \
+            [[(t.dtype, t.shape) for t in party] for party in expected]
+        assert all(torch.equal(g, e) for party, party_expected in zip(got, expected)
+                   for g, e in zip(party, party_expected)), (kind, params)
+    monkeypatch.undo()
+    (a, b, c), _ = reconstruct("triple", {"shape_a": [numel], "shape_b": [numel]}, 2)
+    assert torch.equal(c, a * b)
 
 
 def test_unknown_kinds_and_misuse_are_rejected():
