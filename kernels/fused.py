@@ -148,9 +148,12 @@ def triple_corrections(a, b, drawn):
 
 
 @numba.njit(nogil=True, inline="always")
-def _truncation_mask_loop(r, bits, top_drawn, width, mid_drawn, top_out, mid_out):
+def _truncation_mask_loop(r, bits, top_drawn, width, mid_drawn, top_out, mid_out, a, b, product_drawn,
+                          product_out):
     for i in range(mid_out.size):
         v = r[0, i] + r[1, i]
+        if product_out.size:
+            product_out[i] = (a[0, i] + a[1, i]) * (b[0, i] + b[1, i]) + v - product_drawn[i]
         drawn = np.int64(0)
         for byte in range(width):
             drawn |= np.int64(top_drawn[i * width + byte]) << (8 * byte)
@@ -161,24 +164,30 @@ def _truncation_mask_loop(r, bits, top_drawn, width, mid_drawn, top_out, mid_out
 
 
 @numba.njit(nogil=True, cache=True)
-def _truncation_mask_corrections(r, bits, top_drawn, width, mid_drawn, top_out, mid_out):
+def _truncation_mask_corrections(r, bits, top_drawn, width, mid_drawn, top_out, mid_out, a, b, product_drawn,
+                                 product_out):
     if width == 3:           # m = 16 to 23 (the fractional bits): the byte loops unrolled
-        _truncation_mask_loop(r, bits, top_drawn, 3, mid_drawn, top_out, mid_out)
+        _truncation_mask_loop(r, bits, top_drawn, 3, mid_drawn, top_out, mid_out, a, b, product_drawn, product_out)
     else:
-        _truncation_mask_loop(r, bits, top_drawn, width, mid_drawn, top_out, mid_out)
+        _truncation_mask_loop(r, bits, top_drawn, width, mid_drawn, top_out, mid_out, a, b, product_drawn,
+                              product_out)
 
 
-def truncation_mask_corrections(r, bits: int, top_drawn, width: int, mid_drawn) -> list:
+def truncation_mask_corrections(r, bits: int, top_drawn, width: int, mid_drawn, product=None) -> list:
     """truncation_mask_parts of r = r_0 + r_1 (r: [2, numel]) less the drawn shares: r_top's in
     its low `width` bytes (top_drawn and the result: `width` bytes an element, least significant
     first), r_mid's as int64; the dealer's corrections of a two-party truncation mask in one
-    pass (one thread: the dealer's)."""
+    pass (one thread: the dealer's). product = (a, b, drawn), each a's shape as r's: also
+    (a_0 + a_1) (b_0 + b_1) + r - drawn, first (a product's triple with the mask folded in)."""
     if not 0 <= bits < RING_BITS:
         raise ValueError(f"a shift of 0 to {RING_BITS - 1} bits, got {bits}")
     top, mid = torch.empty(top_drawn.shape, dtype=torch.uint8), torch.empty(mid_drawn.shape, dtype=torch.int64)
+    none = np.empty((2, 0), dtype=np.int64)
+    a, b, product_drawn = (none, none, none[0]) if product is None else (t.numpy() for t in product)
+    product_out = torch.empty(product_drawn.shape, dtype=torch.int64)
     _truncation_mask_corrections(r.numpy(), bits, top_drawn.numpy(), width, mid_drawn.numpy(), top.numpy(),
-                                 mid.numpy())
-    return [top, mid]
+                                 mid.numpy(), a, b, product_drawn, product_out.numpy())
+    return [top, mid] if product is None else [product_out, top, mid]
 
 
 def truncation_mask_parts_torch(r, bits: int) -> list:
@@ -268,11 +277,11 @@ def shifted_sum(x, mask, offset: int, bits: int):
 
 @numba.njit(nogil=True, cache=True)
 def _masked_high(values, ab, own, other, a, b, first, mask, offset, k, high, words):
-    """high = (v + mask + offset) >> k (logical) and its 64 - k bit values packed end to end
-    into words (kernels/packing's layout), for v = values or, where values is empty, the Beaver
-    product share of _beaver_product_of_shares. One serial pass: the packing is inline, as a
-    separate call it would cost as much as the rest of the pass."""
-    n, bits, shift = mask.size, RING_BITS - k, np.uint64(k)
+    """high = (v + mask + offset) >> k (logical; no mask where it is empty) and its 64 - k bit
+    values packed end to end into words (kernels/packing's layout), for v = values or, where
+    values is empty, the Beaver product share of _beaver_product_of_shares. One serial pass:
+    the packing is inline, as a separate call it would cost as much as the rest of the pass."""
+    n, bits, shift = high.size, RING_BITS - k, np.uint64(k)
     acc, filled, j = np.uint64(0), 0, 0
     for i in range(n):
         if values.size:
@@ -280,7 +289,9 @@ def _masked_high(values, ab, own, other, a, b, first, mask, offset, k, high, wor
         else:
             d, e = own[i] + other[i], own[n + i] + other[n + i]
             v = ab[i] + d * (b[i] + e if first else b[i]) + a[i] * e
-        x = np.uint64(v + mask[i] + offset) >> shift
+        if mask.size:
+            v += mask[i]
+        x = np.uint64(v + offset) >> shift
         high[i] = np.int64(x)
         acc |= x << np.uint64(filled)
         filled += bits
@@ -295,13 +306,16 @@ def _masked_high(values, ab, own, other, a, b, first, mask, offset, k, high, wor
 
 def masked_high(x, mask, offset: int, k: int) -> tuple:
     """(shifted_sum(x, mask, offset, k), pack_low_bits of it in 64 - k bits), in one pass on
-    the CPU where x and mask have one shape: the share a truncation sends, and its message."""
-    if not _packs_in_one_pass(x, mask, k):
+    the CPU where x and mask have one shape: the share a truncation sends, and its message.
+    mask None: x carries its mask already."""
+    if mask is None:
+        mask = torch.zeros_like(x) if not _packs_in_one_pass(x, x, k) else torch.empty(0, dtype=torch.int64)
+    elif not _packs_in_one_pass(x, mask, k):
         high = shifted_sum(x, mask, offset, k)
         return high, pack_low_bits(high, RING_BITS - k)
     empty = np.empty(0, dtype=np.int64)
-    return _run_masked_high(x.contiguous().numpy().reshape(-1), empty, empty, empty, empty, empty, False,
-                            mask, offset, k)
+    return _run_masked_high(x.shape, x.contiguous().numpy().reshape(-1), empty, empty, empty, empty, empty,
+                            False, mask, offset, k)
 
 
 def product_masked_high(ab, own, others: list, a, b, first: bool, mask, offset: int, k: int) -> tuple:
@@ -309,10 +323,11 @@ def product_masked_high(ab, own, others: list, a, b, first: bool, mask, offset: 
     the product share formed inside the masking pass (one pass on the CPU where two parties
     take part and all have one shape), never written out."""
     if len(others) != 1 or not ab.shape == a.shape == b.shape or own.numel() != 2 * a.numel() \
-            or not _packs_in_one_pass(ab, mask, k):
+            or not _packs_in_one_pass(ab, ab if mask is None else mask, k):
         return masked_high(beaver_product_of_shares(ab, own, others, a, b, first), mask, offset, k)
     arrays = (t.contiguous().numpy().reshape(-1) for t in (ab, own, others[0], a, b))
-    return _run_masked_high(np.empty(0, dtype=np.int64), *arrays, first, mask, offset, k)
+    return _run_masked_high(ab.shape, np.empty(0, dtype=np.int64), *arrays, first,
+                            torch.empty(0, dtype=torch.int64) if mask is None else mask, offset, k)
 
 
 def _packs_in_one_pass(x, mask, k: int) -> bool:
@@ -322,9 +337,9 @@ def _packs_in_one_pass(x, mask, k: int) -> bool:
         and sys.byteorder == "little"      # Numba writes the words in the bytes' order
 
 
-def _run_masked_high(values, ab, own, other, a, b, first, mask, offset, k) -> tuple:
-    high = torch.empty(mask.shape, dtype=torch.int64)
-    words = np.empty(packed_bytes(mask.numel(), RING_BITS - k) // 8, dtype=np.uint64)
+def _run_masked_high(shape, values, ab, own, other, a, b, first, mask, offset, k) -> tuple:
+    high = torch.empty(shape, dtype=torch.int64)
+    words = np.empty(packed_bytes(high.numel(), RING_BITS - k) // 8, dtype=np.uint64)
     _masked_high(values, ab, own, other, a, b, first, mask.contiguous().numpy().reshape(-1),
                  np.int64(to_ring(offset)), k, high.numpy().reshape(-1), words)
     return high, torch.from_numpy(words.view(np.uint8))

@@ -19,25 +19,15 @@ from .sharing import exchange_differences, open_, open_differences
 
 def mul(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Shares of x * y mod 2^64 (broadcasting). Cost: mul_cost(n, x.numel(), y.numel())."""
-    if ctx.opening == "all":      # d and e added up inside the product
-        return beaver_product_of_shares(*exchanged_product(ctx, x, y), ctx.rank == 0)
     correlation = ctx.correlation("triple", shape_a=list(x.shape), shape_b=list(y.shape))
     a, b = correlation.random
+    if ctx.opening == "all":      # d and e added up inside the product
+        own, others = exchange_differences(ctx, [(x, a), (y, b)])
+        (c,) = correlation.derived()
+        return beaver_product_of_shares(c, own, others, a, b, ctx.rank == 0)
     d, e = open_differences(ctx, [(x, a), (y, b)])
     (c,) = correlation.derived()
     return beaver_product(c, d, e, a, b, ctx.rank == 0)
-
-
-def exchanged_product(ctx, x: torch.Tensor, y: torch.Tensor) -> tuple:
-    """mul's product before its local pass (opening "all"): (c, own, others, a, b), the triple's
-    c, a, b and the exchanged shares of [d | e] (sharing.exchange_differences), from which
-    kernels.fused forms the share ab + d b + a e (+ d e at party 0) as it reads them. Reveals
-    d and e. Cost: mul_cost(n, x.numel(), y.numel())."""
-    correlation = ctx.correlation("triple", shape_a=list(x.shape), shape_b=list(y.shape))
-    a, b = correlation.random
-    own, others = exchange_differences(ctx, [(x, a), (y, b)])
-    (c,) = correlation.derived()
-    return c, own, others, a, b
 
 
 def mul_cost(n: int, numel_x: int, numel_y: int) -> Cost:

@@ -31,6 +31,9 @@ Kinds (params -> values, all as additive shares):
   with several factors and its square, x opened masked once (beaver.MaskedFactor).
 - "square"(shape): a uniform; a^2.
 - "trunc"(shape, bits): r uniform; r_top = msb(r); r_mid = (r mod 2^63) >> bits.
+- "product_trunc"(shape, bits): a, b uniform and a hidden r uniform; a * b + r, and r_top and
+  r_mid of r as for "trunc": a product's triple with the mask of its truncation folded into c,
+  so that the parties never draw r (truncation.truncate_product).
 - "and_products"(words, factors, sets): binary (XOR-shared) packed masks r_k uniform, `factors`
   of them of `words` words; per entry S of `sets` (distinct sorted index lists of two or more
   masks) R_S = AND_{k in S} r_k (binary.and_products).
@@ -95,8 +98,9 @@ def _matmul_shape(a, b) -> tuple:
 # of packed words; otherwise the sum mod 2^64 of arithmetic shares, of which the value's users
 # read only the low `how` bits: ARITH (all 64), or fewer for a value that is only ever
 # multiplied by 2^(64 - how) (a truncation mask's top bit and its products), whose correction
-# travels in ceil(how / 8) bytes instead of 8.
-ARITH, BINARY = 64, 0
+# travels in ceil(how / 8) bytes instead of 8. HIDDEN: a random value that only derived values
+# use, summed by the dealer alone: each party skips its draw, and nobody ever holds a share.
+ARITH, BINARY, HIDDEN = 64, 0, -1
 
 
 def _width(how: int) -> int:
@@ -144,6 +148,14 @@ def _factor_products(p):
 def _square(p):
     shape = _shape(p["shape"])
     return [(shape, ARITH)], [(shape, ARITH)], lambda a: [a * a]
+
+
+def _product_trunc(p):
+    shape, bits = _shape(p["shape"]), int(p["bits"])
+
+    def derive(a, b, r):
+        return [a * b + r] + truncation_mask_parts(r, bits)
+    return [(shape, ARITH), (shape, ARITH), (shape, HIDDEN)], [(shape, ARITH), (shape, bits + 1), (shape, ARITH)], derive
 
 
 def _trunc(p):
@@ -316,7 +328,8 @@ def _dp_laplace(p):
 
 # kind -> params -> ([(shape, how)] random inputs, [(shape, how)] derived values, derive)
 KINDS = {"triple": _triple, "matmul_triple": _matmul_triple, "matmul_grads": _matmul_grads,
-         "factor_products": _factor_products, "square": _square, "trunc": _trunc, "and_products": _and_products,
+         "factor_products": _factor_products, "square": _square, "trunc": _trunc, "product_trunc": _product_trunc,
+         "and_products": _and_products,
          "sign": _sign, "select": _select, "select_scales": _select_scales, "sign_gates": _sign_gates,
          "trunc_products": _trunc_products, "dp_noise": _dp_noise, "dp_laplace": _dp_laplace}
 
@@ -329,6 +342,7 @@ PARAMETERS = {"triple": {"shape_a": "shape", "shape_b": "shape"},
               "factor_products": {"shape": "shape", "factors": "list", "square": (0, 1)},
               "square": {"shape": "shape"},
               "trunc": {"shape": "shape", "bits": (0, RING_BITS - 1)},
+              "product_trunc": {"shape": "shape", "bits": (0, RING_BITS - 1)},
               "and_products": {"words": (0, 1 << 40), "factors": (1, MAX_AND_FACTORS), "sets": "list"},
               "sign": {"shape": "shape", "bits": (1, RING_BITS - 2), "digit_bits": (1, 8)},
               "select": {"shape": "shape", "bits": (1, RING_BITS - 2), "digit_bits": (1, 8), "factor": "shape",
@@ -405,7 +419,7 @@ def _digest(canonical: str) -> str:
 # kinds whose every value has the shape of each of their shape parameters (packed bits: its
 # words, last) where those are all one: a large correlation of one of them can be dealt in
 # pieces of its elements ("select" where its factor has the whole shape)
-ELEMENTWISE = ("square", "trunc", "sign", "select", "sign_gates", "trunc_products")
+ELEMENTWISE = ("square", "trunc", "product_trunc", "sign", "select", "sign_gates", "trunc_products")
 
 
 def split_layout(kind: str, params: dict, max_elements: int) -> list | None:
@@ -430,7 +444,13 @@ def join_pieces(kind: str, params: dict, pieces: list) -> "Correlation":
         return [torch.cat([p[k] for p in parts], -1) if how == BINARY else
                 torch.cat([p[k].reshape(-1) for p in parts]).reshape(shape)
                 for k, (shape, how) in enumerate(spec)]
-    return Correlation(join(random, [p.random for p in pieces]), lambda: join(derived, [p.derived() for p in pieces]))
+    return Correlation(join(_held(random), [p.random for p in pieces]),
+                       lambda: join(derived, [p.derived() for p in pieces]))
+
+
+def _held(random: list) -> list:
+    """The random values the parties hold shares of (all but the HIDDEN ones), in order."""
+    return [(shape, how) for shape, how in random if how != HIDDEN]
 
 
 def _elements(spec) -> int:
@@ -535,7 +555,12 @@ def party_correlation(kind: str, params: dict, number: int, seed: bytes, rank: i
     """
     layout, (random, derived, _), canonical = _checked_layout(kind, params)
     prg = _stream(seed, layout, number, epoch)
-    shares = [prg.ring(shape) for shape, _ in random]
+    shares = []
+    for shape, how in random:
+        if how == HIDDEN:
+            prg.skip(8 * math.prod(shape))
+        else:
+            shares.append(prg.ring(shape))
     cuts = _party_runs(canonical, rank, world_size)[0]
     if all(start == stop for start, stop in cuts):
         return Correlation(shares, lambda: [_draw_around(prg, math.prod(shape), (0, 0), _width(how)).reshape(shape)
@@ -639,9 +664,13 @@ def _two_party_kernel(kind: str, params: dict, random: list, n: int):
         return None
     if kind == "triple":
         return lambda random, drawn: [triple_corrections(*random, *drawn)]
-    if kind == "trunc" and _width(int(params["bits"]) + 1) < 8:
+    if kind in ("trunc", "product_trunc") and _width(int(params["bits"]) + 1) < 8:
         bits = int(params["bits"])
-        return lambda random, drawn: truncation_mask_corrections(random[0], bits, drawn[0], _width(bits + 1), drawn[1])
+        if kind == "trunc":
+            return lambda random, drawn: truncation_mask_corrections(random[0], bits, drawn[0], _width(bits + 1),
+                                                                     drawn[1])
+        return lambda random, drawn: truncation_mask_corrections(random[2], bits, drawn[1], _width(bits + 1),
+                                                                 drawn[2], product=(*random[:2], drawn[0]))
     return None
 
 
@@ -672,11 +701,13 @@ def _owned(tensors: list) -> list:
 
 
 class _Answer:
-    """One correlation's corrections, computed by the first of its parties to ask and kept
-    until each of the others has taken its runs."""
+    """One correlation's corrections, computed by the first of its parties to ask (or ahead of
+    them, CorrelationDealer.work_ahead) and kept until each party with runs has taken them;
+    `counted`: the bytes of the runs counted as held, by rank, until that party takes them."""
 
-    def __init__(self, takers: int):
-        self.takers, self.ready, self.parts, self.error = takers, threading.Event(), None, None
+    def __init__(self, takers: set, counted: dict):
+        self.takers, self.counted = takers, counted
+        self.ready, self.parts, self.error = threading.Event(), None, None
 
 
 class CorrelationDealer:
@@ -688,12 +719,14 @@ class CorrelationDealer:
     later one starts its counts afresh), so no correlation is answered twice, and pads are
     bound to their layout, so answers for different layouts share none. The first party to
     ask for a correlation has it computed (dealer_corrections); the others' runs wait for them.
+    While no request waits, the dealer works ahead (work_ahead): the next correlation of each
+    layout asked for twice or more, which a training loop's next step asks for again.
     A party that deviates (asks for other layouts, ahead of time, or out of order) learns only
     its own shares of fresh correlations: never another party's pads, masks or shares; it can
     waste the dealer's work (each request is bounded by max_elements) and memory (the runs
-    kept for the others: at most max_held_bytes, beyond which first requests are refused) or
-    spoil the computation's result, as any semi-honest party that stops following the
-    protocol can.
+    kept for the others and those computed ahead: at most max_held_bytes, beyond which first
+    requests are refused) or spoil the computation's result, as any semi-honest party that
+    stops following the protocol can.
     """
 
     def __init__(self, max_elements: int = 1 << 28, max_held_bytes: int = 1 << 32):
@@ -701,6 +734,7 @@ class CorrelationDealer:
         self._held_bytes = 0                       # bytes of the runs kept for other parties
         self._answered = collections.Counter()     # (rank, layout) -> answered in this epoch
         self._answers = {}                         # (layout, number) -> _Answer not taken by all
+        self._repeated = {}                        # layout -> (kind, params, canonical, last number asked)
         self._epoch = 0
         self._lock = threading.Lock()
         self._computing = threading.Lock()          # one correlation at a time, whoever asks
@@ -725,43 +759,82 @@ class CorrelationDealer:
                 raise ValueError(f"{kind!r} {layout}: asked for key epoch {epoch}, but epoch {self._epoch} "
                                  f"has begun (an epoch is never served again)")
             if epoch > self._epoch:
-                self._epoch, self._answered, self._answers = epoch, collections.Counter(), {}
+                self._epoch, self._answered, self._answers, self._repeated = epoch, collections.Counter(), {}, {}
                 self._held_bytes = 0
             expected = self._answered[(rank, key)]
             if number != expected:
                 raise ValueError(f"{kind!r} {layout}: asked for correlation #{number!r} of this "
                                  f"layout, but the next one is #{expected} (each is answered once, in order)")
-            self._answered[(rank, key)] += 1
             answer = self._answers.get((key, number))
             first = answer is None
             if first:
-                held = sum(runs) - runs[rank]
-                if self._held_bytes + held > self.max_held_bytes:
-                    self._answered[(rank, key)] -= 1
+                answer = self._hold(key, number, runs, rank)
+                if answer is None:
                     raise ValueError(f"{kind!r} {layout}: the dealer already holds {self._held_bytes} bytes "
                                      f"of answers the other parties have not asked for (limit {self.max_held_bytes})")
-                self._held_bytes += held
-                answer = _Answer(sum(1 for r in runs if r))
-                self._answers[(key, number)] = answer
+            self._answered[(rank, key)] += 1
+            if number:
+                self._repeated[key] = (kind, layout, canonical, max(number, self._repeated.get(key, (0,) * 4)[3]))
         if first:
-            try:
-                with self._computing:
-                    answer.parts = dealer_corrections(kind, layout, number, seeds, epoch)
-            except Exception as exc:
-                answer.error = exc
-                raise
-            finally:
-                answer.ready.set()
+            self._compute(answer, kind, layout, number, seeds, epoch)
         answer.ready.wait()
-        if answer.error is not None:      # the first asker's exception; the others get this
+        if answer.error is not None:      # the computing thread's exception; every asker gets it
             raise (ValueError if isinstance(answer.error, ValueError) else RuntimeError)(str(answer.error))
         with self._lock:
-            answer.takers -= 1
-            if not first:
-                self._held_bytes = max(0, self._held_bytes - runs[rank])
+            answer.takers.discard(rank)
+            self._held_bytes = max(0, self._held_bytes - answer.counted.pop(rank, 0))
             if not answer.takers and self._answers.get((key, number)) is answer:
                 del self._answers[(key, number)]
         return answer.parts[rank]
+
+    def work_ahead(self, seeds, busy) -> None:
+        """Compute, one at a time until busy() (a request came), the next correlation of each
+        layout asked for twice or more in this epoch that nobody has asked for yet, and keep it
+        (within max_held_bytes) until its parties ask: the next step of a loop then finds its
+        correlations ready. The dealer service calls this while a party's connection is idle."""
+        while not busy():
+            with self._lock:
+                job = self._next_ahead(len(seeds))
+            if job is None:
+                return
+            answer, kind, layout, number, epoch = job
+            try:
+                self._compute(answer, kind, layout, number, seeds, epoch)
+            except Exception:  # noqa: BLE001 - kept in the answer: its askers get the error
+                pass
+
+    def _next_ahead(self, n: int):
+        """(answer, kind, layout, number, epoch) of a correlation to compute ahead, held; or None.
+        Call locked."""
+        for key, (kind, layout, canonical, last) in self._repeated.items():
+            number = last + 1
+            asked = max(self._answered[(r, key)] for r in range(n))
+            if (key, number) in self._answers or asked > number:
+                continue
+            answer = self._hold(key, number, [_party_runs(canonical, r, n)[2] for r in range(n)], None)
+            if answer is not None:
+                return answer, kind, layout, number, self._epoch
+        return None
+
+    def _hold(self, key, number: int, runs: list, rank):
+        """A new _Answer for (key, number), the runs of every party with some but `rank` (the
+        asker, None when working ahead) counted as held; None beyond max_held_bytes. Locked."""
+        counted = {r: b for r, b in enumerate(runs) if b and r != rank}
+        if self._held_bytes + sum(counted.values()) > self.max_held_bytes:
+            return None
+        self._held_bytes += sum(counted.values())
+        answer = self._answers[(key, number)] = _Answer({r for r, b in enumerate(runs) if b}, counted)
+        return answer
+
+    def _compute(self, answer: _Answer, kind, layout, number, seeds, epoch) -> None:
+        try:
+            with self._computing:
+                answer.parts = dealer_corrections(kind, layout, number, seeds, epoch)
+        except Exception as exc:
+            answer.error = exc
+            raise
+        finally:
+            answer.ready.set()
 
 
 def correction_bytes(kind: str, params: dict, rank: int | None = None, world_size: int = 1) -> int:
@@ -774,5 +847,5 @@ def correction_bytes(kind: str, params: dict, rank: int | None = None, world_siz
 
 
 def random_count(kind: str, params: dict) -> int:
-    """How many of a correlation's tensors are random inputs (they come first)."""
-    return len(_spec(kind, params)[0])
+    """How many of a party's tensors of a correlation are random inputs (they come first)."""
+    return len(_held(_spec(kind, params)[0]))

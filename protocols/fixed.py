@@ -52,12 +52,12 @@ def mul(ctx, x, y, shift: int = 0) -> torch.Tensor:
 
 
 def mul_truncated(ctx, x, y, bits: int) -> torch.Tensor:
-    """Shares of x y / 2^bits: a Beaver product, then a truncation (2 rounds); opened
-    all-to-all, the product share is formed inside the truncation's masking pass
-    (truncation.truncate_product). Reveals nothing. Cost: mul_cost(n, x.numel(), y.numel())
-    + truncate_cost(n, numel, bits)."""
-    if ctx.opening == "all":
-        return truncate_product(ctx, beaver.exchanged_product(ctx, x, y), bits)
+    """Shares of x y / 2^bits: a Beaver product, then a truncation (2 rounds); for x and y of
+    one shape opened all-to-all, from one dealer correlation, the product share formed inside
+    the truncation's masking pass (truncation.truncate_product). Reveals nothing. Cost:
+    mul_cost(n, x.numel(), y.numel()) + truncate_cost(n, numel, bits)."""
+    if ctx.opening == "all" and x.shape == y.shape:
+        return truncate_product(ctx, x, y, bits)
     return truncate(ctx, beaver.mul(ctx, x, y), bits)
 
 

@@ -33,7 +33,7 @@ from mpcft.kernels.ring import RING_BITS
 
 from .correlations import correction_bytes, cross_terms
 from .cost import Cost
-from .sharing import open_low, open_low_cost
+from .sharing import exchange_differences, open_low, open_low_cost
 
 VALID_BITS = RING_BITS - 2  # inputs must satisfy |x| < 2^62 - 2^(m - 1) (input_bound)
 
@@ -61,16 +61,22 @@ def truncate(ctx, x: torch.Tensor, bits: int | None = None) -> torch.Tensor:
     return trunc_reconstruct(c, r_top, r_mid, bits, first)
 
 
-def truncate_product(ctx, product: tuple, bits: int) -> torch.Tensor:
-    """truncate(ctx, x y, bits) for a Beaver product given as beaver.exchanged_product's (c, own,
-    others, a, b): the product share is formed inside the truncation's masking pass and never
-    written out. The same values as truncate(ctx, beaver.mul(ctx, x, y), bits); cost:
-    truncate_cost(n, numel, bits) after the product's."""
+def truncate_product(ctx, x: torch.Tensor, y: torch.Tensor, bits: int) -> torch.Tensor:
+    """truncate(ctx, beaver.mul(ctx, x, y), bits) for x and y of one shape, opened all-to-all,
+    from one correlation, "product_trunc": the triple with the truncation's mask r folded into c
+    (c + r), so that nobody draws r, and the product share formed inside the masking pass, never
+    written out. Reveals d, e and the uniform masked product. Cost: mul_cost(n, numel, numel)
+    + truncate_cost(n, numel, bits), the dealer's bytes those of a triple and a truncation."""
     if not 0 < bits < VALID_BITS:
         raise ValueError(f"truncation by {bits} bits is outside (0, {VALID_BITS})")
-    correlation = ctx.correlation("trunc", shape=list(product[0].shape), bits=bits)
-    (c,) = open_masked(ctx, [(product, correlation.random[0], bits)])
-    r_top, r_mid = correlation.derived()
+    if x.shape != y.shape or ctx.opening != "all":
+        raise ValueError(f"truncate_product takes two shares of one shape opened all-to-all, got "
+                         f"{tuple(x.shape)} and {tuple(y.shape)} with opening {ctx.opening!r}")
+    correlation = ctx.correlation("product_trunc", shape=list(x.shape), bits=bits)
+    a, b = correlation.random
+    own, others = exchange_differences(ctx, [(x, a), (y, b)])
+    masked_product, r_top, r_mid = correlation.derived()
+    (c,) = open_masked(ctx, [((masked_product, own, others, a, b), None, bits)])
     return trunc_reconstruct(c, r_top, r_mid, bits, ctx.rank == 0)
 
 
@@ -98,9 +104,9 @@ def dropped_bits(n: int, bits: int) -> int:
 def open_masked(ctx, parts) -> list:
     """For [(share of x, share of r, m), ...], the truncations' masked values c = x + r + 2^62
     opened in one round as c - D (module docstring): each party sends the top 64 - k bits of its
-    share. x may be a Beaver product's (c, own, others, a, b) as beaver.exchanged_product gives
-    it, whose share is then formed in the masking pass. Reveals no more than c. Cost:
-    truncations_cost(n, [(numel, m), ...])."""
+    share. x may be a Beaver product's (c, own, others, a, b) (kernels.fused.product_masked_high),
+    whose share is then formed in the masking pass, and r None where x carries its mask. Reveals
+    no more than c. Cost: truncations_cost(n, [(numel, m), ...])."""
     n, first = ctx.world_size, ctx.rank == 0
     dropped = [dropped_bits(n, m) for _, _, m in parts]
     offsets = [(1 << VALID_BITS) + (n - 1) * ((1 << k) - 1) // 2 if first else 0 for k in dropped]

@@ -8,7 +8,8 @@ sends it first; then it answers request frames (JSON `{"kind", "params", "seq"}`
 
 (`seq` counts that party's requests from 0; `seeds` maps rank -> that party's dealer seed, so
 a handler may send only what the party cannot expand from its seed). Each party learns only what
-the handler returns to it. The default handler, `protocols.correlations.CorrelationDealer`,
+the handler returns to it. A handler with a `work_ahead(seeds, busy)` method has it called while
+a party's connection has no request waiting; it should return soon after busy() turns True. The default handler, `protocols.correlations.CorrelationDealer`,
 answers each correlation at most once, in the order it counts itself, with pads bound to the
 correlation's layout: a party that deviates (replays, asks ahead, asks for other layouts)
 learns only its own shares of fresh correlations, never another party's pads or shares.
@@ -94,10 +95,12 @@ class DealerService:
         """Send party `rank` its seed, answer its requests until it says goodbye.
         Raises PeerError if the party is lost first, MPCTimeoutError if it stays idle too long."""
         channel.send(FrameType.SEED, np.frombuffer(self.seeds[rank], np.uint8), "seed agreement")
-        seq = 0
+        seq, work_ahead = 0, getattr(self.handler, "work_ahead", None)
         while (request := self._next_request(rank, channel, seq)) is not None:
             self._answer(rank, channel, seq, request)
             seq += 1
+            if work_ahead is not None and not channel.pending:
+                self._work_ahead(work_ahead, rank, channel)
 
     def _next_request(self, rank, channel, seq):
         """Party `rank`'s request #`seq` as a dict, or None once it said goodbye."""
@@ -144,6 +147,14 @@ class DealerService:
         channel.send(FrameType.RESPONSE, json_tensor({"count": len(tensors)}), step)
         for tensor in tensors:
             channel.send(FrameType.TENSOR, tensor, step)
+
+    def _work_ahead(self, work_ahead, rank, channel):
+        """The handler's work_ahead(seeds, busy) while party `rank` sends no request; its
+        errors go to the log only (the request that needs the work will report them)."""
+        try:
+            work_ahead(self.seeds, lambda: channel.pending or not channel.receiving)
+        except Exception:  # noqa: BLE001 - logged; serving goes on
+            self._say(f"working ahead after party {rank}'s request failed:\n{traceback.format_exc()}")
 
     def _say(self, message):
         log = sys.stderr if self._log is None else self._log
@@ -254,6 +265,14 @@ class DealerServer:
         """Ask `run` to shut down (safe from a signal handler)."""
         self._stopped.set()
         self._changed.set()
+
+    def _work_ahead(self, work_ahead, rank, channel):
+        """The handler's work_ahead(seeds, busy) while party `rank` sends no request; its
+        errors go to the log only (the request that needs the work will report them)."""
+        try:
+            work_ahead(self.seeds, lambda: channel.pending or not channel.receiving)
+        except Exception:  # noqa: BLE001 - logged; serving goes on
+            self._say(f"working ahead after party {rank}'s request failed:\n{traceback.format_exc()}")
 
     def _say(self, message):
         if self._log is not None:

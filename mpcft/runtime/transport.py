@@ -100,6 +100,12 @@ class Channel:
         """True while frames can still arrive (the channel has not failed)."""
         return self._failure is None
 
+    @property
+    def pending(self):
+        """True when a frame has arrived that recv has not taken yet."""
+        with self._state:
+            return bool(self._inbox)
+
     def expect_next(self, expected):
         """Announce what the next frame `recv` takes must be (a `frames.Expected`), so the reader
         can refuse a mismatch at its header and read an exact match straight into place."""

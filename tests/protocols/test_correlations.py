@@ -6,7 +6,7 @@ from mpcft.kernels import fresh_seed, ring_matmul
 from mpcft.kernels.bits import unpack_bits
 from mpcft.kernels.ring import RING_BITS, bit, low_bits, msb, rshift_logical
 from mpcft.protocols import correlations
-from mpcft.protocols.correlations import BINARY, KINDS, CorrelationDealer, dealer_corrections, party_shares
+from mpcft.protocols.correlations import BINARY, HIDDEN, KINDS, CorrelationDealer, dealer_corrections, party_shares
 from mpcft.protocols.sources import FileCorrelations, write_offline
 from mpcft.runtime import run_threads
 
@@ -19,7 +19,8 @@ def reconstruct(kind, params, n, seq=7):
     shares = [party_shares(kind, params, seq, seeds[r], r, n, corrections[r] or None) for r in range(n)]
     random, derived, _ = KINDS[kind](params)
     values = []
-    for parts, (_, how) in zip(zip(*shares), random + derived):
+    held = [(shape, how) for shape, how in random if how != HIDDEN]     # nobody draws a hidden value
+    for parts, (_, how) in zip(zip(*shares), held + derived):
         value = parts[0]
         for part in parts[1:]:
             value = value ^ part if how == BINARY else value + part
@@ -46,6 +47,11 @@ def test_triples_pairs_and_truncation_material_are_correct(n):
     (r, top, mid), _ = reconstruct("trunc", {"shape": [1000], "bits": 20}, n)
     assert torch.equal(low_bits(top, 21), msb(r))         # read times 2^(63 - 20): mod 2^21
     assert torch.equal(mid, rshift_logical(low_bits(r, RING_BITS - 1), 20))
+    for numel in (1000, 40_000):                          # the mask r is nobody's: c + r = ab + r
+        (a, b, masked, top, mid), _ = reconstruct("product_trunc", {"shape": [numel], "bits": 20}, n)
+        r = masked - a * b
+        assert torch.equal(low_bits(top, 21), msb(r)) and torch.equal(mid, rshift_logical(low_bits(r, RING_BITS - 1), 20))
+        assert 0.45 < msb(r).double().mean() < 0.55
     (r, products), corrections = reconstruct("and_products", {"words": 100, "factors": 3, "sets": [[0, 2], [0, 1, 2]]}, n)
     assert r.shape == (3, 100) and torch.equal(products, torch.stack([r[0] & r[2], r[0] & r[1] & r[2]]))
     assert len(corrections[0]) == 1
@@ -70,7 +76,7 @@ def test_two_party_fused_corrections_equal_the_general_pass(numel, monkeypatch):
     # what the general derive-then-subtract pass sends, runs split or not (SPLIT_FROM)
     seeds = [fresh_seed() for _ in range(2)]
     layouts = [("triple", {"shape_a": [numel], "shape_b": [numel]})] + \
-        [("trunc", {"shape": [numel], "bits": bits}) for bits in (1, 7, 20, 44, 61)]
+        [(kind, {"shape": [numel], "bits": bits}) for kind in ("trunc", "product_trunc") for bits in (1, 7, 20, 44, 61)]
     fused = [dealer_corrections(kind, params, 3, seeds) for kind, params in layouts]
     monkeypatch.setattr(correlations, "_two_party_kernel", lambda *args: None)
     for (kind, params), got in zip(layouts, fused):
@@ -104,7 +110,7 @@ def test_offline_files_replace_the_dealer(tmp_path):
     y = torch.linspace(2, -1, 12, dtype=torch.float64).reshape(3, 4)
     online = run_threads(programs.record_plan, 3, x, y, dealer_handler=CorrelationDealer)
     plan = online[0][1]
-    assert [p["kind"] for p in plan].count("trunc") == 3
+    assert [p["kind"] for p in plan] == ["product_trunc", "matmul_triple", "trunc", "square", "trunc"]
     write_offline(plan, 3, tmp_path)
     offline = run_threads(programs.run_offline, 3, x, y, str(tmp_path))  # no dealer
     for got, want in zip(offline[0], [x * y, x @ y.T, x * x]):
@@ -142,7 +148,7 @@ def test_prefetched_dealer_answers_give_the_same_results(n):
         for got in (first, again, later):
             assert (got - want).abs().max() < 1e-5
         assert (other - x @ y.T).abs().max() < 1e-4
-    assert results[0][4] == [0, 4, 0, 4, 0]   # a wrong guess waits for its layouts, then is used
+    assert results[0][4] == [0, 3, 0, 3, 0]   # a wrong guess waits for its layouts, then is used
 
 
 def test_steps_do_not_nest():
