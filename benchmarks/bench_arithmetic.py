@@ -4,7 +4,7 @@
 
 One compute thread per party (as CrypTen gets in bench_side_by_side). Per operation: median
 wall time of the whole protocol (Beaver exchange + truncation, dealer requests included; after
-a warm-up, each run a step that asks the dealer ahead, timing.measure_steps),
+warm-up steps, each run a step that asks the dealer ahead, timing.measure_steps),
 payload bytes each party sends, rounds, and max error against float64 torch; beside the
 plaintext float64 torch time in the same run. CrypTen is measured beside mpcft in the same run
 by benchmarks.bench_side_by_side.

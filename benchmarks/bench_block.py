@@ -6,8 +6,8 @@ Block: hidden 256, 4 heads, seq 64, batch 4, every weight trained (beside CrypTe
 the same run: benchmarks.bench_side_by_side). Steps: one fine-tuning step of the MiniLM
 classifier (batch 8, seq 64) in each mode, beside the same step in float64 torch (one
 thread). One compute thread per party, dealer at one thread, mutual TLS; each measured run
-follows a warm-up run and prefetches its dealer correlations, as `mpcft finetune` does
-(`with ctx.step(...)`).
+follows two warm-up runs (timing.WARMUP_STEPS) and prefetches its dealer correlations, as
+`mpcft finetune` does (`with ctx.step(...)`).
 """
 import argparse
 import copy
@@ -17,7 +17,7 @@ import time
 import torch
 from transformers import BertConfig, BertModel
 
-from benchmarks.timing import markdown_table, measure_counts, one_compute_thread
+from benchmarks.timing import WARMUP_STEPS, markdown_table, measure_counts, one_compute_thread
 from mpcft.nn import SGD, Classifier, prepare, train_module
 from mpcft.nn.bert import BertLayer
 from mpcft.nn.functional import cross_entropy
@@ -63,7 +63,8 @@ def block_step(ctx, model):
 def party_block(session, model, repeat, opening="all"):
     one_compute_thread()
     forward_backward = block_step(MPCContext(session, opening=opening), model)
-    forward_backward()                     # warm-up: compiles kernels, logs the dealer plan
+    for _ in range(WARMUP_STEPS):          # compiles kernels, logs the dealer plan, fills its work ahead
+        forward_backward()
     seconds, counts, _ = measure_counts(session, forward_backward, repeat)
     return seconds, counts.bytes_sent, counts.rounds, counts
 
@@ -90,7 +91,8 @@ def training_step(ctx, encoder, mode, layers):
 def party_step(session, encoder, mode, layers, repeat):
     one_compute_thread()
     step = training_step(MPCContext(session), encoder, mode, layers)
-    step()                                 # warm-up, as in party_block
+    for _ in range(WARMUP_STEPS):          # as in party_block
+        step()
     seconds, counts, _ = measure_counts(session, step, repeat)
     return seconds, counts.bytes_sent, counts.rounds, counts
 

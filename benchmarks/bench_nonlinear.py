@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_nonlinear [--parties 2 3] [--repeat 3] [--only relu softmax ...]
 
-Per function: median wall time (after a warm-up, each run a step that asks the dealer ahead,
+Per function: median wall time (after warm-up steps, each run a step that asks the dealer ahead,
 timing.measure_steps), payload bytes each party sends, rounds, the dealer's bytes to
 all parties together (its corrections), max error against float64 torch and the plaintext torch
 time. CrypTen is measured beside mpcft in the same run by benchmarks.bench_side_by_side.

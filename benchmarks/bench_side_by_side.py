@@ -5,10 +5,10 @@
 
 mpcft: the party functions of bench_arithmetic (multiply 10^6, matmul 1024^3), bench_nonlinear
 (softmax on 8x12x128x128 logits in [-15, 15]) and bench_block (a BERT block's forward +
-backward, every weight trained) under `spawn`, dealer at one thread, each measured run after a
-warm-up and in a step that asks the dealer ahead for its correlations (as training runs),
-mutual TLS unless --plaintext: the slowest party's median seconds, the most payload bytes a
-party sends, party 0's rounds. CrypTen: benchmarks.bench_crypten.crypten_figures (its own
+backward, every weight trained) under `spawn`, dealer at one thread, each measured run after
+two warm-up runs (CrypTen's too) and in a step that asks the dealer ahead for its correlations
+(as training runs), mutual TLS unless --plaintext: the slowest party's median seconds, the most
+payload bytes a party sends, party 0's rounds. CrypTen: benchmarks.bench_crypten.crypten_figures (its own
 counts of bytes and rounds, see that module); the CrypTen columns stay empty, after one line
 saying why, where CrypTen is not installed. For each workload and party count the two run one
 after the other, mpcft first on even rows and CrypTen first on odd ones, so that the machine's

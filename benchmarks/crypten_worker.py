@@ -8,7 +8,8 @@ package, and mpcft never imports it.
     python crypten_worker.py --workload multiply --repeat 3 --out rank0.json   # a party
     python crypten_worker.py --ttp                                              # the TTP
 
-A party: one compute thread; inputs shared outside the timing; one warm-up run; then
+A party: one compute thread; inputs shared outside the timing; two warm-up runs (as mpcft's
+harness, benchmarks/timing.measure_steps); then
 `repeat` runs, each started after a barrier with the communicator's statistics reset, timed
 by this party. It writes {seconds: [per run], bytes, rounds (of the last run, as CrypTen's
 communicator counts them), max_error (rank 0, against float64 torch)} as JSON to --out.
@@ -148,7 +149,8 @@ def run_party(workload, repeat):
     channel = comm.get()
     rank, world_size = channel.get_rank(), channel.get_world_size()
     run, error_of = WORKLOADS[workload](world_size)
-    run()  # warm-up
+    for _ in range(2):  # warm-up
+        run()
     seconds = []
     for _ in range(repeat):
         channel.barrier()

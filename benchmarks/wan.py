@@ -139,7 +139,7 @@ WORKLOADS = {  # key: (table name, party function of the harness; its result sta
 
 
 def run_workload(session, key: str, repeat: int):
-    """At one party: workload `key`'s harness (a warm-up where it has one, `repeat` measured
+    """At one party: workload `key`'s harness (its warm-up steps, `repeat` measured
     runs); returns (median seconds, the last run's Counts)."""
     result = WORKLOADS[key][1](session, repeat)
     return result[0], result[-1]

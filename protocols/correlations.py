@@ -735,6 +735,7 @@ class CorrelationDealer:
         self._answered = collections.Counter()     # (rank, layout) -> answered in this epoch
         self._answers = {}                         # (layout, number) -> _Answer not taken by all
         self._repeated = {}                        # layout -> (kind, params, canonical, last number asked)
+        self._ahead = collections.OrderedDict()    # (layout, number) -> _Answer worked out ahead, not asked yet
         self._epoch = 0
         self._lock = threading.Lock()
         self._computing = threading.Lock()          # one correlation at a time, whoever asks
@@ -760,15 +761,17 @@ class CorrelationDealer:
                                  f"has begun (an epoch is never served again)")
             if epoch > self._epoch:
                 self._epoch, self._answered, self._answers, self._repeated = epoch, collections.Counter(), {}, {}
+                self._ahead.clear()
                 self._held_bytes = 0
             expected = self._answered[(rank, key)]
             if number != expected:
                 raise ValueError(f"{kind!r} {layout}: asked for correlation #{number!r} of this "
                                  f"layout, but the next one is #{expected} (each is answered once, in order)")
             answer = self._answers.get((key, number))
+            self._ahead.pop((key, number), None)
             first = answer is None
             if first:
-                answer = self._hold(key, number, runs, rank)
+                answer = self._hold(key, number, runs, rank, self.max_held_bytes)
                 if answer is None:
                     raise ValueError(f"{kind!r} {layout}: the dealer already holds {self._held_bytes} bytes "
                                      f"of answers the other parties have not asked for (limit {self.max_held_bytes})")
@@ -790,8 +793,10 @@ class CorrelationDealer:
     def work_ahead(self, seeds, busy) -> None:
         """Compute, one at a time until busy() (a request came), the next correlation of each
         layout asked for twice or more in this epoch that nobody has asked for yet, and keep it
-        (within max_held_bytes) until its parties ask: the next step of a loop then finds its
-        correlations ready. The dealer service calls this while a party's connection is idle."""
+        until its parties ask: the next step of a loop then finds its correlations ready. Work
+        ahead holds at most half of max_held_bytes, and a request that needs room drops the
+        oldest of it that nobody asked for. The dealer service calls this while a party's
+        connection is idle."""
         while not busy():
             with self._lock:
                 job = self._next_ahead(len(seeds))
@@ -811,20 +816,36 @@ class CorrelationDealer:
             asked = max(self._answered[(r, key)] for r in range(n))
             if (key, number) in self._answers or asked > number:
                 continue
-            answer = self._hold(key, number, [_party_runs(canonical, r, n)[2] for r in range(n)], None)
+            runs = [_party_runs(canonical, r, n)[2] for r in range(n)]
+            answer = self._hold(key, number, runs, None, self.max_held_bytes // 2)
             if answer is not None:
+                self._ahead[(key, number)] = answer
                 return answer, kind, layout, number, self._epoch
         return None
 
-    def _hold(self, key, number: int, runs: list, rank):
+    def _hold(self, key, number: int, runs: list, rank, limit: int):
         """A new _Answer for (key, number), the runs of every party with some but `rank` (the
-        asker, None when working ahead) counted as held; None beyond max_held_bytes. Locked."""
+        asker, None when working ahead) counted as held; None beyond `limit` held bytes, even
+        after a request (rank given) dropped the finished work ahead that nobody asked for.
+        Call locked."""
         counted = {r: b for r, b in enumerate(runs) if b and r != rank}
-        if self._held_bytes + sum(counted.values()) > self.max_held_bytes:
+        while rank is not None and self._held_bytes + sum(counted.values()) > limit and self._drop_ahead():
+            pass
+        if self._held_bytes + sum(counted.values()) > limit:
             return None
         self._held_bytes += sum(counted.values())
         answer = self._answers[(key, number)] = _Answer({r for r, b in enumerate(runs) if b}, counted)
         return answer
+
+    def _drop_ahead(self) -> bool:
+        """Drop the oldest finished work ahead that nobody asked for; False if there is none."""
+        for ahead, answer in self._ahead.items():
+            if answer.ready.is_set():
+                del self._ahead[ahead]
+                del self._answers[ahead]
+                self._held_bytes -= sum(answer.counted.values())
+                return True
+        return False
 
     def _compute(self, answer: _Answer, kind, layout, number, seeds, epoch) -> None:
         try:

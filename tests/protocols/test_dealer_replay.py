@@ -6,6 +6,7 @@ import torch
 
 from mpcft.kernels import PRG, derive_seed, fresh_seed
 from mpcft.kernels.ring import msb
+from mpcft.protocols import correlations
 from mpcft.protocols.correlations import (CorrelationDealer, dealer_corrections, layout_id,
                                           _spec, _width, party_correlation, party_shares)
 from mpcft.runtime import spawn
@@ -93,3 +94,51 @@ def test_runs_kept_for_the_other_parties_are_bounded():
     theirs = dealer(1, "square", dict(big, number=0), 2, seeds)    # taken: room again
     assert [t.shape for t in mine + theirs] == [(1 << 14,), (1 << 14,)]
     dealer(0, "square", dict(big, number=1), 3, seeds)
+
+
+def _ask_both(dealer, seeds, params, number):
+    return [dealer(rank, "square", dict(params, number=number), number, seeds) for rank in (0, 1)]
+
+
+def test_the_dealer_works_ahead_on_repeated_layouts_and_answers_each_once(monkeypatch):
+    params, seeds = {"shape": [1 << 15]}, [fresh_seed(), fresh_seed()]
+    dealer, computed = CorrelationDealer(), []
+    monkeypatch.setattr(correlations, "dealer_corrections",
+                        lambda *args: computed.append(args[2]) or dealer_corrections(*args))
+    dealer.work_ahead(seeds, busy=lambda: False)                 # nothing asked yet: nothing to do
+    _ask_both(dealer, seeds, params, 0)
+    dealer.work_ahead(seeds, busy=lambda: False)                 # asked once: not a loop yet
+    assert computed == [0]
+    _ask_both(dealer, seeds, params, 1)
+    dealer.work_ahead(seeds, busy=lambda: True)                  # a request waits: no work ahead
+    assert computed == [0, 1]
+    dealer.work_ahead(seeds, busy=lambda: False)                 # the next one, computed once
+    dealer.work_ahead(seeds, busy=lambda: False)
+    assert computed == [0, 1, 2]
+    got = _ask_both(dealer, seeds, params, 2)                   # served from the work ahead
+    assert computed == [0, 1, 2]
+    want = dealer_corrections("square", params, 2, seeds)
+    assert all(torch.equal(g, w) for party, wanted in zip(got, want) for g, w in zip(party, wanted))
+    with pytest.raises(ValueError, match="next one is #3"):
+        dealer(0, "square", dict(params, number=2), 9, seeds)   # still answered once
+    dealer.work_ahead(seeds, busy=lambda: False)
+    assert computed == [0, 1, 2, 3] and len(dealer._ahead) == 1
+    dealer(0, "square", dict(params, number=0, epoch=1), 10, seeds)   # a new epoch drops the rest
+    assert not dealer._ahead and dealer._held_bytes == 1 << 17          # party 1's run of #0
+
+
+def test_work_ahead_holds_half_the_bound_and_gives_way_to_requests():
+    big, seeds = {"shape": [1 << 15]}, [fresh_seed(), fresh_seed()]            # 2 x 128 KiB runs
+    small = {"shape": [1 << 14]}                                               # 2 x 64 KiB runs
+    dealer = CorrelationDealer(max_held_bytes=4 << 16)                         # 256 KiB
+    for number in range(2):
+        _ask_both(dealer, seeds, big, number)
+        _ask_both(dealer, seeds, small, number)
+    dealer.work_ahead(seeds, busy=lambda: False)
+    assert dealer._held_bytes == 1 << 17          # small #2 only: big #2 would pass half the bound
+    dealer(0, "square", dict(big, number=2), 4, seeds)    # needs 128 KiB held for party 1: room
+    mine = dealer(0, "square", dict(big, number=3), 5, seeds)    # 256 KiB: drops the work ahead
+    assert dealer._held_bytes == 1 << 18 and not dealer._ahead and mine[0].numel() == 1 << 14
+    for number in (2, 3):
+        dealer(1, "square", dict(big, number=number), 6 + number, seeds)
+    assert dealer._held_bytes == 0 and len(_ask_both(dealer, seeds, small, 2)) == 2   # computed again

@@ -252,3 +252,33 @@ def test_a_handler_class_is_instantiated_once_per_dealer():
 
     service = DealerService(Counting, 3)
     assert isinstance(service.handler, Counting) and Counting.instances == 1
+
+
+class WorkingAhead:
+    """A handler that answers [seq] and records, per call of work_ahead, busy() on entry and
+    whether a request arrived while it worked (busy() turned True)."""
+    calls = []
+
+    def __call__(self, rank, kind, params, seq, seeds):
+        return [torch.tensor([seq])]
+
+    def work_ahead(self, seeds, busy):
+        entered, deadline = busy(), time.monotonic() + 5
+        while not busy() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        WorkingAhead.calls.append((entered, busy()))
+
+
+def ask_with_pauses(session):
+    answers = []
+    for _ in range(3):
+        answers += session.dealer_request("next")[0].tolist()
+        time.sleep(0.1)
+    return answers
+
+
+def test_the_service_lets_a_handler_work_ahead_only_while_no_request_waits():
+    WorkingAhead.calls.clear()
+    assert run_threads(ask_with_pauses, 1, dealer_handler=WorkingAhead, timeout=30) == [[0, 1, 2]]
+    # after each of the first two answers: called idle, left as the next request came
+    assert WorkingAhead.calls[:2] == [(False, True), (False, True)]
