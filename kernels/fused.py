@@ -308,14 +308,12 @@ def masked_high(x, mask, offset: int, k: int) -> tuple:
     """(shifted_sum(x, mask, offset, k), pack_low_bits of it in 64 - k bits), in one pass on
     the CPU where x and mask have one shape: the share a truncation sends, and its message.
     mask None: x carries its mask already."""
-    if mask is None:
-        mask = torch.zeros_like(x) if not _packs_in_one_pass(x, x, k) else torch.empty(0, dtype=torch.int64)
-    elif not _packs_in_one_pass(x, mask, k):
-        high = shifted_sum(x, mask, offset, k)
+    if not _packs_in_one_pass(x, x if mask is None else mask, k):
+        high = shifted_sum(x, torch.zeros_like(x) if mask is None else mask, offset, k)
         return high, pack_low_bits(high, RING_BITS - k)
     empty = np.empty(0, dtype=np.int64)
     return _run_masked_high(x.shape, x.contiguous().numpy().reshape(-1), empty, empty, empty, empty, empty,
-                            False, mask, offset, k)
+                            False, torch.empty(0, dtype=torch.int64) if mask is None else mask, offset, k)
 
 
 def product_masked_high(ab, own, others: list, a, b, first: bool, mask, offset: int, k: int) -> tuple:

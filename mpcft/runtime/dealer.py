@@ -9,10 +9,12 @@ sends it first; then it answers request frames (JSON `{"kind", "params", "seq"}`
 (`seq` counts that party's requests from 0; `seeds` maps rank -> that party's dealer seed, so
 a handler may send only what the party cannot expand from its seed). Each party learns only what
 the handler returns to it. A handler with a `work_ahead(seeds, busy)` method has it called while
-a party's connection has no request waiting; it should return soon after busy() turns True. The default handler, `protocols.correlations.CorrelationDealer`,
-answers each correlation at most once, in the order it counts itself, with pads bound to the
-correlation's layout: a party that deviates (replays, asks ahead, asks for other layouts)
-learns only its own shares of fresh correlations, never another party's pads or shares.
+a party's connection has no request waiting; it should return soon after busy() turns True.
+The default handler, `protocols.correlations.CorrelationDealer`, answers each correlation at
+most once, in the order it counts itself, with pads bound to the correlation's layout, and works
+ahead on the next correlation of each layout asked for repeatedly: a party that deviates
+(replays, asks ahead, asks for other layouts) learns only its own shares of fresh correlations,
+never another party's pads or shares.
 A handler's `ValueError` reaches the party as a `DealerError` "refused: <message>"; any other
 error as a generic refusal, its details only in the dealer's log; either way the dealer keeps
 serving. Requests are at most MAX_REQUEST_BYTES; a party that sends none for
@@ -265,14 +267,6 @@ class DealerServer:
         """Ask `run` to shut down (safe from a signal handler)."""
         self._stopped.set()
         self._changed.set()
-
-    def _work_ahead(self, work_ahead, rank, channel):
-        """The handler's work_ahead(seeds, busy) while party `rank` sends no request; its
-        errors go to the log only (the request that needs the work will report them)."""
-        try:
-            work_ahead(self.seeds, lambda: channel.pending or not channel.receiving)
-        except Exception:  # noqa: BLE001 - logged; serving goes on
-            self._say(f"working ahead after party {rank}'s request failed:\n{traceback.format_exc()}")
 
     def _say(self, message):
         if self._log is not None:

@@ -6,9 +6,11 @@ from hypothesis import strategies as st
 
 from mpcft.kernels import PRG
 from mpcft.kernels.fused import (_truncated_product_torch, beaver_product, beaver_product_of_shares, beta_times_truncated,
-                                 gated_truncation, shifted_sum,
-                                 sign_coefficients, trunc_reconstruct, trunc_reconstruct_torch, truncated_product,
-                                 truncation_mask_parts, truncation_mask_parts_torch)
+                                 gated_truncation, masked_high, product_masked_high, shifted_sum,
+                                 sign_coefficients, trunc_reconstruct, trunc_reconstruct_torch, triple_corrections,
+                                 truncated_product, truncation_mask_corrections, truncation_mask_parts,
+                                 truncation_mask_parts_torch)
+from mpcft.kernels.packing import pack_low_bits
 
 from .refs import MOD, signed
 
@@ -180,3 +182,57 @@ def test_beaver_product_broadcasts_and_accepts_views():
         views = [t.T.contiguous().T for t in (ab, d, a)]       # same values, column-major strides
         e2, b2 = e.expand(6, 4), b.expand(6, 4)
         assert torch.equal(beaver_product(views[0], views[1], e2, views[2], b2, first), want)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.integers(-2**64, 2**64), st.integers(0, 63), st.integers(1, 300),
+       st.booleans())
+def test_masked_high_is_the_shifted_sum_and_its_packed_message(seed, offset, k, size, masked):
+    prg = PRG(seed)
+    x, mask = prg.ring((size, 1)), prg.ring((size, 1))
+    high = shifted_sum(x, mask if masked else torch.zeros_like(x), offset, k)
+    got_high, got_packed = masked_high(x, mask if masked else None, offset, k)
+    assert got_high.shape == x.shape and torch.equal(got_high, high)
+    assert torch.equal(got_packed, pack_low_bits(high, 64 - k))
+    assert [t.tolist() for t in masked_high(x, mask[:1] if masked else None, offset, k)] == \
+        [t.tolist() for t in (shifted_sum(x, mask[:1] if masked else torch.zeros(1, dtype=torch.int64), offset, k),
+                              pack_low_bits(shifted_sum(x, mask[:1] if masked else torch.zeros(1, dtype=torch.int64),
+                                                        offset, k), 64 - k))]       # broadcast: torch
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.booleans(), st.integers(0, 63), st.integers(1, 200),
+       st.integers(1, 2), st.booleans())
+def test_product_masked_high_forms_the_beaver_share_in_the_masking_pass(seed, first, k, size, others, masked):
+    """One peer: the one-pass kernel; two: the product first, then masked_high."""
+    prg = PRG(seed)
+    ab, a, b, mask, own = prg.ring(size), prg.ring(size), prg.ring(size), prg.ring(size), prg.ring(2 * size)
+    theirs = [prg.ring(2 * size) for _ in range(others)]
+    product = beaver_product_of_shares(ab, own, theirs, a, b, first)
+    want = masked_high(product, mask if masked else None, 12345, k)
+    got = product_masked_high(ab, own, theirs, a, b, first, mask if masked else None, 12345, k)
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.integers(0, 62), st.integers(1, 300))
+def test_two_party_dealer_kernels_against_python_ints(seed, bits, size):
+    prg = PRG(seed)
+    a, b, r = prg.ring((2, size)), prg.ring((2, size)), prg.ring((2, size))
+    product_drawn, mid_drawn = prg.ring(size), prg.ring(size)
+    width = -(-(bits + 1) // 8)
+    top_drawn = torch.frombuffer(bytearray(prg.bytes(size * width)), dtype=torch.uint8)
+    ints = [[v % MOD for v in t.tolist()] for t in (a[0], a[1], b[0], b[1], r[0], r[1], product_drawn, mid_drawn)]
+    a0, a1, b0, b1, r0, r1, pd, md = ints
+    tops = [int.from_bytes(bytes(top_drawn[i * width:(i + 1) * width].tolist()), "little") for i in range(size)]
+    rs = [(u + v) % MOD for u, v in zip(r0, r1)]
+    want_product = [signed((u0 + u1) * (v0 + v1) + ri - p) for u0, u1, v0, v1, ri, p in zip(a0, a1, b0, b1, rs, pd)]
+    want_top = b"".join((((ri >> 63) - t) % 256 ** width).to_bytes(width, "little") for ri, t in zip(rs, tops))
+    want_mid = [signed(((ri % 2**63) >> bits) - m) for ri, m in zip(rs, md)]
+    assert triple_corrections(a, b, product_drawn).tolist() == [signed((u0 + u1) * (v0 + v1) - p)
+                                                               for u0, u1, v0, v1, p in zip(a0, a1, b0, b1, pd)]
+    top, mid = truncation_mask_corrections(r, bits, top_drawn, width, mid_drawn)
+    assert bytes(top.tolist()) == want_top and mid.tolist() == want_mid
+    product, top, mid = truncation_mask_corrections(r, bits, top_drawn, width, mid_drawn,
+                                                    product=(a, b, product_drawn))
+    assert product.tolist() == want_product and bytes(top.tolist()) == want_top and mid.tolist() == want_mid
