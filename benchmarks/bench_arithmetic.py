@@ -42,8 +42,8 @@ def operands(name):
 
 
 def party(session, name, repeat, correlations=None):
-    """Median seconds, bytes sent, rounds, max error and Counts of `repeat` runs after a warm-up
-    (correlations: the context's source, default the dealer)."""
+    """Median seconds, bytes sent, rounds, max error and Counts of `repeat` runs after the
+    warm-up steps (correlations: the context's source, default the dealer)."""
     one_compute_thread()
     ctx = MPCContext(session, correlations=correlations)
     x, y = operands(name)

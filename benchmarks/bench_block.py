@@ -17,7 +17,7 @@ import time
 import torch
 from transformers import BertConfig, BertModel
 
-from benchmarks.timing import WARMUP_STEPS, markdown_table, measure_counts, one_compute_thread
+from benchmarks.timing import markdown_table, measure_warm, one_compute_thread
 from mpcft.nn import SGD, Classifier, prepare, train_module
 from mpcft.nn.bert import BertLayer
 from mpcft.nn.functional import cross_entropy
@@ -63,9 +63,7 @@ def block_step(ctx, model):
 def party_block(session, model, repeat, opening="all"):
     one_compute_thread()
     forward_backward = block_step(MPCContext(session, opening=opening), model)
-    for _ in range(WARMUP_STEPS):          # compiles kernels, logs the dealer plan, fills its work ahead
-        forward_backward()
-    seconds, counts, _ = measure_counts(session, forward_backward, repeat)
+    seconds, counts, _ = measure_warm(session, forward_backward, repeat)
     return seconds, counts.bytes_sent, counts.rounds, counts
 
 
@@ -91,9 +89,7 @@ def training_step(ctx, encoder, mode, layers):
 def party_step(session, encoder, mode, layers, repeat):
     one_compute_thread()
     step = training_step(MPCContext(session), encoder, mode, layers)
-    for _ in range(WARMUP_STEPS):          # as in party_block
-        step()
-    seconds, counts, _ = measure_counts(session, step, repeat)
+    seconds, counts, _ = measure_warm(session, step, repeat)
     return seconds, counts.bytes_sent, counts.rounds, counts
 
 

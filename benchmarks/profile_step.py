@@ -3,8 +3,8 @@
     python -m benchmarks.profile_step [--parties 2] [--repeat 2] [--workload block lora]
 
 Workloads (as benchmarks/bench_block.py runs them: spawned parties over mutual TLS, a
-CorrelationDealer at one thread, one compute thread per party, a warm-up step, then `repeat`
-measured steps that prefetch their dealer correlations):
+CorrelationDealer at one thread, one compute thread per party, timing.WARMUP_STEPS warm-up
+steps, then `repeat` measured steps that prefetch their dealer correlations):
 - block: a BERT block (hidden 256, 4 heads, seq 64, batch 4, every weight trained), forward
   and backward;
 - lora: one MiniLM LoRA fine-tuning step (1 MPC layer, batch 8, seq 64): forward, cross
@@ -29,7 +29,7 @@ import sys
 import time
 
 from benchmarks.bench_block import block_model, block_step, training_step
-from benchmarks.timing import markdown_table, one_compute_thread
+from benchmarks.timing import WARMUP_STEPS, markdown_table, one_compute_thread
 from mpcft.protocols.context import MPCContext
 from mpcft.protocols.correlations import CorrelationDealer
 from mpcft.runtime import Counts, spawn
@@ -41,13 +41,14 @@ WORKLOADS = {"block": "BERT block 256/4 heads, seq 64, batch 4, fwd+bwd",
 
 
 def party_profile(session, workload, repeat, encoder):
-    """A warm-up step, then `repeat` steps in region "step": the median step's counts (a
+    """WARMUP_STEPS warm-up steps, then `repeat` steps in region "step": the median step's counts (a
     CommSnapshot difference), and (wall s, this process's CPU s, the machine's busy CPU s or
     None) per step over all of them."""
     one_compute_thread()
     ctx = MPCContext(session)
     step = block_step(ctx, block_model()) if workload == "block" else training_step(ctx, encoder, "lora", 1)
-    step()                       # warm-up: compiles kernels, records the dealer plan to prefetch
+    for _ in range(WARMUP_STEPS):   # compiles kernels, records the dealer plan, fills its work ahead
+        step()
     runs = []
     cpu, busy, start = time.process_time(), machine_busy_seconds(), time.perf_counter()
     for _ in range(repeat):

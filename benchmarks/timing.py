@@ -44,17 +44,22 @@ WARMUP_STEPS = 2    # the first compiles kernels and records the dealer plan; in
                     # dealer already works ahead, as in every later step of a loop
 
 
-def measure_steps(session, ctx, fn, repeat: int, name: str = "step"):
-    """measure_counts of fn() run as mpcft's training and evaluation loops run their work:
-    WARMUP_STEPS warm-up calls, then each measured call in `ctx.step(name)`, which asks the
-    dealer for the step's correlations ahead of their use (the dealer having computed them
-    during the previous step, where it had no request to answer)."""
-    def step():
-        with ctx.step(name):
-            return fn()
+def measure_warm(session, step, repeat: int):
+    """measure_counts of step() after WARMUP_STEPS calls that are not timed."""
     for _ in range(WARMUP_STEPS):
         step()
     return measure_counts(session, step, repeat)
+
+
+def measure_steps(session, ctx, fn, repeat: int, name: str = "step"):
+    """measure_warm of fn() run as mpcft's training and evaluation loops run their work: each
+    call in `ctx.step(name)`, which asks the dealer for the step's correlations ahead of their
+    use (the dealer having computed them during the previous step, where it had no request to
+    answer)."""
+    def step():
+        with ctx.step(name):
+            return fn()
+    return measure_warm(session, step, repeat)
 
 
 def measure_protocol(session, fn, repeat: int):

@@ -734,7 +734,7 @@ class CorrelationDealer:
         self._held_bytes = 0                       # bytes of the runs kept for other parties
         self._answered = collections.Counter()     # (rank, layout) -> answered in this epoch
         self._answers = {}                         # (layout, number) -> _Answer not taken by all
-        self._repeated = {}                        # layout -> (kind, params, canonical, last number asked)
+        self._next = collections.OrderedDict()     # repeated layout -> (next number, kind, params, canonical)
         self._ahead = collections.OrderedDict()    # (layout, number) -> _Answer worked out ahead, not asked yet
         self._epoch = 0
         self._lock = threading.Lock()
@@ -760,8 +760,9 @@ class CorrelationDealer:
                 raise ValueError(f"{kind!r} {layout}: asked for key epoch {epoch}, but epoch {self._epoch} "
                                  f"has begun (an epoch is never served again)")
             if epoch > self._epoch:
-                self._epoch, self._answered, self._answers, self._repeated = epoch, collections.Counter(), {}, {}
+                self._epoch, self._answered, self._answers = epoch, collections.Counter(), {}
                 self._ahead.clear()
+                self._next.clear()
                 self._held_bytes = 0
             expected = self._answered[(rank, key)]
             if number != expected:
@@ -776,8 +777,8 @@ class CorrelationDealer:
                     raise ValueError(f"{kind!r} {layout}: the dealer already holds {self._held_bytes} bytes "
                                      f"of answers the other parties have not asked for (limit {self.max_held_bytes})")
             self._answered[(rank, key)] += 1
-            if number:
-                self._repeated[key] = (kind, layout, canonical, max(number, self._repeated.get(key, (0,) * 4)[3]))
+            if number and self._next.get(key, (0,))[0] <= number:     # a loop: its next one is worth computing
+                self._next[key] = (number + 1, kind, layout, canonical)
         if first:
             self._compute(answer, kind, layout, number, seeds, epoch)
         answer.ready.wait()
@@ -809,12 +810,12 @@ class CorrelationDealer:
                 pass
 
     def _next_ahead(self, n: int):
-        """(answer, kind, layout, number, epoch) of a correlation to compute ahead, held; or None.
-        Call locked."""
-        for key, (kind, layout, canonical, last) in self._repeated.items():
-            number = last + 1
-            asked = max(self._answered[(r, key)] for r in range(n))
-            if (key, number) in self._answers or asked > number:
+        """(answer, kind, layout, number, epoch) of a correlation to compute ahead, held; or None
+        (the layouts waiting in _next, oldest first; one that does not fit waits for its next
+        request). Call locked."""
+        while self._next:
+            key, (number, kind, layout, canonical) = self._next.popitem(last=False)
+            if (key, number) in self._answers or max(self._answered[(r, key)] for r in range(n)) > number:
                 continue
             runs = [_party_runs(canonical, r, n)[2] for r in range(n)]
             answer = self._hold(key, number, runs, None, self.max_held_bytes // 2)

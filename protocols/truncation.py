@@ -76,8 +76,12 @@ def truncate_product(ctx, x: torch.Tensor, y: torch.Tensor, bits: int) -> torch.
     a, b = correlation.random
     own, others = exchange_differences(ctx, [(x, a), (y, b)])
     masked_product, r_top, r_mid = correlation.derived()
-    (c,) = open_masked(ctx, [((masked_product, own, others, a, b), None, bits)])
-    return trunc_reconstruct(c, r_top, r_mid, bits, ctx.rank == 0)
+    first = ctx.rank == 0
+
+    def form(offset, k):          # the masked product's share, never written out
+        return product_masked_high(masked_product, own, others, a, b, first, None, offset, k)
+    (c,) = _open_high(ctx, [(form, bits)])
+    return trunc_reconstruct(c, r_top, r_mid, bits, first)
 
 
 def truncate_many(ctx, parts) -> list:
@@ -104,15 +108,17 @@ def dropped_bits(n: int, bits: int) -> int:
 def open_masked(ctx, parts) -> list:
     """For [(share of x, share of r, m), ...], the truncations' masked values c = x + r + 2^62
     opened in one round as c - D (module docstring): each party sends the top 64 - k bits of its
-    share. x may be a Beaver product's (c, own, others, a, b) (kernels.fused.product_masked_high),
-    whose share is then formed in the masking pass, and r None where x carries its mask. Reveals
-    no more than c. Cost: truncations_cost(n, [(numel, m), ...])."""
+    share. Reveals no more than c. Cost: truncations_cost(n, [(numel, m), ...])."""
+    return _open_high(ctx, [(lambda offset, k, x=x, r=r: masked_high(x, r, offset, k), m) for x, r, m in parts])
+
+
+def _open_high(ctx, parts) -> list:
+    """open_masked of [(high, m)]: high(offset, k) forms a party's masked share plus offset,
+    shifted right by k, and its packed message (kernels.fused.masked_high)."""
     n, first = ctx.world_size, ctx.rank == 0
-    dropped = [dropped_bits(n, m) for _, _, m in parts]
-    offsets = [(1 << VALID_BITS) + (n - 1) * ((1 << k) - 1) // 2 if first else 0 for k in dropped]
-    high, packed = zip(*(product_masked_high(*x, first, r, offset, k) if isinstance(x, tuple)
-                         else masked_high(x, r, offset, k)
-                         for (x, r, _), offset, k in zip(parts, offsets, dropped)))
+    dropped = [dropped_bits(n, m) for _, m in parts]
+    high, packed = zip(*(form((1 << VALID_BITS) + (n - 1) * ((1 << k) - 1) // 2 if first else 0, k)
+                         for (form, _), k in zip(parts, dropped)))
     return open_low(ctx, [(h, RING_BITS - k) for h, k in zip(high, dropped)], shifts=dropped, packed=packed)
 
 
