@@ -30,15 +30,11 @@ from mpcft.data import DataError, check_data
 from mpcft.data.owners import add_arguments as add_owner_arguments
 from mpcft.data.owners import write_share_files
 from mpcft.encoder import quiet_transformers
-from mpcft.finetune.audit import add_audit_arguments, run_audit
 from mpcft.finetune.checkpoint import resumed_config
 from mpcft.finetune.config import ConfigError, FinetuneConfig, HelpFormatter, add_arguments
-from mpcft.finetune.predict import DEFAULT_TIMEOUT, add_predict_arguments, run_predict
-from mpcft.finetune.private import check_noise_range
 from mpcft.finetune.sweep import add_sweep_arguments, run_sweep
 from mpcft.federated.flower_app import DEFAULTS as FLOWER_APP_DEFAULTS
 from mpcft.federated.handoff import SERVER_IDENTITY
-from mpcft.federated.simulation import add_arguments as add_federated_arguments
 from mpcft.runtime import config as cluster_config
 from mpcft.runtime.dealer import DEFAULT_HANDLER, DealerServer
 from mpcft.runtime.errors import MPCRuntimeError, failure_report
@@ -118,6 +114,7 @@ def cmd_finetune(args):
     config.check(args.parties)
     counts = check_data(config, args.parties)
     if config.dp and counts:
+        from mpcft.finetune.private import check_noise_range
         check_noise_range(config, sum(counts))
     fixed = os.environ.get(ENV_FIXED_SEEDS)
     return launch_finetune(config, args.parties, args.timeout, args.certs or run_certificates(config.out, args.parties),
@@ -126,6 +123,11 @@ def cmd_finetune(args):
 
 def cmd_dp_sweep(args):
     return run_sweep(args, launch_finetune)
+
+
+def cmd_audit(args):
+    from mpcft.finetune.audit import run_audit
+    return run_audit(args)
 
 
 def cmd_federated(args):
@@ -163,6 +165,7 @@ def cmd_flower_app(args):
 
 
 def cmd_predict(args):
+    from mpcft.finetune.predict import DEFAULT_TIMEOUT, run_predict
     quiet_transformers()
     if args.shares is None:
         return run_predict(args)
@@ -228,12 +231,7 @@ def cmd_dealer(args):
     return status
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="mpcft", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    p = commands.add_parser("certs", help="create a CA and certificates for parties, dealer and owners")
+def certs_arguments(p):
     p.add_argument("--out", required=True, help="folder of the certificates that go to the hosts")
     p.add_argument("--ca-dir", default=None,
                    help="folder of the CA's private key, kept apart from --out and reused when there "
@@ -249,7 +247,8 @@ def main(argv=None):
     p.add_argument("--days", type=int, default=365, help="validity in days")
     p.set_defaults(run=cmd_certs)
 
-    p = commands.add_parser("launch", help="run N local parties (and the dealer) on loopback")
+
+def launch_arguments(p):
     p.add_argument("-n", type=int, required=True, help="number of parties")
     p.add_argument("--dealer", action="store_true", help="also start the dealer")
     p.add_argument("--handler", default=None, help=f"dealer handler (default {DEFAULT_HANDLER})")
@@ -261,14 +260,15 @@ def main(argv=None):
     _add_program(p)
     p.set_defaults(run=cmd_launch)
 
-    p = commands.add_parser("party", help="run one party of a cluster")
+
+def party_arguments(p):
     p.add_argument("--config", required=True, help="cluster TOML file")
     p.add_argument("--rank", type=int, required=True)
     _add_program(p)
     p.set_defaults(run=cmd_party)
 
-    p = commands.add_parser("finetune", help="private fine-tuning with local parties and a dealer",
-                            formatter_class=HelpFormatter)
+
+def finetune_arguments(p):
     p.add_argument("--parties", type=int, default=2,
                    help="compute parties (each also a data owner unless --owner-shares)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per protocol step")
@@ -278,43 +278,82 @@ def main(argv=None):
     add_arguments(p)
     p.set_defaults(run=cmd_finetune)
 
-    p = commands.add_parser("dp-sweep", help="the privacy-utility curve: fine-tune at several epsilons "
-                                             "and without DP, table and plot")
+
+def dp_sweep_arguments(p):
     add_sweep_arguments(p)
     p.set_defaults(run=cmd_dp_sweep)
 
-    p = commands.add_parser("audit", help="train with canaries inserted, then attack the model: membership "
-                                          "inference and canary exposure", formatter_class=HelpFormatter)
-    add_audit_arguments(p)
-    p.set_defaults(run=run_audit)
 
-    p = commands.add_parser("predict", help="classify texts with a model that mpcft finetune wrote",
-                            formatter_class=HelpFormatter)
+def audit_arguments(p):
+    from mpcft.finetune.audit import add_audit_arguments
+    add_audit_arguments(p)
+    p.set_defaults(run=cmd_audit)
+
+
+def predict_arguments(p):
+    from mpcft.finetune.predict import add_predict_arguments
     add_predict_arguments(p)
     p.set_defaults(run=cmd_predict)
 
-    p = commands.add_parser("federated", help="federated fine-tuning on Flower: K local clients, mpcft "
-                                              "parties as the secure aggregator", formatter_class=HelpFormatter)
+
+def federated_arguments(p):
+    from mpcft.federated.simulation import add_arguments as add_federated_arguments
     add_federated_arguments(p)
     p.set_defaults(run=cmd_federated)
 
-    p = commands.add_parser("flower-app", help="write a Flower App (pyproject.toml) that runs SecureFedAvg "
-                                               "with mpcft aggregators under Flower's SuperLink", formatter_class=HelpFormatter)
+
+def flower_app_arguments(p):
     p.add_argument("--out", required=True, help="folder of the Flower App")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a run-config value (repeatable): " + ", ".join(f"{k}={v}" for k, v in FLOWER_APP_DEFAULTS.items()))
     p.set_defaults(run=cmd_flower_app)
 
-    p = commands.add_parser("share-data", help="a data owner seals shares of its data to the parties")
+
+def share_data_arguments(p):
     add_owner_arguments(p)
     p.set_defaults(run=cmd_share_data)
 
-    p = commands.add_parser("dealer", help="run the dealer of a cluster")
+
+def dealer_arguments(p):
     p.add_argument("--config", required=True, help="cluster TOML file")
     p.add_argument("--handler", default=DEFAULT_HANDLER, help="module:function")
     p.add_argument("--threads", type=int, default=None, help="torch compute threads")
     p.set_defaults(run=cmd_dealer)
 
+
+# name: (help, its options' formatter, what adds its options and sets `run`). main adds the
+# options of the command asked for only: audit, predict and federated import transformers,
+# dp-accounting and Opacus there (and the DP noise check where it runs), so any other command
+# refuses a mistake, or prints its help, without loading them.
+COMMANDS = {
+    "certs": ("create a CA and certificates for parties, dealer and owners", None, certs_arguments),
+    "launch": ("run N local parties (and the dealer) on loopback", None, launch_arguments),
+    "party": ("run one party of a cluster", None, party_arguments),
+    "finetune": ("private fine-tuning with local parties and a dealer", HelpFormatter, finetune_arguments),
+    "dp-sweep": ("the privacy-utility curve: fine-tune at several epsilons and without DP, table and plot",
+                 None, dp_sweep_arguments),
+    "audit": ("train with canaries inserted, then attack the model: membership inference and canary "
+              "exposure", HelpFormatter, audit_arguments),
+    "predict": ("classify texts with a model that mpcft finetune wrote", HelpFormatter, predict_arguments),
+    "federated": ("federated fine-tuning on Flower: K local clients, mpcft parties as the secure aggregator",
+                  HelpFormatter, federated_arguments),
+    "flower-app": ("write a Flower App (pyproject.toml) that runs SecureFedAvg with mpcft aggregators under "
+                   "Flower's SuperLink", HelpFormatter, flower_app_arguments),
+    "share-data": ("a data owner seals shares of its data to the parties", None, share_data_arguments),
+    "dealer": ("run the dealer of a cluster", None, dealer_arguments),
+}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(prog="mpcft", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    asked = next((word for word in argv if not word.startswith("-")), None)   # the command word
+    for name, (help_text, formatter, add_options) in COMMANDS.items():
+        p = commands.add_parser(name, help=help_text, **({"formatter_class": formatter} if formatter else {}))
+        if name == asked:      # only the command asked for loads its modules
+            add_options(p)
     args = parser.parse_args(argv)
     keep_freed_memory()          # this process; those it starts get PARTY_ENVIRONMENT
     try:

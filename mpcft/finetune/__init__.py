@@ -12,6 +12,14 @@ manifest), `predict_shared` (`mpcft predict --shares`: prediction under MPC from
         summary = train(session, FinetuneConfig(mode="head", epochs=2))
 """
 from .config import FinetuneConfig
-from .trainer import train
 
 __all__ = ["FinetuneConfig", "train"]
+
+
+def __getattr__(name):
+    """`train` is imported when first asked for (it loads transformers), so that the CLI
+    checks a run's options without loading it."""
+    if name == "train":
+        from .trainer import train
+        return train
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

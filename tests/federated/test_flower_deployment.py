@@ -19,7 +19,7 @@ from mpcft.runtime.local import free_ports, local_cluster
 
 CLIENTS = 3
 VICTIM = CLIENTS - 1          # the client killed in round 2 (it holds more rows, so it trains for longer)
-TIMEOUT = 90                  # seconds a round may take (the run config's timeout)
+TIMEOUT = 50                  # seconds a round may take (the run config's timeout)
 BIN = os.path.dirname(sys.executable)
 
 
