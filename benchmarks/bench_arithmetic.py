@@ -20,30 +20,41 @@ import tempfile
 
 import torch
 
-from benchmarks.timing import markdown_table, measure_steps, median_seconds, one_compute_thread
+from benchmarks.timing import error_cell, markdown_table, measure_steps, median_seconds, one_compute_thread
 from mpcft.protocols.context import MPCContext
 from mpcft.protocols.correlations import CorrelationDealer
 from mpcft.protocols.sources import DealerCorrelations, FileCorrelations, RecordingCorrelations, write_offline
 from mpcft.runtime import spawn
 from mpcft.tensor import SharedTensor
 
-OPERATIONS = {
-    "multiply 10^6": ((1_000_000,), (1_000_000,), lambda x, y: x * y),
-    "matmul 128x768 @ 768x768": ((128, 768), (768, 768), lambda x, y: x @ y),
-    "matmul 1024x1024 @ 1024x1024": ((1024, 1024), (1024, 1024), lambda x, y: x @ y),
+WIDE = 1024   # the wide multiply's operands: uniform in [-WIDE, WIDE)
+
+OPERATIONS = {  # name: (shape of x, shape of y, operation, operand bound: None for N(0, 1))
+    "multiply 10^6": ((1_000_000,), (1_000_000,), lambda x, y: x * y, None),
+    f"multiply 10^6, |x|, |y| < {WIDE}": ((1_000_000,), (1_000_000,), lambda x, y: x * y, WIDE),
+    "matmul 128x768 @ 768x768": ((128, 768), (768, 768), lambda x, y: x @ y, None),
+    "matmul 1024x1024 @ 1024x1024": ((1024, 1024), (1024, 1024), lambda x, y: x @ y, None),
 }
 
 
 def operands(name):
-    shape_x, shape_y, _ = OPERATIONS[name]
-    gen = torch.Generator().manual_seed(0)  # public benchmark data, not secret
-    return (torch.randn(shape_x, generator=gen, dtype=torch.float64),
-            torch.randn(shape_y, generator=gen, dtype=torch.float64))
+    """The public benchmark operands (not secret): N(0, 1), or uniform in [-bound, bound)."""
+    shape_x, shape_y, _, bound = OPERATIONS[name]
+    gen = torch.Generator().manual_seed(0)
+    if bound is None:
+        return tuple(torch.randn(shape, generator=gen, dtype=torch.float64) for shape in (shape_x, shape_y))
+    return tuple((torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound for shape in (shape_x, shape_y))
+
+
+def off_by_more_than_one(got: torch.Tensor, expected: torch.Tensor) -> int:
+    """How many results miss by more than 1.0: a truncation that failed, not fixed-point rounding."""
+    return int(((got - expected).abs() > 1).sum())
 
 
 def party(session, name, repeat, correlations=None):
-    """Median seconds, bytes sent, rounds, max error and Counts of `repeat` runs after the
-    warm-up steps (correlations: the context's source, default the dealer)."""
+    """Median seconds, bytes sent, rounds, max error, how many results miss by more than 1, and
+    Counts of `repeat` runs after the warm-up steps (correlations: the context's source,
+    default the dealer)."""
     one_compute_thread()
     ctx = MPCContext(session, correlations=correlations)
     x, y = operands(name)
@@ -52,8 +63,9 @@ def party(session, name, repeat, correlations=None):
     Y = SharedTensor.from_plain(ctx, y if ctx.rank == session.world_size - 1 else None,
                                 session.world_size - 1, shape=y.shape)
     seconds, counts, Z = measure_steps(session, ctx, lambda: op(X, Y), repeat)
-    error = (Z.reveal() - op(x, y)).abs().max().item()
-    return seconds, counts.bytes_sent, counts.rounds, error, counts
+    got, expected = Z.reveal(), op(x, y)
+    error = (got - expected).abs().max().item()
+    return seconds, counts.bytes_sent, counts.rounds, error, off_by_more_than_one(got, expected), counts
 
 
 def party_with_plan(session, name, repeat):
@@ -95,9 +107,8 @@ def main():
             seconds = max(r[0] for r in results)
             sent = max(r[1] for r in results)
             rounds = results[0][2]
-            error = max(r[3] for r in results)
-            rows.append([name, n, f"{seconds:.4f}", f"{sent / 1e6:.2f}", rounds, f"{error:.2e}",
-                         f"{plain:.4f}"])
+            error = error_cell(max(r[3] for r in results), results[0][4])
+            rows.append([name, n, f"{seconds:.4f}", f"{sent / 1e6:.2f}", rounds, error, f"{plain:.4f}"])
             if args.offline:
                 rows[-1].insert(3, f"{online_seconds(name, n, args.repeat, not args.plaintext, plans[0]):.4f}")
             print(rows[-1], flush=True)

@@ -34,7 +34,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from benchmarks.timing import markdown_table
+from benchmarks.timing import error_cell, markdown_table
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WORKER = pathlib.Path(__file__).resolve().with_name("crypten_worker.py")
@@ -43,6 +43,7 @@ DEFAULT_COMPAT = REPO.parent / "shared" / "peers" / "crypten"
 VENV_VARIABLE = "MPCFT_CRYPTEN_VENV"
 WORKLOADS = {  # worker's name: what it computes (the shapes of mpcft's harnesses)
     "multiply": "multiply 10^6",
+    "multiply-wide": "multiply 10^6, |x|, |y| < 1024",
     "matmul": "matmul 1024x1024 @ 1024x1024",
     "softmax": "softmax 8x12x128x128",
     "block": "BERT block fwd+bwd (256, 4 heads, 1024, seq 64, batch 4)",
@@ -142,14 +143,14 @@ def run_crypten(install, workload, parties, repeat, timeout=1800) -> dict:
             "seconds": max(medians), "seconds_by_rank": medians,
             "bytes_per_party": max(f["bytes"] for f in figures[1:]), "bytes_by_rank": [f["bytes"] for f in figures],
             "rounds": max(f["rounds"] for f in figures[1:]), "rounds_by_rank": [f["rounds"] for f in figures],
-            "max_error": figures[0]["max_error"]}
+            "max_error": figures[0]["max_error"], "off_by_more_than_one": figures[0]["off_by_more_than_one"]}
 
 
 def crypten_figures(workload, parties, repeat, venv=None, compat=None) -> dict | None:
     """CrypTen's figures for `workload` (a key of WORKLOADS) with `parties` parties, measured
     now: seconds (slowest party's median), bytes_per_party and rounds (CrypTen's counts at the
     parties other than 0, i.e. without TTP traffic; the largest), max_error (against float64
-    torch), with per-rank lists (party 0's counts with its TTP traffic); None (and one printed
+    torch) and off_by_more_than_one (how many results miss by more than 1), with per-rank lists (party 0's counts with its TTP traffic); None (and one printed
     line, once) when CrypTen is not installed. Raises CryptenRunFailed if a run fails."""
     install = locate_crypten(venv, compat)
     return None if install is None else run_crypten(install, workload, parties, repeat)
@@ -174,7 +175,7 @@ def main():
             except CryptenRunFailed as failure:
                 sys.exit(str(failure))
             rows.append([WORKLOADS[workload], n, f"{f['seconds']:.3f}", f"{f['bytes_per_party'] / 1e6:.1f}",
-                         f["rounds"], f"{f['max_error']:.1e}"])
+                         f["rounds"], error_cell(f["max_error"], f["off_by_more_than_one"])])
             print(rows[-1], flush=True)
     print(f"\nCrypTen {f['crypten_version']}, TTP provider, gloo over loopback TCP (no TLS)\n")
     print(markdown_table(["workload", "parties", "CrypTen s", "CrypTen MB/party (its count)",

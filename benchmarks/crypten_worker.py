@@ -12,7 +12,8 @@ A party: one compute thread; inputs shared outside the timing; two warm-up runs 
 harness, benchmarks/timing.measure_steps); then
 `repeat` runs, each started after a barrier with the communicator's statistics reset, timed
 by this party. It writes {seconds: [per run], bytes, rounds (of the last run, as CrypTen's
-communicator counts them), max_error (rank 0, against float64 torch)} as JSON to --out.
+communicator counts them), max_error and off_by_more_than_one (rank 0, against float64 torch)}
+as JSON to --out.
 """
 if __name__ != "__main__":
     raise ImportError("crypten_worker.py runs only as a script under CrypTen's virtual environment "
@@ -33,11 +34,15 @@ import crypten.nn  # noqa: E402
 BATCH, SEQ, HIDDEN, HEADS, INTERMEDIATE = 4, 64, 256, 4, 1024
 
 
-def operands(shape_x, shape_y):
-    """bench_arithmetic's public benchmark operands (same generator, seed and order)."""
+WIDE = 1024   # bench_arithmetic.WIDE: the wide multiply's operands are uniform in [-WIDE, WIDE)
+
+
+def operands(shape_x, shape_y, bound=None):
+    """bench_arithmetic's public benchmark operands (same generator, seed, order and law)."""
     gen = torch.Generator().manual_seed(0)
-    return (torch.randn(shape_x, generator=gen, dtype=torch.float64),
-            torch.randn(shape_y, generator=gen, dtype=torch.float64))
+    if bound is None:
+        return tuple(torch.randn(shape, generator=gen, dtype=torch.float64) for shape in (shape_x, shape_y))
+    return tuple((torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound for shape in (shape_x, shape_y))
 
 
 def softmax_logits():
@@ -97,17 +102,23 @@ def plain(z):
     return z.reveal().double() / z.encoder.scale
 
 
-def arithmetic(world_size, shape_x, shape_y, op):
+def errors(got, expected):
+    """(max error, how many results miss by more than 1: a failed truncation, not rounding)."""
+    miss = (got - expected).abs()
+    return miss.max().item(), int((miss > 1).sum())
+
+
+def arithmetic(world_size, shape_x, shape_y, op, bound=None):
     """x from party 0, y from the last party (as bench_arithmetic); op on the shares."""
-    x, y = operands(shape_x, shape_y)
+    x, y = operands(shape_x, shape_y, bound)
     xe, ye = crypten.cryptensor(x, src=0), crypten.cryptensor(y, src=world_size - 1)
-    return (lambda: op(xe, ye)), (lambda z: (plain(z) - op(x, y)).abs().max().item())
+    return (lambda: op(xe, ye)), (lambda z: errors(plain(z), op(x, y)))
 
 
 def softmax(world_size):
     x = softmax_logits()
     xe = crypten.cryptensor(x, src=0)
-    return (lambda: xe.softmax(-1)), (lambda z: (plain(z) - torch.softmax(x, -1)).abs().max().item())
+    return (lambda: xe.softmax(-1)), (lambda z: errors(plain(z), torch.softmax(x, -1)))
 
 
 def block(world_size):
@@ -134,11 +145,12 @@ def block(world_size):
         return out
     with torch.no_grad():
         expected = reference.double()(x)
-    return forward_backward, lambda z: (plain(z) - expected).abs().max().item()
+    return forward_backward, lambda z: errors(plain(z), expected)
 
 
 WORKLOADS = {
     "multiply": lambda n: arithmetic(n, (1_000_000,), (1_000_000,), lambda a, b: a * b),
+    "multiply-wide": lambda n: arithmetic(n, (1_000_000,), (1_000_000,), lambda a, b: a * b, WIDE),
     "matmul": lambda n: arithmetic(n, (1024, 1024), (1024, 1024), lambda a, b: a.matmul(b)),
     "softmax": softmax,
     "block": block,
@@ -159,9 +171,9 @@ def run_party(workload, repeat):
         result = run()
         seconds.append(time.perf_counter() - start)
         stats = channel.get_communication_stats()
-    error = error_of(result)
+    error, wrong = error_of(result)
     return {"rank": rank, "seconds": seconds, "bytes": stats["bytes"], "rounds": stats["rounds"],
-            "max_error": error if rank == 0 else None}
+            "max_error": error if rank == 0 else None, "off_by_more_than_one": wrong if rank == 0 else None}
 
 
 def main():

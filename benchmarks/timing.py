@@ -22,6 +22,14 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def error_cell(max_error: float | None, off_by_more_than_one: int | None = None) -> str:
+    """A table's error cell: the max error ("-" if unchecked), and how many results miss by more
+    than 1 where any do."""
+    if max_error is None:
+        return "-"
+    return f"{max_error:.2e}" + (f" ({off_by_more_than_one:,} off by > 1)" if off_by_more_than_one else "")
+
+
 def one_compute_thread() -> None:
     """One torch and one Numba thread per party, as in the CrypTen reference figures."""
     set_compute_threads(1)

@@ -1,5 +1,5 @@
 """benchmarks.bench_crypten: without CrypTen its figures are None after one clear line; with
-CrypTen's venv present (skipped otherwise), a 2-party multiply through the harness."""
+CrypTen's venv present (skipped otherwise), 2-party multiplies through the harness."""
 import math
 
 import pytest
@@ -35,3 +35,13 @@ def test_two_party_multiply_has_sane_figures():
     assert figures["bytes_by_rank"][0] >= 32_000_000     # plus party 0's triple from the TTP
     assert 1 <= figures["rounds"] <= 10
     assert math.isfinite(figures["max_error"]) and figures["max_error"] < 1e-3
+    assert figures["off_by_more_than_one"] == 0
+
+
+@pytest.mark.skipif(bench_crypten.locate_crypten() is None, reason="CrypTen's venv is not installed")
+def test_two_party_wide_multiply_counts_crypten_truncation_failures():
+    """CrypTen's two-party truncation is local: a product share pair whose sum wraps around the
+    ring comes out 2^32 off. With |x|, |y| < 1024 (|x y 2^32| averages 2^50), about 10^6 / 2^14
+    = 61 of 10^6 products do; the chance that none does is below e^-40."""
+    figures = bench_crypten.crypten_figures("multiply-wide", 2, 1)
+    assert figures["off_by_more_than_one"] > 0 and figures["max_error"] > 1e9
