@@ -31,7 +31,7 @@ WIDE = 1024   # the wide multiply's operands: uniform in [-WIDE, WIDE)
 
 OPERATIONS = {  # name: (shape of x, shape of y, operation, operand bound: None for N(0, 1))
     "multiply 10^6": ((1_000_000,), (1_000_000,), lambda x, y: x * y, None),
-    f"multiply 10^6, |x|, |y| < {WIDE}": ((1_000_000,), (1_000_000,), lambda x, y: x * y, WIDE),
+    f"multiply 10^6, x and y in [-{WIDE}, {WIDE})": ((1_000_000,), (1_000_000,), lambda x, y: x * y, WIDE),
     "matmul 128x768 @ 768x768": ((128, 768), (768, 768), lambda x, y: x @ y, None),
     "matmul 1024x1024 @ 1024x1024": ((1024, 1024), (1024, 1024), lambda x, y: x @ y, None),
 }

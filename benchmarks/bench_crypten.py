@@ -43,7 +43,7 @@ DEFAULT_COMPAT = REPO.parent / "shared" / "peers" / "crypten"
 VENV_VARIABLE = "MPCFT_CRYPTEN_VENV"
 WORKLOADS = {  # worker's name: what it computes (the shapes of mpcft's harnesses)
     "multiply": "multiply 10^6",
-    "multiply-wide": "multiply 10^6, |x|, |y| < 1024",
+    "multiply-wide": "multiply 10^6, x and y in [-1024, 1024)",
     "matmul": "matmul 1024x1024 @ 1024x1024",
     "softmax": "softmax 8x12x128x128",
     "block": "BERT block fwd+bwd (256, 4 heads, 1024, seq 64, batch 4)",
