@@ -150,8 +150,9 @@ def crypten_figures(workload, parties, repeat, venv=None, compat=None) -> dict |
     """CrypTen's figures for `workload` (a key of WORKLOADS) with `parties` parties, measured
     now: seconds (slowest party's median), bytes_per_party and rounds (CrypTen's counts at the
     parties other than 0, i.e. without TTP traffic; the largest), max_error (against float64
-    torch) and off_by_more_than_one (how many results miss by more than 1), with per-rank lists (party 0's counts with its TTP traffic); None (and one printed
-    line, once) when CrypTen is not installed. Raises CryptenRunFailed if a run fails."""
+    torch) and off_by_more_than_one (how many results miss by more than 1), with per-rank lists
+    (party 0's counts with its TTP traffic); None (and one printed line, once) when CrypTen is
+    not installed. Raises CryptenRunFailed if a run fails."""
     install = locate_crypten(venv, compat)
     return None if install is None else run_crypten(install, workload, parties, repeat)
 

@@ -11,9 +11,10 @@ two warm-up runs (CrypTen's too) and in a step that asks the dealer ahead for it
 (as training runs), mutual TLS unless --plaintext: the slowest party's median seconds, the most
 payload bytes a party sends, party 0's rounds, and each engine's max error against float64
 torch, with how many results miss by more than 1 where any do (the wide multiply: CrypTen's
-two-party truncation is local, and fails where the shares' sum wraps around the ring). CrypTen: benchmarks.bench_crypten.crypten_figures (its own
-counts of bytes and rounds, see that module); the CrypTen columns stay empty, after one line
-saying why, where CrypTen is not installed. For each workload and party count the two run one
+truncation fails where the shares' sum wraps around the ring). CrypTen:
+benchmarks.bench_crypten.crypten_figures (its own counts of bytes and rounds, see that
+module); the CrypTen columns stay empty, after one line saying why, where CrypTen is not
+installed. For each workload and party count the two run one
 after the other, mpcft first on even rows and CrypTen first on odd ones, so that the machine's
 load falls on both. Speed-up: CrypTen seconds / mpcft seconds.
 """
