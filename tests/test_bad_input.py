@@ -92,3 +92,13 @@ def test_a_party_without_examples_and_no_test_split_are_refused(tmp_path):
         load_data(options("--train", str(tmp_path / "tiny.csv"), "--test-fraction", "0"), 0, 1)
     with pytest.raises(DataError, match="not among"):
         read_labelled(tmp_path / "tiny.csv", "sentence", "label", labels=["pos"])
+
+
+@pytest.mark.parametrize("argv", [["finetune", "--train", "missing.csv"], ["finetune", "--help"], ["certs", "--help"]])
+def test_the_cli_checks_options_without_loading_transformers(tmp_path, argv):
+    """Only the command asked for loads its modules (mpcft.cli.COMMANDS): finetune's checks and
+    help, and the lighter commands, never import transformers (seconds of a user's wait)."""
+    probe = ("import sys\nfrom mpcft.cli import main\ntry:\n    status = main(sys.argv[1:])\n"
+             "except SystemExit as exit:\n    status = exit.code\nprint('status', status, 'transformers' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, cwd=tmp_path)
+    assert done.stdout.strip().splitlines()[-1] == f"status {2 if 'missing.csv' in argv else 0} False", done
