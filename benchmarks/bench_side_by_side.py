@@ -27,8 +27,8 @@ from benchmarks.timing import error_cell, markdown_table
 from mpcft.protocols.correlations import CorrelationDealer
 from mpcft.runtime import spawn
 
-ARITHMETIC = {"multiply": "multiply 10^6", "matmul": "matmul 1024x1024 @ 1024x1024",   # bench_arithmetic's names
-              "multiply-wide": "multiply 10^6, x and y in [-{0}, {0})".format(bench_arithmetic.WIDE)}
+# the arithmetic workloads: bench_crypten names each as bench_arithmetic.OPERATIONS does
+ARITHMETIC = {workload: WORKLOADS[workload] for workload in ("multiply", "multiply-wide", "matmul")}
 
 
 def mpcft_figures(workload, parties, repeat, tls) -> dict:

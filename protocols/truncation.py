@@ -113,8 +113,8 @@ def open_masked(ctx, parts) -> list:
 
 
 def _open_high(ctx, parts) -> list:
-    """open_masked of [(high, m)]: high(offset, k) forms a party's masked share plus offset,
-    shifted right by k, and its packed message (kernels.fused.masked_high)."""
+    """open_masked of [(form, m)]: form(offset, k) returns a party's masked share plus offset,
+    shifted right by k, and its packed message (as kernels.fused.masked_high does)."""
     n, first = ctx.world_size, ctx.rank == 0
     dropped = [dropped_bits(n, m) for _, m in parts]
     high, packed = zip(*(form((1 << VALID_BITS) + (n - 1) * ((1 << k) - 1) // 2 if first else 0, k)

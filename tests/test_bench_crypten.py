@@ -7,6 +7,11 @@ import pytest
 from benchmarks import bench_crypten
 
 
+def test_the_arithmetic_workloads_are_bench_arithmetic_operations():
+    from benchmarks import bench_arithmetic, bench_side_by_side
+    assert all(name in bench_arithmetic.OPERATIONS for name in bench_side_by_side.ARITHMETIC.values())
+
+
 def test_absent_venv_gives_none_and_one_line(tmp_path, capsys):
     bench_crypten.locate_crypten.cache_clear()
     missing = tmp_path / "no-venv"
